@@ -1,0 +1,39 @@
+# bellcast: `make run` serves on embedded stores, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck lock clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade 'pip==25.3'
+
+# Reinstall whenever the dependency declarations change.
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[embedded,motor,test,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python server.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy server.py handlers services tests
+
+# Re-pin every package after changing setup.cfg's ranges.
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade --editable '.[embedded,motor,test,dev]'
+	( echo "# Exact versions of every package bellcast installs, transitive ones included."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(-e|pip==)' ) > constraints.txt
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

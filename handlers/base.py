@@ -1,0 +1,151 @@
+"""The one base handler: services from the Application, JSON bodies in, JSON errors out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import TracebackType
+from typing import Any, NoReturn
+
+from tornado import httputil, web
+
+from services.auth import Authenticator
+from services.cache import DeliveryCache
+from services.errors import DomainError, Forbidden, Invalid, NotFound, StoreUnavailable, Unauthorized
+from services.health import HealthService
+from services.notifications import NotificationService
+from services.streams import StreamRegistry
+
+log = logging.getLogger("bellcast.handlers")
+
+MAX_JSON_BODY_BYTES = 64 * 1024
+
+ERROR_STATUS: dict[type[DomainError], int] = {
+    Invalid: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    StoreUnavailable: 503,
+}
+
+_HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+TOKEN_COOKIE = "bellcast_token"
+TOKEN_QUERY_ARGUMENT = "access_token"
+
+
+class APIError(web.HTTPError):
+    """An HTTP error with a machine-readable code and a message safe to show the client."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(status_code, reason=None)
+        self.code = code
+        self.message = message
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class BaseHandler(web.RequestHandler):
+    """Typed access to the services the Application was built with, and JSON errors."""
+
+    @property
+    def notifications(self) -> NotificationService:
+        """The notification service."""
+        return self.settings["notifications"]  # type: ignore[no-any-return]
+
+    @property
+    def delivery_cache(self) -> DeliveryCache:
+        """The Redis delivery cache."""
+        return self.settings["delivery_cache"]  # type: ignore[no-any-return]
+
+    @property
+    def authenticator(self) -> Authenticator:
+        """Verifies user tokens and the producers' key."""
+        return self.settings["authenticator"]  # type: ignore[no-any-return]
+
+    @property
+    def health(self) -> HealthService:
+        """The store checks."""
+        return self.settings["health"]  # type: ignore[no-any-return]
+
+    @property
+    def streams(self) -> StreamRegistry:
+        """The open event streams, for shutdown."""
+        return self.settings["streams"]  # type: ignore[no-any-return]
+
+    def current_user_id(self) -> str:
+        """The user of the request's token: Bearer header, then cookie, then query parameter."""
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else None
+        token = token or self.get_cookie(TOKEN_COOKIE) or self.get_query_argument(TOKEN_QUERY_ARGUMENT, None)
+        return self.authenticator.user_id(token)
+
+    def require_api_key(self) -> None:
+        """Let only producers holding the API key through."""
+        self.authenticator.check_api_key(self.request.headers.get("X-API-Key"))
+
+    def get_json_body(self) -> Any:
+        """The request body as JSON: 413 past the size limit, 400 when it is not JSON."""
+        if len(self.request.body) > MAX_JSON_BODY_BYTES:
+            raise APIError(413, "payload_too_large", f"the body must be at most {MAX_JSON_BODY_BYTES} bytes")
+        try:
+            return json.loads(self.request.body, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise APIError(400, "malformed_json", "the body is not valid JSON") from None
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        """Answer with `value` as compact JSON."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(value, separators=(",", ":")))
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Domain errors are answers, not failures: log them without a traceback."""
+        if isinstance(value, DomainError):
+            log.info("%s %s: %s", self.request.method, self.request.path, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error as `{"error": {"code", "message"}}`; unexpected ones say only "internal error"."""
+        error = kwargs["exc_info"][1] if "exc_info" in kwargs else None
+        if isinstance(error, DomainError):
+            status_code = ERROR_STATUS.get(type(error), 400)
+            code, message = error.code, str(error)
+        elif isinstance(error, APIError):
+            code, message = error.code, error.message
+        elif isinstance(error, web.HTTPError) and status_code < 500:
+            code = _HTTP_ERROR_CODES.get(status_code, "error")
+            message = httputil.responses.get(status_code, "error").lower()
+        else:
+            code, message = "internal_error", "internal error"
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="bellcast"')
+        self.clear_header("Content-Disposition")
+        self.write_json({"error": {"code": code, "message": message}}, status=status_code)
+
+
+class NotFoundHandler(BaseHandler):
+    """Every unknown path answers a JSON 404."""
+
+    def prepare(self) -> None:
+        """Refuse before any method runs."""
+        raise APIError(404, "not_found", "no such endpoint")

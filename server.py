@@ -1,0 +1,344 @@
+"""bellcast's wiring: read the settings, start the stores' clients, build the services, serve, shut down in order."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tornado import httpserver, web
+
+import handlers
+from services.auth import Authenticator
+from services.cache import CacheObserver, DeliveryCache
+from services.health import HealthService
+from services.notifications import NotificationService
+from services.stores import MONGO_DRIVERS, MongoConnection, connect_redis
+from services.streams import StreamRegistry
+
+log = logging.getLogger("bellcast")
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+DEVELOPMENT_TOKEN_LIFETIME = 24 * 3600
+DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
+# Bigger bodies are cut off unread; up to it, the API answers a JSON 413 past its own limit.
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value bellcast cannot run with."""
+
+
+def _positive_number(value: str) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return number
+
+
+def _driver(value: str) -> str:
+    if value not in MONGO_DRIVERS:
+        raise ValueError(f"must be one of {', '.join(MONGO_DRIVERS)}")
+    return value
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if not re.match(rf"^({'|'.join(schemes)})://", value):
+            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value
+
+    return parse
+
+
+def _secret(value: str) -> str:
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters")
+    return value
+
+
+def _database_name(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_-]{1,63}$", value):
+        raise ValueError("must be 1 to 63 letters, digits, _ or -")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration variable: its environment name, parser, default and help."""
+
+    field: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+
+    @property
+    def env(self) -> str:
+        """Its environment variable."""
+        return self.field.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "address to listen on"),
+    Setting("port", _port, "8888", "port to listen on"),
+    Setting("mongodb_url", _url("mongodb", "mongodb\\+srv"), None, "MongoDB URL; unset starts an embedded SecantusDB"),
+    Setting("mongodb_db", _database_name, "bellcast", "MongoDB database name"),
+    Setting("mongo_driver", _driver, "pymongo", "MongoDB driver: pymongo (AsyncMongoClient) or motor"),
+    Setting("redis_url", _url("redis", "rediss", "unix"), None, "Redis URL; unset starts an embedded valkey-server"),
+    Setting("data_dir", str, "./var", "where the embedded servers keep their data"),
+    Setting("jwt_secret", _secret, None, "HS256 secret of user tokens; unset generates a development secret"),
+    Setting("api_key", _secret, None, "producers' key (X-API-Key); unset generates a development key"),
+    Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans"),
+    Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """bellcast's configuration, parsed and checked once."""
+
+    host: str = "127.0.0.1"
+    port: int = 8888
+    mongodb_url: str | None = None
+    mongodb_db: str = "bellcast"
+    mongo_driver: str = "pymongo"
+    redis_url: str | None = None
+    data_dir: str = "./var"
+    jwt_secret: str | None = None
+    api_key: str | None = None
+    poll_interval: float = 1.0
+    heartbeat_interval: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval < self.poll_interval:
+            raise SettingsError("HEARTBEAT_INTERVAL must be at least POLL_INTERVAL")
+
+    @property
+    def development(self) -> bool:
+        """True when secrets were generated rather than configured."""
+        return self.jwt_secret is None or self.api_key is None
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Settings from command-line flags, then environment variables, then defaults."""
+    parser = argparse.ArgumentParser(prog="bellcast", description="Real-time in-app notifications over SSE.")
+    for setting in SETTINGS:
+        flag = "--" + setting.field.replace("_", "-")
+        parser.add_argument(flag, dest=setting.field, help=f"{setting.help} (env {setting.env})")
+    arguments = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = arguments[setting.field]
+        if raw is None:
+            raw = environ.get(setting.env) or setting.default
+        if raw is None:
+            continue
+        try:
+            values[setting.field] = setting.parse(raw)
+        except ValueError as error:
+            shown = "<hidden>" if setting.field in ("jwt_secret", "api_key") else repr(raw)
+            raise SettingsError(f"{setting.env}={shown}: {error}") from None
+    return Settings(**values)
+
+
+@dataclass
+class Runtime:
+    """The stores' clients and the services built on them."""
+
+    mongo: MongoConnection
+    redis: Any
+    notifications: NotificationService
+    delivery_cache: DeliveryCache
+    authenticator: Authenticator
+    health: HealthService
+    streams: StreamRegistry
+
+    async def close(self) -> None:
+        """Close the stores' clients."""
+        await self.mongo.close()
+        await self.redis.aclose()
+
+
+async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) -> Runtime:
+    """Create the clients in the running loop, the services, and register the observers (once)."""
+    mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver)
+    redis = connect_redis(redis_url)
+    notifications = NotificationService(mongo.database)
+    delivery_cache = DeliveryCache(redis)
+    notifications.register_observer(CacheObserver(delivery_cache))
+    assert settings.jwt_secret is not None and settings.api_key is not None
+    runtime = Runtime(
+        mongo=mongo,
+        redis=redis,
+        notifications=notifications,
+        delivery_cache=delivery_cache,
+        authenticator=Authenticator(settings.jwt_secret, settings.api_key),
+        health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}),
+        streams=StreamRegistry(),
+    )
+    await notifications.ensure_indexes()
+    return runtime
+
+
+def make_app(runtime: Runtime, settings: Settings) -> web.Application:
+    """The Tornado application: routes, and the services handed to handlers through its settings."""
+    return web.Application(
+        handlers.default_handlers,
+        default_handler_class=handlers.NotFoundHandler,
+        static_path=str(Path(__file__).parent / "static"),
+        log_function=log_request,
+        notifications=runtime.notifications,
+        delivery_cache=runtime.delivery_cache,
+        authenticator=runtime.authenticator,
+        health=runtime.health,
+        streams=runtime.streams,
+        poll_interval=settings.poll_interval,
+        heartbeat_interval=settings.heartbeat_interval,
+    )
+
+
+_TOKEN_IN_QUERY = re.compile(r"(access_token=)[^&]*")
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Access log line, with any token in the query string redacted."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    uri = _TOKEN_IN_QUERY.sub(r"\1[redacted]", handler.request.uri or "")
+    duration_ms = 1000.0 * handler.request.request_time()
+    logging.getLogger("tornado.access").log(
+        level, "%d %s %s (%s) %.2fms", status, handler.request.method, uri, handler.request.remote_ip, duration_ms
+    )
+
+
+def _development_secrets(data_dir: Path) -> dict[str, str]:
+    """Secrets generated once for development and kept in DATA_DIR, so tokens survive restarts."""
+    path = data_dir / DEVELOPMENT_SECRETS_FILE
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    generated = {"jwt_secret": secrets.token_urlsafe(32), "api_key": secrets.token_urlsafe(24)}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(generated))
+    return generated
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then stop accepting, end the streams, close connections and stores."""
+    from services.embedded import EmbeddedMongo, EmbeddedRedis  # only needed without external stores
+
+    data_dir = Path(settings.data_dir)
+    development = settings.development
+    if development:
+        generated = _development_secrets(data_dir)
+        settings = Settings(
+            **{
+                **{f.name: getattr(settings, f.name) for f in fields(settings)},
+                "jwt_secret": settings.jwt_secret or generated["jwt_secret"],
+                "api_key": settings.api_key or generated["api_key"],
+            }
+        )
+    embedded: list[EmbeddedMongo | EmbeddedRedis] = []
+    try:
+        mongodb_url = settings.mongodb_url
+        if mongodb_url is None:
+            embedded.append(EmbeddedMongo(data_dir).start())
+            mongodb_url = embedded[-1].url
+            log.info("MongoDB: embedded SecantusDB at %s, data in %s", mongodb_url, data_dir / "mongodb")
+        else:
+            log.info("MongoDB: %s", _without_password(mongodb_url))
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded.append(EmbeddedRedis(data_dir).start())
+            redis_url = embedded[-1].url
+            log.info("Redis: embedded valkey-server at %s", redis_url)
+        else:
+            log.info("Redis: %s", _without_password(redis_url))
+        log.info("MongoDB driver: %s", settings.mongo_driver)
+        runtime = await start_runtime(settings, mongodb_url, redis_url)
+        server = httpserver.HTTPServer(
+            make_app(runtime, settings), xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES
+        )
+        server.listen(settings.port, settings.host)
+        log.info("bellcast listening on http://%s:%d", settings.host, settings.port)
+        if development:
+            _print_development_help(runtime.authenticator, settings)
+        stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop_requested.set)
+        await stop_requested.wait()
+        log.info("shutting down: %d open streams", len(runtime.streams))
+        server.stop()
+        runtime.streams.end_all()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while len(runtime.streams) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
+        except TimeoutError:
+            log.warning("some connections did not close within %.0f s", SHUTDOWN_GRACE_SECONDS)
+        await runtime.close()
+    finally:
+        for child in reversed(embedded):
+            child.stop()
+    log.info("bellcast stopped")
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
+def _print_development_help(authenticator: Authenticator, settings: Settings) -> None:
+    token = authenticator.mint_user_token("demo", DEVELOPMENT_TOKEN_LIFETIME, time.time())
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"""
+Development mode: JWT_SECRET and API_KEY were generated (kept in {settings.data_dir}/{DEVELOPMENT_SECRETS_FILE}).
+  API key:                  {settings.api_key}
+  token for user "demo":    {token}
+Try it:
+  curl -N '{base}/notifications/stream?access_token={token}'
+  curl -X POST {base}/api/notifications -H 'X-API-Key: {settings.api_key}' \\
+       -H 'Content-Type: application/json' -d '{{"user_id": "demo", "title": "Hello"}}'
+""",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python server.py` and the `bellcast` command."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as error:
+        print(f"bellcast: invalid setting {error}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:
+        print(f"bellcast: cannot start: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

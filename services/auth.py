@@ -1,0 +1,51 @@
+"""Who is asking: users by their signed token, producers by the API key."""
+
+from __future__ import annotations
+
+import hmac
+
+import jwt
+
+from services.errors import Forbidden, Unauthorized
+
+USER_TOKEN_ALGORITHM = "HS256"
+
+
+class Authenticator:
+    """Verifies user tokens (HS256 JWTs, user id in `sub`, `exp` required) and the producers' API key."""
+
+    def __init__(self, jwt_secret: str, api_key: str) -> None:
+        self._jwt_secret = jwt_secret
+        self._api_key = api_key.encode()
+
+    def user_id(self, token: str | None) -> str:
+        """The user a token belongs to, or Unauthorized."""
+        if not token:
+            raise Unauthorized("a user token is required")
+        try:
+            claims = jwt.decode(
+                token,
+                self._jwt_secret,
+                algorithms=[USER_TOKEN_ALGORITHM],
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("the token is invalid") from None
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise Unauthorized("the token is invalid")
+        return subject
+
+    def check_api_key(self, key: str | None) -> None:
+        """Unauthorized without a key, Forbidden with a wrong one."""
+        if not key:
+            raise Unauthorized("an API key is required (header X-API-Key)")
+        if not hmac.compare_digest(key.encode(), self._api_key):
+            raise Forbidden("the API key is not valid")
+
+    def mint_user_token(self, user_id: str, lifetime_seconds: int, now: float) -> str:
+        """A token for `user_id`; for development and tests, production tokens come from the host app."""
+        claims = {"sub": user_id, "iat": int(now), "exp": int(now) + lifetime_seconds}
+        return jwt.encode(claims, self._jwt_secret, algorithm=USER_TOKEN_ALGORITHM)

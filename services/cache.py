@@ -1,0 +1,176 @@
+"""The delivery cache in Redis: which connections each user has open, and what each still has to send.
+
+Keys, all of one user inside one hash tag so they share a Redis Cluster slot:
+
+* ``bellcast:{u:<user>}:connections`` — sorted set of the user's live connection ids,
+  scored by the time their registration expires.
+* ``bellcast:{u:<user>}:inbox:<connection>`` — hash of notification id → notification JSON
+  not yet delivered on that connection.
+
+Both carry a TTL that live connections refresh, so a connection whose process died
+leaves nothing behind for longer than ``REGISTRATION_TTL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Collection
+from urllib.parse import quote
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.errors import StoreUnavailable
+from services.notifications import Notification
+
+log = logging.getLogger("bellcast.cache")
+
+KEY_PREFIX = "bellcast"
+REGISTRATION_TTL = 60
+REGISTRATION_REFRESH_INTERVAL = REGISTRATION_TTL / 3
+# How long after its insert an observer may still be queueing a notification.
+OBSERVER_GRACE = 30.0
+
+
+def user_tag(user_id: str) -> str:
+    """The hash tag of a user's keys; quoting keeps braces and colons in ids from splitting it."""
+    return "{u:" + quote(user_id, safe="") + "}"
+
+
+def connections_key(user_id: str) -> str:
+    """The sorted set of a user's live connection ids."""
+    return f"{KEY_PREFIX}:{user_tag(user_id)}:connections"
+
+
+def inbox_key(user_id: str, connection_id: str) -> str:
+    """The hash of notifications waiting to be sent on one connection."""
+    return f"{KEY_PREFIX}:{user_tag(user_id)}:inbox:{connection_id}"
+
+
+class DeliveryCache:
+    """Registers live connections and queues notifications for them in Redis."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    def open_inbox(self, user_id: str) -> ConnectionInbox:
+        """A new, not yet registered inbox for one stream of the user."""
+        return ConnectionInbox(self._redis, user_id, uuid.uuid4().hex)
+
+    async def enqueue(self, notification: Notification) -> int:
+        """Queue the notification for every live connection of its user; returns how many."""
+        key = connections_key(notification.user_id)
+        now = time.time()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zremrangebyscore(key, "-inf", now)
+                pipe.zrangebyscore(key, now, "+inf")
+                _, connection_ids = await pipe.execute()
+            if not connection_ids:
+                return 0
+            payload = notification.to_json()
+            notification_id = str(notification.id)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for connection_id in connection_ids:
+                    inbox = inbox_key(notification.user_id, connection_id.decode())
+                    pipe.hset(inbox, notification_id, payload)
+                    pipe.expire(inbox, REGISTRATION_TTL)
+                await pipe.execute()
+        except RedisError as error:
+            raise StoreUnavailable("the delivery cache is unavailable") from error
+        return len(connection_ids)
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers."""
+        try:
+            await self._redis.ping()
+        except RedisError as error:
+            raise StoreUnavailable("the delivery cache is unavailable") from error
+
+
+class CacheObserver:
+    """The observer that puts each new notification in the inboxes of its user's live connections."""
+
+    def __init__(self, cache: DeliveryCache) -> None:
+        self._cache = cache
+
+    async def created(self, notification: Notification) -> None:
+        """Queue the notification for delivery on every open stream of its user."""
+        await self._cache.enqueue(notification)
+
+
+class ConnectionInbox:
+    """One stream's registration and queue of undelivered notifications."""
+
+    def __init__(self, redis: Redis, user_id: str, connection_id: str) -> None:
+        self._redis = redis
+        self.user_id = user_id
+        self.connection_id = connection_id
+        self._connections_key = connections_key(user_id)
+        self._inbox_key = inbox_key(user_id, connection_id)
+        self._refresh_due = 0.0
+        self._registered_at = 0.0
+        # Ids already sent on this connection whose inbox entry may still exist: sent by the
+        # catch-up while the observer also queued them, or sent when the delete that follows failed.
+        self._sent: set[str] = set()
+
+    async def register(self) -> None:
+        """Announce the connection so that observers queue the user's notifications for it."""
+        expires_at = time.time() + REGISTRATION_TTL
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(self._connections_key, {self.connection_id: expires_at})
+                # The newest registration expires last, so its TTL covers every member.
+                pipe.expire(self._connections_key, REGISTRATION_TTL)
+                pipe.expire(self._inbox_key, REGISTRATION_TTL)
+                await pipe.execute()
+        except RedisError as error:
+            raise StoreUnavailable("the delivery cache is unavailable") from error
+        self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
+        if not self._registered_at:
+            self._registered_at = time.time()
+
+    async def refresh_if_due(self) -> None:
+        """Renew the registration's TTL when a third of it has passed."""
+        if time.monotonic() >= self._refresh_due:
+            await self.register()
+
+    def note_caught_up(self, notification: Notification) -> None:
+        """Remember a notification the catch-up sent, if the observer may also have queued it."""
+        if notification.created_at.timestamp() >= self._registered_at - OBSERVER_GRACE:
+            self._sent.add(str(notification.id))
+
+    async def pending(self) -> list[tuple[str, bytes]]:
+        """The queued (notification id, JSON) pairs not yet sent on this connection, in id order."""
+        try:
+            entries = await self._redis.hgetall(self._inbox_key)
+        except RedisError as error:
+            raise StoreUnavailable("the delivery cache is unavailable") from error
+        queued = {key.decode(): value for key, value in entries.items()}
+        already_sent = [key for key in queued if key in self._sent]
+        if already_sent:
+            await self.remove(already_sent)
+        return sorted((key, value) for key, value in queued.items() if key not in self._sent)
+
+    async def remove(self, notification_ids: Collection[str]) -> None:
+        """Delete exactly these entries once they have been sent; never send them again."""
+        if not notification_ids:
+            return
+        self._sent.update(notification_ids)
+        try:
+            await self._redis.hdel(self._inbox_key, *notification_ids)
+        except RedisError as error:
+            raise StoreUnavailable("the delivery cache is unavailable") from error
+        self._sent.difference_update(notification_ids)
+
+    async def deregister(self) -> None:
+        """Forget the connection and drop whatever it had not sent."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self._connections_key, self.connection_id)
+                pipe.delete(self._inbox_key)
+                await pipe.execute()
+        except RedisError as error:
+            raise StoreUnavailable("the delivery cache is unavailable") from error

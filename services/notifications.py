@@ -1,0 +1,342 @@
+"""Notifications: validation, persistence in MongoDB, and the observers told of each one created."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from services.errors import Invalid, NotFound, StoreUnavailable
+
+log = logging.getLogger("bellcast.notifications")
+
+COLLECTION = "notifications"
+MAX_USER_ID_LENGTH = 200
+MAX_TITLE_LENGTH = 200
+MAX_BODY_LENGTH = 4000
+MAX_TYPE_LENGTH = 64
+MAX_URL_LENGTH = 2048
+MAX_DATA_BYTES = 32 * 1024
+MAX_DATA_DEPTH = 16
+MIN_LIST_LIMIT = 1
+MAX_LIST_LIMIT = 100
+DEFAULT_TYPE = "info"
+CATCH_UP_BATCH = 100
+# ObjectIds only order by the second they were made in, and by process within it:
+# on reconnect, look this far back for notifications created after the last one seen.
+CATCH_UP_WINDOW = datetime.timedelta(seconds=5)
+
+_TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_URL_PATTERN = re.compile(r"^(https?://[^\s/]+[^\s]*|/(?!/)[^\s]*)$", re.IGNORECASE)
+_FIELDS = {"user_id", "title", "body", "type", "data", "url"}
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One notification, as stored and as sent to its user."""
+
+    id: ObjectId
+    user_id: str
+    type: str
+    title: str
+    body: str
+    data_json: str
+    url: str | None
+    created_at: datetime.datetime
+    read_at: datetime.datetime | None
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> Notification:
+        """Build a notification from its MongoDB document."""
+        return cls(
+            id=document["_id"],
+            user_id=document["user_id"],
+            type=document["type"],
+            title=document["title"],
+            body=document["body"],
+            data_json=document["data"],
+            url=document.get("url"),
+            created_at=_as_utc(document["created_at"]),
+            read_at=_as_utc(document["read_at"]) if document.get("read_at") else None,
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        """The MongoDB document; `data` is kept as the producer's JSON text so any JSON value survives."""
+        return {
+            "_id": self.id,
+            "user_id": self.user_id,
+            "type": self.type,
+            "title": self.title,
+            "body": self.body,
+            "data": self.data_json,
+            "url": self.url,
+            "created_at": self.created_at,
+            "read_at": self.read_at,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public JSON shape of a notification."""
+        return {
+            "id": str(self.id),
+            "user_id": self.user_id,
+            "type": self.type,
+            "title": self.title,
+            "body": self.body,
+            "data": json.loads(self.data_json),
+            "url": self.url,
+            "created_at": format_timestamp(self.created_at),
+            "read_at": format_timestamp(self.read_at) if self.read_at else None,
+        }
+
+    def to_json(self) -> str:
+        """Compact JSON of `to_dict()`, as written to the cache and the stream."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationPage:
+    """One page of a user's notifications, newest first."""
+
+    notifications: list[Notification]
+    unread_count: int
+    next_before: str | None
+
+
+class NotificationObserver(Protocol):
+    """Told of every notification once it is stored."""
+
+    async def created(self, notification: Notification) -> None:
+        """React to a stored notification; raising does not undo the insert."""
+
+
+class NotificationService:
+    """Creates, lists and marks notifications, and tells the registered observers of new ones."""
+
+    def __init__(self, database: Any) -> None:
+        self._collection = database[COLLECTION]
+        self._observers: list[NotificationObserver] = []
+        self.observer_failures = 0
+
+    def register_observer(self, observer: NotificationObserver) -> None:
+        """Add an observer; done once at start-up, in the order observers should run."""
+        self._observers.append(observer)
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the queries below rely on (idempotent)."""
+        with _store_errors():
+            await self._collection.create_index([("user_id", ASCENDING), ("_id", DESCENDING)])
+            await self._collection.create_index([("user_id", ASCENDING), ("read_at", ASCENDING)])
+
+    async def create(self, fields: Mapping[str, Any]) -> Notification:
+        """Validate and store a notification, then run every observer on it.
+
+        An observer's failure is logged and counted; the stored notification stands.
+        """
+        notification = validate_new_notification(fields, now=utc_now())
+        with _store_errors():
+            await self._collection.insert_one(notification.to_document())
+        for observer in self._observers:
+            try:
+                await observer.created(notification)
+            except Exception:
+                self.observer_failures += 1
+                log.exception("observer %s failed for notification %s", type(observer).__name__, notification.id)
+        return notification
+
+    async def list(self, user_id: str, limit: int, before: str | None = None) -> NotificationPage:
+        """The user's notifications newest first, `limit` at a time, older than `before` if given."""
+        if not MIN_LIST_LIMIT <= limit <= MAX_LIST_LIMIT:
+            raise Invalid(f"limit must be between {MIN_LIST_LIMIT} and {MAX_LIST_LIMIT}")
+        query: dict[str, Any] = {"user_id": user_id}
+        if before is not None:
+            query["_id"] = {"$lt": parse_id(before, field="before")}
+        with _store_errors():
+            cursor = self._collection.find(query).sort("_id", DESCENDING).limit(limit + 1)
+            documents = [document async for document in cursor]
+            unread_count = await self._collection.count_documents({"user_id": user_id, "read_at": None})
+        notifications = [Notification.from_document(d) for d in documents[:limit]]
+        has_more = len(documents) > limit
+        next_before = str(notifications[-1].id) if has_more else None
+        return NotificationPage(notifications, unread_count, next_before)
+
+    async def mark_read(self, user_id: str, notification_id: str) -> Notification:
+        """Mark one of the user's notifications read; a second call keeps the first `read_at`."""
+        object_id = parse_id(notification_id, field="id")
+        with _store_errors():
+            document = await self._collection.find_one_and_update(
+                {"_id": object_id, "user_id": user_id, "read_at": None},
+                {"$set": {"read_at": utc_now()}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if document is None:
+                document = await self._collection.find_one({"_id": object_id, "user_id": user_id})
+        if document is None:
+            raise NotFound("no such notification")
+        return Notification.from_document(document)
+
+    async def mark_all_read(self, user_id: str) -> int:
+        """Mark every unread notification of the user read; returns how many changed."""
+        with _store_errors():
+            result = await self._collection.update_many(
+                {"user_id": user_id, "read_at": None}, {"$set": {"read_at": utc_now()}}
+            )
+        return int(result.modified_count)
+
+    async def since(self, user_id: str, last_seen_id: str) -> AsyncIterator[list[Notification]]:
+        """Batches, in id order, of the user's notifications a client that last saw `last_seen_id` lacks.
+
+        That is every newer id, and, within `CATCH_UP_WINDOW` before it, any older id that
+        was created after it (ObjectIds from different processes within one second, or an
+        insert still in flight, are not ordered by creation). An unparseable id yields nothing.
+        """
+        try:
+            last_seen = ObjectId(last_seen_id)
+        except (InvalidId, TypeError):
+            return
+        with _store_errors():
+            last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
+        newer: dict[str, Any] = {"_id": {"$gt": last_seen}}
+        branches: list[dict[str, Any]] = [newer]
+        if last is not None:
+            window_start = ObjectId.from_datetime(last_seen.generation_time - CATCH_UP_WINDOW)
+            branches.append({"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}})
+        query = {"user_id": user_id, "$or": branches}
+        with _store_errors():
+            cursor = self._collection.find(query).sort("_id", ASCENDING).batch_size(CATCH_UP_BATCH)
+            batch: list[Notification] = []
+            async for document in cursor:
+                batch.append(Notification.from_document(document))
+                if len(batch) == CATCH_UP_BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless MongoDB answers."""
+        with _store_errors():
+            await self._collection.database.command("ping")
+
+
+def validate_new_notification(fields: Mapping[str, Any], now: datetime.datetime) -> Notification:
+    """Check a producer's fields and build the notification they describe, or raise Invalid."""
+    if not isinstance(fields, Mapping):
+        raise Invalid("the body must be a JSON object")
+    unknown = sorted(set(fields) - _FIELDS)
+    if unknown:
+        raise Invalid(f"unknown field: {unknown[0]}")
+    user_id = _text(fields, "user_id", required=True, max_length=MAX_USER_ID_LENGTH)
+    title = _text(fields, "title", required=True, max_length=MAX_TITLE_LENGTH)
+    body = _text(fields, "body", max_length=MAX_BODY_LENGTH) or ""
+    type_ = _text(fields, "type", max_length=MAX_TYPE_LENGTH) or DEFAULT_TYPE
+    if not _TYPE_PATTERN.match(type_):
+        raise Invalid("type may only contain letters, digits and _ . : -")
+    url = _text(fields, "url", max_length=MAX_URL_LENGTH)
+    if url is not None and not _URL_PATTERN.match(url):
+        raise Invalid("url must be an absolute http(s) URL or a path starting with /")
+    data = fields.get("data")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise Invalid("data must be a JSON object")
+    _check_json_value(data, depth=1)
+    data_json = json.dumps(data, separators=(",", ":"))
+    if len(data_json) > MAX_DATA_BYTES:
+        raise Invalid(f"data must be at most {MAX_DATA_BYTES} bytes as JSON")
+    return Notification(
+        id=ObjectId(),
+        user_id=user_id,
+        type=type_,
+        title=title,
+        body=body,
+        data_json=data_json,
+        url=url,
+        created_at=now,
+        read_at=None,
+    )
+
+
+def parse_id(value: str, field: str) -> ObjectId:
+    """Parse a notification id (24 hex digits), or raise Invalid naming the field."""
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        raise Invalid(f"{field} must be a notification id (24 hexadecimal digits)") from None
+
+
+def format_timestamp(value: datetime.datetime) -> str:
+    """ISO 8601 in UTC with milliseconds, as MongoDB stores them: 2026-01-02T03:04:05.678Z."""
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def utc_now() -> datetime.datetime:
+    """The current time in UTC, truncated to the millisecond MongoDB keeps."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _as_utc(value: datetime.datetime) -> datetime.datetime:
+    return value.replace(tzinfo=datetime.UTC) if value.tzinfo is None else value
+
+
+def _text(fields: Mapping[str, Any], name: str, *, max_length: int, required: bool = False) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        if required:
+            raise Invalid(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be a string")
+    if required and not value.strip():
+        raise Invalid(f"{name} must not be empty")
+    if len(value) > max_length:
+        raise Invalid(f"{name} must be at most {max_length} characters")
+    _check_unicode(value, name)
+    return value
+
+
+def _check_json_value(value: Any, depth: int) -> None:
+    if depth > MAX_DATA_DEPTH:
+        raise Invalid(f"data must be nested at most {MAX_DATA_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, "data")
+            _check_json_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, depth + 1)
+    elif isinstance(value, str):
+        _check_unicode(value, "data")
+
+
+def _check_unicode(value: str, name: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"{name} contains an unpaired surrogate, which is not valid Unicode") from None
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """Turn MongoDB's connection failures into StoreUnavailable; other errors stay bugs."""
+    try:
+        yield
+    except (ConnectionFailure, OperationFailure) as error:
+        if isinstance(error, OperationFailure) and not _is_transient(error):
+            raise
+        log.warning("MongoDB unavailable: %s", error)
+        raise StoreUnavailable("the notification store is unavailable") from error
+
+
+def _is_transient(error: PyMongoError) -> bool:
+    return error.has_error_label("RetryableWriteError") or error.has_error_label("TransientTransactionError")
