@@ -289,10 +289,8 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down: %d open streams", len(runtime.streams))
         server.stop()
         runtime.streams.end_all()
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        while len(runtime.streams) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
         try:
+            await asyncio.wait_for(runtime.streams.wait_until_empty(), SHUTDOWN_GRACE_SECONDS)
             await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
         except TimeoutError:
             log.warning("some connections did not close within %.0f s", SHUTDOWN_GRACE_SECONDS)

@@ -63,27 +63,27 @@ class BaseHandler(web.RequestHandler):
     @property
     def notifications(self) -> NotificationService:
         """The notification service."""
-        return self.settings["notifications"]  # type: ignore[no-any-return]
+        return self.settings["notifications"]
 
     @property
     def delivery_cache(self) -> DeliveryCache:
         """The Redis delivery cache."""
-        return self.settings["delivery_cache"]  # type: ignore[no-any-return]
+        return self.settings["delivery_cache"]
 
     @property
     def authenticator(self) -> Authenticator:
         """Verifies user tokens and the producers' key."""
-        return self.settings["authenticator"]  # type: ignore[no-any-return]
+        return self.settings["authenticator"]
 
     @property
     def health(self) -> HealthService:
         """The store checks."""
-        return self.settings["health"]  # type: ignore[no-any-return]
+        return self.settings["health"]
 
     @property
     def streams(self) -> StreamRegistry:
         """The open event streams, for shutdown."""
-        return self.settings["streams"]  # type: ignore[no-any-return]
+        return self.settings["streams"]
 
     def current_user_id(self) -> str:
         """The user of the request's token: Bearer header, then cookie, then query parameter."""

@@ -17,9 +17,9 @@ class NotificationsHandler(BaseHandler):
         self.write_json(notification.to_dict(), status=201)
 
     async def get(self) -> None:
-        """The user's notifications newest first: `limit` (1–100, default 20), `before` an id to page on."""
+        """The user's notifications newest first: `limit` (1 to 100, default 20), `before` an id to page on."""
         user_id = self.current_user_id()
-        page = await self.notifications.list(user_id, self._limit(), self.get_query_argument("before", None))
+        page = await self.notifications.list_recent(user_id, self._limit(), self.get_query_argument("before", None))
         self.write_json(
             {
                 "notifications": [n.to_dict() for n in page.notifications],

@@ -40,7 +40,9 @@ class EventStreamHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        scanner = PeriodicCallback(lambda: self._scan(inbox), float(self.settings["poll_interval"]) * 1000, jitter=POLL_JITTER)
+        scanner = PeriodicCallback(
+            lambda: self._scan(inbox), float(self.settings["poll_interval"]) * 1000, jitter=POLL_JITTER
+        )
         self.streams.add(self)
         try:
             if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Collection
+from typing import Any
 from urllib.parse import quote
 
 from redis.asyncio import Redis
@@ -145,7 +146,7 @@ class ConnectionInbox:
     async def pending(self) -> list[tuple[str, bytes]]:
         """The queued (notification id, JSON) pairs not yet sent on this connection, in id order."""
         try:
-            entries = await self._redis.hgetall(self._inbox_key)
+            entries: dict[Any, bytes] = await self._redis.hgetall(self._inbox_key)  # type: ignore[assignment]
         except RedisError as error:
             raise StoreUnavailable("the delivery cache is unavailable") from error
         queued = {key.decode(): value for key, value in entries.items()}

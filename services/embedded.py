@@ -73,7 +73,17 @@ class EmbeddedMongo:
             self._log = open(self._data_dir / "mongodb.log", "ab")  # noqa: SIM115 - closed in stop()
             log_target = self._log
         self._process = subprocess.Popen(
-            [command, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", storage, "--log-level", "WARNING"],
+            [
+                command,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                storage,
+                "--log-level",
+                "WARNING",
+            ],
             stdout=log_target,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,

@@ -153,7 +153,7 @@ class NotificationService:
                 log.exception("observer %s failed for notification %s", type(observer).__name__, notification.id)
         return notification
 
-    async def list(self, user_id: str, limit: int, before: str | None = None) -> NotificationPage:
+    async def list_recent(self, user_id: str, limit: int, before: str | None = None) -> NotificationPage:
         """The user's notifications newest first, `limit` at a time, older than `before` if given."""
         if not MIN_LIST_LIMIT <= limit <= MAX_LIST_LIMIT:
             raise Invalid(f"limit must be between {MIN_LIST_LIMIT} and {MAX_LIST_LIMIT}")
@@ -209,7 +209,9 @@ class NotificationService:
         branches: list[dict[str, Any]] = [newer]
         if last is not None:
             window_start = ObjectId.from_datetime(last_seen.generation_time - CATCH_UP_WINDOW)
-            branches.append({"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}})
+            branches.append(
+                {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
+            )
         query = {"user_id": user_id, "$or": branches}
         with _store_errors():
             cursor = self._collection.find(query).sort("_id", ASCENDING).batch_size(CATCH_UP_BATCH)
@@ -235,8 +237,8 @@ def validate_new_notification(fields: Mapping[str, Any], now: datetime.datetime)
     unknown = sorted(set(fields) - _FIELDS)
     if unknown:
         raise Invalid(f"unknown field: {unknown[0]}")
-    user_id = _text(fields, "user_id", required=True, max_length=MAX_USER_ID_LENGTH)
-    title = _text(fields, "title", required=True, max_length=MAX_TITLE_LENGTH)
+    user_id = _required_text(fields, "user_id", max_length=MAX_USER_ID_LENGTH)
+    title = _required_text(fields, "title", max_length=MAX_TITLE_LENGTH)
     body = _text(fields, "body", max_length=MAX_BODY_LENGTH) or ""
     type_ = _text(fields, "type", max_length=MAX_TYPE_LENGTH) or DEFAULT_TYPE
     if not _TYPE_PATTERN.match(type_):
@@ -289,16 +291,21 @@ def _as_utc(value: datetime.datetime) -> datetime.datetime:
     return value.replace(tzinfo=datetime.UTC) if value.tzinfo is None else value
 
 
-def _text(fields: Mapping[str, Any], name: str, *, max_length: int, required: bool = False) -> str | None:
+def _required_text(fields: Mapping[str, Any], name: str, *, max_length: int) -> str:
+    value = _text(fields, name, max_length=max_length)
+    if value is None:
+        raise Invalid(f"{name} is required")
+    if not value.strip():
+        raise Invalid(f"{name} must not be empty")
+    return value
+
+
+def _text(fields: Mapping[str, Any], name: str, *, max_length: int) -> str | None:
     value = fields.get(name)
     if value is None:
-        if required:
-            raise Invalid(f"{name} is required")
         return None
     if not isinstance(value, str):
         raise Invalid(f"{name} must be a string")
-    if required and not value.strip():
-        raise Invalid(f"{name} must not be empty")
     if len(value) > max_length:
         raise Invalid(f"{name} must be at most {max_length} characters")
     _check_unicode(value, name)

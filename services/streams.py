@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 
@@ -17,14 +18,23 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self._streams: set[EndableStream] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def add(self, stream: EndableStream) -> None:
         """Track an opened stream."""
         self._streams.add(stream)
+        self._empty.clear()
 
     def discard(self, stream: EndableStream) -> None:
         """Forget a closed stream."""
         self._streams.discard(stream)
+        if not self._streams:
+            self._empty.set()
+
+    async def wait_until_empty(self) -> None:
+        """Return once no stream is open."""
+        await self._empty.wait()
 
     def __len__(self) -> int:
         return len(self._streams)

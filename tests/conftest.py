@@ -1,0 +1,105 @@
+"""Fixtures: real MongoDB-wire and Redis servers, and a bellcast served on a real socket.
+
+* ``store_urls`` (session): ``TEST_MONGODB_URL`` / ``TEST_REDIS_URL`` when set, else an
+  embedded SecantusDB and valkey-server started once for the whole run.
+* ``mongo_driver``: "pymongo"; parametrize it to run a test on Motor too.
+* ``settings``: test settings — fast polling, a fresh database name per test.
+* ``runtime``: the services on the real stores, with a clean database and cache.
+* ``app``: the Tornado application pytest-tornado's ``http_server`` serves.
+* ``api``: the JSON API as a producer and as users (``tests.support.API``).
+* ``open_stream``: opens SSE streams on raw sockets, closed after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from server import Runtime, Settings, make_app, start_runtime
+from services.embedded import EmbeddedMongo, EmbeddedRedis
+from tests.support import API, SSEStream
+
+
+@pytest.fixture(scope="session")
+def store_urls() -> Iterator[tuple[str, str]]:
+    """(MongoDB URL, Redis URL) of real servers for the whole session."""
+    started: list[EmbeddedMongo | EmbeddedRedis] = []
+    mongodb_url = os.environ.get("TEST_MONGODB_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    try:
+        if not mongodb_url:
+            started.append(EmbeddedMongo(None).start())
+            mongodb_url = started[-1].url
+        if not redis_url:
+            started.append(EmbeddedRedis(None).start())
+            redis_url = started[-1].url
+        yield mongodb_url, redis_url
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def mongo_driver() -> str:
+    return "pymongo"
+
+
+@pytest.fixture
+def settings(mongo_driver: str) -> Settings:
+    return Settings(
+        mongodb_db=f"bellcast_test_{uuid.uuid4().hex[:12]}",
+        mongo_driver=mongo_driver,
+        jwt_secret="test-secret-" + "x" * 32,
+        api_key="test-api-key-" + "y" * 16,
+        poll_interval=0.05,
+        heartbeat_interval=0.5,
+    )
+
+
+@pytest.fixture
+def runtime(io_loop, settings: Settings, store_urls: tuple[str, str]) -> Iterator[Runtime]:
+    mongodb_url, redis_url = store_urls
+
+    async def start() -> Runtime:
+        started = await start_runtime(settings, mongodb_url, redis_url)
+        await started.redis.flushdb()
+        return started
+
+    started = io_loop.run_sync(start)
+    yield started
+
+    async def stop() -> None:
+        await started.mongo.client.drop_database(settings.mongodb_db)
+        await started.close()
+
+    io_loop.run_sync(stop)
+
+
+@pytest.fixture
+def app(runtime: Runtime, settings: Settings):
+    return make_app(runtime, settings)
+
+
+@pytest.fixture
+def api(http_client, base_url: str, settings: Settings, runtime: Runtime) -> API:
+    assert settings.api_key is not None
+    return API(http_client, base_url, settings.api_key, runtime.authenticator)
+
+
+@pytest.fixture
+def open_stream(http_server, base_url: str, api: API):
+    opened: list[SSEStream] = []
+
+    async def open_(user_id: str | None, last_event_id: str | None = None, token: str | None = None) -> SSEStream:
+        if token is None and user_id is not None:
+            token = api.token(user_id)
+        stream = await SSEStream.open(base_url, token, last_event_id)
+        opened.append(stream)
+        return stream
+
+    yield open_
+    for stream in opened:
+        stream.close()

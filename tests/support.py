@@ -1,0 +1,169 @@
+"""Clients the tests talk to bellcast with: the JSON API, and an SSE reader on a raw socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
+
+from services.auth import Authenticator
+
+
+@dataclass
+class Event:
+    """One parsed Server-Sent Event."""
+
+    id: str | None = None
+    event: str | None = None
+    data: str = ""
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+    def json(self) -> Any:
+        """The event's data parsed as JSON."""
+        return json.loads(self.data)
+
+
+class API:
+    """The HTTP API of a running bellcast, as a producer and as users."""
+
+    def __init__(self, client: AsyncHTTPClient, base_url: str, api_key: str, authenticator: Authenticator) -> None:
+        self.client = client
+        self.base_url = base_url
+        self.api_key = api_key
+        self.authenticator = authenticator
+
+    def token(self, user_id: str, lifetime: int = 3600) -> str:
+        """A valid token for `user_id`."""
+        return self.authenticator.mint_user_token(user_id, lifetime, time.time())
+
+    async def request(
+        self, method: str, path: str, body: bytes | str | None = None, headers: dict[str, str] | None = None
+    ) -> HTTPResponse:
+        """Any request; never raises on an error status."""
+        if body is None and method == "POST":
+            body = b""
+        return await self.client.fetch(
+            self.base_url + path, method=method, body=body, headers=headers or {}, raise_error=False
+        )
+
+    async def create(self, user_id: str, title: str = "Hello", **fields: Any) -> dict[str, Any]:
+        """Create a notification as a producer; asserts 201 and returns the JSON."""
+        response = await self.request(
+            "POST",
+            "/api/notifications",
+            json.dumps({"user_id": user_id, "title": title, **fields}),
+            {"X-API-Key": self.api_key, "Content-Type": "application/json"},
+        )
+        assert response.code == 201, response.body
+        return json.loads(response.body)
+
+    async def as_user(self, user_id: str, method: str, path: str, body: bytes | str | None = None) -> HTTPResponse:
+        """A request with the user's Bearer token."""
+        return await self.request(method, path, body, {"Authorization": f"Bearer {self.token(user_id)}"})
+
+
+class SSEStream:
+    """A browser's EventSource reduced to a socket: send the request, de-chunk, parse events."""
+
+    def __init__(self, stream: IOStream) -> None:
+        self._stream = stream
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._buffer = b""
+        self._chunked = False
+
+    @classmethod
+    async def open(cls, base_url: str, token: str | None, last_event_id: str | None = None) -> SSEStream:
+        """Connect and read the response head."""
+        url = urlsplit(base_url)
+        stream = await TCPClient().connect(url.hostname or "127.0.0.1", url.port or 80)
+        path = "/notifications/stream" + (f"?access_token={token}" if token else "")
+        lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Accept: text/event-stream"]
+        if last_event_id is not None:
+            lines.append(f"Last-Event-ID: {last_event_id}")
+        stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self = cls(stream)
+        head = await stream.read_until(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        for line in header_lines:
+            if line:
+                name, _, value = line.partition(":")
+                self.headers[name.strip().lower()] = value.strip()
+        self._chunked = self.headers.get("transfer-encoding") == "chunked"
+        return self
+
+    async def _read_more(self) -> None:
+        if self._chunked:
+            size = int((await self._stream.read_until(b"\r\n")).strip(), 16)
+            chunk = await self._stream.read_bytes(size + 2)
+            if size == 0:
+                raise StreamClosedError()
+            self._buffer += chunk[:-2]
+        else:
+            self._buffer += await self._stream.read_bytes(65536, partial=True)
+
+    async def next_event(self, timeout: float = 5.0) -> Event:
+        """The next event or comment block; TimeoutError if none arrives in time."""
+        return await asyncio.wait_for(self._next_event(), timeout)
+
+    async def _next_event(self) -> Event:
+        while b"\n\n" not in self._buffer:
+            await self._read_more()
+        block, self._buffer = self._buffer.split(b"\n\n", 1)
+        event = Event()
+        data_lines = []
+        for line in block.decode().split("\n"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "":
+                event.comments.append(value)
+            elif name == "id":
+                event.id = value
+            elif name == "event":
+                event.event = value
+            elif name == "data":
+                data_lines.append(value)
+            elif name == "retry":
+                event.retry = int(value)
+        event.data = "\n".join(data_lines)
+        return event
+
+    async def notifications(self, count: int, timeout: float = 5.0) -> list[Event]:
+        """The next `count` notification events, skipping comments and retry hints."""
+        found: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < count:
+            event = await self.next_event(max(0.01, deadline - time.monotonic()))
+            if event.event == "notification":
+                found.append(event)
+        return found
+
+    async def assert_silent(self, seconds: float) -> None:
+        """Fail if a notification arrives within `seconds`."""
+        try:
+            extra = await self.notifications(1, timeout=seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected notification: {extra[0].data}")
+
+    def close(self) -> None:
+        """Close the socket, as a browser closing the tab does."""
+        self._stream.close()
+
+
+async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
+    """Wait until the async `predicate()` is true; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)

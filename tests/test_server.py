@@ -1,0 +1,94 @@
+"""`python server.py`: settings checked at start, embedded stores started and stopped with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from server import Settings, SettingsError, parse_settings
+from services.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"PORT": "eighty"}, "PORT='eighty'"),
+        ({"PORT": "70000"}, "PORT='70000'"),
+        ({"POLL_INTERVAL": "0"}, "POLL_INTERVAL"),
+        ({"POLL_INTERVAL": "nan"}, "POLL_INTERVAL"),
+        ({"MONGO_DRIVER": "mongoose"}, "MONGO_DRIVER"),
+        ({"MONGODB_URL": "http://x"}, "MONGODB_URL"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"JWT_SECRET": "short"}, "JWT_SECRET=<hidden>"),
+        ({"HEARTBEAT_INTERVAL": "1", "POLL_INTERVAL": "2"}, "HEARTBEAT_INTERVAL"),
+    ],
+)
+def test_invalid_settings_are_refused_with_the_variable_named(environ, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        parse_settings([], environ)
+
+
+def test_flags_override_environment_which_overrides_defaults():
+    settings = parse_settings(["--port", "9000"], {"PORT": "8000", "POLL_INTERVAL": "0.5"})
+    assert settings == Settings(port=9000, poll_interval=0.5)
+
+
+def test_server_refuses_to_start_on_an_invalid_setting():
+    result = subprocess.run(
+        [sys.executable, "server.py"], cwd=ROOT, env={**os.environ, "PORT": "x"}, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "invalid setting PORT='x'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path):
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "REDIS_URL", "JWT_SECRET", "API_KEY")}
+    process = subprocess.Popen(
+        [sys.executable, "server.py", "--port", str(port), "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        assert status == 200 and body["checks"] == {"mongodb": "ok", "redis": "ok"}
+        secrets = json.loads((tmp_path / "development-secrets.json").read_text())
+        assert set(secrets) == {"jwt_secret", "api_key"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "embedded SecantusDB" in output and "embedded valkey-server" in output
+    assert 'token for user "demo"' in output
+    assert "bellcast stopped" in output
+    children = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
+    assert children == "", "an embedded server outlived bellcast"

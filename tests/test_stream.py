@@ -1,0 +1,210 @@
+"""The stream: what each connection receives, exactly once, and what it leaves behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.cache import REGISTRATION_TTL, connections_key, inbox_key
+from tests.support import eventually
+
+
+@pytest.mark.gen_test
+async def test_stream_answers_with_event_stream_headers_and_a_retry_hint(open_stream):
+    stream = await open_stream("alice")
+    assert stream.status == 200
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert stream.headers["cache-control"] == "no-cache"
+    assert stream.headers["x-accel-buffering"] == "no"
+    assert "content-encoding" not in stream.headers
+    first = await stream.next_event()
+    assert first.retry is not None and first.retry > 0
+
+
+@pytest.mark.gen_test
+async def test_created_notification_is_delivered_to_the_users_stream(api, open_stream):
+    stream = await open_stream("alice")
+    await stream.next_event()
+    created = await api.create("alice", "Build finished", body="All green", url="https://ci.example/1")
+    [event] = await stream.notifications(1)
+    assert event.id == created["id"]
+    assert event.event == "notification"
+    assert event.json() == created
+
+
+@pytest.mark.gen_test
+async def test_two_tabs_of_one_user_each_receive_a_notification_once(api, open_stream):
+    first_tab = await open_stream("alice")
+    second_tab = await open_stream("alice")
+    created = await api.create("alice")
+    for tab in (first_tab, second_tab):
+        [event] = await tab.notifications(1)
+        assert event.id == created["id"]
+    for tab in (first_tab, second_tab):
+        await tab.assert_silent(0.3)
+
+
+@pytest.mark.gen_test
+async def test_another_user_receives_nothing(api, open_stream):
+    alice = await open_stream("alice")
+    bob = await open_stream("bob")
+    created = await api.create("alice")
+    [event] = await alice.notifications(1)
+    assert event.id == created["id"]
+    await bob.assert_silent(0.3)
+
+
+@pytest.mark.gen_test
+async def test_notifications_arrive_in_creation_order(api, open_stream):
+    stream = await open_stream("alice")
+    created = [await api.create("alice", f"n{i}") for i in range(10)]
+    events = await stream.notifications(10)
+    assert [e.id for e in events] == [c["id"] for c in created]
+
+
+@pytest.mark.gen_test
+async def test_newlines_in_fields_cannot_break_the_event_framing(api, open_stream):
+    stream = await open_stream("alice")
+    created = await api.create("alice", "line one\n\nid: forged\nevent: x", body="a\r\nb\rc")
+    [event] = await stream.notifications(1)
+    assert event.id == created["id"]
+    assert event.json()["title"] == "line one\n\nid: forged\nevent: x"
+    assert event.json()["body"] == "a\r\nb\rc"
+
+
+@pytest.mark.gen_test
+async def test_last_event_id_resumes_in_order_without_duplicates(api, open_stream):
+    created = [await api.create("alice", f"n{i}") for i in range(5)]
+    await api.create("bob", "not alice's")
+    stream = await open_stream("alice", last_event_id=created[1]["id"])
+    events = await stream.notifications(3)
+    assert [e.id for e in events] == [c["id"] for c in created[2:]]
+    live = await api.create("alice", "live")
+    [event] = await stream.notifications(1)
+    assert event.id == live["id"]
+    await stream.assert_silent(0.3)
+
+
+@pytest.mark.gen_test
+async def test_catch_up_includes_an_older_id_created_after_the_last_seen_one(api, open_stream, runtime):
+    """ObjectIds from two processes in one second are not ordered by creation: mind that window."""
+    from bson import ObjectId
+
+    from services.notifications import Notification, utc_now
+
+    seen = await api.create("alice", "seen")
+    seen_id = ObjectId(seen["id"])
+    # Made by "another process": same second, smaller id, created later.
+    older_id = ObjectId(seen_id.binary[:4] + b"\x00" * 8)
+    late = Notification(older_id, "alice", "info", "late", "", "{}", None, utc_now(), None)
+    await runtime.mongo.database["notifications"].insert_one(late.to_document())
+    stream = await open_stream("alice", last_event_id=seen["id"])
+    [event] = await stream.notifications(1)
+    assert event.id == str(older_id)
+    await stream.assert_silent(0.3)
+
+
+@pytest.mark.gen_test
+async def test_reconnect_with_unknown_or_malformed_last_event_id_still_streams(api, open_stream):
+    for last_event_id in ("not-an-id", "ffffffffffffffffffffffff", "\u00e9"):
+        stream = await open_stream("alice", last_event_id=last_event_id)
+        assert stream.status == 200
+    created = await api.create("alice")
+    [event] = await stream.notifications(1)
+    assert event.id == created["id"]
+
+
+@pytest.mark.gen_test
+async def test_notification_created_during_catch_up_is_sent_once(api, open_stream, runtime):
+    created = [await api.create("alice", f"n{i}") for i in range(3)]
+    stream = await open_stream("alice", last_event_id=created[0]["id"])
+    later = await api.create("alice", "during")
+    events = await stream.notifications(3)
+    assert [e.id for e in events] == [created[1]["id"], created[2]["id"], later["id"]]
+    await stream.assert_silent(0.3)
+
+
+@pytest.mark.gen_test
+async def test_idle_stream_sends_heartbeat_comments(open_stream, settings):
+    stream = await open_stream("alice")
+    assert (await stream.next_event()).retry is not None
+    assert (await stream.next_event()).comments == ["connected"]
+    heartbeat = await stream.next_event(timeout=settings.heartbeat_interval * 4)
+    assert heartbeat.comments == ["heartbeat"]
+    assert heartbeat.event is None
+
+
+@pytest.mark.gen_test
+async def test_stream_registers_its_connection_with_a_ttl(open_stream, runtime):
+    await open_stream("alice")
+    key = connections_key("alice")
+
+    async def registered() -> bool:
+        return await runtime.redis.zcard(key) == 1
+
+    await eventually(registered)
+    assert 0 < await runtime.redis.ttl(key) <= REGISTRATION_TTL
+
+
+@pytest.mark.gen_test
+async def test_cache_entries_carry_a_ttl(runtime):
+    """An inbox whose connection died without deregistering expires on its own."""
+    from services.notifications import utc_now, validate_new_notification
+
+    inbox = runtime.delivery_cache.open_inbox("alice")
+    await inbox.register()
+    notification = validate_new_notification({"user_id": "alice", "title": "t"}, now=utc_now())
+    assert await runtime.delivery_cache.enqueue(notification) == 1
+    key = inbox_key("alice", inbox.connection_id)
+    assert await runtime.redis.hexists(key, str(notification.id))
+    assert 0 < await runtime.redis.ttl(key) <= REGISTRATION_TTL
+    assert 0 < await runtime.redis.ttl(connections_key("alice")) <= REGISTRATION_TTL
+
+
+@pytest.mark.gen_test
+async def test_delivered_entries_are_removed_from_the_cache(api, open_stream, runtime):
+    stream = await open_stream("alice")
+    await api.create("alice")
+    await stream.notifications(1)
+    [connection_id] = await runtime.redis.zrange(connections_key("alice"), 0, -1)
+
+    async def emptied() -> bool:
+        return await runtime.redis.hlen(inbox_key("alice", connection_id.decode())) == 0
+
+    await eventually(emptied)
+
+
+@pytest.mark.gen_test
+async def test_closed_connection_stops_its_scan_and_leaves_no_registration(api, open_stream, runtime):
+    stream = await open_stream("alice")
+    await stream.next_event()
+    assert len(runtime.streams) == 1
+    stream.close()
+
+    async def released() -> bool:
+        return len(runtime.streams) == 0 and await runtime.redis.exists(connections_key("alice")) == 0
+
+    await eventually(released)
+    # Nothing is queued for a connection that is gone.
+    await api.create("alice")
+    assert await runtime.redis.keys("bellcast:*") == []
+
+
+@pytest.mark.gen_test
+async def test_stream_without_token_is_refused_with_json_401(open_stream):
+    stream = await open_stream(None)
+    assert stream.status == 401
+    assert stream.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("mongo_driver", ["pymongo", "motor"])
+async def test_delivery_and_catch_up_work_with_either_mongo_driver(api, open_stream, runtime, mongo_driver):
+    assert runtime.mongo.driver == mongo_driver
+    first = await api.create("alice", "first")
+    stream = await open_stream("alice")
+    second = await api.create("alice", "second")
+    [event] = await stream.notifications(1)
+    assert event.id == second["id"]
+    resumed = await open_stream("alice", last_event_id=first["id"])
+    [event] = await resumed.notifications(1)
+    assert event.id == second["id"]
