@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -49,8 +50,10 @@ class EventStreamHandler(BaseHandler):
                 await self._catch_up(user_id, inbox)
             scanner.start()
             await self._closed.wait()
-            if self._ending:
-                await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("server restarting"))
+            if self._ending and await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("server restarting")):
+                # End the response ourselves, so its last chunk is sent before shutdown closes the connection.
+                with contextlib.suppress(StreamClosedError):
+                    await self.finish()
         finally:
             scanner.stop()
             self._closed.set()

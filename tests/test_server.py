@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from server import Settings, SettingsError, parse_settings
+from services.auth import Authenticator
 from services.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +63,7 @@ def _get(url: str) -> tuple[int, dict]:
 
 
 def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path):
+    """Also the shutdown order: open streams get a retry hint and a clean end before the stores close."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "REDIS_URL", "JWT_SECRET", "API_KEY")}
     process = subprocess.Popen(
@@ -83,6 +86,16 @@ def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path
         assert status == 200 and body["checks"] == {"mongodb": "ok", "redis": "ok"}
         secrets = json.loads((tmp_path / "development-secrets.json").read_text())
         assert set(secrets) == {"jwt_secret", "api_key"}
+        token = Authenticator(secrets["jwt_secret"], secrets["api_key"]).mint_user_token("demo", 60, time.time())
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", f"/notifications/stream?access_token={token}")
+        stream = connection.getresponse()
+        assert stream.status == 200
+        assert stream.readline() == b"retry: 2000\n"
+        process.send_signal(signal.SIGTERM)
+        rest = stream.read()  # raises IncompleteRead unless the chunked stream ends properly
+        connection.close()
+        assert b"retry: 2000\n" in rest
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
