@@ -22,6 +22,7 @@ from tornado import httpserver, web
 import handlers
 from services.auth import Authenticator
 from services.cache import CacheObserver, DeliveryCache
+from services.delivery import CommandBatcher, StreamTiming, WakeupHub
 from services.health import HealthService
 from services.notifications import NotificationService
 from services.stores import MONGO_DRIVERS, MongoConnection, connect_redis
@@ -30,6 +31,7 @@ from services.streams import StreamRegistry
 log = logging.getLogger("bellcast")
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+STARTUP_SUBSCRIBE_TIMEOUT = 5.0
 DEVELOPMENT_TOKEN_LIFETIME = 24 * 3600
 DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
 # Bigger bodies are cut off unread; up to it, the API answers a JSON 413 past its own limit.
@@ -45,6 +47,15 @@ def _positive_number(value: str) -> float:
     if not number > 0 or number == float("inf"):
         raise ValueError("must be a positive number of seconds")
     return number
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _port(value: str) -> int:
@@ -106,8 +117,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", str, "./var", "where the embedded servers keep their data"),
     Setting("jwt_secret", _secret, None, "HS256 secret of user tokens; unset generates a development secret"),
     Setting("api_key", _secret, None, "producers' key (X-API-Key); unset generates a development key"),
-    Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans"),
+    Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans without wake-up hints"),
     Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),
+    Setting("wakeup_hints", _boolean, "true", "wake streams through one Redis pub/sub subscription per process"),
+    Setting("safety_scan_interval", _positive_number, "30", "with hints, seconds between a stream's own scans"),
 )
 
 
@@ -126,10 +139,22 @@ class Settings:
     api_key: str | None = None
     poll_interval: float = 1.0
     heartbeat_interval: float = 15.0
+    wakeup_hints: bool = True
+    safety_scan_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < self.poll_interval:
             raise SettingsError("HEARTBEAT_INTERVAL must be at least POLL_INTERVAL")
+
+    @property
+    def stream_timing(self) -> StreamTiming:
+        """The timing every stream follows."""
+        return StreamTiming(
+            poll_interval=self.poll_interval,
+            heartbeat_interval=self.heartbeat_interval,
+            safety_scan_interval=self.safety_scan_interval,
+            wakeup_hints=self.wakeup_hints,
+        )
 
     @property
     def development(self) -> bool:
@@ -165,6 +190,8 @@ class Runtime:
 
     mongo: MongoConnection
     redis: Any
+    batcher: CommandBatcher
+    wakeups: WakeupHub
     notifications: NotificationService
     delivery_cache: DeliveryCache
     authenticator: Authenticator
@@ -172,7 +199,9 @@ class Runtime:
     streams: StreamRegistry
 
     async def close(self) -> None:
-        """Close the stores' clients."""
+        """Stop listening for hints, then close the stores' clients."""
+        await self.wakeups.close()
+        await self.batcher.close()
         await self.mongo.close()
         await self.redis.aclose()
 
@@ -182,12 +211,16 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
     mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver)
     redis = connect_redis(redis_url)
     notifications = NotificationService(mongo.database)
-    delivery_cache = DeliveryCache(redis)
+    batcher = CommandBatcher(redis)
+    wakeups = WakeupHub(redis, settings.poll_interval)
+    delivery_cache = DeliveryCache(redis, batcher, publish_hints=settings.wakeup_hints)
     notifications.register_observer(CacheObserver(delivery_cache))
     assert settings.jwt_secret is not None and settings.api_key is not None
     runtime = Runtime(
         mongo=mongo,
         redis=redis,
+        batcher=batcher,
+        wakeups=wakeups,
         notifications=notifications,
         delivery_cache=delivery_cache,
         authenticator=Authenticator(settings.jwt_secret, settings.api_key),
@@ -195,6 +228,12 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
         streams=StreamRegistry(),
     )
     await notifications.ensure_indexes()
+    if settings.wakeup_hints:
+        wakeups.start()
+        try:
+            await asyncio.wait_for(wakeups.wait_subscribed(), STARTUP_SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            log.warning("no wake-up subscription yet; streams poll every %.1f s until there is", settings.poll_interval)
     return runtime
 
 
@@ -210,8 +249,8 @@ def make_app(runtime: Runtime, settings: Settings) -> web.Application:
         authenticator=runtime.authenticator,
         health=runtime.health,
         streams=runtime.streams,
-        poll_interval=settings.poll_interval,
-        heartbeat_interval=settings.heartbeat_interval,
+        wakeups=runtime.wakeups,
+        stream_timing=settings.stream_timing,
     )
 
 

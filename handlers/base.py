@@ -11,6 +11,7 @@ from tornado import httputil, web
 
 from services.auth import Authenticator
 from services.cache import DeliveryCache
+from services.delivery import StreamTiming, WakeupHub
 from services.errors import DomainError, Forbidden, Invalid, NotFound, StoreUnavailable, Unauthorized
 from services.health import HealthService
 from services.notifications import NotificationService
@@ -79,6 +80,16 @@ class BaseHandler(web.RequestHandler):
     def health(self) -> HealthService:
         """The store checks."""
         return self.settings["health"]
+
+    @property
+    def wakeups(self) -> WakeupHub:
+        """This process's subscription to wake-up hints."""
+        return self.settings["wakeups"]
+
+    @property
+    def stream_timing(self) -> StreamTiming:
+        """Heartbeat and scan intervals of streams."""
+        return self.settings["stream_timing"]
 
     @property
     def streams(self) -> StreamRegistry:

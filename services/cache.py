@@ -17,12 +17,12 @@ import logging
 import time
 import uuid
 from collections.abc import Collection
-from typing import Any
 from urllib.parse import quote
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.delivery import WAKEUP_CHANNEL, CommandBatcher
 from services.errors import StoreUnavailable
 from services.notifications import Notification
 
@@ -53,15 +53,17 @@ def inbox_key(user_id: str, connection_id: str) -> str:
 class DeliveryCache:
     """Registers live connections and queues notifications for them in Redis."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, batcher: CommandBatcher, publish_hints: bool = True) -> None:
         self._redis = redis
+        self._batcher = batcher
+        self._publish_hints = publish_hints
 
     def open_inbox(self, user_id: str) -> ConnectionInbox:
         """A new, not yet registered inbox for one stream of the user."""
-        return ConnectionInbox(self._redis, user_id, uuid.uuid4().hex)
+        return ConnectionInbox(self._batcher, user_id, uuid.uuid4().hex)
 
     async def enqueue(self, notification: Notification) -> int:
-        """Queue the notification for every live connection of its user; returns how many."""
+        """Queue the notification for every live connection of its user and hint them; returns how many."""
         key = connections_key(notification.user_id)
         now = time.time()
         try:
@@ -78,6 +80,8 @@ class DeliveryCache:
                     inbox = inbox_key(notification.user_id, connection_id.decode())
                     pipe.hset(inbox, notification_id, payload)
                     pipe.expire(inbox, REGISTRATION_TTL)
+                if self._publish_hints:
+                    pipe.publish(WAKEUP_CHANNEL, notification.user_id)
                 await pipe.execute()
         except RedisError as error:
             raise StoreUnavailable("the delivery cache is unavailable") from error
@@ -103,10 +107,21 @@ class CacheObserver:
 
 
 class ConnectionInbox:
-    """One stream's registration and queue of undelivered notifications."""
+    """One stream's registration and queue of undelivered notifications; its commands go out pipelined."""
 
-    def __init__(self, redis: Redis, user_id: str, connection_id: str) -> None:
-        self._redis = redis
+    __slots__ = (
+        "_batcher",
+        "_connections_key",
+        "_inbox_key",
+        "_refresh_due",
+        "_registered_at",
+        "_sent",
+        "connection_id",
+        "user_id",
+    )
+
+    def __init__(self, batcher: CommandBatcher, user_id: str, connection_id: str) -> None:
+        self._batcher = batcher
         self.user_id = user_id
         self.connection_id = connection_id
         self._connections_key = connections_key(user_id)
@@ -119,16 +134,14 @@ class ConnectionInbox:
 
     async def register(self) -> None:
         """Announce the connection so that observers queue the user's notifications for it."""
-        expires_at = time.time() + REGISTRATION_TTL
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(self._connections_key, {self.connection_id: expires_at})
+        await self._batcher.execute_many(
+            [
+                ("ZADD", self._connections_key, time.time() + REGISTRATION_TTL, self.connection_id),
                 # The newest registration expires last, so its TTL covers every member.
-                pipe.expire(self._connections_key, REGISTRATION_TTL)
-                pipe.expire(self._inbox_key, REGISTRATION_TTL)
-                await pipe.execute()
-        except RedisError as error:
-            raise StoreUnavailable("the delivery cache is unavailable") from error
+                ("EXPIRE", self._connections_key, REGISTRATION_TTL),
+                ("EXPIRE", self._inbox_key, REGISTRATION_TTL),
+            ]
+        )
         self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
         if not self._registered_at:
             self._registered_at = time.time()
@@ -145,10 +158,9 @@ class ConnectionInbox:
 
     async def pending(self) -> list[tuple[str, bytes]]:
         """The queued (notification id, JSON) pairs not yet sent on this connection, in id order."""
-        try:
-            entries: dict[Any, bytes] = await self._redis.hgetall(self._inbox_key)  # type: ignore[assignment]
-        except RedisError as error:
-            raise StoreUnavailable("the delivery cache is unavailable") from error
+        entries: dict[bytes, bytes] = await self._batcher.execute("HGETALL", self._inbox_key)
+        if not entries:
+            return []
         queued = {key.decode(): value for key, value in entries.items()}
         already_sent = [key for key in queued if key in self._sent]
         if already_sent:
@@ -160,18 +172,11 @@ class ConnectionInbox:
         if not notification_ids:
             return
         self._sent.update(notification_ids)
-        try:
-            await self._redis.hdel(self._inbox_key, *notification_ids)
-        except RedisError as error:
-            raise StoreUnavailable("the delivery cache is unavailable") from error
+        await self._batcher.execute("HDEL", self._inbox_key, *notification_ids)
         self._sent.difference_update(notification_ids)
 
     async def deregister(self) -> None:
         """Forget the connection and drop whatever it had not sent."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(self._connections_key, self.connection_id)
-                pipe.delete(self._inbox_key)
-                await pipe.execute()
-        except RedisError as error:
-            raise StoreUnavailable("the delivery cache is unavailable") from error
+        await self._batcher.execute_many(
+            [("ZREM", self._connections_key, self.connection_id), ("DEL", self._inbox_key)]
+        )

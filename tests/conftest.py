@@ -3,6 +3,7 @@
 * ``store_urls`` (session): ``TEST_MONGODB_URL`` / ``TEST_REDIS_URL`` when set, else an
   embedded SecantusDB and valkey-server started once for the whole run.
 * ``mongo_driver``: "pymongo"; parametrize it to run a test on Motor too.
+* ``wakeup_hints``: every test that uses ``settings`` runs twice, with hints and with polling.
 * ``settings``: test settings — fast polling, a fresh database name per test.
 * ``runtime``: the services on the real stores, with a clean database and cache.
 * ``app``: the Tornado application pytest-tornado's ``http_server`` serves.
@@ -47,8 +48,14 @@ def mongo_driver() -> str:
     return "pymongo"
 
 
+@pytest.fixture(params=[True, False], ids=["hints", "polling"])
+def wakeup_hints(request) -> bool:
+    """Streams woken by pub/sub hints, or polling their inbox every tick: both must deliver everything."""
+    return bool(request.param)
+
+
 @pytest.fixture
-def settings(mongo_driver: str) -> Settings:
+def settings(mongo_driver: str, wakeup_hints: bool) -> Settings:
     return Settings(
         mongodb_db=f"bellcast_test_{uuid.uuid4().hex[:12]}",
         mongo_driver=mongo_driver,
@@ -56,6 +63,9 @@ def settings(mongo_driver: str) -> Settings:
         api_key="test-api-key-" + "y" * 16,
         poll_interval=0.05,
         heartbeat_interval=0.5,
+        wakeup_hints=wakeup_hints,
+        # Long enough that, with hints, a test passes only if the hint woke the stream.
+        safety_scan_interval=30.0,
     )
 
 
