@@ -55,6 +55,8 @@ class EventStreamHandler(BaseHandler):
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
+            # Each event is complete when written: send it now rather than wait to fill a packet (Nagle).
+            self.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
             ticker = PeriodicCallback(self._tick, self.stream_timing.tick_interval * 1000, jitter=TICK_JITTER)
             self.streams.add(self)
             try:

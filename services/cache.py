@@ -134,22 +134,24 @@ class ConnectionInbox:
 
     async def register(self) -> None:
         """Announce the connection so that observers queue the user's notifications for it."""
-        await self._batcher.execute_many(
-            [
-                ("ZADD", self._connections_key, time.time() + REGISTRATION_TTL, self.connection_id),
-                # The newest registration expires last, so its TTL covers every member.
-                ("EXPIRE", self._connections_key, REGISTRATION_TTL),
-                ("EXPIRE", self._inbox_key, REGISTRATION_TTL),
-            ]
-        )
+        self._registered_at = time.time()
+        await self._batcher.execute_many(self._registration_commands())
         self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
-        if not self._registered_at:
-            self._registered_at = time.time()
 
     async def refresh_if_due(self) -> None:
-        """Renew the registration's TTL when a third of it has passed."""
+        """Renew the registration's and the inbox's TTL when a third of it has passed."""
         if time.monotonic() >= self._refresh_due:
-            await self.register()
+            await self._batcher.execute_many(
+                [*self._registration_commands(), ("EXPIRE", self._inbox_key, REGISTRATION_TTL)]
+            )
+            self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
+
+    def _registration_commands(self) -> list[tuple[object, ...]]:
+        return [
+            ("ZADD", self._connections_key, time.time() + REGISTRATION_TTL, self.connection_id),
+            # The newest registration expires last, so its TTL covers every member.
+            ("EXPIRE", self._connections_key, REGISTRATION_TTL),
+        ]
 
     def note_caught_up(self, notification: Notification) -> None:
         """Remember a notification the catch-up sent, if the observer may also have queued it."""

@@ -53,7 +53,7 @@ class CommandBatcher:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._queued: list[tuple[Sequence[Any], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -61,44 +61,57 @@ class CommandBatcher:
         """Run one command in the next pipeline; RedisError becomes StoreUnavailable."""
         return (await self.execute_many([command]))[0]
 
-    async def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Run several commands, in order, in the next pipeline."""
+    def execute_many(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+        """Run several commands, in order, in the next pipeline; the future has their replies."""
         loop = asyncio.get_running_loop()
-        futures = []
-        for command in commands:
-            future: asyncio.Future[Any] = loop.create_future()
-            self._queued.append((command, future))
-            futures.append(future)
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._queued.append((commands, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return list(await asyncio.gather(*futures))
+        return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         queued, self._queued = self._queued, []
-        for start in range(0, len(queued), MAX_PIPELINE_COMMANDS):
-            task = asyncio.ensure_future(self._send(queued[start : start + MAX_PIPELINE_COMMANDS]))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+        batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
+        size = 0
+        for entry in queued:
+            batch.append(entry)
+            size += len(entry[0])
+            if size >= MAX_PIPELINE_COMMANDS:
+                self._start(batch)
+                batch, size = [], 0
+        if batch:
+            self._start(batch)
 
-    async def _send(self, batch: list[tuple[Sequence[Any], asyncio.Future[Any]]]) -> None:
+    def _start(self, batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
+        task = asyncio.ensure_future(self._send(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for command, _ in batch:
-                    pipe.execute_command(*command)
+                for commands, _ in batch:
+                    for command in commands:
+                        pipe.execute_command(*command)
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as error:
-            results = [error] * len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
+            results = [error] * sum(len(commands) for commands, _ in batch)
+        position = 0
+        for commands, future in batch:
+            replies = results[position : position + len(commands)]
+            position += len(commands)
             if future.done():
                 continue
-            if isinstance(result, Exception):
+            failure = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if failure is not None:
                 unavailable = StoreUnavailable("the delivery cache is unavailable")
-                unavailable.__cause__ = result
+                unavailable.__cause__ = failure
                 future.set_exception(unavailable)
             else:
-                future.set_result(result)
+                future.set_result(replies)
 
     async def close(self) -> None:
         """Wait for the pipelines already sent."""

@@ -1,0 +1,684 @@
+"""`make bench`: bellcast under thousands of streams, and nginx + Nchan under the same load, in one run.
+
+Scenarios (each bounded in time): 1 hold idle streams, 2 fan-out, 3 burst, 4 churn; Nchan runs
+1 and 2. Prints a table with bellcast/Nchan ratios, writes bench/results.json, and draws
+docs/bench/latency.png and docs/bench/memory.png. Options: --quick for a small smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.auth import Authenticator  # noqa: E402
+from services.embedded import EmbeddedMongo, EmbeddedRedis, free_port  # noqa: E402
+
+JWT_SECRET = "bench-secret-" + "s" * 32
+API_KEY = "bench-api-key-" + "k" * 16
+SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
+READY_TIMEOUT = 60.0
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+
+
+# ---------------------------------------------------------------- measuring the server
+
+
+class ProcessMeter:
+    """RSS and CPU time of a process and its children (the workers of nginx or of PROCESSES=N)."""
+
+    def __init__(self, pid: int, exclude_names: tuple[str, ...] = ()) -> None:
+        self._root = psutil.Process(pid)
+        self._exclude = exclude_names
+
+    def _tree(self) -> list[psutil.Process]:
+        processes = [self._root, *self._root.children(recursive=True)]
+        return [p for p in processes if not any(name in " ".join(p.cmdline()) for name in self._exclude)]
+
+    def rss(self) -> int:
+        return sum(p.memory_info().rss for p in self._tree())
+
+    def cpu_seconds(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self._tree())
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._tree()]
+
+
+# ---------------------------------------------------------------- the two servers
+
+
+class Bellcast:
+    name = "bellcast"
+
+    def __init__(self, mongodb_url: str, redis_url: str, processes: int, log_path: Path) -> None:
+        self.port = free_port()
+        self.mongodb_url, self.redis_url, self.processes = mongodb_url, redis_url, processes
+        self.log_path = log_path
+        self.authenticator = Authenticator(JWT_SECRET, API_KEY)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "MONGODB_URL": self.mongodb_url,
+            "REDIS_URL": self.redis_url,
+            "MONGODB_DB": "bellcast_bench",
+            "JWT_SECRET": JWT_SECRET,
+            "API_KEY": API_KEY,
+            "PROCESSES": str(self.processes),
+        }
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        _wait_http(self.port, "/healthz", self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def meter(self) -> ProcessMeter:
+        assert self.process is not None
+        return ProcessMeter(self.process.pid)
+
+    def stream_path(self, user: str, tab: int) -> str:
+        token = self.authenticator.mint_user_token(user, 3600, time.time())
+        return f"/notifications/stream?access_token={token}&tab={tab}"
+
+    def publish_request(self, user: str, payload: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+        body = json.dumps({"user_id": user, "title": "bench", "data": payload}).encode()
+        return "/api/notifications", {"X-API-Key": API_KEY, "Content-Type": "application/json"}, body
+
+    def created_status(self) -> int:
+        return 201
+
+
+class Nchan:
+    name = "nchan"
+
+    def __init__(self, workers: int, log_dir: Path) -> None:
+        self.port = free_port()
+        self.workers = workers
+        self.prefix = Path(tempfile.mkdtemp(prefix="nchan-", dir=log_dir))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.prefix / sub).mkdir(exist_ok=True)
+        template = string.Template((ROOT / "bench" / "nchan.conf.template").read_text())
+        config = self.prefix / "nginx.conf"
+        config.write_text(template.safe_substitute(PORT=self.port, PREFIX=self.prefix, WORKERS=self.workers))
+        self.process = subprocess.Popen(
+            ["nginx", "-p", str(self.prefix), "-c", str(config), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.prefix / "stderr.log", "ab"),  # noqa: SIM115 - lives as long as nginx
+        )
+        _wait_http(self.port, "/pub/warmup", self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def meter(self) -> ProcessMeter:
+        assert self.process is not None
+        return ProcessMeter(self.process.pid)
+
+    def stream_path(self, user: str, tab: int) -> str:
+        return f"/sub/{user}?tab={tab}"
+
+    def publish_request(self, user: str, payload: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+        return f"/pub/{user}", {"Content-Type": "application/json"}, json.dumps({"data": payload}).encode()
+
+    def created_status(self) -> int:
+        return 202
+
+
+def _wait_http(port: int, path: str, process: subprocess.Popen[bytes]) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not answer within {READY_TIMEOUT} s")
+
+
+# ---------------------------------------------------------------- load generator and producer
+
+
+class Workers:
+    """Load-generator processes, one per source address."""
+
+    def __init__(self, count: int, port: int) -> None:
+        self.count, self.port = count, port
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self) -> None:
+        for index in range(self.count):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                "127.0.0.1",
+                str(self.port),
+                SOURCES[index % len(SOURCES)],
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 28,
+            )
+            self.procs.append(proc)
+
+    async def ask(self, index: int, command: dict[str, Any]) -> dict[str, Any]:
+        proc = self.procs[index]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write((json.dumps(command) + "\n").encode())
+        await proc.stdin.drain()
+        return json.loads(await proc.stdout.readline())  # type: ignore[no-any-return]
+
+    async def ask_all(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self.ask(i, c) for i, c in enumerate(commands))))
+
+    async def connect(self, paths: list[str], concurrency: int = 64) -> list[dict[str, Any]]:
+        """Open the streams, spread evenly over the workers."""
+        return await self.ask_all(
+            [{"op": "connect", "paths": p, "concurrency": concurrency} for p in _split(paths, self.count)]
+        )
+
+    async def broadcast(self, command: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self.ask_all([command] * self.count)
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in self.procs:
+            await proc.wait()
+
+
+def _split(items: list[str], parts: int) -> list[list[str]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+class Producer:
+    """Keep-alive HTTP/1.1 connections that POST notifications."""
+
+    def __init__(self, port: int, connections: int) -> None:
+        self.port = port
+        self.size = connections
+        self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def start(self) -> None:
+        for _ in range(self.size):
+            self.free.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
+
+    async def post(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        reader, writer = await self.free.get()
+        try:
+            head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Length: {len(body)}\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(head.encode() + b"\r\n" + body)
+            response = await reader.readuntil(b"\r\n\r\n")
+            status = int(response.split(b" ", 2)[1])
+            length = 0
+            for line in response.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if length:
+                await reader.readexactly(length)
+            return status
+        finally:
+            self.free.put_nowait((reader, writer))
+
+    async def close(self) -> None:
+        while not self.free.empty():
+            _, writer = self.free.get_nowait()
+            writer.close()
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+async def scenario_hold(target: Any, workers: Workers, sizes: list[int], hold_seconds: float) -> dict[str, Any]:
+    """Open streams in steps up to each size, hold them idle, measure connects, RSS and idle CPU."""
+    meter = target.meter()
+    await asyncio.sleep(1.0)
+    baseline_rss = meter.rss()
+    steps = []
+    opened = 0
+    for size in sizes:
+        paths = [target.stream_path(f"hold{i}", 0) for i in range(opened, size)]
+        answers = await workers.connect(paths)
+        connected = sum(a["connected"] for a in answers)
+        failed = sum(a["failed"] for a in answers)
+        errors = Counter()
+        for a in answers:
+            errors.update(a["errors"])
+        seconds = max(a["seconds"] for a in answers)
+        opened += connected
+        await asyncio.sleep(min(5.0, hold_seconds / 4))  # let connects settle before measuring idle
+        cpu_before, wall_before = meter.cpu_seconds(), time.monotonic()
+        await asyncio.sleep(hold_seconds)
+        idle_cpu = (meter.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+        still_open = sum(r["open"] for r in await workers.broadcast({"op": "report"}))
+        rss = meter.rss()
+        steps.append(
+            {
+                "target_streams": size,
+                "streams": still_open,
+                "connected": connected,
+                "failed": failed,
+                "errors": dict(errors),
+                "connects_per_second": connected / seconds if seconds else 0.0,
+                "rss_bytes": rss,
+                "rss_per_stream_bytes": (rss - baseline_rss) / still_open if still_open else 0.0,
+                "idle_cpu_percent": 100.0 * idle_cpu,
+            }
+        )
+        print(f"  {target.name} hold {size}: {steps[-1]}", flush=True)
+    await workers.broadcast({"op": "close"})
+    await asyncio.sleep(2.0)
+    return {"baseline_rss_bytes": baseline_rss, "steps": steps}
+
+
+async def scenario_fanout(target: Any, workers: Workers, users: int, tabs: int, rate: float) -> dict[str, Any]:
+    """users x tabs streams; one notification per user at `rate` per second; completeness and latency."""
+    paths = [target.stream_path(f"fan{u}", t) for u in range(users) for t in range(tabs)]
+    answers = await workers.ask_all(
+        [{"op": "connect", "paths": p, "concurrency": 64} for p in _split(paths, workers.count)]
+    )
+    connected = sum(a["connected"] for a in answers)
+    await asyncio.sleep(2.0)
+    await workers.broadcast({"op": "reset"})
+    producer = Producer(target.port, 8)
+    await producer.start()
+    statuses: Counter[int] = Counter()
+    started = time.perf_counter()
+
+    async def publish(user: int) -> None:
+        payload = {"k": f"fan{user}", "t0": time.time()}
+        path, headers, body = target.publish_request(f"fan{user}", payload)
+        statuses[await producer.post(path, headers, body)] += 1
+
+    tasks = []
+    for user in range(users):
+        delay = started + user / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(publish(user)))
+    await asyncio.gather(*tasks)
+    await producer.close()
+    await asyncio.sleep(3.0)
+    reports = await workers.broadcast({"op": "report"})
+    delivered = duplicates = missing = wrong = 0
+    latencies: list[float] = []
+    for report in reports:
+        latencies.extend(report["latencies"])
+        for path, keys in report["keys"]:
+            expected = path.split("/")[-1].split("?")[0] if target.name == "nchan" else _user_of(path)
+            counts = Counter(keys)
+            delivered += counts.get(expected, 0) >= 1
+            duplicates += max(0, counts.get(expected, 0) - 1)
+            missing += counts.get(expected, 0) == 0
+            wrong += sum(n for k, n in counts.items() if k != expected)
+    await workers.broadcast({"op": "close"})
+    await asyncio.sleep(2.0)
+    result = {
+        "streams": connected,
+        "expected_deliveries": users * tabs,
+        "delivered": delivered,
+        "missing": missing,
+        "duplicates": duplicates,
+        "misdelivered": wrong,
+        "create_statuses": {str(k): v for k, v in statuses.items()},
+        "latency_ms": {
+            "p50": 1000 * _percentile(latencies, 0.50),
+            "p99": 1000 * _percentile(latencies, 0.99),
+            "max": 1000 * max(latencies, default=float("nan")),
+        },
+        "latencies_ms": [1000 * x for x in latencies],
+    }
+    print(f"  {target.name} fan-out: { {k: v for k, v in result.items() if k != 'latencies_ms'} }", flush=True)
+    return result
+
+
+def _user_of(path: str) -> str:
+    import jwt
+
+    token = path.split("access_token=")[1].split("&")[0]
+    return str(jwt.decode(token, options={"verify_signature": False})["sub"])
+
+
+async def scenario_burst(target: Bellcast, workers: Workers, tabs: int, count: int) -> dict[str, Any]:
+    """One user, `tabs` streams, `count` notifications created one after another as fast as the API answers."""
+    paths = [target.stream_path("burst", t) for t in range(tabs)]
+    await workers.ask(0, {"op": "connect", "paths": paths})
+    await asyncio.sleep(1.0)
+    producer = Producer(target.port, 1)
+    await producer.start()
+    started = time.perf_counter()
+    statuses: Counter[int] = Counter()
+    for i in range(count):
+        path, headers, body = target.publish_request("burst", {"k": str(i), "t0": time.time()})
+        statuses[await producer.post(path, headers, body)] += 1
+    seconds = time.perf_counter() - started
+    await producer.close()
+    await asyncio.sleep(3.0)
+    report = await workers.ask(0, {"op": "report"})
+    expected = [str(i) for i in range(count)]
+    in_order = sum(keys == expected for _, keys in report["keys"])
+    duplicates = sum(len(keys) - len(set(keys)) for _, keys in report["keys"])
+    received = sum(len(set(keys)) for _, keys in report["keys"])
+    await workers.ask(0, {"op": "close"})
+    result = {
+        "tabs": tabs,
+        "notifications": count,
+        "creates_per_second": count / seconds,
+        "received": received,
+        "expected": count * tabs,
+        "tabs_complete_and_in_order": in_order,
+        "duplicates": duplicates,
+        "create_statuses": {str(k): v for k, v in statuses.items()},
+        "latency_ms": {
+            "p50": 1000 * _percentile(report["latencies"], 0.5),
+            "p99": 1000 * _percentile(report["latencies"], 0.99),
+        },
+    }
+    print(f"  bellcast burst: {result}", flush=True)
+    return result
+
+
+async def scenario_churn(
+    target: Bellcast, workers: Workers, count: int, seconds: float, redis_url: str
+) -> dict[str, Any]:
+    """`count` connects and disconnects (half clean FIN, half RST) spread over `seconds`; then what is left."""
+    import redis
+
+    paths = [target.stream_path(f"churn{i % 1000}", i) for i in range(count)]
+    parts = _split(paths, workers.count)
+    answers = await workers.ask_all([{"op": "churn", "paths": p, "rate": len(p) / seconds} for p in parts])
+    ok = sum(a["ok"] for a in answers)
+    failed = sum(a["failed"] for a in answers)
+    client = redis.Redis.from_url(redis_url)
+
+    def leftovers() -> tuple[int, int]:
+        registrations = sum(client.zcard(k) for k in client.scan_iter("bellcast:*:connections", count=1000))
+        inboxes = sum(1 for _ in client.scan_iter("bellcast:*:inbox:*", count=1000))
+        return registrations, inboxes
+
+    deadline = time.monotonic() + 10
+    left = leftovers()
+    while left != (0, 0) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        left = leftovers()
+    result = {
+        "attempted": count,
+        "completed": ok,
+        "failed": failed,
+        "registrations_left": left[0],
+        "inboxes_left": left[1],
+        "checked_after_seconds": round(10 - max(0.0, deadline - time.monotonic()), 1),
+    }
+    client.close()
+    print(f"  bellcast churn: {result}", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    bell, nchan = results["bellcast"], results.get("nchan")
+    print("\nScenario 1, hold idle streams")
+    print(f"{'streams':>8} {'server':>9} {'held':>7} {'failed':>6} {'conn/s':>8} {'KB/stream':>10} {'idle CPU %':>10}")
+    for name, data in (("bellcast", bell), ("nchan", nchan)):
+        if not data:
+            continue
+        for step in data["hold"]["steps"]:
+            print(
+                f"{step['target_streams']:>8} {name:>9} {step['streams']:>7} {step['failed']:>6} "
+                f"{step['connects_per_second']:>8.0f} {step['rss_per_stream_bytes'] / 1000:>10.1f} "
+                f"{step['idle_cpu_percent']:>10.2f}"
+            )
+    if nchan:
+        print("bellcast/nchan ratios:")
+        for b, n in zip(bell["hold"]["steps"], nchan["hold"]["steps"], strict=False):
+            rss_ratio = _ratio(b["rss_per_stream_bytes"], n["rss_per_stream_bytes"])
+            print(
+                f"  {b['target_streams']:>6} streams: RSS/stream {rss_ratio}, "
+                f"connects/s {_ratio(b['connects_per_second'], n['connects_per_second'])}, "
+                f"idle CPU {b['idle_cpu_percent']:.2f} % vs {n['idle_cpu_percent']:.2f} %"
+            )
+    print("\nScenario 2, fan-out")
+    for name, data in (("bellcast", bell), ("nchan", nchan)):
+        if data:
+            f = data["fanout"]
+            print(
+                f"  {name:>9}: {f['delivered']}/{f['expected_deliveries']} delivered, {f['duplicates']} duplicates, "
+                f"{f['misdelivered']} misdelivered, latency p50 {f['latency_ms']['p50']:.1f} ms, "
+                f"p99 {f['latency_ms']['p99']:.1f} ms, max {f['latency_ms']['max']:.1f} ms"
+            )
+    if nchan:
+        b, n = bell["fanout"]["latency_ms"], nchan["fanout"]["latency_ms"]
+        print(f"  bellcast/nchan: p50 {_ratio(b['p50'], n['p50'])}, p99 {_ratio(b['p99'], n['p99'])}")
+    if "burst" in bell:
+        b = bell["burst"]
+        print(
+            f"\nScenario 3, burst: {b['received']}/{b['expected']} received, "
+            f"{b['tabs_complete_and_in_order']}/{b['tabs']} tabs complete and in order, "
+            f"{b['duplicates']} duplicates, {b['creates_per_second']:.0f} creates/s"
+        )
+    if "churn" in bell:
+        c = bell["churn"]
+        print(
+            f"Scenario 4, churn: {c['completed']}/{c['attempted']} completed, {c['failed']} failed, "
+            f"{c['registrations_left']} registrations and {c['inboxes_left']} inboxes left in Redis"
+        )
+    for key in ("multiprocess",):
+        if key in bell:
+            m = bell[key]
+            held = f"{m['streams']} of {m['target_streams']} streams held"
+            print(f"\nPROCESSES={m['processes']}: {held}, {m['failed']} failed")
+
+
+def draw_plots(results: dict[str, Any], out_dir: Path, stamp: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in ("bellcast", "nchan"):
+        data = results.get(name)
+        if data and data["fanout"]["latencies_ms"]:
+            values = sorted(data["fanout"]["latencies_ms"])
+            ax.plot(values, [i / len(values) for i in range(len(values))], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("create → receive latency (ms, log scale)")
+    ax.set_ylabel("fraction of deliveries")
+    ax.set_title(f"Fan-out latency, 1,000 users x 10 tabs\n{stamp}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "latency.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in ("bellcast", "nchan"):
+        data = results.get(name)
+        if data:
+            steps = data["hold"]["steps"]
+            ax.plot(
+                [s["streams"] for s in steps],
+                [(s["rss_bytes"] - data["hold"]["baseline_rss_bytes"]) / 1e6 for s in steps],
+                marker="o",
+                label=f"{name} (RSS above idle baseline)",
+            )
+    ax.set_xlabel("open streams")
+    ax.set_ylabel("MB")
+    ax.set_title(f"Memory versus streams\n{stamp}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "memory.png", dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+
+async def run_target(target: Any, args: argparse.Namespace, redis_url: str | None) -> dict[str, Any]:
+    target.start()
+    workers = Workers(args.workers, target.port)
+    await workers.start()
+    try:
+        result = {"hold": await scenario_hold(target, workers, args.sizes, args.hold_seconds)}
+        result["fanout"] = await scenario_fanout(target, workers, args.fanout_users, 10, args.fanout_rate)
+        if isinstance(target, Bellcast):
+            result["burst"] = await scenario_burst(target, workers, 10, args.burst)
+            assert redis_url is not None
+            result["churn"] = await scenario_churn(target, workers, args.churn, args.churn_seconds, redis_url)
+        return result
+    finally:
+        await workers.stop()
+        target.stop()
+
+
+async def run_multiprocess(
+    args: argparse.Namespace, mongodb_url: str, redis_url: str, log_path: Path
+) -> dict[str, Any]:
+    target = Bellcast(mongodb_url, redis_url, processes=2, log_path=log_path)
+    target.start()
+    workers = Workers(args.workers + 2, target.port)
+    await workers.start()
+    try:
+        size = args.multiprocess_streams
+        paths = [target.stream_path(f"mp{i}", 0) for i in range(size)]
+        answers = await workers.connect(paths)
+        await asyncio.sleep(5.0)
+        held = sum(r["open"] for r in await workers.broadcast({"op": "report"}))
+        result = {
+            "processes": 2,
+            "target_streams": size,
+            "streams": held,
+            "failed": sum(a["failed"] for a in answers),
+            "rss_bytes": target.meter().rss(),
+        }
+        print(f"  bellcast PROCESSES=2: {result}", flush=True)
+        await workers.broadcast({"op": "close"})
+        return result
+    finally:
+        await workers.stop()
+        target.stop()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes and short holds, to try the harness")
+    parser.add_argument("--skip-nchan", action="store_true")
+    parser.add_argument("--skip-multiprocess", action="store_true")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "bench")
+    args = parser.parse_args()
+    quick = args.quick
+    args.sizes = [200, 1000] if quick else [1000, 5000, 10000, 18000]
+    args.hold_seconds = 5.0 if quick else 60.0
+    args.fanout_users = 100 if quick else 1000
+    args.fanout_rate = 200.0
+    args.burst = 200 if quick else 1000
+    args.churn = 1000 if quick else 10000
+    args.churn_seconds = 10.0 if quick else 60.0
+    args.multiprocess_streams = 2000 if quick else 30000
+    return args
+
+
+async def main() -> None:
+    args = parse_args()
+    stamp = (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+    )
+    print(f"bellcast benchmark — {stamp}", flush=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="bellcast-bench-"))
+    stores: list[Any] = []
+    mongodb_url = os.environ.get("MONGODB_URL")
+    redis_url = os.environ.get("REDIS_URL")
+    if not mongodb_url:
+        stores.append(EmbeddedMongo(log_dir / "stores").start())
+        mongodb_url = stores[-1].url
+    if not redis_url:
+        stores.append(EmbeddedRedis(log_dir / "stores").start())
+        redis_url = stores[-1].url
+    results: dict[str, Any] = {"machine": stamp, "quick": args.quick}
+    try:
+        bell = Bellcast(mongodb_url, redis_url, processes=1, log_path=log_dir / "bellcast.log")
+        results["bellcast"] = await run_target(bell, args, redis_url)
+        if not args.skip_multiprocess:
+            results["bellcast"]["multiprocess"] = await run_multiprocess(
+                args, mongodb_url, redis_url, log_dir / "mp.log"
+            )
+        if not args.skip_nchan:
+            if shutil.which("nginx") and NCHAN_MODULE.exists():
+                results["nchan"] = await run_target(Nchan(1, log_dir), args, None)
+            else:
+                print("nginx with the Nchan module is not installed: no baseline (make bench installs it)")
+    finally:
+        for store in stores:
+            store.stop()
+    print_table(results)
+    args.output.write_text(json.dumps(results, indent=1))
+    draw_plots(results, args.plots, stamp)
+    print(f"\nwrote {args.output} and {args.plots}/latency.png, memory.png; server logs in {log_dir}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
