@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck lock clean
+.PHONY: run test bench lint typecheck lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Reinstall whenever the dependency declarations change.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[embedded,motor,test,dev]'
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[embedded,motor,test,bench,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -20,6 +20,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Not part of `make test`: minutes long, and it wants a quiet machine. BENCH_FLAGS=--quick for a short run.
+bench: $(STAMP)
+	bash bench/install-nchan.sh
+	$(BIN)/python -m bench.run $(BENCH_FLAGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -30,7 +35,7 @@ typecheck: $(STAMP)
 
 # Re-pin every package after changing setup.cfg's ranges.
 lock: $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade --editable '.[embedded,motor,test,dev]'
+	$(BIN)/pip install --quiet --upgrade --editable '.[embedded,motor,test,bench,dev]'
 	( echo "# Exact versions of every package bellcast installs, transitive ones included."; \
 	  echo "# Regenerate with: make lock"; \
 	  $(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(-e|pip==)' ) > constraints.txt

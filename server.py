@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tornado import httpserver, web
+from tornado.netutil import bind_sockets
 
 import handlers
 from services.auth import Authenticator
 from services.cache import CacheObserver, DeliveryCache
 from services.delivery import CommandBatcher, StreamTiming, WakeupHub
+from services.embedded import die_with_parent
 from services.health import HealthService
 from services.notifications import NotificationService
 from services.stores import MONGO_DRIVERS, MongoConnection, connect_redis
@@ -31,6 +35,9 @@ from services.streams import StreamRegistry
 log = logging.getLogger("bellcast")
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+WORKER_RESTART_DELAY = 1.0
+# Room for connection storms: thousands of browsers reconnecting at once after a restart.
+LISTEN_BACKLOG = 4096
 STARTUP_SUBSCRIBE_TIMEOUT = 5.0
 DEVELOPMENT_TOKEN_LIFETIME = 24 * 3600
 DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
@@ -56,6 +63,13 @@ def _boolean(value: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be true or false")
+
+
+def _process_count(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 256:
+        raise ValueError("must be a number of processes between 0 (one per core) and 256")
+    return number
 
 
 def _port(value: str) -> int:
@@ -120,6 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans without wake-up hints"),
     Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),
     Setting("wakeup_hints", _boolean, "true", "wake streams through one Redis pub/sub subscription per process"),
+    Setting("processes", _process_count, "1", "worker processes sharing the port; 0 starts one per core"),
     Setting("safety_scan_interval", _positive_number, "30", "with hints, seconds between a stream's own scans"),
 )
 
@@ -140,6 +155,7 @@ class Settings:
     poll_interval: float = 1.0
     heartbeat_interval: float = 15.0
     wakeup_hints: bool = True
+    processes: int = 1
     safety_scan_interval: float = 30.0
 
     def __post_init__(self) -> None:
@@ -280,71 +296,132 @@ def _development_secrets(data_dir: Path) -> dict[str, str]:
     return generated
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then stop accepting, end the streams, close connections and stores."""
-    from services.embedded import EmbeddedMongo, EmbeddedRedis  # only needed without external stores
+class EmbeddedStores:
+    """The embedded MongoDB and Redis servers started for settings that name no URL; stopped on exit."""
 
-    data_dir = Path(settings.data_dir)
-    development = settings.development
-    if development:
-        generated = _development_secrets(data_dir)
-        settings = Settings(
-            **{
-                **{f.name: getattr(settings, f.name) for f in fields(settings)},
-                "jwt_secret": settings.jwt_secret or generated["jwt_secret"],
-                "api_key": settings.api_key or generated["api_key"],
-            }
-        )
-    embedded: list[EmbeddedMongo | EmbeddedRedis] = []
-    try:
-        mongodb_url = settings.mongodb_url
-        if mongodb_url is None:
-            embedded.append(EmbeddedMongo(data_dir).start())
-            mongodb_url = embedded[-1].url
-            log.info("MongoDB: embedded SecantusDB at %s, data in %s", mongodb_url, data_dir / "mongodb")
-        else:
-            log.info("MongoDB: %s", _without_password(mongodb_url))
-        redis_url = settings.redis_url
-        if redis_url is None:
-            embedded.append(EmbeddedRedis(data_dir).start())
-            redis_url = embedded[-1].url
-            log.info("Redis: embedded valkey-server at %s", redis_url)
-        else:
-            log.info("Redis: %s", _without_password(redis_url))
-        log.info("MongoDB driver: %s", settings.mongo_driver)
-        runtime = await start_runtime(settings, mongodb_url, redis_url)
-        server = httpserver.HTTPServer(
-            make_app(runtime, settings), xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES
-        )
-        server.listen(settings.port, settings.host)
-        log.info("bellcast listening on http://%s:%d", settings.host, settings.port)
-        if development:
-            _print_development_help(runtime.authenticator, settings)
-        stop_requested = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop_requested.set)
-        await stop_requested.wait()
-        log.info("shutting down: %d open streams", len(runtime.streams))
-        server.stop()
-        runtime.streams.end_all()
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._started: list[Any] = []
+
+    def __enter__(self) -> Settings:
+        """Start what is missing; the settings returned name both stores."""
+        from services.embedded import EmbeddedMongo, EmbeddedRedis  # only needed without external stores
+
+        settings = self._settings
+        data_dir = Path(settings.data_dir)
         try:
-            await asyncio.wait_for(runtime.streams.wait_until_empty(), SHUTDOWN_GRACE_SECONDS)
-            await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
-        except TimeoutError:
-            log.warning("some connections did not close within %.0f s", SHUTDOWN_GRACE_SECONDS)
-        await runtime.close()
-    finally:
-        for child in reversed(embedded):
-            child.stop()
-    log.info("bellcast stopped")
+            if settings.mongodb_url is None:
+                self._started.append(EmbeddedMongo(data_dir).start())
+                settings = replace(settings, mongodb_url=self._started[-1].url)
+                log.info("MongoDB: embedded SecantusDB at %s, data in %s", settings.mongodb_url, data_dir / "mongodb")
+            else:
+                log.info("MongoDB: %s", _without_password(settings.mongodb_url))
+            if settings.redis_url is None:
+                self._started.append(EmbeddedRedis(data_dir).start())
+                settings = replace(settings, redis_url=self._started[-1].url)
+                log.info("Redis: embedded valkey-server at %s", settings.redis_url)
+            else:
+                log.info("Redis: %s", _without_password(settings.redis_url))
+        except BaseException:
+            self.__exit__()
+            raise
+        return settings
+
+    def __exit__(self, *exc_info: object) -> None:
+        for server in reversed(self._started):
+            server.stop()
+        self._started.clear()
+
+
+def with_development_secrets(settings: Settings) -> Settings:
+    """Fill in a generated JWT secret and API key where none is configured."""
+    generated = _development_secrets(Path(settings.data_dir))
+    return replace(
+        settings,
+        jwt_secret=settings.jwt_secret or generated["jwt_secret"],
+        api_key=settings.api_key or generated["api_key"],
+    )
+
+
+async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
+    """Serve on the bound sockets until SIGINT or SIGTERM; then stop accepting, end the streams, close."""
+    assert settings.mongodb_url is not None and settings.redis_url is not None
+    runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url)
+    server = httpserver.HTTPServer(make_app(runtime, settings), xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES)
+    server.add_sockets(sockets)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop_requested.set)
+    await stop_requested.wait()
+    log.info("shutting down: %d open streams", len(runtime.streams))
+    server.stop()
+    runtime.streams.end_all()
+    try:
+        await asyncio.wait_for(runtime.streams.wait_until_empty(), SHUTDOWN_GRACE_SECONDS)
+        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
+    except TimeoutError:
+        log.warning("some connections did not close within %.0f s", SHUTDOWN_GRACE_SECONDS)
+    await runtime.close()
+
+
+def run_processes(count: int, settings: Settings, sockets: list[socket.socket]) -> int:
+    """Fork `count` workers that share the bound sockets, each with its own loop and store clients.
+
+    The parent forwards SIGINT and SIGTERM to them and restarts one that dies on its own.
+    """
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            die_with_parent()
+            status = 0
+            try:
+                asyncio.run(serve(settings, sockets))
+            except BaseException:
+                log.exception("worker %d failed", index)
+                status = 1
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        children[pid] = index
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for index in range(count):
+        spawn(index)
+    log.info("started %d worker processes: %s", count, ", ".join(map(str, children)))
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid)
+        if not stopping:
+            log.error("worker %d (pid %d) ended with status %d; starting another", index, pid, status)
+            time.sleep(WORKER_RESTART_DELAY)
+            spawn(index)
+    return 0
 
 
 def _without_password(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
-def _print_development_help(authenticator: Authenticator, settings: Settings) -> None:
+def _print_development_help(settings: Settings) -> None:
+    assert settings.jwt_secret is not None and settings.api_key is not None
+    authenticator = Authenticator(settings.jwt_secret, settings.api_key)
     token = authenticator.mint_user_token("demo", DEVELOPMENT_TOKEN_LIFETIME, time.time())
     base = f"http://{settings.host}:{settings.port}"
     print(
@@ -363,17 +440,31 @@ Try it:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python server.py` and the `bellcast` command."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
     except SettingsError as error:
         print(f"bellcast: invalid setting {error}", file=sys.stderr)
         return 2
+    development = settings.development
+    if development:
+        settings = with_development_secrets(settings)
     try:
-        asyncio.run(serve(settings))
+        sockets = bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
     except OSError as error:
-        print(f"bellcast: cannot start: {error}", file=sys.stderr)
+        print(f"bellcast: cannot listen on {settings.host}:{settings.port}: {error}", file=sys.stderr)
         return 1
+    processes = settings.processes or os.cpu_count() or 1
+    with EmbeddedStores(settings) as settings:
+        log.info("MongoDB driver: %s; %d process%s", settings.mongo_driver, processes, "" if processes == 1 else "es")
+        log.info("bellcast listening on http://%s:%d", settings.host, settings.port)
+        if development:
+            _print_development_help(settings)
+        if processes == 1:
+            asyncio.run(serve(settings, sockets))
+        else:
+            run_processes(processes, settings, sockets)
+    log.info("bellcast stopped")
     return 0
 
 

@@ -163,11 +163,16 @@ class ConnectionInbox:
         entries: dict[bytes, bytes] = await self._batcher.execute("HGETALL", self._inbox_key)
         if not entries:
             return []
-        queued = {key.decode(): value for key, value in entries.items()}
-        already_sent = [key for key in queued if key in self._sent]
+        fresh, already_sent = [], []
+        for key, value in entries.items():
+            notification_id = key.decode()
+            if notification_id in self._sent:
+                already_sent.append(notification_id)
+            else:
+                fresh.append((notification_id, value))
         if already_sent:
             await self.remove(already_sent)
-        return sorted((key, value) for key, value in queued.items() if key not in self._sent)
+        return sorted(fresh)
 
     async def remove(self, notification_ids: Collection[str]) -> None:
         """Delete exactly these entries once they have been sent; never send them again."""

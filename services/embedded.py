@@ -37,8 +37,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # The child gets SIGTERM if bellcast is killed outright, so no server is left orphaned.
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies, so no child is left orphaned."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -86,7 +86,7 @@ class EmbeddedMongo:
             ],
             stdout=log_target,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         _wait_for_port(self._process, self.port, "SecantusDB")
         return self
