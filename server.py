@@ -30,7 +30,7 @@ from services.embedded import die_with_parent
 from services.health import HealthService
 from services.notifications import NotificationService
 from services.stores import MONGO_DRIVERS, MongoConnection, connect_redis
-from services.streams import StreamRegistry
+from services.streams import StreamLimits, StreamRegistry
 
 log = logging.getLogger("bellcast")
 
@@ -63,6 +63,13 @@ def _boolean(value: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be true or false")
+
+
+def _positive_integer(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return number
 
 
 def _process_count(value: str) -> int:
@@ -134,6 +141,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans without wake-up hints"),
     Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),
     Setting("wakeup_hints", _boolean, "true", "wake streams through one Redis pub/sub subscription per process"),
+    Setting(
+        "max_streams", _positive_integer, "19000", "streams one process holds at most (keep below its open-file limit)"
+    ),
+    Setting("max_streams_per_user", _positive_integer, "20", "streams one user may hold at once, across processes"),
+    Setting(
+        "stream_write_timeout", _positive_number, "30", "seconds a client may leave a write unread before it is dropped"
+    ),
     Setting("processes", _process_count, "1", "worker processes sharing the port; 0 starts one per core"),
     Setting("safety_scan_interval", _positive_number, "30", "with hints, seconds between a stream's own scans"),
 )
@@ -155,6 +169,9 @@ class Settings:
     poll_interval: float = 1.0
     heartbeat_interval: float = 15.0
     wakeup_hints: bool = True
+    max_streams: int = 19000
+    max_streams_per_user: int = 20
+    stream_write_timeout: float = 30.0
     processes: int = 1
     safety_scan_interval: float = 30.0
 
@@ -171,6 +188,11 @@ class Settings:
             safety_scan_interval=self.safety_scan_interval,
             wakeup_hints=self.wakeup_hints,
         )
+
+    @property
+    def stream_limits(self) -> StreamLimits:
+        """The limits every stream obeys."""
+        return StreamLimits(self.max_streams, self.max_streams_per_user, self.stream_write_timeout)
 
     @property
     def development(self) -> bool:
@@ -215,7 +237,8 @@ class Runtime:
     streams: StreamRegistry
 
     async def close(self) -> None:
-        """Stop listening for hints, then close the stores' clients."""
+        """Stop listening for hints and watching streams, then close the stores' clients."""
+        await self.streams.close()
         await self.wakeups.close()
         await self.batcher.close()
         await self.mongo.close()
@@ -228,7 +251,7 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
     redis = connect_redis(redis_url)
     notifications = NotificationService(mongo.database)
     batcher = CommandBatcher(redis)
-    wakeups = WakeupHub(redis, settings.poll_interval)
+    wakeups = WakeupHub(redis)
     delivery_cache = DeliveryCache(redis, batcher, publish_hints=settings.wakeup_hints)
     notifications.register_observer(CacheObserver(delivery_cache))
     assert settings.jwt_secret is not None and settings.api_key is not None
@@ -241,15 +264,16 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
         delivery_cache=delivery_cache,
         authenticator=Authenticator(settings.jwt_secret, settings.api_key),
         health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}),
-        streams=StreamRegistry(),
+        streams=StreamRegistry(settings.stream_write_timeout),
     )
     await notifications.ensure_indexes()
-    if settings.wakeup_hints:
-        wakeups.start()
-        try:
-            await asyncio.wait_for(wakeups.wait_subscribed(), STARTUP_SUBSCRIBE_TIMEOUT)
-        except TimeoutError:
-            log.warning("no wake-up subscription yet; streams poll every %.1f s until there is", settings.poll_interval)
+    # With or without hints, the subscription tells when Redis went away and came back.
+    wakeups.start()
+    try:
+        await asyncio.wait_for(wakeups.wait_subscribed(), STARTUP_SUBSCRIBE_TIMEOUT)
+    except TimeoutError:
+        log.warning("no subscription to Redis yet; streams rely on their own scans until there is")
+    runtime.streams.start_watchdog()
     return runtime
 
 
@@ -267,6 +291,7 @@ def make_app(runtime: Runtime, settings: Settings) -> web.Application:
         streams=runtime.streams,
         wakeups=runtime.wakeups,
         stream_timing=settings.stream_timing,
+        stream_limits=settings.stream_limits,
     )
 
 

@@ -12,10 +12,10 @@ from tornado import httputil, web
 from services.auth import Authenticator
 from services.cache import DeliveryCache
 from services.delivery import StreamTiming, WakeupHub
-from services.errors import DomainError, Forbidden, Invalid, NotFound, StoreUnavailable, Unauthorized
+from services.errors import DomainError, Forbidden, Invalid, NotFound, StoreUnavailable, TooMany, Unauthorized
 from services.health import HealthService
 from services.notifications import NotificationService
-from services.streams import StreamRegistry
+from services.streams import StreamLimits, StreamRegistry
 
 log = logging.getLogger("bellcast.handlers")
 
@@ -26,6 +26,7 @@ ERROR_STATUS: dict[type[DomainError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
+    TooMany: 429,
     StoreUnavailable: 503,
 }
 
@@ -48,10 +49,11 @@ TOKEN_QUERY_ARGUMENT = "access_token"
 class APIError(web.HTTPError):
     """An HTTP error with a machine-readable code and a message safe to show the client."""
 
-    def __init__(self, status_code: int, code: str, message: str) -> None:
+    def __init__(self, status_code: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(status_code, reason=None)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -90,6 +92,11 @@ class BaseHandler(web.RequestHandler):
     def stream_timing(self) -> StreamTiming:
         """Heartbeat and scan intervals of streams."""
         return self.settings["stream_timing"]
+
+    @property
+    def stream_limits(self) -> StreamLimits:
+        """How many streams may be open, and how long a write may wait for its client."""
+        return self.settings["stream_limits"]
 
     @property
     def streams(self) -> StreamRegistry:
@@ -138,6 +145,7 @@ class BaseHandler(web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error as `{"error": {"code", "message"}}`; unexpected ones say only "internal error"."""
         error = kwargs["exc_info"][1] if "exc_info" in kwargs else None
+        retry_after = getattr(error, "retry_after", None)
         if isinstance(error, DomainError):
             status_code = ERROR_STATUS.get(type(error), 400)
             code, message = error.code, str(error)
@@ -150,6 +158,8 @@ class BaseHandler(web.RequestHandler):
             code, message = "internal_error", "internal error"
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="bellcast"')
+        if retry_after is not None:
+            self.set_header("Retry-After", str(retry_after))
         self.clear_header("Content-Disposition")
         self.write_json({"error": {"code": code, "message": message}}, status=status_code)
 

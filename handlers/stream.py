@@ -10,10 +10,10 @@ import time
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamClosedError
 
-from handlers.base import BaseHandler
+from handlers.base import APIError, BaseHandler
 from handlers.sse import encode_comment, encode_event, encode_retry
-from services.cache import ConnectionInbox
 from services.errors import StoreUnavailable
+from services.streams import MAX_ENTRIES_PER_SEND, Entry, StreamSession
 
 log = logging.getLogger("bellcast.stream")
 
@@ -22,6 +22,7 @@ NOTIFICATION_EVENT = "notification"
 RECONNECT_DELAY_MS = 2000
 # Spread the ticks of streams opened together, so they do not all fall due at once.
 TICK_JITTER = 0.1
+SERVER_BUSY_RETRY_SECONDS = 5
 
 
 class EventStreamHandler(BaseHandler):
@@ -37,7 +38,8 @@ class EventStreamHandler(BaseHandler):
         self._closed = asyncio.Event()
         self._ending = False
         self._last_write = 0.0
-        self._inbox: ConnectionInbox | None = None
+        self._write_started: float | None = None
+        self._session: StreamSession | None = None
         # A scan is running (or the catch-up is): wakes are folded into it rather than started anew.
         self._scanning = True
         self._woken = False
@@ -47,43 +49,52 @@ class EventStreamHandler(BaseHandler):
     async def get(self) -> None:
         """Stream the user's notifications: `Last-Event-ID` first resumes from MongoDB, then live ones follow."""
         user_id = self.current_user_id()
-        inbox = self.delivery_cache.open_inbox(user_id)
+        limits = self.stream_limits
+        if len(self.streams) >= limits.max_streams:
+            raise APIError(
+                503, "server_busy", "this server holds as many streams as it may", retry_after=SERVER_BUSY_RETRY_SECONDS
+            )
+        session = StreamSession(
+            self.delivery_cache.open_inbox(user_id),
+            self.notifications,
+            lambda: self.wakeups.epoch,
+            self.request.headers.get("Last-Event-ID"),
+        )
+        await session.open(limits.max_streams_per_user)
         self.wakeups.listen(user_id, self)
+        self.streams.add(self)
+        ticker = PeriodicCallback(self._tick, self.stream_timing.tick_interval * 1000, jitter=TICK_JITTER)
         try:
-            await inbox.register()
-            self._inbox = inbox
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
             # Each event is complete when written: send it now rather than wait to fill a packet (Nagle).
             self.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
-            ticker = PeriodicCallback(self._tick, self.stream_timing.tick_interval * 1000, jitter=TICK_JITTER)
-            self.streams.add(self)
-            try:
-                if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
-                    await self._catch_up(user_id, inbox)
-                self._next_safety_scan = time.monotonic() + self.stream_timing.safety_scan_interval
-                ticker.start()
-                # What was queued during the catch-up, and wakes that came meanwhile.
-                self._woken = True
-                await self._drain()
-                self._scanning = False
-                await self._closed.wait()
-                if self._ending and await self.send(
-                    encode_retry(RECONNECT_DELAY_MS) + encode_comment("server restarting")
-                ):
-                    # End the response ourselves, so its last chunk is sent before shutdown closes the connection.
-                    with contextlib.suppress(StreamClosedError):
-                        await self.finish()
-            finally:
-                ticker.stop()
-                self._closed.set()
-                if self._wake_scan is not None:
-                    self._wake_scan.cancel()
-                self.streams.discard(self)
-                await self._deregister(inbox)
+            self._session = session
+            if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
+                await self._catch_up(session)
+            self._next_safety_scan = time.monotonic() + self.stream_timing.safety_scan_interval
+            ticker.start()
+            # What was queued during the catch-up, and wakes that came meanwhile.
+            self._woken = True
+            await self._drain()
+            self._scanning = False
+            await self._closed.wait()
+            if self._ending and await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("server restarting")):
+                # End the response ourselves, so its last chunk is sent before shutdown closes the connection.
+                with contextlib.suppress(StreamClosedError):
+                    await self.finish()
         finally:
+            ticker.stop()
+            self._closed.set()
+            if self._wake_scan is not None:
+                self._wake_scan.cancel()
             self.wakeups.ignore(user_id, self)
+            self.streams.discard(self)
+            try:
+                await session.close()
+            except StoreUnavailable:
+                log.debug("could not deregister a stream of %s; its registration expires by itself", user_id)
 
     def on_connection_close(self) -> None:
         """The client went away: wake `get()` so that it releases everything now."""
@@ -93,6 +104,17 @@ class EventStreamHandler(BaseHandler):
         """Shutdown: tell the client to reconnect (elsewhere), then close the stream."""
         self._ending = True
         self._closed.set()
+
+    def stalled_since(self) -> float | None:
+        """When the write under way began (time.monotonic()), if one is."""
+        return self._write_started
+
+    def drop(self) -> None:
+        """The client stopped reading: close the connection; it will reconnect and catch up."""
+        log.info("dropping a stream whose client has not read for a while")
+        self._closed.set()
+        if self.request.connection is not None:
+            self.request.connection.stream.close()  # type: ignore[attr-defined]
 
     def wake(self) -> None:
         """Something was queued for this stream: scan now, or right after the scan under way."""
@@ -105,25 +127,32 @@ class EventStreamHandler(BaseHandler):
         """The only writer of the socket: write and flush, False once the client has gone."""
         if self._closed.is_set() and not self._ending:
             return False
+        self._write_started = time.monotonic()
         try:
             self.write(chunk)
             await self.flush()
         except StreamClosedError:
             self._closed.set()
             return False
+        finally:
+            self._write_started = None
         self._last_write = time.monotonic()
         return True
 
-    async def _catch_up(self, user_id: str, inbox: ConnectionInbox) -> None:
-        last_event_id = self.request.headers.get("Last-Event-ID")
-        if not last_event_id:
-            return
-        async for batch in self.notifications.since(user_id, last_event_id):
-            for notification in batch:
-                inbox.note_caught_up(notification)
-            chunk = b"".join(encode_event(str(n.id), NOTIFICATION_EVENT, n.to_json()) for n in batch)
-            if not await self.send(chunk):
-                return
+    async def _send_entries(self, session: StreamSession, entries: list[Entry]) -> bool:
+        chunk = b"".join(encode_event(i, NOTIFICATION_EVENT, data) for i, data in entries)
+        if not await self.send(chunk):
+            return False
+        session.sent([notification_id for notification_id, _ in entries])
+        return True
+
+    async def _catch_up(self, session: StreamSession) -> None:
+        try:
+            async for entries in session.catch_up():
+                if entries and not await self._send_entries(session, entries):
+                    return
+        except StoreUnavailable:
+            log.debug("catch-up for %s postponed: MongoDB unavailable", session.user_id)
 
     async def _scan_on_wake(self) -> None:
         try:
@@ -134,7 +163,7 @@ class EventStreamHandler(BaseHandler):
 
     async def _tick(self) -> None:
         """Renew the registration when due; scan when polling or a safety scan is due; a heartbeat if idle."""
-        if self._scanning or self._closed.is_set() or self._inbox is None:
+        if self._scanning or self._closed.is_set():
             return
         self._scanning = True
         try:
@@ -143,8 +172,6 @@ class EventStreamHandler(BaseHandler):
             if not timing.wakeup_hints or now >= self._next_safety_scan:
                 self._next_safety_scan = now + timing.safety_scan_interval
                 self._woken = True
-            with contextlib.suppress(StoreUnavailable):
-                await self._inbox.refresh_if_due()
             await self._drain()
             # Allow for the tick's jitter, so an idle stream is not left a whole extra tick silent.
             if time.monotonic() - self._last_write >= timing.heartbeat_interval - TICK_JITTER * timing.tick_interval:
@@ -155,29 +182,24 @@ class EventStreamHandler(BaseHandler):
             self._scanning = False
 
     async def _drain(self) -> None:
-        """While woken: send what the inbox holds, in id order, then delete exactly that."""
-        while self._woken and not self._closed.is_set() and self._inbox is not None:
+        """While woken: send what is owed in id order, then delete exactly that from the inbox."""
+        session = self._session
+        while self._woken and not self._closed.is_set() and session is not None:
             self._woken = False
             try:
-                entries = await self._inbox.pending()
+                await session.refresh_if_due()
+                entries = await session.take()
             except StoreUnavailable:
                 self._woken = True  # the next tick tries again
                 return
             if not entries:
                 continue
-            chunk = b"".join(encode_event(i, NOTIFICATION_EVENT, data) for i, data in entries)
-            if not await self.send(chunk):
+            if not await self._send_entries(session, entries):
                 return
-            try:
-                await self._inbox.remove([notification_id for notification_id, _ in entries])
-            except StoreUnavailable:
-                log.warning("could not remove delivered entries; they will not be sent again")
-
-    async def _deregister(self, inbox: ConnectionInbox) -> None:
-        try:
-            await inbox.deregister()
-        except StoreUnavailable:
-            log.warning("could not deregister connection %s; its registration expires by itself", inbox.connection_id)
+            if len(entries) >= MAX_ENTRIES_PER_SEND:
+                self._woken = True  # more is queued than one send takes
+            with contextlib.suppress(StoreUnavailable):
+                await session.acknowledge([notification_id for notification_id, _ in entries])
 
 
 default_handlers = [(r"/notifications/stream", EventStreamHandler)]

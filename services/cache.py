@@ -132,11 +132,22 @@ class ConnectionInbox:
         # catch-up while the observer also queued them, or sent when the delete that follows failed.
         self._sent: set[str] = set()
 
-    async def register(self) -> None:
-        """Announce the connection so that observers queue the user's notifications for it."""
+    async def register(self) -> int:
+        """Announce the connection so that observers queue the user's notifications for it.
+
+        Returns how many live connections the user has now, this one included.
+        """
         self._registered_at = time.time()
-        await self._batcher.execute_many(self._registration_commands())
+        now = time.time()
+        replies = await self._batcher.execute_many(
+            [
+                *self._registration_commands(),
+                ("ZREMRANGEBYSCORE", self._connections_key, "-inf", now),
+                ("ZCARD", self._connections_key),
+            ]
+        )
         self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
+        return int(replies[-1])
 
     async def refresh_if_due(self) -> None:
         """Renew the registration's and the inbox's TTL when a third of it has passed."""

@@ -127,15 +127,20 @@ class Wakeable(Protocol):
 
 
 class WakeupHub:
-    """This process's one subscription to wake-up hints, fanned out to its local streams."""
+    """This process's one subscription to wake-up hints, fanned out to its local streams.
 
-    def __init__(self, redis: Redis, poll_interval: float) -> None:
+    It also notices when Redis goes away and comes back, with or without hints.
+    """
+
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._poll_interval = poll_interval
         self._listeners: dict[str, set[Wakeable]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self.outages = 0
+        # Moves on each time the subscription comes back after a loss: Redis may have restarted
+        # or dropped what it queued meanwhile, so streams compare it to know they must recover.
+        self.epoch = 0
 
     def listen(self, user_id: str, listener: Wakeable) -> None:
         """Wake `listener` whenever a notification for `user_id` is queued."""
@@ -175,13 +180,6 @@ class WakeupHub:
             for listener in tuple(listeners):
                 listener.wake()
 
-    async def _poll_everyone_for(self, seconds: float) -> None:
-        """Without hints, wake every stream each poll interval, as if hints were switched off."""
-        deadline = asyncio.get_running_loop().time() + seconds
-        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
-            await asyncio.sleep(min(self._poll_interval, remaining))
-            self._wake_everyone()
-
     async def _read_forever(self) -> None:
         attempt = 0
         while True:
@@ -189,8 +187,9 @@ class WakeupHub:
             try:
                 await pubsub.subscribe(WAKEUP_CHANNEL)
                 if attempt:
-                    log.warning("wake-up subscription restored after %d attempts; every stream scans now", attempt)
-                    # Hints published while we were away are lost: let every stream look for itself.
+                    log.warning("Redis is back after %d attempts; every stream recovers what it missed", attempt)
+                    # Hints, registrations and queued entries may be lost: let every stream recover.
+                    self.epoch += 1
                     self._wake_everyone()
                 attempt = 0
                 self._subscribed.set()
@@ -202,9 +201,9 @@ class WakeupHub:
                 self._subscribed.clear()
                 if attempt == 0:
                     self.outages += 1
-                    log.warning("wake-up subscription lost (%s); streams fall back to their own scans", error)
+                    log.warning("Redis unreachable (%s); streams stay open and recover when it is back", error)
                 delay = RECONNECT_BACKOFF_SECONDS[min(attempt, len(RECONNECT_BACKOFF_SECONDS) - 1)]
                 attempt += 1
-                await self._poll_everyone_for(delay)
+                await asyncio.sleep(delay)
             finally:
                 await pubsub.aclose()

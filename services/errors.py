@@ -35,3 +35,10 @@ class StoreUnavailable(DomainError):
     """A store (MongoDB or Redis) did not answer in time."""
 
     code = "store_unavailable"
+
+
+class TooMany(DomainError):
+    """A limit on concurrent use was reached; trying again later may succeed."""
+
+    code = "too_many"
+    retry_after = 5

@@ -4,6 +4,7 @@
   embedded SecantusDB and valkey-server started once for the whole run.
 * ``mongo_driver``: "pymongo"; parametrize it to run a test on Motor too.
 * ``wakeup_hints``: every test that uses ``settings`` runs twice, with hints and with polling.
+* ``stream_write_timeout``, ``max_streams``: limits a test may parametrize.
 * ``settings``: test settings — fast polling, a fresh database name per test.
 * ``runtime``: the services on the real stores, with a clean database and cache.
 * ``app``: the Tornado application pytest-tornado's ``http_server`` serves.
@@ -55,7 +56,17 @@ def wakeup_hints(request) -> bool:
 
 
 @pytest.fixture
-def settings(mongo_driver: str, wakeup_hints: bool) -> Settings:
+def stream_write_timeout() -> float:
+    return 30.0
+
+
+@pytest.fixture
+def max_streams() -> int:
+    return 1000
+
+
+@pytest.fixture
+def settings(mongo_driver: str, wakeup_hints: bool, stream_write_timeout: float, max_streams: int) -> Settings:
     return Settings(
         mongodb_db=f"bellcast_test_{uuid.uuid4().hex[:12]}",
         mongo_driver=mongo_driver,
@@ -64,6 +75,9 @@ def settings(mongo_driver: str, wakeup_hints: bool) -> Settings:
         poll_interval=0.05,
         heartbeat_interval=0.5,
         wakeup_hints=wakeup_hints,
+        max_streams_per_user=5,
+        max_streams=max_streams,
+        stream_write_timeout=stream_write_timeout,
         # Long enough that, with hints, a test passes only if the hint woke the stream.
         safety_scan_interval=30.0,
     )

@@ -1,0 +1,158 @@
+"""What production does to a stream server: Redis restarts, clients that stop reading, churn, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import psutil
+import pytest
+from tornado.iostream import IOStream
+
+from services.embedded import EmbeddedRedis, free_port
+from tests.support import SSEStream, eventually
+
+
+@pytest.fixture
+def private_redis():
+    """A Redis of this test's own, on a fixed port, that the test may stop and start again."""
+    port = free_port()
+    server = EmbeddedRedis(None, port=port).start()
+    yield server, port
+    server.stop()
+
+
+@pytest.fixture
+def store_urls(store_urls, private_redis):
+    """The session's MongoDB, and the private Redis."""
+    mongodb_url, _ = store_urls
+    return mongodb_url, private_redis[0].url
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_streams_survive_a_redis_restart_and_receive_what_was_created_meanwhile_once(
+    api, open_stream, private_redis, settings
+):
+    server, port = private_redis
+    stream = await open_stream("alice")
+    await stream.next_event()
+    before = await api.create("alice", "before the outage")
+    [event] = await stream.notifications(1)
+    assert event.id == before["id"]
+
+    server.stop()
+    during = await api.create("alice", "while Redis is down")  # MongoDB has it: 201 all the same
+    heartbeat = await stream.next_event(timeout=settings.heartbeat_interval * 4)
+    assert heartbeat.comments == ["heartbeat"], "the stream went quiet during the outage"
+
+    restarted = EmbeddedRedis(None, port=port).start()  # an empty Redis: registrations and inboxes are gone
+    try:
+        [event] = await stream.notifications(1, timeout=15)
+        assert event.id == during["id"]
+        after = await api.create("alice", "after the outage")
+        [event] = await stream.notifications(1, timeout=5)
+        assert event.id == after["id"]
+        await stream.assert_silent(0.5)
+    finally:
+        stream.close()
+        await asyncio.sleep(0.1)
+        restarted.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_opened_while_redis_is_down_receives_everything_once_it_is_back(api, open_stream, private_redis):
+    server, port = private_redis
+    server.stop()
+    stream = await open_stream("alice")
+    assert stream.status == 200
+    await stream.next_event()
+    during = await api.create("alice", "while Redis is down")
+    restarted = EmbeddedRedis(None, port=port).start()
+    try:
+        [event] = await stream.notifications(1, timeout=15)
+        assert event.id == during["id"]
+        await stream.assert_silent(0.5)
+    finally:
+        stream.close()
+        await asyncio.sleep(0.1)
+        restarted.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("stream_write_timeout", [0.5])
+async def test_a_client_that_stops_reading_is_dropped_and_counted(api, base_url, runtime):
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stream = IOStream(sock)
+    await stream.connect(("127.0.0.1", int(base_url.rsplit(":", 1)[1])))
+    token = api.token("sleepy")
+    await stream.write(f"GET /notifications/stream?access_token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await stream.read_until(b"\r\n\r\n")
+    payload = {"blob": "x" * 30000}
+    for i in range(250):  # about 7.5 MB, more than the kernel buffers on both sides
+        await api.create("sleepy", f"n{i}", data=payload)
+        if runtime.streams.slow_clients_dropped:
+            break
+
+    async def dropped() -> bool:
+        return runtime.streams.slow_clients_dropped == 1 and len(runtime.streams) == 0
+
+    await eventually(dropped, timeout=15)
+    stream.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_churn_leaves_no_streams_registrations_entries_or_descriptors(api, base_url, runtime):
+    port = int(base_url.rsplit(":", 1)[1])
+
+    def server_side_sockets() -> int:
+        # This process is client and server: count the sockets the server accepted.
+        return sum(1 for c in psutil.Process().net_connections("tcp") if c.laddr.port == port and c.raddr)
+
+    tasks_before = len(asyncio.all_tasks())
+    for round_ in range(5):
+        streams = [await SSEStream.open(base_url, api.token(f"churn{i}")) for i in range(40)]
+        for stream in streams:
+            await stream.next_event()
+        await api.create("churn0", f"round {round_}")
+        for index, stream in enumerate(streams):
+            if index % 2:
+                sock = stream._stream.socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            stream.close()
+
+    async def released() -> bool:
+        keys = await runtime.redis.keys("bellcast:*")
+        return len(runtime.streams) == 0 and keys == []
+
+    await eventually(released, timeout=10)
+    await asyncio.sleep(0.2)
+    assert server_side_sockets() == 0
+    assert len(asyncio.all_tasks()) <= tasks_before
+
+
+@pytest.mark.gen_test
+async def test_a_user_past_the_stream_limit_gets_a_json_429(api, open_stream, settings, runtime):
+    limit = settings.max_streams_per_user
+    streams = [await open_stream("greedy") for _ in range(limit)]
+    assert all(s.status == 200 for s in streams)
+    refused = await open_stream("greedy")
+    assert refused.status == 429
+    assert refused.headers["content-type"].startswith("application/json")
+    assert refused.headers["retry-after"] == "5"
+    streams[0].close()
+
+    async def admitted() -> bool:
+        return (await open_stream("greedy")).status == 200
+
+    await eventually(admitted)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("max_streams", [2])
+async def test_a_full_server_answers_503_with_retry_after(open_stream):
+    first, second = await open_stream("a"), await open_stream("b")
+    assert (first.status, second.status) == (200, 200)
+    third = await open_stream("c")
+    assert third.status == 503
+    assert third.headers["retry-after"] == "5"
