@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from tornado.httpclient import AsyncHTTPClient
+from tornado.iostream import StreamClosedError
 
 from services.auth import Authenticator
 from services.embedded import free_port
@@ -49,7 +50,12 @@ def two_process_server(store_urls):
         time.sleep(0.1)
     yield process, port
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=30)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail("no exit within 30 s of SIGTERM:\n" + output.decode()[-3000:])
     assert process.returncode == 0, output.decode()
 
 
@@ -96,4 +102,52 @@ async def test_streams_of_one_user_on_two_processes_each_receive_a_notification_
             await stream.assert_silent(0.2)
     finally:
         for stream in streams:
+            stream.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_killing_one_worker_loses_nothing_for_streams_on_the_other(two_process_server, store_urls):
+    import redis.asyncio
+
+    from services.cache import REGISTRATION_TTL, connections_key
+
+    process, port = two_process_server
+    base_url = f"http://127.0.0.1:{port}"
+    api = API(AsyncHTTPClient(), base_url, API_KEY, Authenticator(JWT_SECRET, API_KEY))
+    children = psutil.Process(process.pid).children()
+    by_owner: dict[int, list[SSEStream]] = {}
+    opened: list[SSEStream] = []
+    try:
+        while len(by_owner) < 2:
+            assert len(opened) < 60, "the kernel never handed a stream to the second worker"
+            stream = await SSEStream.open(base_url, api.token("bob"))
+            await stream.next_event()
+            opened.append(stream)
+            owner = _owner(children, port, stream._stream.socket.getsockname()[1])
+            assert owner is not None
+            by_owner.setdefault(owner, []).append(stream)
+        victim, survivor = list(by_owner)
+        os.kill(victim, signal.SIGKILL)
+        for stream in by_owner[victim]:
+            with pytest.raises(StreamClosedError):
+                while True:  # what was already buffered, then the end
+                    await stream.next_event(timeout=5)
+        created = [await api.create("bob", f"after the kill {i}") for i in range(3)]
+        for stream in by_owner[survivor]:
+            events = await stream.notifications(3)
+            assert [e.id for e in events] == [c["id"] for c in created]
+            await stream.assert_silent(0.2)
+        # The dead worker could not deregister: its entries linger only until their TTL.
+        client = redis.asyncio.Redis.from_url(store_urls[1])
+        try:
+            assert 0 < await client.ttl(connections_key("bob")) <= REGISTRATION_TTL
+        finally:
+            await client.aclose()
+        # The supervisor replaces the dead worker.
+        deadline = time.monotonic() + 15
+        while len(psutil.Process(process.pid).children()) < 2 or not _healthy(port):
+            assert time.monotonic() < deadline, "no replacement worker"
+            time.sleep(0.1)
+    finally:
+        for stream in opened:
             stream.close()
