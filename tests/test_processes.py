@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -147,7 +148,7 @@ async def test_killing_one_worker_loses_nothing_for_streams_on_the_other(two_pro
         deadline = time.monotonic() + 15
         while len(psutil.Process(process.pid).children()) < 2 or not _healthy(port):
             assert time.monotonic() < deadline, "no replacement worker"
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
     finally:
         for stream in opened:
             stream.close()
