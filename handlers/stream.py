@@ -35,7 +35,8 @@ class EventStreamHandler(BaseHandler):
 
     def initialize(self) -> None:
         """Per-stream state; the timing comes from the Application's settings."""
-        self._closed = asyncio.Event()
+        # Done once the stream is over: a bare future costs less memory than an asyncio.Event.
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ending = False
         self._last_write = 0.0
         self._write_started: float | None = None
@@ -57,7 +58,7 @@ class EventStreamHandler(BaseHandler):
         session = StreamSession(
             self.delivery_cache.open_inbox(user_id),
             self.notifications,
-            lambda: self.wakeups.epoch,
+            self.wakeups,
             self.request.headers.get("Last-Event-ID"),
         )
         await session.open(limits.max_streams_per_user)
@@ -79,14 +80,14 @@ class EventStreamHandler(BaseHandler):
             self._woken = True
             await self._drain()
             self._scanning = False
-            await self._closed.wait()
+            await self._closed
             if self._ending and await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("server restarting")):
                 # End the response ourselves, so its last chunk is sent before shutdown closes the connection.
                 with contextlib.suppress(StreamClosedError):
                     await self.finish()
         finally:
             ticker.stop()
-            self._closed.set()
+            self._close()
             if self._wake_scan is not None:
                 self._wake_scan.cancel()
             self.wakeups.ignore(user_id, self)
@@ -96,14 +97,18 @@ class EventStreamHandler(BaseHandler):
             except StoreUnavailable:
                 log.debug("could not deregister a stream of %s; its registration expires by itself", user_id)
 
+    def _close(self) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
     def on_connection_close(self) -> None:
         """The client went away: wake `get()` so that it releases everything now."""
-        self._closed.set()
+        self._close()
 
     def end(self) -> None:
         """Shutdown: tell the client to reconnect (elsewhere), then close the stream."""
         self._ending = True
-        self._closed.set()
+        self._close()
 
     def stalled_since(self) -> float | None:
         """When the write under way began (time.monotonic()), if one is."""
@@ -112,27 +117,27 @@ class EventStreamHandler(BaseHandler):
     def drop(self) -> None:
         """The client stopped reading: close the connection; it will reconnect and catch up."""
         log.info("dropping a stream whose client has not read for a while")
-        self._closed.set()
+        self._close()
         if self.request.connection is not None:
             self.request.connection.stream.close()  # type: ignore[attr-defined]
 
     def wake(self) -> None:
         """Something was queued for this stream: scan now, or right after the scan under way."""
         self._woken = True
-        if not self._scanning and not self._closed.is_set():
+        if not self._scanning and not self._closed.done():
             self._scanning = True
             self._wake_scan = asyncio.ensure_future(self._scan_on_wake())
 
     async def send(self, chunk: bytes) -> bool:
         """The only writer of the socket: write and flush, False once the client has gone."""
-        if self._closed.is_set() and not self._ending:
+        if self._closed.done() and not self._ending:
             return False
         self._write_started = time.monotonic()
         try:
             self.write(chunk)
             await self.flush()
         except StreamClosedError:
-            self._closed.set()
+            self._close()
             return False
         finally:
             self._write_started = None
@@ -163,7 +168,7 @@ class EventStreamHandler(BaseHandler):
 
     async def _tick(self) -> None:
         """Renew the registration when due; scan when polling or a safety scan is due; a heartbeat if idle."""
-        if self._scanning or self._closed.is_set():
+        if self._scanning or self._closed.done():
             return
         self._scanning = True
         try:
@@ -184,7 +189,7 @@ class EventStreamHandler(BaseHandler):
     async def _drain(self) -> None:
         """While woken: send what is owed in id order, then delete exactly that from the inbox."""
         session = self._session
-        while self._woken and not self._closed.is_set() and session is not None:
+        while self._woken and not self._closed.done() and session is not None:
             self._woken = False
             try:
                 await session.refresh_if_due()

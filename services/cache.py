@@ -130,7 +130,7 @@ class ConnectionInbox:
         self._registered_at = 0.0
         # Ids already sent on this connection whose inbox entry may still exist: sent by the
         # catch-up while the observer also queued them, or sent when the delete that follows failed.
-        self._sent: set[str] = set()
+        self._sent: set[str] | None = None  # made on first use: most streams never need it
 
     async def register(self) -> int:
         """Announce the connection so that observers queue the user's notifications for it.
@@ -167,6 +167,7 @@ class ConnectionInbox:
     def note_caught_up(self, notification: Notification) -> None:
         """Remember a notification the catch-up sent, if the observer may also have queued it."""
         if notification.created_at.timestamp() >= self._registered_at - OBSERVER_GRACE:
+            self._sent = self._sent or set()
             self._sent.add(str(notification.id))
 
     async def pending(self) -> list[tuple[str, bytes]]:
@@ -177,7 +178,7 @@ class ConnectionInbox:
         fresh, already_sent = [], []
         for key, value in entries.items():
             notification_id = key.decode()
-            if notification_id in self._sent:
+            if self._sent and notification_id in self._sent:
                 already_sent.append(notification_id)
             else:
                 fresh.append((notification_id, value))
@@ -189,9 +190,12 @@ class ConnectionInbox:
         """Delete exactly these entries once they have been sent; never send them again."""
         if not notification_ids:
             return
+        self._sent = self._sent or set()
         self._sent.update(notification_ids)
         await self._batcher.execute("HDEL", self._inbox_key, *notification_ids)
         self._sent.difference_update(notification_ids)
+        if not self._sent:
+            self._sent = None
 
     async def deregister(self) -> None:
         """Forget the connection and drop whatever it had not sent."""

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +32,14 @@ class StreamLimits:
     write_timeout: float
 
 
+class CacheWatch(Protocol):
+    """Knows when the cache came back after it was unreachable."""
+
+    @property
+    def epoch(self) -> int:
+        """Moves on each time the cache comes back."""
+
+
 def _parse_id(value: str | None) -> str | None:
     if not value:
         return None
@@ -50,7 +58,7 @@ class StreamSession:
     """
 
     __slots__ = (
-        "_epoch",
+        "_cache",
         "_epoch_seen",
         "_inbox",
         "_newest_sent",
@@ -65,17 +73,17 @@ class StreamSession:
         self,
         inbox: ConnectionInbox,
         notifications: NotificationService,
-        cache_epoch: Callable[[], int],
+        cache: CacheWatch,
         last_event_id: str | None,
     ) -> None:
         self._inbox = inbox
         self._notifications = notifications
-        self._epoch = cache_epoch
-        self._epoch_seen = cache_epoch()
+        self._cache = cache
+        self._epoch_seen = cache.epoch
         self.user_id = inbox.user_id
         self._newest_sent = _parse_id(last_event_id)
         # Ids sent that a catch-up might return again: those within CATCH_UP_WINDOW of the newest.
-        self._recent: set[str] = set()
+        self._recent: frozenset[str] | None = None
         self._recovering = False
         self._opened_at = time.time()
 
@@ -102,8 +110,8 @@ class StreamSession:
 
         Raises StoreUnavailable while a store is unreachable; what is owed is kept for later.
         """
-        if self._epoch() != self._epoch_seen:
-            self._epoch_seen = self._epoch()
+        if self._cache.epoch != self._epoch_seen:
+            self._epoch_seen = self._cache.epoch
             self._recovering = True
         entries: list[Entry] = []
         if self._recovering:
@@ -118,7 +126,8 @@ class StreamSession:
             self._recovering = True
             raise
         seen = {notification_id for notification_id, _ in entries}
-        entries.extend(entry for entry in queued if entry[0] not in self._recent and entry[0] not in seen)
+        recent = self._recent or frozenset()
+        entries.extend(entry for entry in queued if entry[0] not in recent and entry[0] not in seen)
         entries.sort(key=lambda entry: entry[0])
         return entries[:MAX_ENTRIES_PER_SEND]
 
@@ -127,10 +136,9 @@ class StreamSession:
         newest = max(notification_ids, default=None)
         if newest is not None and (self._newest_sent is None or newest > self._newest_sent):
             self._newest_sent = newest
-        self._recent.update(notification_ids)
         if self._newest_sent is not None:
             floor = str(ObjectId.from_datetime(ObjectId(self._newest_sent).generation_time - CATCH_UP_WINDOW))
-            self._recent = {notification_id for notification_id in self._recent if notification_id >= floor}
+            self._recent = frozenset(i for i in (*(self._recent or ()), *notification_ids) if i >= floor) or None
 
     async def refresh_if_due(self) -> None:
         """Renew the registration's TTL when due."""
@@ -149,7 +157,7 @@ class StreamSession:
         for notification in batch:
             self._inbox.note_caught_up(notification)
             notification_id = str(notification.id)
-            if notification_id not in self._recent:
+            if not self._recent or notification_id not in self._recent:
                 fresh.append((notification_id, notification.to_json()))
         return fresh
 
