@@ -75,6 +75,24 @@ def _secret(value: str) -> str:
     return value
 
 
+_ORIGIN_PATTERN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?$")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins: list[str] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        match = _ORIGIN_PATTERN.match(item.lower())
+        if match is None:
+            raise ValueError(f"{item!r} is not an origin: use scheme://host[:port], no path, no wildcard")
+        scheme, host, port = match.groups()
+        # Browsers send Origin without the scheme's default port, and compare it exactly.
+        origins.append(f"{scheme}://{host}" + (f":{port}" if port and port != _DEFAULT_PORTS[scheme] else ""))
+    return tuple(origins)
+
+
 def _database_name(value: str) -> str:
     if not re.match(r"^[A-Za-z0-9_-]{1,63}$", value):
         raise ValueError("must be 1 to 63 letters, digits, _ or -")
@@ -108,6 +126,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_key", _secret, None, "producers' key (X-API-Key); unset generates a development key"),
     Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans"),
     Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),
+    Setting(
+        "cors_origins",
+        _origins,
+        "",
+        "comma-separated origins whose pages may use the API and stream (https://app.example.com); empty: same origin",
+    ),
 )
 
 
@@ -126,6 +150,7 @@ class Settings:
     api_key: str | None = None
     poll_interval: float = 1.0
     heartbeat_interval: float = 15.0
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < self.poll_interval:
@@ -198,12 +223,18 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
     return runtime
 
 
-def make_app(runtime: Runtime, settings: Settings) -> web.Application:
-    """The Tornado application: routes, and the services handed to handlers through its settings."""
+def make_app(runtime: Runtime, settings: Settings, development: bool = False) -> web.Application:
+    """The Tornado application: routes, and the services handed to handlers through its settings.
+
+    `development` (secrets generated, not configured) adds the demo page's token and test-notification routes.
+    """
+    routes = handlers.default_handlers + (handlers.development_handlers if development else [])
     return web.Application(
-        handlers.default_handlers,
+        routes,
         default_handler_class=handlers.NotFoundHandler,
         static_path=str(Path(__file__).parent / "static"),
+        static_handler_class=handlers.WidgetStaticFileHandler,
+        template_path=str(Path(__file__).parent / "templates"),
         log_function=log_request,
         notifications=runtime.notifications,
         delivery_cache=runtime.delivery_cache,
@@ -212,6 +243,8 @@ def make_app(runtime: Runtime, settings: Settings) -> web.Application:
         streams=runtime.streams,
         poll_interval=settings.poll_interval,
         heartbeat_interval=settings.heartbeat_interval,
+        cors_origins=frozenset(settings.cors_origins),
+        development=development,
     )
 
 
@@ -273,9 +306,11 @@ async def serve(settings: Settings) -> None:
         else:
             log.info("Redis: %s", _without_password(redis_url))
         log.info("MongoDB driver: %s", settings.mongo_driver)
+        if settings.cors_origins:
+            log.info("CORS: pages of %s may use the API and stream", ", ".join(settings.cors_origins))
         runtime = await start_runtime(settings, mongodb_url, redis_url)
         server = httpserver.HTTPServer(
-            make_app(runtime, settings), xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES
+            make_app(runtime, settings, development), xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES
         )
         server.listen(settings.port, settings.host)
         log.info("bellcast listening on http://%s:%d", settings.host, settings.port)
@@ -313,6 +348,7 @@ def _print_development_help(authenticator: Authenticator, settings: Settings) ->
 Development mode: JWT_SECRET and API_KEY were generated (kept in {settings.data_dir}/{DEVELOPMENT_SECRETS_FILE}).
   API key:                  {settings.api_key}
   token for user "demo":    {token}
+Open the demo page with the bell: {base}/
 Try it:
   curl -N '{base}/notifications/stream?access_token={token}'
   curl -X POST {base}/api/notifications -H 'X-API-Key: {settings.api_key}' \\
