@@ -466,6 +466,16 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
           }
         }
 
+        /** Keep keyboard focus in the panel when the focused control goes away (read, or disabled). */
+        async function keepFocus(fallback) {
+          await Vue.nextTick();
+          var active = host.shadowRoot.activeElement;
+          if (open.value && (!active || active.disabled)) {
+            var target = fallback && fallback.isConnected ? fallback : panel.value;
+            if (target) target.focus();
+          }
+        }
+
         function applyReadAll(readAt) {
           items.value.forEach((item) => {
             if (!item.read_at) item.read_at = readAt;
@@ -529,8 +539,17 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
           if (open.value && !event.composedPath().includes(host)) open.value = false;
         }
 
+        function onDocumentKeydown(event) {
+          // Escape closes the panel wherever focus is, as a popover does.
+          if (open.value && event.key === "Escape") {
+            if (host.shadowRoot.activeElement) event.preventDefault();
+            close();
+          }
+        }
+
         Vue.onMounted(() => {
           document.addEventListener("pointerdown", onDocumentPointer, true);
+          document.addEventListener("keydown", onDocumentKeydown);
           clock = setInterval(() => {
             now.value = Date.now();
           }, CLOCK_TICK_MS);
@@ -539,6 +558,7 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
 
         Vue.onUnmounted(() => {
           document.removeEventListener("pointerdown", onDocumentPointer, true);
+          document.removeEventListener("keydown", onDocumentKeydown);
           clearInterval(clock);
           if (stream) stream.stop();
           stream = null;
@@ -569,16 +589,13 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
         }
 
         function close() {
+          // Focus returns to the bell only if it was in the panel, never taken from the host page.
+          var hadFocus = Boolean(host.shadowRoot.activeElement);
           open.value = false;
-          Vue.nextTick(() => bellButton.value && bellButton.value.focus());
+          if (hadFocus) Vue.nextTick(() => bellButton.value && bellButton.value.focus());
         }
 
         function onPanelKeydown(event) {
-          if (event.key === "Escape") {
-            event.preventDefault();
-            close();
-            return;
-          }
           var all = entries();
           var current = all.indexOf(event.target.closest ? event.target.closest("li") : null);
           if (event.key === "ArrowDown" || event.key === "ArrowUp") {
@@ -619,7 +636,15 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
             meta.push(
               h(
                 "button",
-                { type: "button", class: "link-button mark-read", "aria-label": "Mark as read: " + item.title, onClick: () => markRead(item) },
+                {
+                  type: "button",
+                  class: "link-button mark-read",
+                  "aria-label": "Mark as read: " + item.title,
+                  onClick: (event) => {
+                    var entry = event.currentTarget.closest("li");
+                    markRead(item).then(() => keepFocus(entry));
+                  },
+                },
                 "Mark as read"
               )
             );
@@ -666,7 +691,7 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
               ]),
               h("div", { class: "actions" }, [
                 h("button", { type: "button", class: "link-button refresh", disabled: loading.value, onClick: refresh }, loading.value ? "Refreshing…" : "Refresh"),
-                h("button", { type: "button", class: "link-button mark-all", disabled: !unread.value, onClick: markAllRead }, "Mark all as read"),
+                h("button", { type: "button", class: "link-button mark-all", disabled: !unread.value, onClick: () => markAllRead().then(() => keepFocus(null)) }, "Mark all as read"),
               ]),
               problem.value ? h("p", { class: "error", role: "alert" }, problem.value) : null,
               content,
