@@ -41,7 +41,9 @@ def test_cors_origins_other_than_exact_origins_are_refused(value):
 @pytest.mark.gen_test
 async def test_an_allowed_origin_is_echoed_on_answers_and_errors_alike(api):
     token = api.token("alice")
-    listed = await api.request("GET", "/api/notifications", headers={"Origin": ALLOWED, "Authorization": f"Bearer {token}"})
+    listed = await api.request(
+        "GET", "/api/notifications", headers={"Origin": ALLOWED, "Authorization": f"Bearer {token}"}
+    )
     refused = await api.request("GET", "/api/notifications", headers={"Origin": ALLOWED})
     assert (listed.code, refused.code) == (200, 401)
     for response in (listed, refused):
@@ -92,4 +94,3 @@ async def test_the_stream_answers_an_allowed_origin(open_stream):
     assert stream.status == 200
     assert stream.headers["access-control-allow-origin"] == ALLOWED
     assert stream.headers["content-type"].startswith("text/event-stream")
-

@@ -106,7 +106,7 @@ def user() -> str:
 def shot(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
     def save(page: Page, state: str) -> Path:
         path = ARTIFACTS / f"{request.node.name}-{state}.png"
-        page.screenshot(path=str(path))
+        page.screenshot(path=str(path), animations="disabled")
         return path
 
     return save

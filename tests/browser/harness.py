@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -138,7 +139,7 @@ class BellcastProcess:
 
     def store_quietly(self, user_id: str, *titles: str) -> None:
         """Store notifications in MongoDB without telling any stream: while this process is down, say."""
-        with pymongo.MongoClient(self.mongodb_url, tz_aware=True) as client:
+        with self._mongo() as client:
             documents = []
             for title in titles:
                 notification = validate_new_notification({"user_id": user_id, "title": title}, now=utc_now())
@@ -148,8 +149,16 @@ class BellcastProcess:
 
     def drop_database(self) -> None:
         """Remove what the tests stored."""
-        with pymongo.MongoClient(self.mongodb_url) as client:
+        with self._mongo() as client:
             client.drop_database(self.database)
+
+    @contextlib.contextmanager
+    def _mongo(self) -> Iterator[Any]:
+        client: Any = pymongo.MongoClient(self.mongodb_url, tz_aware=True)
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 class HostPages:
@@ -193,4 +202,3 @@ class HostPages:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
-

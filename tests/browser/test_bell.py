@@ -31,7 +31,8 @@ PLAIN_PAGE = """<!doctype html>
 <script src="{server}/static/notification-bell.js"></script>
 </head><body>
 <h1>A page with no Vue of its own</h1>
-<p>Served from another origin than bellcast. <notification-bell server="{server}" token="{token}"></notification-bell></p>
+<p>Served from another origin than bellcast.
+  <notification-bell server="{server}" token="{token}"></notification-bell></p>
 {body}
 </body></html>
 """
@@ -297,9 +298,7 @@ def test_the_bell_leaves_the_host_pages_own_vue_alone(bellcast, host_pages: Host
     assert page.evaluate("window.Vue.version") == "the host's own"
 
 
-def test_an_expired_token_is_renewed_through_the_token_provider(
-    bellcast, host_pages: HostPages, open_page, user
-):
+def test_an_expired_token_is_renewed_through_the_token_provider(bellcast, host_pages: HostPages, open_page, user):
     bellcast.create(user, "Behind a renewed token")
     renew = f"""<script>
       window.renewals = 0;
