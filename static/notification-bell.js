@@ -69,9 +69,13 @@
     return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
   }
 
+  var relativeTimeFormat = null;
+
   function relativeTime(iso, now) {
-    var seconds = Math.round((Date.parse(iso) - now) / 1000);
-    var format = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+    // Never "in 2 seconds": a server clock slightly ahead of this one still reads as "now".
+    var seconds = Math.min(0, Math.round((Date.parse(iso) - now) / 1000));
+    relativeTimeFormat = relativeTimeFormat || new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+    var format = relativeTimeFormat;
     var units = [
       ["year", 31536000],
       ["month", 2592000],
@@ -244,7 +248,8 @@
   }
 
   var BELL_ICON =
-    "M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22zm7-6V11a7 7 0 0 0-5.5-6.84V3.5a1.5 1.5 0 0 0-3 0v.66A7 7 0 0 0 5 11v5l-2 2v1h18v-1l-2-2z";
+    "M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22zm7-6V11a7 7 0 0 0-5.5-6.84V3.5" +
+    "a1.5 1.5 0 0 0-3 0v.66A7 7 0 0 0 5 11v5l-2 2v1h18v-1l-2-2z";
 
   var STYLES = `
 :host {
@@ -289,9 +294,14 @@ button { font: inherit; color: inherit; cursor: pointer; }
 }
 .panel.start { right: auto; left: 0; }
 .panel:focus { outline: none; }
-header { display: flex; align-items: center; gap: 8px; padding: 10px 12px; border-bottom: 1px solid var(--bellcast-border, #d9dee4); }
+header {
+  display: flex; align-items: center; gap: 8px; padding: 10px 12px;
+  border-bottom: 1px solid var(--bellcast-border, #d9dee4);
+}
 h2 { flex: 1; margin: 0; font-size: 1em; font-weight: 650; }
-.state { display: inline-flex; align-items: center; gap: 5px; font-size: 0.85em; color: var(--bellcast-muted, #6b7280); }
+.state {
+  display: inline-flex; align-items: center; gap: 5px; font-size: 0.85em; color: var(--bellcast-muted, #6b7280);
+}
 .state::before { content: ""; width: 8px; height: 8px; border-radius: 50%; background: currentColor; }
 .state.live { color: var(--bellcast-live-color, #15803d); }
 .state.reconnecting, .state.connecting { color: var(--bellcast-warning-color, #b45309); }
@@ -304,7 +314,10 @@ h2 { flex: 1; margin: 0; font-size: 1em; font-weight: 650; }
 .link-button:hover:not(:disabled) { background: var(--bellcast-hover-background, rgba(0, 0, 0, 0.06)); }
 .link-button:disabled { color: var(--bellcast-muted, #6b7280); cursor: default; }
 .actions .link-button:last-child { margin-left: auto; }
-ul { list-style: none; margin: 0; padding: 0; max-height: var(--bellcast-panel-max-height, min(60vh, 440px)); overflow-y: auto; }
+ul {
+  list-style: none; margin: 0; padding: 0; overflow-y: auto;
+  max-height: var(--bellcast-panel-max-height, min(60vh, 440px));
+}
 li { position: relative; padding: 10px 12px 10px 26px; border-bottom: 1px solid var(--bellcast-border, #d9dee4); }
 li:last-child { border-bottom: 0; }
 li.unread { background: var(--bellcast-unread-background, #eff6ff); }
@@ -315,7 +328,10 @@ li.unread::before {
 li:focus-visible { outline-offset: -2px; }
 .title { margin: 0; font-weight: 600; overflow-wrap: anywhere; }
 .body { margin: 2px 0 0; white-space: pre-line; overflow-wrap: anywhere; color: var(--bellcast-body-color, inherit); }
-.meta { display: flex; align-items: center; gap: 10px; margin-top: 4px; font-size: 0.85em; color: var(--bellcast-muted, #6b7280); }
+.meta {
+  display: flex; align-items: center; gap: 10px; margin-top: 4px; font-size: 0.85em;
+  color: var(--bellcast-muted, #6b7280);
+}
 .meta a { color: var(--bellcast-accent, #2563eb); }
 .meta .link-button { margin-left: auto; padding: 2px 4px; }
 .empty, .error { margin: 0; padding: 24px 12px; text-align: center; color: var(--bellcast-muted, #6b7280); }
@@ -433,10 +449,11 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
         }
 
         async function loadMore() {
-          if (!nextBefore.value) return;
+          if (!nextBefore.value || loadingMore.value) return;
           loadingMore.value = true;
           try {
-            var page = await api("GET", LIST_PATH + "?limit=" + PAGE_SIZE + "&before=" + encodeURIComponent(nextBefore.value));
+            var query = "?limit=" + PAGE_SIZE + "&before=" + encodeURIComponent(nextBefore.value);
+            var page = await api("GET", LIST_PATH + query);
             var older = page.notifications.filter((n) => !known(n.id));
             items.value = items.value.concat(older).sort(newestFirst);
             nextBefore.value = page.next_before;
@@ -627,7 +644,11 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
         function renderItem(item, index) {
           var url = safeUrl(item.url);
           var meta = [
-            h("time", { datetime: item.created_at, title: new Date(item.created_at).toLocaleString() }, relativeTime(item.created_at, now.value)),
+            h(
+              "time",
+              { datetime: item.created_at, title: new Date(item.created_at).toLocaleString() },
+              relativeTime(item.created_at, now.value)
+            ),
           ];
           if (url) {
             meta.push(h("a", { href: url, onClick: () => markRead(item, { keepalive: true }) }, "Open"));
@@ -656,9 +677,9 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
               class: { item: true, unread: !item.read_at },
               tabindex: index === 0 ? "0" : "-1",
               "data-id": item.id,
-              "aria-label": (item.read_at ? "" : "Unread: ") + item.title,
             },
             [
+              item.read_at ? null : h("span", { class: "visually-hidden" }, "Unread:"),
               h("p", { class: "title" }, item.title),
               item.body ? h("p", { class: "body" }, item.body) : null,
               h("div", { class: "meta" }, meta),
@@ -666,10 +687,16 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
           );
         }
 
+        function textButton(name, label, disabled, onClick) {
+          var attributes = { type: "button", class: "link-button " + name, disabled: disabled, onClick: onClick };
+          return h("button", attributes, label);
+        }
+
         function renderPanel() {
           var content;
           if (items.value.length) {
-            content = h("ul", { ref: list, class: "list", "aria-label": "Notifications, newest first" }, items.value.map(renderItem));
+            var attributes = { ref: list, class: "list", "aria-label": "Notifications, newest first" };
+            content = h("ul", attributes, items.value.map(renderItem));
           } else {
             content = h("p", { class: "empty" }, loading.value ? "Loading…" : "You have no notifications.");
           }
@@ -690,14 +717,17 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
                 h("span", { class: "state " + state.value, role: "status" }, STATE_LABELS[state.value] || state.value),
               ]),
               h("div", { class: "actions" }, [
-                h("button", { type: "button", class: "link-button refresh", disabled: loading.value, onClick: refresh }, loading.value ? "Refreshing…" : "Refresh"),
-                h("button", { type: "button", class: "link-button mark-all", disabled: !unread.value, onClick: () => markAllRead().then(() => keepFocus(null)) }, "Mark all as read"),
+                // Never disabled while it works, so that keyboard focus stays on it.
+                textButton("refresh", loading.value ? "Refreshing…" : "Refresh", false, refresh),
+                textButton("mark-all", "Mark all as read", !unread.value, () => {
+                  markAllRead().then(() => keepFocus(null));
+                }),
               ]),
               problem.value ? h("p", { class: "error", role: "alert" }, problem.value) : null,
               content,
               nextBefore.value
                 ? h("footer", [
-                    h("button", { type: "button", class: "link-button load-more", disabled: loadingMore.value, onClick: loadMore }, loadingMore.value ? "Loading…" : "Load more"),
+                    textButton("load-more", loadingMore.value ? "Loading…" : "Load more", false, loadMore),
                   ])
                 : null,
             ]
@@ -722,8 +752,13 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
                 onClick: toggle,
               },
               [
-                h("svg", { viewBox: "0 0 24 24", "aria-hidden": "true", focusable: "false" }, [h("path", { d: BELL_ICON })]),
-                unread.value ? h("span", { class: "badge", "aria-hidden": "true", key: unread.value }, badgeText()) : null,
+                h("svg", { viewBox: "0 0 24 24", "aria-hidden": "true", focusable: "false" }, [
+                  h("path", { d: BELL_ICON }),
+                ]),
+                // Keyed by the count, so that each change replays the badge's pop.
+                unread.value
+                  ? h("span", { class: "badge", "aria-hidden": "true", key: unread.value }, badgeText())
+                  : null,
                 state.value === "live" ? null : h("span", { class: "dot-state", "aria-hidden": "true" }),
               ]
             ),
