@@ -150,6 +150,8 @@
     lead() {
       if (this.stopped) return undefined;
       this.leader = true;
+      // Taking over from a tab that closed: its stream is gone until this one opens.
+      if (this.state !== "connecting") this.setState("reconnecting");
       this.connect(false);
       return new Promise((resolve) => {
         this.release = resolve;

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from services.embedded import free_port
 from tests.browser.harness import ARTIFACTS, CHROMIUM_ARGS, BellcastProcess, HostPages, find_chromium
@@ -50,6 +50,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 @pytest.fixture(scope="package")
 def browser(chromium: str) -> Iterator[Browser]:
     ARTIFACTS.mkdir(exist_ok=True)
+    # Room for a busy CI machine; the tests that pin "within a few seconds" pass their own timeout.
+    expect.set_options(timeout=10_000)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         yield launched
@@ -71,7 +73,7 @@ def _bellcast(directory: Path, store_urls: tuple[str, str], cors: str) -> Bellca
 
 @pytest.fixture(scope="package")
 def bellcast(
-    tmp_path_factory: pytest.TempPathFactory, store_urls: tuple[str, str], host_pages: HostPages, browser: Browser
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory, store_urls: tuple[str, str], host_pages: HostPages
 ) -> Iterator[BellcastProcess]:
     process = _bellcast(tmp_path_factory.mktemp("bellcast"), store_urls, host_pages.origin).start()
     yield process
@@ -81,7 +83,7 @@ def bellcast(
 
 @pytest.fixture
 def restartable_bellcast(
-    tmp_path: Path, store_urls: tuple[str, str], host_pages: HostPages, browser: Browser
+    browser: Browser, tmp_path: Path, store_urls: tuple[str, str], host_pages: HostPages
 ) -> Iterator[BellcastProcess]:
     process = _bellcast(tmp_path, store_urls, host_pages.origin).start()
     yield process
