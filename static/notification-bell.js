@@ -653,7 +653,9 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
             ),
           ];
           if (url) {
-            meta.push(h("a", { href: url, onClick: () => markRead(item, { keepalive: true }) }, "Open"));
+            // keepalive: the request outlives the page when the link navigates away.
+            var onClick = () => markRead(item, { keepalive: true });
+            meta.push(h("a", { href: url, "aria-label": "Open: " + item.title, onClick: onClick }, "Open"));
           }
           if (!item.read_at) {
             meta.push(

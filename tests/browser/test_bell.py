@@ -288,6 +288,14 @@ def test_the_bell_works_on_a_plain_page_of_another_origin_without_vue(
     assert bellcast.request("GET", "/api/notifications", user)["unread_count"] == 1
     assert page.evaluate("typeof window.Vue") == "undefined"
 
+    # A link is the host app's: following it leaves the page, and marks the notification read on the way.
+    landing = host_pages.serve(f"/{user}/orders/7", "<!doctype html><title>Order 7</title><h1>Order 7</h1>")
+    bellcast.create(user, "Order 7 shipped", url=f"/{user}/orders/7")
+    expect(badge(page)).to_have_text("2", timeout=LIVE_MS)
+    items(page).first.get_by_role("link", name="Open").click()
+    page.wait_for_url(landing)
+    wait_until(lambda: bellcast.request("GET", "/api/notifications", user)["unread_count"] == 1)
+
 
 def test_the_bell_leaves_the_host_pages_own_vue_alone(bellcast, host_pages: HostPages, open_page, user):
     own_vue = '<script>window.Vue = { version: "the host\'s own" };</script>'
