@@ -161,6 +161,11 @@ class Settings:
         """True when secrets were generated rather than configured."""
         return self.jwt_secret is None or self.api_key is None
 
+    @property
+    def development_routes(self) -> bool:
+        """True when neither secret is configured: only then may the demo page mint tokens and send notifications."""
+        return self.jwt_secret is None and self.api_key is None
+
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Settings from command-line flags, then environment variables, then defaults."""
@@ -226,7 +231,7 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
 def make_app(runtime: Runtime, settings: Settings, development: bool = False) -> web.Application:
     """The Tornado application: routes, and the services handed to handlers through its settings.
 
-    `development` (secrets generated, not configured) adds the demo page's token and test-notification routes.
+    `development` (neither secret configured) adds the demo page's token and test-notification routes.
     """
     routes = handlers.default_handlers + (handlers.development_handlers if development else [])
     return web.Application(
@@ -280,6 +285,7 @@ async def serve(settings: Settings) -> None:
 
     data_dir = Path(settings.data_dir)
     development = settings.development
+    development_routes = settings.development_routes
     if development:
         generated = _development_secrets(data_dir)
         settings = Settings(
@@ -310,7 +316,7 @@ async def serve(settings: Settings) -> None:
             log.info("CORS: pages of %s may use the API and stream", ", ".join(settings.cors_origins))
         runtime = await start_runtime(settings, mongodb_url, redis_url)
         server = httpserver.HTTPServer(
-            make_app(runtime, settings, development), xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES
+            make_app(runtime, settings, development_routes), xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES
         )
         server.listen(settings.port, settings.host)
         log.info("bellcast listening on http://%s:%d", settings.host, settings.port)

@@ -1,7 +1,7 @@
 """Development only, when `make run` generated the secrets: what the demo page needs to be tried alone.
 
 A host app mints its users' tokens and producers hold the API key; in development these two routes
-stand in for them. Neither exists when JWT_SECRET and API_KEY are configured.
+stand in for them. Neither exists when JWT_SECRET or API_KEY is configured.
 """
 
 from __future__ import annotations

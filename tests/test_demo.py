@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from server import make_app
+from server import make_app, parse_settings
 from services.auth import Authenticator
 
 
@@ -41,6 +41,20 @@ async def test_demo_page_embeds_the_bell_with_one_script_and_one_element(api):
 async def test_demo_page_in_development_signs_in_and_offers_the_test_form(api, development):
     page = (await api.request("GET", "/")).body.decode()
     assert "/dev/token" in page and "Send a test notification" in page
+
+
+@pytest.mark.parametrize(
+    ("environ", "routes"),
+    [
+        ({}, True),
+        ({"JWT_SECRET": "configured-" + "s" * 16}, False),
+        ({"API_KEY": "configured-" + "k" * 16}, False),
+        ({"JWT_SECRET": "configured-" + "s" * 16, "API_KEY": "configured-" + "k" * 16}, False),
+    ],
+)
+def test_development_routes_only_when_neither_secret_is_configured(environ, routes):
+    # A configured JWT_SECRET beside a generated API key must never be used to mint demo tokens.
+    assert parse_settings([], environ).development_routes is routes
 
 
 @pytest.mark.gen_test
