@@ -98,7 +98,7 @@ class BaseHandler(web.RequestHandler):
 
     @property
     def development(self) -> bool:
-        """True when the secrets were generated (`make run`), not configured."""
+        """True when neither secret is configured (`make run`): the demo page signs in a demo user."""
         return bool(self.settings["development"])
 
     def set_default_headers(self) -> None:
