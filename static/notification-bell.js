@@ -190,6 +190,7 @@
       }
       if (this.stopped) return;
       if (!token) {
+        this.failed();
         this.retryLater();
         return;
       }
@@ -216,9 +217,7 @@
       });
       source.addEventListener("error", () => {
         if (source !== this.source) return;
-        this.failures += 1;
-        var state = this.failures >= OFFLINE_AFTER_FAILURES || !navigator.onLine ? "offline" : "reconnecting";
-        this.setState(state);
+        this.failed();
         if (source.readyState === EventSource.CLOSED) {
           // Refused (an expired token, the server busy): EventSource gives up, so retry with a fresh token.
           source.close();
@@ -227,6 +226,11 @@
         }
         // Otherwise the browser reconnects by itself after the server's retry delay, with Last-Event-ID.
       });
+    }
+
+    failed() {
+      this.failures += 1;
+      this.setState(this.failures >= OFFLINE_AFTER_FAILURES || !navigator.onLine ? "offline" : "reconnecting");
     }
 
     resync() {
@@ -240,11 +244,16 @@
       this.timer = setTimeout(() => this.connect(true), delay * (0.5 + Math.random() / 2));
     }
 
+    /** Back online: say so if the stream survived, else open it now rather than after the backoff. */
     reconnectNow() {
       if (!this.leader || this.stopped) return;
-      if (!this.source || this.source.readyState === EventSource.CLOSED) {
+      if (this.source && this.source.readyState === EventSource.OPEN) {
+        this.setState("live");
+      } else if (!this.source || this.source.readyState === EventSource.CLOSED) {
         clearTimeout(this.timer);
         this.connect(true);
+      } else {
+        this.setState("reconnecting");
       }
     }
   }

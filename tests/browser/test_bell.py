@@ -219,6 +219,23 @@ def test_after_a_server_restart_the_bell_reconnects_and_shows_what_was_created_m
     shot(page, "reconnected")
 
 
+def test_the_bell_shows_when_the_browser_is_offline_and_catches_up_when_back(bellcast, context, open_page, user, shot):
+    page = open_page(demo_url(bellcast, user))
+    expect_live(page)
+    bellcast.create(user, "Before going offline")
+    expect(badge(page)).to_have_text("1", timeout=LIVE_MS)
+    open_panel(page)
+    context.set_offline(True)
+    expect(state(page)).to_have_text("Offline")
+    shot(page, "offline")
+    bellcast.create(user, "While offline")
+    context.set_offline(False)
+    expect(state(page)).to_have_text("Live", timeout=RECONNECT_MS)
+    expect(items(page)).to_have_count(2, timeout=LIVE_MS)
+    assert titles(page) == ["While offline", "Before going offline"]
+    expect(badge(page)).to_have_text("2")
+
+
 def test_two_tabs_of_one_user_share_one_stream_and_reading_in_one_updates_the_other(
     bellcast, open_page, user, store_urls, shot
 ):
