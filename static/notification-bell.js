@@ -444,8 +444,10 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
         async function refresh() {
           arrivedDuringLoad = new Set();
           loading.value = true;
+          var forKey = streamKey;
           try {
             var page = await api("GET", LIST_PATH + "?limit=" + PAGE_SIZE);
+            if (forKey !== streamKey) return; // the user or server changed meanwhile
             var fetched = new Set(page.notifications.map((n) => n.id));
             var later = items.value.filter((n) => arrivedDuringLoad.has(n.id) && !fetched.has(n.id));
             items.value = page.notifications.concat(later).sort(newestFirst);
@@ -462,9 +464,11 @@ footer { padding: 6px 12px; border-top: 1px solid var(--bellcast-border, #d9dee4
         async function loadMore() {
           if (!nextBefore.value || loadingMore.value) return;
           loadingMore.value = true;
+          var forKey = streamKey;
           try {
             var query = "?limit=" + PAGE_SIZE + "&before=" + encodeURIComponent(nextBefore.value);
             var page = await api("GET", LIST_PATH + query);
+            if (forKey !== streamKey) return;
             var older = page.notifications.filter((n) => !known(n.id));
             items.value = items.value.concat(older).sort(newestFirst);
             nextBefore.value = page.next_before;
