@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The bell's Vue runtime: from the npm registry (package-lock.json), copied where the server serves it.
+NODE_STAMP := node_modules/.package-lock.json
+VUE_RUNTIME := static/vendor/vue.runtime.esm-browser.prod.js
 
 .PHONY: run test bench lint typecheck lock clean
 
@@ -15,10 +18,17 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[embedded,motor,test,bench,dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+$(VUE_RUNTIME): $(NODE_STAMP)
+	mkdir -p $(dir $@)
+	cp node_modules/vue/dist/$(notdir $@) $@
+
+run: $(STAMP) $(VUE_RUNTIME)
 	$(BIN)/python server.py
 
-test: $(STAMP)
+test: $(STAMP) $(VUE_RUNTIME)
 	$(BIN)/python -m pytest
 
 # Not part of `make test`: minutes long, and it wants a quiet machine. BENCH_FLAGS=--quick for a short run.
@@ -41,4 +51,4 @@ lock: $(BIN)/python
 	  $(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(-e|pip==)' ) > constraints.txt
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info node_modules static/vendor test-artifacts

@@ -107,6 +107,24 @@ def _secret(value: str) -> str:
     return value
 
 
+_ORIGIN_PATTERN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?$")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins: list[str] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        match = _ORIGIN_PATTERN.match(item.lower())
+        if match is None:
+            raise ValueError(f"{item!r} is not an origin: use scheme://host[:port], no path, no wildcard")
+        scheme, host, port = match.groups()
+        # Browsers send Origin without the scheme's default port, and compare it exactly.
+        origins.append(f"{scheme}://{host}" + (f":{port}" if port and port != _DEFAULT_PORTS[scheme] else ""))
+    return tuple(origins)
+
+
 def _database_name(value: str) -> str:
     if not re.match(r"^[A-Za-z0-9_-]{1,63}$", value):
         raise ValueError("must be 1 to 63 letters, digits, _ or -")
@@ -150,6 +168,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("processes", _process_count, "1", "worker processes sharing the port; 0 starts one per core"),
     Setting("safety_scan_interval", _positive_number, "30", "with hints, seconds between a stream's own scans"),
+    Setting(
+        "cors_origins",
+        _origins,
+        "",
+        "comma-separated origins whose pages may use the API and stream (https://app.example.com); empty: same origin",
+    ),
 )
 
 
@@ -174,6 +198,7 @@ class Settings:
     stream_write_timeout: float = 30.0
     processes: int = 1
     safety_scan_interval: float = 30.0
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < self.poll_interval:
@@ -198,6 +223,11 @@ class Settings:
     def development(self) -> bool:
         """True when secrets were generated rather than configured."""
         return self.jwt_secret is None or self.api_key is None
+
+    @property
+    def development_routes(self) -> bool:
+        """True when neither secret is configured: only then may the demo page mint tokens and send notifications."""
+        return self.jwt_secret is None and self.api_key is None
 
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
@@ -277,12 +307,18 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
     return runtime
 
 
-def make_app(runtime: Runtime, settings: Settings) -> web.Application:
-    """The Tornado application: routes, and the services handed to handlers through its settings."""
+def make_app(runtime: Runtime, settings: Settings, development: bool = False) -> web.Application:
+    """The Tornado application: routes, and the services handed to handlers through its settings.
+
+    `development` (neither secret configured) adds the demo page's token and test-notification routes.
+    """
+    routes = handlers.default_handlers + (handlers.development_handlers if development else [])
     return web.Application(
-        handlers.default_handlers,
+        routes,
         default_handler_class=handlers.NotFoundHandler,
         static_path=str(Path(__file__).parent / "static"),
+        static_handler_class=handlers.WidgetStaticFileHandler,
+        template_path=str(Path(__file__).parent / "templates"),
         log_function=log_request,
         notifications=runtime.notifications,
         delivery_cache=runtime.delivery_cache,
@@ -292,6 +328,8 @@ def make_app(runtime: Runtime, settings: Settings) -> web.Application:
         wakeups=runtime.wakeups,
         stream_timing=settings.stream_timing,
         stream_limits=settings.stream_limits,
+        cors_origins=frozenset(settings.cors_origins),
+        development=development,
     )
 
 
@@ -368,11 +406,12 @@ def with_development_secrets(settings: Settings) -> Settings:
     )
 
 
-async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
+async def serve(settings: Settings, sockets: list[socket.socket], development_routes: bool = False) -> None:
     """Serve on the bound sockets until SIGINT or SIGTERM; then stop accepting, end the streams, close."""
     assert settings.mongodb_url is not None and settings.redis_url is not None
     runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url)
-    server = httpserver.HTTPServer(make_app(runtime, settings), xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES)
+    app = make_app(runtime, settings, development_routes)
+    server = httpserver.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES)
     server.add_sockets(sockets)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -390,7 +429,7 @@ async def serve(settings: Settings, sockets: list[socket.socket]) -> None:
     await runtime.close()
 
 
-def run_processes(count: int, settings: Settings, sockets: list[socket.socket]) -> int:
+def run_processes(count: int, settings: Settings, sockets: list[socket.socket], development_routes: bool) -> int:
     """Fork `count` workers that share the bound sockets, each with its own loop and store clients.
 
     The parent forwards SIGINT and SIGTERM to them and restarts one that dies on its own.
@@ -406,7 +445,7 @@ def run_processes(count: int, settings: Settings, sockets: list[socket.socket]) 
             die_with_parent()
             status = 0
             try:
-                asyncio.run(serve(settings, sockets))
+                asyncio.run(serve(settings, sockets, development_routes))
             except BaseException:
                 log.exception("worker %d failed", index)
                 status = 1
@@ -454,6 +493,7 @@ def _print_development_help(settings: Settings) -> None:
 Development mode: JWT_SECRET and API_KEY were generated (kept in {settings.data_dir}/{DEVELOPMENT_SECRETS_FILE}).
   API key:                  {settings.api_key}
   token for user "demo":    {token}
+Open the demo page with the bell: {base}/
 Try it:
   curl -N '{base}/notifications/stream?access_token={token}'
   curl -X POST {base}/api/notifications -H 'X-API-Key: {settings.api_key}' \\
@@ -472,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bellcast: invalid setting {error}", file=sys.stderr)
         return 2
     development = settings.development
+    development_routes = settings.development_routes
     if development:
         settings = with_development_secrets(settings)
     try:
@@ -485,10 +526,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("bellcast listening on http://%s:%d", settings.host, settings.port)
         if development:
             _print_development_help(settings)
+        if settings.cors_origins:
+            log.info("CORS: pages of %s may use the API and stream", ", ".join(settings.cors_origins))
         if processes == 1:
-            asyncio.run(serve(settings, sockets))
+            asyncio.run(serve(settings, sockets, development_routes))
         else:
-            run_processes(processes, settings, sockets)
+            run_processes(processes, settings, sockets, development_routes)
     log.info("bellcast stopped")
     return 0
 

@@ -1,4 +1,4 @@
-"""The one base handler: services from the Application, JSON bodies in, JSON errors out."""
+"""The one base handler: services from the Application, JSON bodies in, JSON errors out, CORS for allowed origins."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ _HTTP_ERROR_CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
+
+# What a page of an allowed origin may send: the widget's REST calls carry a Bearer token, and
+# EventSource resends Last-Event-ID on reconnect.
+CORS_ALLOW_METHODS = "GET, POST"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+CORS_MAX_AGE_SECONDS = 600
 
 TOKEN_COOKIE = "bellcast_token"
 TOKEN_QUERY_ARGUMENT = "access_token"
@@ -102,6 +108,35 @@ class BaseHandler(web.RequestHandler):
     def streams(self) -> StreamRegistry:
         """The open event streams, for shutdown."""
         return self.settings["streams"]
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        """The exact origins (CORS_ORIGINS) whose pages may read bellcast's answers."""
+        return self.settings["cors_origins"]
+
+    @property
+    def development(self) -> bool:
+        """True when neither secret is configured (`make run`): the demo page signs in a demo user."""
+        return bool(self.settings["development"])
+
+    def set_default_headers(self) -> None:
+        """CORS: an allowed origin is echoed back (never a wildcard) on every answer, errors included."""
+        if not self.cors_origins:
+            return
+        self.set_header("Vary", "Origin")
+        origin = self.request.headers.get("Origin")
+        if origin in self.cors_origins:
+            self.set_header("Access-Control-Allow-Origin", origin)
+
+    def options(self, *args: str, **kwargs: str) -> None:
+        """CORS preflight: 204 with the methods and headers an allowed origin may use, else 403."""
+        if self.request.headers.get("Origin") not in self.cors_origins:
+            raise APIError(403, "forbidden", "this origin is not allowed (CORS_ORIGINS)")
+        self.set_header("Access-Control-Allow-Methods", CORS_ALLOW_METHODS)
+        self.set_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
+        self.set_header("Access-Control-Max-Age", str(CORS_MAX_AGE_SECONDS))
+        self.set_status(204)
+        self.finish()
 
     def current_user_id(self) -> str:
         """The user of the request's token: Bearer header, then cookie, then query parameter."""

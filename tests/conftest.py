@@ -117,10 +117,15 @@ def api(http_client, base_url: str, settings: Settings, runtime: Runtime) -> API
 def open_stream(http_server, base_url: str, api: API):
     opened: list[SSEStream] = []
 
-    async def open_(user_id: str | None, last_event_id: str | None = None, token: str | None = None) -> SSEStream:
+    async def open_(
+        user_id: str | None,
+        last_event_id: str | None = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> SSEStream:
         if token is None and user_id is not None:
             token = api.token(user_id)
-        stream = await SSEStream.open(base_url, token, last_event_id)
+        stream = await SSEStream.open(base_url, token, last_event_id, headers)
         opened.append(stream)
         return stream
 

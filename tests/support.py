@@ -81,14 +81,17 @@ class SSEStream:
         self._chunked = False
 
     @classmethod
-    async def open(cls, base_url: str, token: str | None, last_event_id: str | None = None) -> SSEStream:
-        """Connect and read the response head."""
+    async def open(
+        cls, base_url: str, token: str | None, last_event_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> SSEStream:
+        """Connect and read the response head; `headers` are sent too (an Origin, say)."""
         url = urlsplit(base_url)
         stream = await TCPClient().connect(url.hostname or "127.0.0.1", url.port or 80)
         path = "/notifications/stream" + (f"?access_token={token}" if token else "")
         lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Accept: text/event-stream"]
         if last_event_id is not None:
             lines.append(f"Last-Event-ID: {last_event_id}")
+        lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
         stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         self = cls(stream)
         head = await stream.read_until(b"\r\n\r\n")

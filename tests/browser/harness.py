@@ -1,0 +1,204 @@
+"""What the browser tests run against: bellcast as `python server.py`, and host pages on another origin."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pymongo
+
+from services.auth import Authenticator
+from services.notifications import utc_now, validate_new_notification
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+STARTUP_TIMEOUT = 30.0
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Without these, Chromium's own calls home are refused by a closed network, many at a time.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def find_chromium() -> str | None:
+    """Debian's Chromium (or BELLCAST_CHROMIUM); None when there is none."""
+    for candidate in (os.environ.get("BELLCAST_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class BellcastProcess:
+    """`python server.py` in development mode (generated secrets) on the session's stores."""
+
+    def __init__(self, data_dir: Path, port: int, mongodb_url: str, redis_url: str, database: str, cors: str) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.mongodb_url = mongodb_url
+        self.redis_url = redis_url
+        self.database = database
+        self.cors = cors
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """Where it serves."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> BellcastProcess:
+        """Start (or restart on the same port) and wait until /healthz answers 200."""
+        environ = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "API_KEY")}
+        self._log = open(self.data_dir / "bellcast.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "server.py",
+                *("--port", str(self.port), "--data-dir", str(self.data_dir)),
+                *("--mongodb-url", self.mongodb_url, "--redis-url", self.redis_url, "--mongodb-db", self.database),
+                *("--poll-interval", "0.1", "--cors-origins", self.cors),
+            ],
+            cwd=ROOT,
+            env=environ,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.base_url + "/healthz", timeout=2) as answer:
+                if answer.status == 200:
+                    return self
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bellcast did not start; see {self.data_dir / 'bellcast.log'}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: every stream drops at once, as when the machine dies."""
+        self._end(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """SIGTERM, as a deploy does."""
+        self._end(signal.SIGTERM)
+
+    def _end(self, signum: int) -> None:
+        if self._process is not None:
+            self._process.send_signal(signum)
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _secrets(self) -> dict[str, str]:
+        return dict(json.loads((self.data_dir / "development-secrets.json").read_text()))
+
+    def token(self, user_id: str, lifetime: int = 3600) -> str:
+        """A user token signed with the generated secret, as the host app's backend would mint it."""
+        secrets = self._secrets()
+        return Authenticator(secrets["jwt_secret"], secrets["api_key"]).mint_user_token(user_id, lifetime, time.time())
+
+    def create(self, user_id: str, title: str, **fields: Any) -> dict[str, Any]:
+        """Create a notification through the producer API (X-API-Key)."""
+        request = urllib.request.Request(
+            self.base_url + "/api/notifications",
+            data=json.dumps({"user_id": user_id, "title": title, **fields}).encode(),
+            headers={"Content-Type": "application/json", "X-API-Key": self._secrets()["api_key"]},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return dict(json.loads(answer.read()))
+
+    def request(self, method: str, path: str, user_id: str) -> dict[str, Any]:
+        """A user's API request, outside the browser (another device of the same user)."""
+        request = urllib.request.Request(
+            self.base_url + path, headers={"Authorization": f"Bearer {self.token(user_id)}"}, method=method
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return dict(json.loads(answer.read()))
+
+    def store_quietly(self, user_id: str, *titles: str) -> None:
+        """Store notifications in MongoDB without telling any stream: while this process is down, say."""
+        with self._mongo() as client:
+            documents = []
+            for title in titles:
+                notification = validate_new_notification({"user_id": user_id, "title": title}, now=utc_now())
+                documents.append(notification.to_document())
+                time.sleep(0.002)  # distinct created_at, in order
+            client[self.database]["notifications"].insert_many(documents)
+
+    def drop_database(self) -> None:
+        """Remove what the tests stored."""
+        with self._mongo() as client:
+            client.drop_database(self.database)
+
+    @contextlib.contextmanager
+    def _mongo(self) -> Iterator[Any]:
+        client: Any = pymongo.MongoClient(self.mongodb_url, tz_aware=True)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+class HostPages:
+    """A plain web server on another origin, serving host pages the tests write."""
+
+    def __init__(self, port: int) -> None:
+        pages: dict[str, bytes] = {}
+        self._pages = pages
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = pages.get(self.path.split("?")[0])
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.end_headers()
+                self.wfile.write(body or b"not found")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        """The host pages' origin (not bellcast's)."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> HostPages:
+        """Serve in a thread."""
+        self._thread.start()
+        return self
+
+    def serve(self, path: str, html: str) -> str:
+        """Publish a page; returns its URL."""
+        self._pages[path] = html.encode()
+        return self.origin + path
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

@@ -1,0 +1,381 @@
+"""The notification bell in headless Chromium: what a user sees, across tabs, restarts and origins."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+
+from services.cache import connections_key
+from tests.browser.harness import BellcastProcess, HostPages
+
+# "Appears within a few seconds": the server scans every 0.1 s here.
+LIVE_MS = 5_000
+# EventSource retries every 2 s (the server's retry hint) while bellcast restarts.
+RECONNECT_MS = 20_000
+
+PLAIN_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>Plain host page</title>
+<style>
+  /* A host's own CSS, which must not reach into the bell. */
+  body {{ font: 16px/2 Georgia, serif; }}
+  li {{ color: rgb(255, 0, 0); }}
+  button {{ text-transform: uppercase; }}
+</style>
+{head}
+<script src="{server}/static/notification-bell.js"></script>
+</head><body>
+<h1>A page with no Vue of its own</h1>
+<p>Served from another origin than bellcast.
+  <notification-bell server="{server}" token="{token}"></notification-bell></p>
+{body}
+</body></html>
+"""
+
+
+def bell_button(page: Page) -> Locator:
+    return page.locator("notification-bell").get_by_role("button", name=re.compile(r"^Notifications"))
+
+
+def badge(page: Page) -> Locator:
+    return page.locator("notification-bell .badge")
+
+
+def items(page: Page) -> Locator:
+    return page.locator("notification-bell li")
+
+
+def state(page: Page) -> Locator:
+    return page.locator("notification-bell [role=dialog]").get_by_role("status")
+
+
+def open_panel(page: Page) -> Locator:
+    panel = page.locator("notification-bell [role=dialog]")
+    if not panel.is_visible():
+        bell_button(page).click()
+    expect(panel).to_be_visible()
+    return panel
+
+
+def expect_live(page: Page, timeout: float = 10_000) -> None:
+    expect(bell_button(page)).to_have_attribute("title", "Notifications (Live)", timeout=timeout)
+
+
+def titles(page: Page) -> list[str]:
+    return items(page).locator(".title").all_inner_texts()
+
+
+def demo_url(server: BellcastProcess, user: str) -> str:
+    return f"{server.base_url}/?user={user}"
+
+
+@pytest.fixture
+def open_page(context: BrowserContext) -> Iterator[Callable[[str], Page]]:
+    """Opens a tab; at the end, fails the test if any page threw an uncaught error."""
+    errors: list[str] = []
+
+    def open_(url: str) -> Page:
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        return page
+
+    yield open_
+    assert errors == []
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_the_bell_renders_on_the_demo_page(bellcast, open_page, user, shot):
+    page = open_page(demo_url(bellcast, user))
+    expect(page.locator("#signed-in")).to_have_text(f"Signed in as {user}")
+    expect_live(page)
+    expect(bell_button(page)).to_have_accessible_name("Notifications, no unread")
+    expect(badge(page)).to_have_count(0)
+    panel = open_panel(page)
+    expect(state(page)).to_have_text("Live")
+    expect(panel).to_contain_text("You have no notifications.")
+    expect(panel.get_by_role("button", name="Mark all as read")).to_be_disabled()
+    shot(page, "empty")
+
+
+def test_a_notification_created_through_the_api_appears_live_with_the_badge_incremented(bellcast, open_page, shot):
+    # The demo's own user (this run's database is new), so that the screenshot reads as the README shows it.
+    user = "demo"
+    page = open_page(demo_url(bellcast, user))
+    expect_live(page)
+    bellcast.create(user, "Build #128 passed", body="All 412 tests green on main.", url="/builds/128")
+    expect(badge(page)).to_have_text("1", timeout=LIVE_MS)
+    expect(bell_button(page)).to_have_accessible_name("Notifications, 1 unread")
+    bellcast.create(user, "Alice commented on “Q3 roadmap”", body="Could we move the launch a week later?")
+    bellcast.create(user, "Deploy finished", body="v2.14.0 is live in production.", url="https://example.com/d/214")
+    expect(badge(page)).to_have_text("3", timeout=LIVE_MS)
+    open_panel(page)
+    expect(items(page)).to_have_count(3)
+    assert titles(page) == ["Deploy finished", "Alice commented on “Q3 roadmap”", "Build #128 passed"]
+    expect(items(page).nth(2).get_by_role("link")).to_have_attribute("href", "/builds/128")
+    expect(items(page).nth(1).get_by_role("link")).to_have_count(0)
+    expect(items(page).first.locator("time")).to_have_text("now")
+    shot(page, "demo-page")
+    # Fields are text, never markup.
+    markup = '<img src="x" onerror="window.owned = 1">'
+    bellcast.create(user, markup, body="<b>bold?</b>")
+    expect(items(page).first.locator(".title")).to_have_text(markup, timeout=LIVE_MS)
+    expect(items(page).first.locator(".body")).to_have_text("<b>bold?</b>")
+    assert items(page).first.locator("img, b").count() == 0
+    assert page.evaluate("window.owned") is None
+
+
+def test_refresh_replaces_the_list_from_the_server_and_load_more_pages_back(bellcast, open_page, user, shot):
+    bellcast.create(user, "Seen live")
+    page = open_page(demo_url(bellcast, user))
+    expect(badge(page)).to_have_text("1")
+    # Another device reads everything, and 100 notifications are stored that no stream heard of:
+    # only Refresh can tell.
+    bellcast.request("POST", "/api/notifications/read-all", user)
+    # ObjectIds of two processes order by second only: store the rest from the next one on.
+    time.sleep(1.01 - time.time() % 1)
+    bellcast.store_quietly(user, *(f"Quiet {i}" for i in range(100)))
+    panel = open_panel(page)
+    expect(items(page)).to_have_count(1)
+    panel.get_by_role("button", name="Refresh").click()
+    expect(badge(page)).to_have_text("99+")
+    expect(bell_button(page)).to_have_accessible_name("Notifications, 100 unread")
+    expect(items(page)).to_have_count(20)
+    assert titles(page)[:2] == ["Quiet 99", "Quiet 98"]
+    shot(page, "refreshed")
+    for count in (40, 60, 80, 100, 101):
+        panel.get_by_role("button", name="Load more").click()
+        expect(items(page)).to_have_count(count)
+    expect(panel.get_by_role("button", name="Load more")).to_have_count(0)
+    assert titles(page)[-2:] == ["Quiet 0", "Seen live"]
+    expect(page.locator("notification-bell li.unread")).to_have_count(100)
+
+
+def test_mark_read_and_mark_all_read_change_the_badge_and_persist(bellcast, open_page, user):
+    for title in ("One", "Two", "Three"):
+        bellcast.create(user, title)
+    page = open_page(demo_url(bellcast, user))
+    expect(badge(page)).to_have_text("3")
+    open_panel(page)
+    two = items(page).filter(has_text="Two")
+    two.get_by_role("button", name="Mark as read: Two").click()
+    expect(badge(page)).to_have_text("2")
+    expect(bell_button(page)).to_have_accessible_name("Notifications, 2 unread")
+    expect(two).not_to_have_class(re.compile(r"\bunread\b"))
+
+    page.reload()
+    expect(badge(page)).to_have_text("2")
+    panel = open_panel(page)
+    expect(page.locator("notification-bell li.unread")).to_have_count(2)
+    expect(items(page).filter(has_text="Two")).not_to_have_class(re.compile(r"\bunread\b"))
+    panel.get_by_role("button", name="Mark all as read").click()
+    expect(badge(page)).to_have_count(0)
+    expect(bell_button(page)).to_have_accessible_name("Notifications, no unread")
+
+    page.reload()
+    open_panel(page)
+    expect(items(page)).to_have_count(3)
+    expect(page.locator("notification-bell li.unread")).to_have_count(0)
+    expect(badge(page)).to_have_count(0)
+    assert bellcast.request("GET", "/api/notifications", user)["unread_count"] == 0
+
+
+def test_after_a_server_restart_the_bell_reconnects_and_shows_what_was_created_meanwhile_once(
+    restartable_bellcast, open_page, user, shot
+):
+    server = restartable_bellcast
+    page = open_page(demo_url(server, user))
+    expect_live(page)
+    server.create(user, "Before the restart")
+    expect(badge(page)).to_have_text("1", timeout=LIVE_MS)
+    open_panel(page)
+
+    server.kill()
+    expect(state(page)).to_have_text(re.compile(r"Reconnecting…|Offline"))
+    shot(page, "reconnecting")
+    server.store_quietly(user, "While down 1", "While down 2")
+    server.start()
+
+    expect(state(page)).to_have_text("Live", timeout=RECONNECT_MS)
+    expect(items(page)).to_have_count(3, timeout=LIVE_MS)
+    # Each once. (Within one second, ObjectIds of two processes are not in creation order, nor the list.)
+    assert sorted(titles(page)) == ["Before the restart", "While down 1", "While down 2"]
+    expect(badge(page)).to_have_text("3")
+    server.create(user, "After the restart")
+    expect(items(page)).to_have_count(4, timeout=LIVE_MS)
+    assert titles(page)[0] == "After the restart"
+    assert sorted(titles(page)) == ["After the restart", "Before the restart", "While down 1", "While down 2"]
+    shot(page, "reconnected")
+
+
+def test_the_bell_shows_when_the_browser_is_offline_and_catches_up_when_back(bellcast, context, open_page, user, shot):
+    page = open_page(demo_url(bellcast, user))
+    expect_live(page)
+    bellcast.create(user, "Before going offline")
+    expect(badge(page)).to_have_text("1", timeout=LIVE_MS)
+    open_panel(page)
+    context.set_offline(True)
+    expect(state(page)).to_have_text("Offline")
+    shot(page, "offline")
+    bellcast.create(user, "While offline")
+    context.set_offline(False)
+    expect(state(page)).to_have_text("Live", timeout=RECONNECT_MS)
+    expect(items(page)).to_have_count(2, timeout=LIVE_MS)
+    assert titles(page) == ["While offline", "Before going offline"]
+    expect(badge(page)).to_have_text("2")
+
+
+def test_two_tabs_of_one_user_share_one_stream_and_reading_in_one_updates_the_other(
+    bellcast, open_page, user, store_urls, shot
+):
+    connections = redis.Redis.from_url(store_urls[1])
+    key = connections_key(user)
+    try:
+        first = open_page(demo_url(bellcast, user))
+        expect_live(first)
+        second = open_page(demo_url(bellcast, user))
+        expect_live(second)
+        for _ in range(10):  # one stream for both tabs, for a while
+            assert connections.zcard(key) == 1
+            time.sleep(0.1)
+
+        bellcast.create(user, "For both tabs")
+        expect(badge(first)).to_have_text("1", timeout=LIVE_MS)
+        expect(badge(second)).to_have_text("1", timeout=LIVE_MS)
+        open_panel(second).get_by_role("button", name="Mark as read: For both tabs").click()
+        expect(badge(second)).to_have_count(0)
+        expect(badge(first)).to_have_count(0)
+        expect(bell_button(first)).to_have_accessible_name("Notifications, no unread")
+
+        bellcast.create(user, "Second one")
+        bellcast.create(user, "Third one")
+        expect(badge(second)).to_have_text("2", timeout=LIVE_MS)
+        expect(badge(first)).to_have_text("2", timeout=LIVE_MS)
+        open_panel(first).get_by_role("button", name="Mark all as read").click()
+        expect(badge(first)).to_have_count(0)
+        expect(badge(second)).to_have_count(0)
+        open_panel(second)
+        expect(second.locator("notification-bell li.unread")).to_have_count(0)
+        shot(second, "second-tab")
+
+        # The tab holding the stream closes: the other takes the lock and opens the one stream.
+        first.close()
+        expect_live(second)
+        bellcast.create(user, "After the first tab closed")
+        expect(badge(second)).to_have_text("1", timeout=LIVE_MS)
+        wait_until(lambda: connections.zcard(key) == 1)
+    finally:
+        connections.close()
+
+
+def test_the_bell_works_on_a_plain_page_of_another_origin_without_vue(
+    bellcast, host_pages: HostPages, open_page, user, shot
+):
+    bellcast.create(user, "Waiting for you")
+    url = host_pages.serve(
+        f"/{user}.html", PLAIN_PAGE.format(server=bellcast.base_url, token=bellcast.token(user), head="", body="")
+    )
+    page = open_page(url)
+    assert not page.url.startswith(bellcast.base_url)
+    page.wait_for_function("customElements.get('notification-bell') !== undefined")
+    assert page.evaluate("typeof window.Vue") == "undefined"
+    expect(badge(page)).to_have_text("1")
+    expect_live(page)
+    bellcast.create(user, "Across origins")
+    expect(badge(page)).to_have_text("2", timeout=LIVE_MS)
+    open_panel(page)
+    # The host's CSS stops at the shadow root.
+    assert items(page).first.evaluate("li => getComputedStyle(li).color") != "rgb(255, 0, 0)"
+    refresh = page.locator("notification-bell").get_by_role("button", name="Refresh")
+    assert refresh.evaluate("b => getComputedStyle(b).textTransform") == "none"
+    shot(page, "plain-page")
+    items(page).first.get_by_role("button", name="Mark as read: Across origins").click()
+    expect(badge(page)).to_have_text("1")
+    assert bellcast.request("GET", "/api/notifications", user)["unread_count"] == 1
+    assert page.evaluate("typeof window.Vue") == "undefined"
+
+    # A link is the host app's: following it leaves the page, and marks the notification read on the way.
+    landing = host_pages.serve(f"/{user}/orders/7", "<!doctype html><title>Order 7</title><h1>Order 7</h1>")
+    bellcast.create(user, "Order 7 shipped", url=f"/{user}/orders/7")
+    expect(badge(page)).to_have_text("2", timeout=LIVE_MS)
+    items(page).first.get_by_role("link", name="Open").click()
+    page.wait_for_url(landing)
+    wait_until(lambda: bellcast.request("GET", "/api/notifications", user)["unread_count"] == 1)
+
+
+def test_the_bell_leaves_the_host_pages_own_vue_alone(bellcast, host_pages: HostPages, open_page, user):
+    own_vue = '<script>window.Vue = { version: "the host\'s own" };</script>'
+    url = host_pages.serve(
+        f"/{user}-vue.html",
+        PLAIN_PAGE.format(server=bellcast.base_url, token=bellcast.token(user), head=own_vue, body=""),
+    )
+    page = open_page(url)
+    expect_live(page)
+    assert page.evaluate("window.Vue.version") == "the host's own"
+
+
+def test_an_expired_token_is_renewed_through_the_token_provider(bellcast, host_pages: HostPages, open_page, user):
+    bellcast.create(user, "Behind a renewed token")
+    renew = f"""<script>
+      window.renewals = 0;
+      document.querySelector("notification-bell").tokenProvider = async () => {{
+        window.renewals += 1;
+        return {json.dumps(bellcast.token(user))};
+      }};
+    </script>"""
+    url = host_pages.serve(
+        f"/{user}-renew.html",
+        PLAIN_PAGE.format(server=bellcast.base_url, token=bellcast.token(user, lifetime=-60), head="", body=renew),
+    )
+    page = open_page(url)
+    expect_live(page)
+    expect(badge(page)).to_have_text("1")
+    assert page.evaluate("window.renewals") >= 1
+
+
+def test_keyboard_focus_and_reduced_motion(bellcast, browser: Browser, user):
+    for title in ("First", "Second", "Third"):
+        bellcast.create(user, title)
+    context = browser.new_context(reduced_motion="reduce")
+    try:
+        page = context.new_page()
+        page.goto(demo_url(bellcast, user))
+        expect(badge(page)).to_have_text("3")
+        assert badge(page).evaluate("b => getComputedStyle(b).animationName") == "none"
+        bell_button(page).focus()
+        page.keyboard.press("Enter")
+        panel = page.locator("notification-bell [role=dialog]")
+        expect(panel).to_be_visible()
+        expect(items(page).nth(0)).to_be_focused()
+        page.keyboard.press("ArrowDown")
+        expect(items(page).nth(1)).to_be_focused()
+        page.keyboard.press("End")
+        expect(items(page).nth(2)).to_be_focused()
+        page.keyboard.press("ArrowUp")
+        expect(items(page).nth(1)).to_be_focused()
+        page.keyboard.press("Home")
+        expect(items(page).nth(0)).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(items(page).nth(0).get_by_role("button", name="Mark as read: Third")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(badge(page)).to_have_text("2")
+        page.keyboard.press("Escape")
+        expect(panel).to_have_count(0)
+        expect(bell_button(page)).to_be_focused()
+        page.keyboard.press("Space")
+        expect(panel).to_be_visible()
+        page.mouse.click(20, 400)
+        expect(panel).to_have_count(0)
+    finally:
+        context.close()

@@ -1,0 +1,125 @@
+"""The demo page at `/`, the widget's static files, and the development-only routes behind the demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server import make_app, parse_settings
+from services.auth import Authenticator
+
+
+@pytest.fixture
+def development() -> bool:
+    """Configured secrets by default, as in production; parametrize True for `make run`'s development mode."""
+    return False
+
+
+@pytest.fixture
+def app(runtime, settings, development: bool):
+    return make_app(runtime, settings, development)
+
+
+def _json_post(api, path: str, body: object, content_type: str = "application/json"):
+    return api.request("POST", path, json.dumps(body), {"Content-Type": content_type})
+
+
+@pytest.mark.gen_test
+async def test_demo_page_embeds_the_bell_with_one_script_and_one_element(api):
+    response = await api.request("GET", "/")
+    assert response.code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    page = response.body.decode()
+    assert '<script src="/static/notification-bell.js?v=' in page
+    assert "<notification-bell" in page
+    assert "/dev/token" not in page and "Send a test notification" not in page
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("development", [True])
+async def test_demo_page_in_development_signs_in_and_offers_the_test_form(api, development):
+    page = (await api.request("GET", "/")).body.decode()
+    assert "/dev/token" in page and "Send a test notification" in page
+
+
+@pytest.mark.parametrize(
+    ("environ", "routes"),
+    [
+        ({}, True),
+        ({"JWT_SECRET": "configured-" + "s" * 16}, False),
+        ({"API_KEY": "configured-" + "k" * 16}, False),
+        ({"JWT_SECRET": "configured-" + "s" * 16, "API_KEY": "configured-" + "k" * 16}, False),
+    ],
+)
+def test_development_routes_only_when_neither_secret_is_configured(environ, routes):
+    # A configured JWT_SECRET beside a generated API key must never be used to mint demo tokens.
+    assert parse_settings([], environ).development_routes is routes
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(("method", "path"), [("POST", "/dev/token"), ("POST", "/dev/notifications")])
+async def test_development_routes_do_not_exist_when_secrets_are_configured(api, method, path):
+    response = await _json_post(api, path, {"user_id": "alice", "title": "Hi"})
+    assert response.code == 404
+    assert json.loads(response.body)["error"]["code"] == "not_found"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("development", [True])
+async def test_development_token_is_a_valid_user_token(api, settings, development):
+    minted = json.loads((await _json_post(api, "/dev/token", {"user_id": "alice"})).body)
+    assert minted["user_id"] == "alice" and minted["expires_in"] > 0
+    assert Authenticator(settings.jwt_secret, settings.api_key).user_id(minted["token"]) == "alice"
+    default = json.loads((await _json_post(api, "/dev/token", {})).body)
+    assert default["user_id"] == "demo"
+    listed = await api.request("GET", "/api/notifications", headers={"Authorization": f"Bearer {minted['token']}"})
+    assert listed.code == 200
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("development", [True])
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        ({"user_id": ""}, "application/json", 400),
+        ({"user_id": 7}, "application/json", 400),
+        (["alice"], "application/json", 400),
+        ({"user_id": "alice"}, "text/plain", 415),
+    ],
+)
+async def test_development_token_refuses_bad_requests(api, development, body, content_type, status):
+    response = await _json_post(api, "/dev/token", body, content_type)
+    assert response.code == status
+    assert "error" in json.loads(response.body)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("development", [True])
+async def test_development_test_notification_takes_the_producer_path(api, open_stream, development):
+    stream = await open_stream("demo")
+    response = await _json_post(api, "/dev/notifications", {"title": "Build passed", "url": "/builds/1"})
+    assert response.code == 201
+    created = json.loads(response.body)
+    assert (created["user_id"], created["title"], created["url"]) == ("demo", "Build passed", "/builds/1")
+    [event] = await stream.notifications(1)
+    assert event.json() == created
+    invalid = await _json_post(api, "/dev/notifications", {"title": "x", "url": "javascript:alert(1)"})
+    assert invalid.code == 400 and json.loads(invalid.body)["error"]["code"] == "invalid"
+
+
+@pytest.mark.gen_test
+async def test_widget_and_its_runtime_are_served_to_any_origin(api):
+    for path in ("/static/notification-bell.js", "/static/vendor/vue.runtime.esm-browser.prod.js"):
+        response = await api.request("GET", path, headers={"Origin": "https://host.example"})
+        assert response.code == 200, path
+        assert response.headers["Content-Type"] in ("application/javascript", "text/javascript")
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.gen_test
+async def test_without_cors_origins_the_api_sends_no_cors_headers(api):
+    response = await api.request("GET", "/api/notifications", headers={"Origin": "https://app.example.com"})
+    assert "Access-Control-Allow-Origin" not in response.headers and "Vary" not in response.headers
+    preflight = await api.request("OPTIONS", "/api/notifications", headers={"Origin": "https://app.example.com"})
+    assert preflight.code == 403
