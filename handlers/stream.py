@@ -48,7 +48,7 @@ class EventStreamHandler(BaseHandler):
         self._next_safety_scan = 0.0
 
     async def get(self) -> None:
-        """Stream the user's notifications: `Last-Event-ID` first resumes from MongoDB, then live ones follow."""
+        """Stream the user's notifications: `Last-Event-ID` (or `?last_event_id=`) first resumes from MongoDB."""
         user_id = self.current_user_id()
         limits = self.stream_limits
         if len(self.streams) >= limits.max_streams:
@@ -59,7 +59,8 @@ class EventStreamHandler(BaseHandler):
             self.delivery_cache.open_inbox(user_id),
             self.notifications,
             self.wakeups,
-            self.request.headers.get("Last-Event-ID"),
+            # A new EventSource cannot set the header: a page resuming with one passes the id in the query.
+            self.request.headers.get("Last-Event-ID") or self.get_query_argument("last_event_id", None),
         )
         await session.open(limits.max_streams_per_user)
         self.wakeups.listen(user_id, self)

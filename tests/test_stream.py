@@ -85,6 +85,15 @@ async def test_last_event_id_resumes_in_order_without_duplicates(api, open_strea
 
 
 @pytest.mark.gen_test
+async def test_last_event_id_may_come_as_a_query_parameter(api, base_url, open_stream):
+    created = [await api.create("alice", f"n{i}") for i in range(3)]
+    token = api.token("alice")
+    stream = await open_stream(None, token=f"{token}&last_event_id={created[0]['id']}")
+    events = await stream.notifications(2)
+    assert [e.id for e in events] == [created[1]["id"], created[2]["id"]]
+
+
+@pytest.mark.gen_test
 async def test_catch_up_includes_an_older_id_created_after_the_last_seen_one(api, open_stream, runtime):
     """ObjectIds from two processes in one second are not ordered by creation: mind that window."""
     from bson import ObjectId
