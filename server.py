@@ -24,7 +24,7 @@ from tornado.netutil import bind_sockets
 
 import handlers
 from services.auth import Authenticator
-from services.cache import CacheObserver, DeliveryCache
+from services.cache import REGISTRATION_REFRESH_INTERVAL, CacheObserver, DeliveryCache
 from services.delivery import CommandBatcher, StreamTiming, WakeupHub
 from services.embedded import die_with_parent
 from services.health import HealthService
@@ -167,7 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
         "stream_write_timeout", _positive_number, "30", "seconds a client may leave a write unread before it is dropped"
     ),
     Setting("processes", _process_count, "1", "worker processes sharing the port; 0 starts one per core"),
-    Setting("safety_scan_interval", _positive_number, "30", "with hints, seconds between a stream's own scans"),
+    Setting("safety_scan_interval", _positive_number, "120", "with hints, seconds between a stream's own scans"),
     Setting(
         "cors_origins",
         _origins,
@@ -197,12 +197,15 @@ class Settings:
     max_streams_per_user: int = 20
     stream_write_timeout: float = 30.0
     processes: int = 1
-    safety_scan_interval: float = 30.0
+    safety_scan_interval: float = 120.0
     cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < self.poll_interval:
             raise SettingsError("HEARTBEAT_INTERVAL must be at least POLL_INTERVAL")
+        if self.safety_scan_interval > REGISTRATION_REFRESH_INTERVAL:
+            # Streams renew their registration on these scans.
+            raise SettingsError(f"SAFETY_SCAN_INTERVAL must be at most {REGISTRATION_REFRESH_INTERVAL:.0f} seconds")
 
     @property
     def stream_timing(self) -> StreamTiming:
@@ -294,7 +297,7 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
         delivery_cache=delivery_cache,
         authenticator=Authenticator(settings.jwt_secret, settings.api_key),
         health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}),
-        streams=StreamRegistry(settings.stream_write_timeout),
+        streams=StreamRegistry(settings.heartbeat_interval, settings.stream_write_timeout),
     )
     await notifications.ensure_indexes()
     # With or without hints, the subscription tells when Redis went away and came back.
@@ -303,7 +306,7 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
         await asyncio.wait_for(wakeups.wait_subscribed(), STARTUP_SUBSCRIBE_TIMEOUT)
     except TimeoutError:
         log.warning("no subscription to Redis yet; streams rely on their own scans until there is")
-    runtime.streams.start_watchdog()
+    runtime.streams.start()
     return runtime
 
 

@@ -23,14 +23,16 @@ RECONNECT_DELAY_MS = 2000
 # Spread the ticks of streams opened together, so they do not all fall due at once.
 TICK_JITTER = 0.1
 SERVER_BUSY_RETRY_SECONDS = 5
+HEARTBEAT = encode_comment("heartbeat")
 
 
 class EventStreamHandler(BaseHandler):
     """One browser's stream: catch-up from MongoDB, then whatever its inbox in Redis receives.
 
-    Its PeriodicCallback scans the inbox on every tick when wake-up hints are off; with hints,
-    the hub wakes it the moment something is queued, and the ticks only send heartbeats and
-    an occasional safety scan, so an idle stream costs no Redis traffic.
+    Its PeriodicCallback scans the inbox every POLL_INTERVAL when wake-up hints are off; with
+    hints, the hub wakes it the moment something is queued and the PeriodicCallback only runs
+    the slow safety scan, so an idle stream costs almost no Redis traffic. Heartbeats come from
+    the registry's sweep, one timer for all streams.
     """
 
     def initialize(self) -> None:
@@ -40,12 +42,12 @@ class EventStreamHandler(BaseHandler):
         self._ending = False
         self._last_write = 0.0
         self._write_started: float | None = None
+        self._pending_write: asyncio.Future[None] | None = None
         self._session: StreamSession | None = None
         # A scan is running (or the catch-up is): wakes are folded into it rather than started anew.
         self._scanning = True
         self._woken = False
         self._wake_scan: asyncio.Future[None] | None = None
-        self._next_safety_scan = 0.0
 
     async def get(self) -> None:
         """Stream the user's notifications: `Last-Event-ID` (or `?last_event_id=`) first resumes from MongoDB."""
@@ -75,7 +77,6 @@ class EventStreamHandler(BaseHandler):
             self._session = session
             if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
                 await self._catch_up(session)
-            self._next_safety_scan = time.monotonic() + self.stream_timing.safety_scan_interval
             ticker.start()
             # What was queued during the catch-up, and wakes that came meanwhile.
             self._woken = True
@@ -122,6 +123,11 @@ class EventStreamHandler(BaseHandler):
         if self.request.connection is not None:
             self.request.connection.stream.close()  # type: ignore[attr-defined]
 
+    def heartbeat_if_idle(self, now: float, idle_for: float) -> None:
+        """Called by the registry's sweep: a comment, so that proxies do not close an idle stream."""
+        if self._pending_write is None and not self._closed.done() and now - self._last_write >= idle_for:
+            self._start_write(HEARTBEAT)
+
     def wake(self) -> None:
         """Something was queued for this stream: scan now, or right after the scan under way."""
         self._woken = True
@@ -130,20 +136,36 @@ class EventStreamHandler(BaseHandler):
             self._wake_scan = asyncio.ensure_future(self._scan_on_wake())
 
     async def send(self, chunk: bytes) -> bool:
-        """The only writer of the socket: write and flush, False once the client has gone."""
+        """Write and flush, after any write under way; False once the client has gone."""
         if self._closed.done() and not self._ending:
             return False
-        self._write_started = time.monotonic()
-        try:
-            self.write(chunk)
-            await self.flush()
-        except StreamClosedError:
-            self._close()
+        if self._pending_write is not None:
+            await asyncio.wait([self._pending_write])
+        if self._closed.done() and not self._ending:
             return False
-        finally:
-            self._write_started = None
-        self._last_write = time.monotonic()
+        try:
+            await self._start_write(chunk)
+        except StreamClosedError:
+            return False
         return True
+
+    def _start_write(self, chunk: bytes) -> asyncio.Future[None]:
+        """The only place that writes to the socket, one write at a time (see `send`)."""
+        self.write(chunk)
+        future: asyncio.Future[None] = self.flush()
+        self._pending_write = future
+        self._write_started = time.monotonic()
+        future.add_done_callback(self._write_done)
+        return future
+
+    def _write_done(self, future: asyncio.Future[None]) -> None:
+        if self._pending_write is future:
+            self._pending_write = None
+            self._write_started = None
+        if future.cancelled() or future.exception() is not None:
+            self._close()  # the client has gone (StreamClosedError)
+        else:
+            self._last_write = time.monotonic()
 
     async def _send_entries(self, session: StreamSession, entries: list[Entry]) -> bool:
         chunk = b"".join(encode_event(i, NOTIFICATION_EVENT, data) for i, data in entries)
@@ -168,22 +190,13 @@ class EventStreamHandler(BaseHandler):
             self._wake_scan = None
 
     async def _tick(self) -> None:
-        """Renew the registration when due; scan when polling or a safety scan is due; a heartbeat if idle."""
+        """The stream's PeriodicCallback: scan the inbox (every poll without hints; the slow safety scan with)."""
         if self._scanning or self._closed.done():
             return
         self._scanning = True
         try:
-            timing = self.stream_timing
-            now = time.monotonic()
-            if not timing.wakeup_hints or now >= self._next_safety_scan:
-                self._next_safety_scan = now + timing.safety_scan_interval
-                self._woken = True
+            self._woken = True
             await self._drain()
-            # Allow for the tick's jitter, so an idle stream is not left a whole extra tick silent.
-            if time.monotonic() - self._last_write >= timing.heartbeat_interval - TICK_JITTER * timing.tick_interval:
-                # A comment now and then, so that proxies do not close an idle stream.
-                await self.send(encode_comment("heartbeat"))
-                await self._drain()
         finally:
             self._scanning = False
 

@@ -7,8 +7,11 @@ Keys, all of one user inside one hash tag so they share a Redis Cluster slot:
 * ``bellcast:{u:<user>}:inbox:<connection>`` — hash of notification id → notification JSON
   not yet delivered on that connection.
 
-Both carry a TTL that live connections refresh, so a connection whose process died
-leaves nothing behind for longer than ``REGISTRATION_TTL``.
+Both carry a TTL: a live connection renews its registration every
+``REGISTRATION_REFRESH_INTERVAL``, and an inbox lives ``INBOX_TTL`` after its last write,
+so a connection whose process died leaves nothing behind for longer than ``REGISTRATION_TTL``.
+The registration TTL is long because renewing it is per-stream work at idle: thousands of
+streams renewing every few seconds would cost more than everything else an idle stream does.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from services.notifications import Notification
 log = logging.getLogger("bellcast.cache")
 
 KEY_PREFIX = "bellcast"
-REGISTRATION_TTL = 60
+REGISTRATION_TTL = 600
 REGISTRATION_REFRESH_INTERVAL = REGISTRATION_TTL / 3
+INBOX_TTL = 60
 # How long after its insert an observer may still be queueing a notification.
 OBSERVER_GRACE = 30.0
 
@@ -79,7 +83,7 @@ class DeliveryCache:
                 for connection_id in connection_ids:
                     inbox = inbox_key(notification.user_id, connection_id.decode())
                     pipe.hset(inbox, notification_id, payload)
-                    pipe.expire(inbox, REGISTRATION_TTL)
+                    pipe.expire(inbox, INBOX_TTL)
                 if self._publish_hints:
                     pipe.publish(WAKEUP_CHANNEL, notification.user_id)
                 await pipe.execute()
@@ -152,9 +156,7 @@ class ConnectionInbox:
     async def refresh_if_due(self) -> None:
         """Renew the registration's and the inbox's TTL when a third of it has passed."""
         if time.monotonic() >= self._refresh_due:
-            await self._batcher.execute_many(
-                [*self._registration_commands(), ("EXPIRE", self._inbox_key, REGISTRATION_TTL)]
-            )
+            await self._batcher.execute_many([*self._registration_commands(), ("EXPIRE", self._inbox_key, INBOX_TTL)])
             self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
 
     def _registration_commands(self) -> list[tuple[object, ...]]:

@@ -42,10 +42,11 @@ class StreamTiming:
 
     @property
     def tick_interval(self) -> float:
-        """A stream's PeriodicCallback period: every poll without hints; with them, only as often as needed."""
-        if not self.wakeup_hints:
-            return self.poll_interval
-        return min(self.heartbeat_interval, self.safety_scan_interval)
+        """A stream's PeriodicCallback period: every poll without hints; with them, the slow safety scan.
+
+        Heartbeats are not ticks: the registry sends them for all streams in one sweep.
+        """
+        return self.safety_scan_interval if self.wakeup_hints else self.poll_interval
 
 
 class CommandBatcher:

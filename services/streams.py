@@ -166,78 +166,106 @@ def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
-class EndableStream(Protocol):
-    """A stream that shutdown can end and the watchdog can drop."""
+class OpenStream(Protocol):
+    """A stream as the registry sees it: shutdown ends it, the sweep keeps it alive or drops it."""
 
     def end(self) -> None:
         """Tell the client to reconnect later, then close."""
 
     def stalled_since(self) -> float | None:
-        """When the write under way began, if one is (time.monotonic())."""
+        """When the write under way began (time.monotonic()), if one is."""
 
     def drop(self) -> None:
         """Close the connection now; the client reconnects and catches up."""
 
+    def heartbeat_if_idle(self, now: float, idle_for: float) -> None:
+        """Send a heartbeat if nothing was written for `idle_for` seconds and no write is under way."""
+
+
+# The sweep runs every second and visits each stream this many times per heartbeat interval.
+SWEEP_PERIOD = 1.0
+VISITS_PER_HEARTBEAT = 3
+
 
 class StreamRegistry:
-    """Tracks the open streams of this process; one instance per Application."""
+    """The open streams of this process: one sweep sends their heartbeats and drops stalled clients.
 
-    def __init__(self, write_timeout: float) -> None:
-        self._streams: set[EndableStream] = set()
+    One process-wide timer instead of a timer per stream: at thousands of idle streams the
+    heartbeats are most of the work, and batching them into one loop iteration a second keeps
+    the event loop from waking for each.
+    """
+
+    def __init__(self, heartbeat_interval: float, write_timeout: float) -> None:
+        self._streams: set[OpenStream] = set()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._heartbeat_interval = heartbeat_interval
         self._write_timeout = write_timeout
-        self._watchdog: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._round: list[OpenStream] = []
+        self._cursor = 0
         self.slow_clients_dropped = 0
 
-    def start_watchdog(self) -> None:
-        """Check for stalled clients in the background (the task is kept and cancelled by `close`)."""
-        if self._watchdog is None:
-            self._watchdog = asyncio.ensure_future(self._watch())
-
-    async def close(self) -> None:
-        """Stop the watchdog."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-            self._watchdog = None
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(max(0.05, self._write_timeout / 4))
-            self.drop_stalled(time.monotonic(), self._write_timeout)
-
-    def add(self, stream: EndableStream) -> None:
+    def add(self, stream: OpenStream) -> None:
         """Track an opened stream."""
         self._streams.add(stream)
         self._empty.clear()
 
-    def discard(self, stream: EndableStream) -> None:
+    def discard(self, stream: OpenStream) -> None:
         """Forget a closed stream."""
         self._streams.discard(stream)
         if not self._streams:
             self._empty.set()
 
+    def __len__(self) -> int:
+        return len(self._streams)
+
     async def wait_until_empty(self) -> None:
         """Return once no stream is open."""
         await self._empty.wait()
-
-    def __len__(self) -> int:
-        return len(self._streams)
 
     def end_all(self) -> None:
         """Ask every open stream to end; each discards itself when it has."""
         for stream in list(self._streams):
             stream.end()
 
-    def drop_stalled(self, now: float, timeout: float) -> int:
-        """Drop the streams whose client has not taken a write for `timeout` seconds; returns how many."""
-        dropped = 0
-        for stream in list(self._streams):
+    def start(self) -> None:
+        """Start the sweep (the task is kept and cancelled by `close`)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def close(self) -> None:
+        """Stop the sweep."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    def sweep(self, now: float) -> None:
+        """Visit the next slice of streams: heartbeat the idle, drop the stalled.
+
+        Each stream is visited VISITS_PER_HEARTBEAT times per heartbeat interval and gets a
+        heartbeat once silent for the interval less half a visit, so idle streams hear one
+        about every interval (within a sixth of it either way).
+        """
+        if self._cursor >= len(self._round):
+            self._round = list(self._streams)
+            self._cursor = 0
+        visit_every = self._heartbeat_interval / VISITS_PER_HEARTBEAT
+        steps = max(1.0, visit_every / SWEEP_PERIOD)
+        count = max(1, int(len(self._round) / steps + 0.999))
+        idle_for = self._heartbeat_interval - visit_every / 2
+        for stream in self._round[self._cursor : self._cursor + count]:
             started = stream.stalled_since()
-            if started is not None and now - started > timeout:
+            if started is not None and now - started > self._write_timeout:
+                self.slow_clients_dropped += 1
                 stream.drop()
-                dropped += 1
-        self.slow_clients_dropped += dropped
-        return dropped
+            else:
+                stream.heartbeat_if_idle(now, idle_for)
+        self._cursor += count
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(SWEEP_PERIOD, self._heartbeat_interval / VISITS_PER_HEARTBEAT))
+            self.sweep(time.monotonic())

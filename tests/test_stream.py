@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.cache import REGISTRATION_TTL, connections_key, inbox_key
+from services.cache import INBOX_TTL, REGISTRATION_TTL, connections_key, inbox_key
 from tests.support import eventually
 
 
@@ -165,7 +165,7 @@ async def test_cache_entries_carry_a_ttl(runtime):
     assert await runtime.delivery_cache.enqueue(notification) == 1
     key = inbox_key("alice", inbox.connection_id)
     assert await runtime.redis.hexists(key, str(notification.id))
-    assert 0 < await runtime.redis.ttl(key) <= REGISTRATION_TTL
+    assert 0 < await runtime.redis.ttl(key) <= INBOX_TTL
     assert 0 < await runtime.redis.ttl(connections_key("alice")) <= REGISTRATION_TTL
 
 
