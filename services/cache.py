@@ -141,14 +141,9 @@ class ConnectionInbox:
 
         Returns how many live connections the user has now, this one included.
         """
-        self._registered_at = time.time()
-        now = time.time()
+        now = self._registered_at = time.time()
         replies = await self._batcher.execute_many(
-            [
-                *self._registration_commands(),
-                ("ZREMRANGEBYSCORE", self._connections_key, "-inf", now),
-                ("ZCARD", self._connections_key),
-            ]
+            [*self._registration_commands(), ("ZCOUNT", self._connections_key, now, "+inf")]
         )
         self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
         return int(replies[-1])
