@@ -336,12 +336,15 @@ async def scenario_fanout(target: Any, workers: Workers, users: int, tabs: int, 
     producer = Producer(target.port, 8)
     await producer.start()
     statuses: Counter[int] = Counter()
+    create_seconds: list[float] = []
     started = time.perf_counter()
 
     async def publish(user: int) -> None:
         payload = {"k": f"fan{user}", "t0": time.time()}
         path, headers, body = target.publish_request(f"fan{user}", payload)
+        sent = time.perf_counter()
         statuses[await producer.post(path, headers, body)] += 1
+        create_seconds.append(time.perf_counter() - sent)
 
     tasks = []
     for user in range(users):
@@ -378,6 +381,10 @@ async def scenario_fanout(target: Any, workers: Workers, users: int, tabs: int, 
             "p50": 1000 * _percentile(latencies, 0.50),
             "p99": 1000 * _percentile(latencies, 0.99),
             "max": 1000 * max(latencies, default=float("nan")),
+        },
+        "create_response_ms": {
+            "p50": 1000 * _percentile(create_seconds, 0.50),
+            "p99": 1000 * _percentile(create_seconds, 0.99),
         },
         "latencies_ms": [1000 * x for x in latencies],
     }
