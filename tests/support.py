@@ -81,7 +81,9 @@ class SSEStream:
         self._chunked = False
 
     @classmethod
-    async def open(cls, base_url: str, token: str | None, last_event_id: str | None = None) -> SSEStream:
+    async def open(
+        cls, base_url: str, token: str | None, last_event_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> SSEStream:
         """Connect and read the response head."""
         url = urlsplit(base_url)
         stream = await TCPClient().connect(url.hostname or "127.0.0.1", url.port or 80)
@@ -89,6 +91,7 @@ class SSEStream:
         lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Accept: text/event-stream"]
         if last_event_id is not None:
             lines.append(f"Last-Event-ID: {last_event_id}")
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         self = cls(stream)
         head = await stream.read_until(b"\r\n\r\n")
@@ -167,3 +170,17 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def status_of_get(port: int, path: str, source_ip: str, headers: dict[str, str]) -> int:
+    """GET `path` from 127.0.0.1:`port` over a connection from `source_ip` (any 127.x.y.z): the status."""
+    stream = await TCPClient().connect("127.0.0.1", port, source_ip=source_ip)
+    try:
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await stream.read_until(b"\r\n\r\n")
+        await stream.read_until_close()
+        return int(head.split()[1])
+    finally:
+        stream.close()

@@ -6,11 +6,11 @@ import ipaddress
 import logging
 
 import pytest
-from tornado.tcpclient import TCPClient
 from tornado.testing import bind_unused_port
 
 from handlers.proxy import TrustedProxyHTTPServer, is_trusted
 from server import parse_settings
+from tests.support import status_of_get
 
 
 @pytest.fixture
@@ -45,19 +45,6 @@ def test_trusted_proxies_setting_is_a_list_of_networks():
     assert parse_settings([], {}).trusted_proxies == ()
 
 
-async def _get(port: int, source_ip: str, headers: dict[str, str]) -> int:
-    stream = await TCPClient().connect("127.0.0.1", port, source_ip=source_ip)
-    try:
-        lines = ["GET /healthz HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = await stream.read_until(b"\r\n\r\n")
-        await stream.read_until_close()
-        return int(head.split()[1])
-    finally:
-        stream.close()
-
-
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
     ("trusted", "source_ip", "headers", "logged_ip"),
@@ -78,7 +65,7 @@ async def test_forwarded_client_address_is_believed_only_from_trusted_proxies(
     server = TrustedProxyHTTPServer(app, trusted_proxies=_networks(*trusted))
     server.add_sockets([sock])
     try:
-        assert await _get(port, source_ip, headers) == 200
+        assert await status_of_get(port, "/healthz", source_ip, headers) == 200
     finally:
         server.stop()
     [line] = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
