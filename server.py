@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -19,11 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tornado import httpserver, web
+from tornado import web
 from tornado.netutil import bind_sockets
 
 import handlers
-from services.auth import Authenticator
+from handlers.proxy import Network, TrustedProxyHTTPServer
+from services.auth import Authenticator, mint_user_token
 from services.cache import REGISTRATION_REFRESH_INTERVAL, CacheObserver, DeliveryCache
 from services.delivery import CommandBatcher, StreamTiming, WakeupHub
 from services.embedded import die_with_parent
@@ -131,6 +133,13 @@ def _origins(value: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _networks(value: str) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ValueError("must be comma-separated IP addresses or networks, such as 127.0.0.1,10.0.0.0/8") from None
+
+
 def _database_name(value: str) -> str:
     if not re.match(r"^[A-Za-z0-9_-]{1,63}$", value):
         raise ValueError("must be 1 to 63 letters, digits, _ or -")
@@ -181,7 +190,15 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "comma-separated origins whose pages may use the API and stream (https://app.example.com); empty: same origin",
     ),
+    Setting(
+        "trusted_proxies",
+        _networks,
+        None,
+        "reverse proxies (IP addresses or networks, comma-separated) whose X-Real-IP, X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; unset believes no one",
+    ),
 )
+_SETTINGS_BY_FIELD = {setting.field: setting for setting in SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -207,6 +224,7 @@ class Settings:
     processes: int = 1
     safety_scan_interval: float = 120.0
     cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < self.poll_interval:
@@ -241,26 +259,80 @@ class Settings:
         return self.jwt_secret is None and self.api_key is None
 
 
-def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    """Settings from command-line flags, then environment variables, then defaults."""
-    parser = argparse.ArgumentParser(prog="bellcast", description="Real-time in-app notifications over SSE.")
-    for setting in SETTINGS:
+def command_line() -> argparse.ArgumentParser:
+    """`bellcast [serve] [--setting VALUE ...]` and `bellcast token USER [--ttl SECONDS]`."""
+    parser = argparse.ArgumentParser(
+        prog="bellcast",
+        description="Real-time in-app notifications over Server-Sent Events.",
+        epilog="Without a command bellcast serves: `bellcast --port 9000` is `bellcast serve --port 9000`.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the API and the event streams (the default)",
+        description="Serve the API and the event streams. Each flag can also be set by the environment "
+        "variable named in its help; flags win.",
+    )
+    _add_setting_flags(serve, SETTINGS)
+    token = commands.add_parser(
+        "token",
+        help="print a user token, for development",
+        description="Print a token for USER signed with JWT_SECRET, or else with the development secret "
+        f"that `bellcast serve` keeps in DATA_DIR/{DEVELOPMENT_SECRETS_FILE}.",
+    )
+    token.add_argument("user", metavar="USER", help="the user id the token is for (its `sub` claim)")
+    token.add_argument(
+        "--ttl",
+        type=_token_lifetime,
+        default=DEVELOPMENT_TOKEN_LIFETIME,
+        metavar="SECONDS",
+        help="how long the token is valid (default %(default)s, a day)",
+    )
+    _add_setting_flags(token, [_SETTINGS_BY_FIELD["jwt_secret"], _SETTINGS_BY_FIELD["data_dir"]])
+    return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
+    for setting in settings:
         flag = "--" + setting.field.replace("_", "-")
         parser.add_argument(flag, dest=setting.field, help=f"{setting.help} (env {setting.env})")
-    arguments = vars(parser.parse_args(argv))
+
+
+def _token_lifetime(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of seconds, not {value!r}")
+    return seconds
+
+
+def setting_value(setting: Setting, flag: str | None, environ: Mapping[str, str]) -> Any:
+    """One setting from its flag, else its environment variable, else its default; None when unset."""
+    raw = flag if flag is not None else environ.get(setting.env) or setting.default
+    if raw is None:
+        return None
+    try:
+        return setting.parse(raw)
+    except ValueError as error:
+        shown = "<hidden>" if setting.field in ("jwt_secret", "api_key") else repr(raw)
+        raise SettingsError(f"{setting.env}={shown}: {error}") from None
+
+
+def settings_from(arguments: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Settings from parsed `serve` flags, then environment variables, then defaults."""
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw = arguments[setting.field]
-        if raw is None:
-            raw = environ.get(setting.env) or setting.default
-        if raw is None:
-            continue
-        try:
-            values[setting.field] = setting.parse(raw)
-        except ValueError as error:
-            shown = "<hidden>" if setting.field in ("jwt_secret", "api_key") else repr(raw)
-            raise SettingsError(f"{setting.env}={shown}: {error}") from None
+        value = setting_value(setting, arguments.get(setting.field), environ)
+        if value is not None:
+            values[setting.field] = value
     return Settings(**values)
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Settings from `bellcast serve`'s flags `argv`, then environment variables, then defaults."""
+    return settings_from(vars(command_line().parse_args(["serve", *argv])), environ)
 
 
 @dataclass
@@ -358,11 +430,18 @@ def log_request(handler: web.RequestHandler) -> None:
     )
 
 
+def _stored_development_secrets(data_dir: Path) -> dict[str, str] | None:
+    """The development secrets kept in DATA_DIR, if `serve` generated them there."""
+    path = data_dir / DEVELOPMENT_SECRETS_FILE
+    return dict(json.loads(path.read_text())) if path.exists() else None
+
+
 def _development_secrets(data_dir: Path) -> dict[str, str]:
     """Secrets generated once for development and kept in DATA_DIR, so tokens survive restarts."""
+    stored = _stored_development_secrets(data_dir)
+    if stored is not None:
+        return stored
     path = data_dir / DEVELOPMENT_SECRETS_FILE
-    if path.exists():
-        return dict(json.loads(path.read_text()))
     generated = {"jwt_secret": secrets.token_urlsafe(32), "api_key": secrets.token_urlsafe(24)}
     data_dir.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
@@ -422,7 +501,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], development_ro
     assert settings.mongodb_url is not None and settings.redis_url is not None
     runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url)
     app = make_app(runtime, settings, development_routes)
-    server = httpserver.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES)
+    server = TrustedProxyHTTPServer(app, trusted_proxies=settings.trusted_proxies, max_body_size=MAX_REQUEST_BODY_BYTES)
     server.add_sockets(sockets)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -505,9 +584,8 @@ def _without_password(url: str) -> str:
 
 
 def _print_development_help(settings: Settings) -> None:
-    assert settings.jwt_secret is not None and settings.api_key is not None
-    authenticator = Authenticator(settings.jwt_secret, settings.api_key)
-    token = authenticator.mint_user_token("demo", DEVELOPMENT_TOKEN_LIFETIME, time.time())
+    assert settings.jwt_secret is not None
+    token = mint_user_token(settings.jwt_secret, "demo", DEVELOPMENT_TOKEN_LIFETIME, time.time())
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"""
@@ -524,14 +602,44 @@ Try it:
     )
 
 
+def print_token(user_id: str, lifetime_seconds: int, arguments: Mapping[str, Any], environ: Mapping[str, str]) -> int:
+    """`bellcast token`: print a token for `user_id`, signed with JWT_SECRET or the development secret."""
+    jwt_secret = setting_value(_SETTINGS_BY_FIELD["jwt_secret"], arguments.get("jwt_secret"), environ)
+    data_dir = Path(setting_value(_SETTINGS_BY_FIELD["data_dir"], arguments.get("data_dir"), environ))
+    if jwt_secret is None:
+        stored = _stored_development_secrets(data_dir)
+        if stored is None:
+            print(
+                f"bellcast: no JWT_SECRET, and no development secret in {data_dir / DEVELOPMENT_SECRETS_FILE}: "
+                "set JWT_SECRET, or run `bellcast serve` once with this DATA_DIR",
+                file=sys.stderr,
+            )
+            return 2
+        jwt_secret = stored["jwt_secret"]
+    if not user_id:
+        print("bellcast: USER must not be empty", file=sys.stderr)
+        return 2
+    now = time.time()
+    print(mint_user_token(jwt_secret, user_id, lifetime_seconds, now))
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(now) + lifetime_seconds))
+    print(f"bellcast: token for user {user_id!r}, valid until {expires}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python server.py` and the `bellcast` command."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    """Entry point of `python server.py` and the `bellcast` command: `serve` (the default) or `token`."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or (words[0].startswith("-") and words[0] not in ("-h", "--help")):
+        words.insert(0, "serve")
+    arguments = vars(command_line().parse_args(words))
     try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
+        if arguments["command"] == "token":
+            return print_token(arguments["user"], arguments["ttl"], arguments, os.environ)
+        settings = settings_from(arguments, os.environ)
     except SettingsError as error:
         print(f"bellcast: invalid setting {error}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     development = settings.development
     development_routes = settings.development_routes
     if development:

@@ -1,6 +1,6 @@
 """HTTP in and out: every route of bellcast, joined from each module's `default_handlers`."""
 
-from handlers import development, health, notifications, stream, widget
+from handlers import development, health, notifications, openapi, stream, widget
 from handlers.base import NotFoundHandler
 from handlers.widget import WidgetStaticFileHandler
 
@@ -9,6 +9,7 @@ default_handlers = [
     *stream.default_handlers,
     *health.default_handlers,
     *widget.default_handlers,
+    *openapi.default_handlers,
 ]
 
 # Only when the secrets were generated for development, never with JWT_SECRET and API_KEY configured.

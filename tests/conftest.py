@@ -4,7 +4,7 @@
   embedded SecantusDB and valkey-server started once for the whole run.
 * ``mongo_driver``: "pymongo"; parametrize it to run a test on Motor too.
 * ``wakeup_hints``: every test that uses ``settings`` runs twice, with hints and with polling.
-* ``stream_write_timeout``, ``max_streams``: limits a test may parametrize.
+* ``stream_write_timeout``, ``max_streams``, ``heartbeat_interval``: what a test may parametrize.
 * ``settings``: test settings — fast polling, a fresh database name per test.
 * ``runtime``: the services on the real stores, with a clean database and cache.
 * ``app``: the Tornado application pytest-tornado's ``http_server`` serves.
@@ -66,14 +66,21 @@ def max_streams() -> int:
 
 
 @pytest.fixture
-def settings(mongo_driver: str, wakeup_hints: bool, stream_write_timeout: float, max_streams: int) -> Settings:
+def heartbeat_interval() -> float:
+    return 0.5
+
+
+@pytest.fixture
+def settings(
+    mongo_driver: str, wakeup_hints: bool, stream_write_timeout: float, max_streams: int, heartbeat_interval: float
+) -> Settings:
     return Settings(
         mongodb_db=f"bellcast_test_{uuid.uuid4().hex[:12]}",
         mongo_driver=mongo_driver,
         jwt_secret="test-secret-" + "x" * 32,
         api_key="test-api-key-" + "y" * 16,
         poll_interval=0.05,
-        heartbeat_interval=0.5,
+        heartbeat_interval=heartbeat_interval,
         wakeup_hints=wakeup_hints,
         max_streams_per_user=5,
         max_streams=max_streams,

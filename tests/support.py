@@ -170,3 +170,17 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def status_of_get(port: int, path: str, source_ip: str, headers: dict[str, str]) -> int:
+    """GET `path` from 127.0.0.1:`port` over a connection from `source_ip` (any 127.x.y.z): the status."""
+    stream = await TCPClient().connect("127.0.0.1", port, source_ip=source_ip)
+    try:
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await stream.read_until(b"\r\n\r\n")
+        await stream.read_until_close()
+        return int(head.split()[1])
+    finally:
+        stream.close()

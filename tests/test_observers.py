@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from server import start_runtime
 from services.notifications import Notification
 
 
@@ -47,3 +48,41 @@ async def test_service_layer_creates_without_http(runtime):
     assert recorder.seen == [notification]
     page = await runtime.notifications.list_recent("alice", limit=10)
     assert page.notifications == [notification]
+
+
+class EmailObserver:
+    """The README's example observer: mails each notification of type "billing"."""
+
+    def __init__(self, send_mail) -> None:
+        self._send_mail = send_mail
+
+    async def created(self, notification: Notification) -> None:
+        if notification.type == "billing":
+            await self._send_mail(
+                to=f"{notification.user_id}@example.com", subject=notification.title, body=notification.body
+            )
+
+
+@pytest.mark.gen_test
+async def test_a_producers_own_service_with_an_email_observer_reaches_the_open_streams(
+    settings, store_urls, open_stream
+):
+    """As the README shows: a worker wires its own services on bellcast's stores, registers an observer, creates."""
+    sent: list[dict[str, str]] = []
+
+    async def send_mail(**message: str) -> None:
+        sent.append(message)
+
+    stream = await open_stream("alice")
+    producer = await start_runtime(settings, *store_urls)
+    producer.notifications.register_observer(EmailObserver(send_mail))
+    try:
+        invoice = await producer.notifications.create(
+            {"user_id": "alice", "title": "Invoice 42 is ready", "type": "billing", "url": "/invoices/42"}
+        )
+        await producer.notifications.create({"user_id": "alice", "title": "Not mailed"})
+    finally:
+        await producer.close()
+    events = await stream.notifications(2)
+    assert events[0].id == str(invoice.id) and events[0].json() == invoice.to_dict()
+    assert sent == [{"to": "alice@example.com", "subject": "Invoice 42 is ready", "body": ""}]

@@ -1,0 +1,71 @@
+"""A TCP relay in front of a store that can be made to hang, as an unreachable store does, and to recover."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class StoreRelay:
+    """Forwards 127.0.0.1:<port> to a store; `hang()` cuts every connection and answers none until `recover()`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._hanging = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> StoreRelay:
+        """Listen on a free loopback port."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def hang(self) -> None:
+        """Drop the open connections; new ones are accepted and never answered."""
+        self._hanging = True
+        self._drop_all()
+
+    def recover(self) -> None:
+        """Drop the hanging connections; new ones reach the store again."""
+        self._hanging = False
+        self._drop_all()
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection."""
+        self._drop_all()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _drop_all(self) -> None:
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        writers = {client_writer}
+        self._writers |= writers
+        try:
+            if self._hanging:
+                await client_reader.read()  # until the client gives up or recover() drops it
+                return
+            store_reader, store_writer = await asyncio.open_connection(*self._target)
+            writers.add(store_writer)
+            self._writers.add(store_writer)
+            await asyncio.gather(_pipe(client_reader, store_writer), _pipe(store_reader, client_writer))
+        except OSError:
+            pass
+        finally:
+            for writer in writers:
+                self._writers.discard(writer)
+                writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()

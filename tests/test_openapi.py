@@ -1,0 +1,307 @@
+"""The OpenAPI document tells the truth: every response it lists is produced, every response produced is listed.
+
+Real requests go through real sockets; openapi-core checks each response (status, content type,
+required headers, body) and, for the successful ones, the request too, against the document the
+server serves at /api/openapi.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from openapi_core import Config, OpenAPI
+from openapi_core.testing import MockRequest, MockResponse
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.tcpclient import TCPClient
+from tornado.testing import bind_unused_port
+
+import handlers
+import services.stores
+from handlers.openapi import OPENAPI_DOCUMENT
+from server import Runtime, make_app, start_runtime
+from tests.relay import StoreRelay
+from tests.support import API, eventually
+
+DOCUMENT = json.loads(OPENAPI_DOCUMENT.read_text())
+UNKNOWN_ID = "0123456789abcdef01234567"
+NEW = '{"user_id": "alice", "title": "Hello", "data": {"n": 1}, "url": "/n/1"}'
+
+
+@pytest.fixture
+def wakeup_hints() -> bool:
+    """The contract does not depend on how streams are woken: one mode is enough."""
+    return True
+
+
+def _decode_text(value: bytes, **parameters: str) -> str:
+    return value.decode(parameters.get("charset", "utf-8"))
+
+
+def load_contract(document: dict[str, Any]) -> OpenAPI:
+    """The document as openapi-core's validator (which also checks that it is valid OpenAPI 3.1)."""
+    # openapi-core knows JSON and forms; the event stream's body is text.
+    return OpenAPI.from_dict(
+        document, config=Config(extra_media_type_deserializers={"text/event-stream": _decode_text})
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request, and the documented response it must get."""
+
+    status: int
+    method: str
+    template: str
+    path: str = ""
+    credentials: str = ""
+    body: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.path or self.template} {self.credentials or 'anonymous'} -> {self.status}"
+
+
+# Against working stores. `{id}` in a path is a notification of alice's created first.
+CASES = [
+    Case(201, "POST", "/api/notifications", credentials="producer", body=NEW),
+    Case(400, "POST", "/api/notifications", credentials="producer", body="{not json"),
+    Case(400, "POST", "/api/notifications", credentials="producer", body='{"user_id": "alice", "titel": "typo"}'),
+    Case(401, "POST", "/api/notifications", body=NEW),
+    Case(403, "POST", "/api/notifications", credentials="wrong key", body=NEW),
+    Case(413, "POST", "/api/notifications", credentials="producer", body='{"title": "' + "x" * 70000 + '"}'),
+    Case(200, "GET", "/api/notifications", "/api/notifications?limit=5", credentials="user"),
+    Case(200, "GET", "/api/notifications", "/api/notifications?before={id}", credentials="user"),
+    Case(200, "GET", "/api/notifications", "/api/notifications", credentials="cookie"),
+    Case(400, "GET", "/api/notifications", "/api/notifications?limit=0", credentials="user"),
+    Case(401, "GET", "/api/notifications"),
+    Case(200, "POST", "/api/notifications/{notification_id}/read", "/api/notifications/{id}/read", credentials="user"),
+    Case(400, "POST", "/api/notifications/{notification_id}/read", "/api/notifications/xyz/read", credentials="user"),
+    Case(401, "POST", "/api/notifications/{notification_id}/read", "/api/notifications/{id}/read"),
+    Case(404, "POST", "/api/notifications/{notification_id}/read", f"/api/notifications/{UNKNOWN_ID}/read", "user"),
+    Case(200, "POST", "/api/notifications/read-all", credentials="user"),
+    Case(401, "POST", "/api/notifications/read-all"),
+    Case(200, "GET", "/notifications/stream", credentials="query"),
+    Case(200, "GET", "/notifications/stream", credentials="user"),
+    Case(401, "GET", "/notifications/stream"),
+    Case(200, "GET", "/healthz"),
+    Case(200, "GET", "/api/openapi.json"),
+]
+
+# With MongoDB and Redis no longer answering.
+STORES_DOWN_CASES = [
+    Case(503, "POST", "/api/notifications", credentials="producer", body=NEW),
+    Case(503, "GET", "/api/notifications", credentials="user"),
+    Case(503, "POST", "/api/notifications/{notification_id}/read", f"/api/notifications/{UNKNOWN_ID}/read", "user"),
+    Case(503, "POST", "/api/notifications/read-all", credentials="user"),
+    # Redis down: the stream opens all the same, and recovers from MongoDB once Redis is back.
+    Case(200, "GET", "/notifications/stream", credentials="query"),
+    Case(503, "GET", "/healthz"),
+]
+# The stream's limits: MAX_STREAMS_PER_USER (5 in the tests), then MAX_STREAMS (set to 1 below).
+LIMIT_CASES = [
+    Case(429, "GET", "/notifications/stream", credentials="query"),
+    Case(503, "GET", "/notifications/stream", credentials="query"),
+]
+
+
+@dataclass
+class Exchange:
+    """A request as sent and the response as received, in openapi-core's terms."""
+
+    request: MockRequest
+    response: MockResponse
+
+
+def _request_headers(case: Case, api: API) -> tuple[dict[str, str], str]:
+    """(headers, query) carrying the case's credentials."""
+    token = api.token("alice")
+    return {
+        "": ({}, ""),
+        "producer": ({"X-API-Key": api.api_key}, ""),
+        "wrong key": ({"X-API-Key": "wrong-key-" + "w" * 16}, ""),
+        "user": ({"Authorization": f"Bearer {token}"}, ""),
+        "cookie": ({"Cookie": f"bellcast_token={token}"}, ""),
+        "query": ({}, f"access_token={token}"),
+    }[case.credentials]
+
+
+async def exchange(case: Case, api: API, notification_id: str) -> Exchange:
+    """Send the case's request; the stream's response is read up to its first block of events."""
+    headers, query = _request_headers(case, api)
+    if case.body is not None:
+        headers["Content-Type"] = "application/json"
+    path = (case.path or case.template).replace("{id}", notification_id)
+    if query:
+        path += ("&" if "?" in path else "?") + query
+    if case.template == "/notifications/stream" and case.status == 200:
+        status, response_headers, body = await _open_stream(api.base_url, path, headers)
+    else:
+        response = await api.request(case.method, path, case.body, headers)
+        status, response_headers, body = response.code, dict(response.headers.get_all()), response.body
+    url = urlsplit(path)
+    cookies = dict(part.strip().split("=", 1) for part in headers.pop("Cookie", "").split(";") if part.strip())
+    request = MockRequest(
+        api.base_url,
+        case.method,
+        url.path,
+        args=dict(parse_qsl(url.query)),
+        headers=headers,
+        cookies=cookies,
+        data=case.body.encode() if case.body is not None else None,
+        content_type=headers.get("Content-Type", ""),
+    )
+    content_type = response_headers.get("Content-Type", "")
+    return Exchange(request, MockResponse(body, status, headers=response_headers, content_type=content_type))
+
+
+async def _open_stream(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """Open the stream on a raw socket, as a browser would: its head and first chunk, then close."""
+    url = urlsplit(base_url)
+    stream = await TCPClient().connect(url.hostname or "127.0.0.1", url.port or 80)
+    try:
+        lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Accept: text/event-stream"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = (await stream.read_until(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        response_headers = dict(line.split(": ", 1) for line in head[1:] if line)
+        assert response_headers.get("Transfer-Encoding") == "chunked"
+        size = int(await stream.read_until(b"\r\n"), 16)
+        first_chunk = await stream.read_bytes(size)
+        return int(head[0].split()[1]), response_headers, first_chunk
+    finally:
+        stream.close()
+
+
+def _check(contract: OpenAPI, case: Case, done: Exchange) -> None:
+    assert done.response.status_code == case.status, done.response.data[:500]
+    contract.validate_response(done.request, done.response)
+    if case.status < 400:
+        contract.validate_request(done.request)
+
+
+@pytest.fixture
+def contract(io_loop, http_server, base_url: str, http_client) -> OpenAPI:
+    """The document the server serves, loaded into openapi-core."""
+    served = io_loop.run_sync(lambda: http_client.fetch(base_url + "/api/openapi.json"))
+    return load_contract(json.loads(served.body))
+
+
+def test_the_served_document_is_the_shipped_one_and_valid_openapi_3_1(contract, io_loop, http_client, base_url):
+    served = io_loop.run_sync(lambda: http_client.fetch(base_url + "/api/openapi.json"))
+    assert served.headers["Content-Type"].startswith("application/json")
+    assert json.loads(served.body) == DOCUMENT
+    assert DOCUMENT["openapi"].startswith("3.1.")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+async def test_response_matches_the_document(contract, api, case):
+    created = await api.create("alice")
+    _check(contract, case, await exchange(case, api, created["id"]))
+
+
+def _through(url: str, relay: StoreRelay) -> str:
+    """`url` with its host and port replaced by the relay's."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    return parts._replace(netloc=(userinfo + "@" if userinfo else "") + f"127.0.0.1:{relay.port}").geturl()
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        if parts.hostname and parts.port:
+            return parts.hostname, parts.port
+    except ValueError:
+        pass
+    pytest.skip(f"the outage test relays one host:port per store, not {parts.scheme}://{parts.hostname}")
+
+
+@pytest.fixture
+def stores_down(io_loop, settings, store_urls, monkeypatch) -> Iterator[API]:
+    """A bellcast whose MongoDB and Redis stop answering once it has started: the API as its client."""
+    monkeypatch.setattr(services.stores, "MONGO_TIMEOUT_MS", 500)
+    monkeypatch.setattr(services.stores, "REDIS_TIMEOUT_SECONDS", 0.5)
+    relays = [StoreRelay(*_address(url)) for url in store_urls]
+
+    async def start() -> Runtime:
+        for relay in relays:
+            await relay.start()
+        mongodb_url, redis_url = (_through(url, relay) for url, relay in zip(store_urls, relays, strict=True))
+        return await start_runtime(settings, mongodb_url, redis_url)
+
+    runtime = io_loop.run_sync(start)
+    sock, port = bind_unused_port()
+    server = HTTPServer(make_app(runtime, settings))
+    server.add_sockets([sock])
+    for relay in relays:
+        relay.hang()
+    assert settings.api_key is not None
+    yield API(AsyncHTTPClient(), f"http://127.0.0.1:{port}", settings.api_key, runtime.authenticator)
+
+    async def healthy() -> bool:
+        return (await runtime.health.check()).healthy
+
+    async def stop() -> None:
+        for relay in relays:
+            relay.recover()
+        # Close clients at rest: PyMongo 4.20 leaks the socket of a server check cancelled mid-connect.
+        await eventually(healthy, timeout=10)
+        await runtime.close()
+        for relay in relays:
+            await relay.close()
+
+    server.stop()
+    io_loop.run_sync(stop)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_with_the_stores_down_every_endpoint_answers_its_documented_503(contract, stores_down):
+    for case in STORES_DOWN_CASES:
+        _check(contract, case, await exchange(case, stores_down, UNKNOWN_ID))
+
+
+@pytest.mark.gen_test
+async def test_a_user_over_the_stream_limit_gets_the_documented_429(contract, api, open_stream, settings):
+    for _ in range(settings.max_streams_per_user):
+        assert (await open_stream("alice")).status == 200
+    _check(contract, LIMIT_CASES[0], await exchange(LIMIT_CASES[0], api, UNKNOWN_ID))
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("max_streams", [1])
+async def test_a_full_server_gets_the_documented_503(contract, api, open_stream):
+    assert (await open_stream("bob")).status == 200
+    _check(contract, LIMIT_CASES[1], await exchange(LIMIT_CASES[1], api, UNKNOWN_ID))
+
+
+def _documented_operations() -> set[tuple[str, str]]:
+    return {(method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item}
+
+
+def test_every_documented_response_is_exercised_above():
+    documented = {
+        (method.upper(), path, int(status))
+        for path, item in DOCUMENT["paths"].items()
+        for method, operation in item.items()
+        for status in operation["responses"]
+    }
+    exercised = {(case.method, case.template, case.status) for case in CASES + STORES_DOWN_CASES + LIMIT_CASES}
+    assert exercised == documented
+
+
+def test_every_route_and_method_is_documented_and_nothing_else():
+    served: set[tuple[str, str]] = set()
+    # The demo page is HTML for people, not part of the API.
+    api_routes = [route for route in handlers.default_handlers if route not in handlers.widget.default_handlers]
+    for pattern, handler_class, *_ in api_routes:
+        [template] = [t for t in DOCUMENT["paths"] if re.fullmatch(pattern, t.replace("{notification_id}", UNKNOWN_ID))]
+        served |= {(m, template) for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m.lower() in vars(handler_class)}
+    assert served == _documented_operations()
