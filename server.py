@@ -115,6 +115,13 @@ def _secret(value: str) -> str:
     return value
 
 
+def _jwt_secret(value: str) -> str:
+    # RFC 7518 asks HS256 keys for at least 256 bits; PyJWT warns on every token below that.
+    if len(value.encode()) < 32:
+        raise ValueError("must be at least 32 bytes")
+    return value
+
+
 _ORIGIN_PATTERN = re.compile(r"^(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?$")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
@@ -169,7 +176,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mongo_driver", _driver, "pymongo", "MongoDB driver: pymongo (AsyncMongoClient) or motor"),
     Setting("redis_url", _url("redis", "rediss", "unix"), None, "Redis URL; unset starts an embedded valkey-server"),
     Setting("data_dir", str, "./var", "where the embedded servers keep their data"),
-    Setting("jwt_secret", _secret, None, "HS256 secret of user tokens; unset generates a development secret"),
+    Setting("jwt_secret", _jwt_secret, None, "HS256 secret of user tokens; unset generates a development secret"),
     Setting("api_key", _secret, None, "producers' key (X-API-Key); unset generates a development key"),
     Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans without wake-up hints"),
     Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),

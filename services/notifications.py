@@ -37,7 +37,7 @@ CATCH_UP_BATCH = 100
 CATCH_UP_WINDOW = datetime.timedelta(seconds=5)
 
 _TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_URL_PATTERN = re.compile(r"^(https?://[^\s/]+[^\s]*|/(?!/)[^\s]*)$", re.IGNORECASE)
+_URL_PATTERN = re.compile(r"(https?://[^\s/]+[^\s]*|/(?!/)[^\s]*)", re.IGNORECASE)
 _FIELDS = {"user_id", "title", "body", "type", "data", "url"}
 
 
@@ -244,7 +244,7 @@ def validate_new_notification(fields: Mapping[str, Any], now: datetime.datetime)
     if not _TYPE_PATTERN.match(type_):
         raise Invalid("type may only contain letters, digits and _ . : -")
     url = _text(fields, "url", max_length=MAX_URL_LENGTH)
-    if url is not None and not _URL_PATTERN.match(url):
+    if url is not None and not _URL_PATTERN.fullmatch(url):
         raise Invalid("url must be an absolute http(s) URL or a path starting with /")
     data = fields.get("data")
     if data is None:

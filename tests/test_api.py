@@ -103,6 +103,7 @@ BAD_BODIES = [
     ('{"user_id": 7, "title": "t"}', "invalid"),
     ('{"user_id": "a", "title": "t", "data": [1]}', "invalid"),
     ('{"user_id": "a", "title": "t", "url": "javascript:alert(1)"}', "invalid"),
+    ('{"user_id": "a", "title": "t", "url": "/path\\n"}', "invalid"),
     ('{"user_id": "a", "title": "t", "type": "has space"}', "invalid"),
     ('{"user_id": "a", "title": "t", "titel": "typo"}', "invalid"),
     ('{"user_id": "a", "title": "' + "x" * 201 + '"}', "invalid"),
