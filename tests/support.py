@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.asyncio.cluster import RedisCluster
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
@@ -170,3 +171,23 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+def on_every_node(redis: Any) -> dict[str, Any]:
+    """Options that send a command without a key (KEYS, INFO, CLIENT KILL) to every primary of a cluster.
+
+    A cluster client sends such a command to one node only, where a test would find nothing.
+    """
+    return {"target_nodes": redis.get_primaries()} if isinstance(redis, RedisCluster) else {}
+
+
+async def cache_keys(redis: Any) -> list[bytes]:
+    """bellcast's keys in Redis, from every node of a cluster."""
+    return list(await redis.keys("bellcast:*", **on_every_node(redis)))
+
+
+async def command_calls(redis: Any, command: str) -> int:
+    """How many times Redis (all the nodes of a cluster) has run `command`."""
+    stats = await redis.info("commandstats", **on_every_node(redis))
+    per_node = stats.values() if isinstance(redis, RedisCluster) else [stats]
+    return sum(int(node.get(f"cmdstat_{command}", {}).get("calls", 0)) for node in per_node)

@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
         ({"MONGO_DRIVER": "mongoose"}, "MONGO_DRIVER"),
         ({"MONGODB_URL": "http://x"}, "MONGODB_URL"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "unix:///run/redis.sock"}, "REDIS_CLUSTER"),
         ({"JWT_SECRET": "short"}, "JWT_SECRET=<hidden>"),
         ({"HEARTBEAT_INTERVAL": "1", "POLL_INTERVAL": "2"}, "HEARTBEAT_INTERVAL"),
     ],
