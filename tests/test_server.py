@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from server import Settings, SettingsError, parse_settings
@@ -107,3 +108,35 @@ def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path
     assert "bellcast stopped" in output
     children = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
     assert children == "", "an embedded server outlived bellcast"
+
+
+def test_redis_cluster_without_url_starts_an_embedded_three_node_cluster_and_stops_it(tmp_path, store_urls):
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JWT_SECRET", "API_KEY")}
+    environ.update(MONGODB_URL=store_urls[0], REDIS_CLUSTER="1")
+    process = subprocess.Popen(
+        [sys.executable, "server.py", "--port", str(port), "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        assert status == 200 and body["checks"] == {"mongodb": "ok", "redis": "ok"}
+        nodes = [child for child in psutil.Process(process.pid).children() if "valkey" in child.name()]
+        assert len(nodes) == 3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "embedded three-node valkey cluster" in output
+    assert not any(node.is_running() for node in nodes), "a node of the embedded cluster outlived bellcast"
