@@ -15,6 +15,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from services.auth import Authenticator
+from services.cache import connections_key
 
 
 @dataclass
@@ -191,3 +192,18 @@ async def command_calls(redis: Any, command: str) -> int:
     stats = await redis.info("commandstats", **on_every_node(redis))
     per_node = stats.values() if isinstance(redis, RedisCluster) else [stats]
     return sum(int(node.get(f"cmdstat_{command}", {}).get("calls", 0)) for node in per_node)
+
+
+def users_by_node(redis: RedisCluster, count_per_node: int) -> dict[str, list[str]]:
+    """User ids whose keys live on each primary, `count_per_node` of each."""
+    found: dict[str, list[str]] = {node.name: [] for node in redis.get_primaries()}
+    index = 0
+    while any(len(users) < count_per_node for users in found.values()):
+        user_id = f"user{index}"
+        node = redis.get_node_from_key(connections_key(user_id))
+        assert node is not None
+        users = found[node.name]
+        if len(users) < count_per_node:
+            users.append(user_id)
+        index += 1
+    return found

@@ -13,8 +13,12 @@ import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import RedisClusterException
 
-from services.cache import connections_key, inbox_key, user_tag
-from services.delivery import WAKEUP_SHARD_CHANNELS, WAKEUP_SHARDS, wakeup_shard_channel
+from services.cache import DeliveryCache, connections_key, inbox_key, user_tag
+from services.delivery import WAKEUP_SHARD_CHANNELS, WAKEUP_SHARDS, CommandBatcher, wakeup_shard_channel
+from services.embedded import free_port
+from services.errors import StoreUnavailable
+from services.stores import connect_redis
+from tests.support import users_by_node
 
 
 @pytest.fixture
@@ -30,19 +34,6 @@ def wakeup_hints() -> bool:
 
 def _slot(key: str) -> int:
     return key_slot(key.encode())
-
-
-def users_by_node(redis, count_per_node: int) -> dict[str, list[str]]:
-    """User ids whose keys live on each primary, `count_per_node` of each."""
-    found: dict[str, list[str]] = {node.name: [] for node in redis.get_primaries()}
-    index = 0
-    while any(len(users) < count_per_node for users in found.values()):
-        user_id = f"user{index}"
-        users = found[redis.get_node_from_key(connections_key(user_id)).name]
-        if len(users) < count_per_node:
-            users.append(user_id)
-        index += 1
-    return found
 
 
 @pytest.mark.parametrize(
@@ -110,3 +101,16 @@ async def test_a_command_with_keys_in_two_slots_is_a_bug_that_surfaces_not_an_ou
     assert _slot(alice) != _slot(bob)
     with pytest.raises(RedisClusterException, match="same key slot"):
         await runtime.batcher.execute("DEL", alice, bob)
+
+
+@pytest.mark.gen_test
+async def test_an_unreachable_cluster_is_an_outage_for_the_streams_and_the_health_check():
+    redis = connect_redis(f"redis://127.0.0.1:{free_port()}", cluster=True)
+    cache = DeliveryCache(redis, CommandBatcher(redis))
+    try:
+        with pytest.raises(StoreUnavailable):
+            await cache.ping()
+        with pytest.raises(StoreUnavailable):
+            await cache.open_inbox("alice").register()
+    finally:
+        await redis.aclose()

@@ -8,7 +8,7 @@ import pytest
 
 from services.cache import connections_key
 from services.embedded import EmbeddedRedisCluster
-from tests.test_cluster import users_by_node
+from tests.support import users_by_node
 
 
 @pytest.fixture
