@@ -210,8 +210,14 @@ class Settings:
     def __post_init__(self) -> None:
         if self.heartbeat_interval < self.poll_interval:
             raise SettingsError("HEARTBEAT_INTERVAL must be at least POLL_INTERVAL")
-        if self.redis_cluster and self.redis_url is not None and not re.match(r"^rediss?://", self.redis_url):
-            raise SettingsError("REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL (a cluster has no unix sockets)")
+        if (
+            self.redis_cluster
+            and self.redis_url is not None
+            and not re.match(r"^rediss?://[^/?]*/?0?(\?|$)", self.redis_url)
+        ):
+            raise SettingsError(
+                "REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL of database 0 (a cluster has no other)"
+            )
 
     @property
     def stream_timing(self) -> StreamTiming:

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
         ({"REDIS_CLUSTER": "1", "REDIS_URL": "unix:///run/redis.sock"}, "REDIS_CLUSTER"),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "redis://node1:6379/2"}, "REDIS_CLUSTER"),
         ({"JWT_SECRET": "short"}, "JWT_SECRET=<hidden>"),
         ({"HEARTBEAT_INTERVAL": "1", "POLL_INTERVAL": "2"}, "HEARTBEAT_INTERVAL"),
     ],
@@ -41,6 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_invalid_settings_are_refused_with_the_variable_named(environ, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         parse_settings([], environ)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://node1:6379", "redis://node1:6379/", "rediss://u:p@node1/0?ssl_cert_reqs=none"]
+)
+def test_a_cluster_url_of_database_0_is_accepted(url):
+    assert parse_settings([], {"REDIS_CLUSTER": "true", "REDIS_URL": url}).redis_cluster
 
 
 def test_flags_override_environment_which_overrides_defaults():
