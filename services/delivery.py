@@ -35,9 +35,9 @@ from services.stores import RedisClient, redis_unavailable
 log = logging.getLogger("bellcast.delivery")
 
 WAKEUP_CHANNEL = "bellcast:wakeups"
-# Sharded wake-up channels of a cluster, one per equal part of the slot space: then every
-# primary that serves at least twice that many consecutive slots (any of up to 32 primaries
-# with evenly split slots) holds one, and so the hub's subscription watches it.
+# Sharded wake-up channels of a cluster, one per equal part of the slot space (256 slots):
+# every primary serving 511 or more consecutive slots holds one (any of up to 32 primaries
+# with evenly split slots), and so the hub's subscription watches it.
 WAKEUP_SHARDS = 64
 # The longest a pipeline grows; more commands in one loop iteration go in several.
 MAX_PIPELINE_COMMANDS = 2000
@@ -261,6 +261,9 @@ class WakeupHub:
         try:
             await pubsub.ssubscribe(*WAKEUP_SHARD_CHANNELS)
             nodes = {node.name: node for node in map(redis.get_node_from_key, WAKEUP_SHARD_CHANNELS) if node}
+            unwatched = [node.name for node in redis.get_primaries() if node.name not in nodes]
+            if unwatched:
+                log.warning("no wake-up channel on %s: streams notice its restart only by their own scans", unwatched)
             self._on_subscribed()
             readers = [asyncio.ensure_future(self._read_shard(pubsub, node)) for node in nodes.values()]
             done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)
