@@ -175,6 +175,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mongodb_db", _database_name, "bellcast", "MongoDB database name"),
     Setting("mongo_driver", _driver, "pymongo", "MongoDB driver: pymongo (AsyncMongoClient) or motor"),
     Setting("redis_url", _url("redis", "rediss", "unix"), None, "Redis URL; unset starts an embedded valkey-server"),
+    Setting(
+        "redis_cluster",
+        _boolean,
+        "false",
+        "REDIS_URL names a node of a Redis Cluster (unset: an embedded three-node cluster is started)",
+    ),
     Setting("data_dir", str, "./var", "where the embedded servers keep their data"),
     Setting("jwt_secret", _jwt_secret, None, "HS256 secret of user tokens; unset generates a development secret"),
     Setting("api_key", _secret, None, "producers' key (X-API-Key); unset generates a development key"),
@@ -218,6 +224,7 @@ class Settings:
     mongodb_db: str = "bellcast"
     mongo_driver: str = "pymongo"
     redis_url: str | None = None
+    redis_cluster: bool = False
     data_dir: str = "./var"
     jwt_secret: str | None = None
     api_key: str | None = None
@@ -239,6 +246,14 @@ class Settings:
         if self.safety_scan_interval > REGISTRATION_REFRESH_INTERVAL:
             # Streams renew their registration on these scans.
             raise SettingsError(f"SAFETY_SCAN_INTERVAL must be at most {REGISTRATION_REFRESH_INTERVAL:.0f} seconds")
+        if (
+            self.redis_cluster
+            and self.redis_url is not None
+            and not re.match(r"^rediss?://[^/?]*/?0?(\?|$)", self.redis_url)
+        ):
+            raise SettingsError(
+                "REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL of database 0 (a cluster has no other)"
+            )
 
     @property
     def stream_timing(self) -> StreamTiming:
@@ -368,7 +383,7 @@ class Runtime:
 async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) -> Runtime:
     """Create the clients in the running loop, the services, and register the observers (once)."""
     mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver)
-    redis = connect_redis(redis_url)
+    redis = connect_redis(redis_url, cluster=settings.redis_cluster)
     notifications = NotificationService(mongo.database)
     batcher = CommandBatcher(redis)
     wakeups = WakeupHub(redis)
@@ -465,7 +480,7 @@ class EmbeddedStores:
 
     def __enter__(self) -> Settings:
         """Start what is missing; the settings returned name both stores."""
-        from services.embedded import EmbeddedMongo, EmbeddedRedis  # only needed without external stores
+        from services.embedded import EmbeddedMongo, EmbeddedRedis, EmbeddedRedisCluster  # without external stores
 
         settings = self._settings
         data_dir = Path(settings.data_dir)
@@ -476,12 +491,17 @@ class EmbeddedStores:
                 log.info("MongoDB: embedded SecantusDB at %s, data in %s", settings.mongodb_url, data_dir / "mongodb")
             else:
                 log.info("MongoDB: %s", _without_password(settings.mongodb_url))
-            if settings.redis_url is None:
+            if settings.redis_url is None and settings.redis_cluster:
+                self._started.append(EmbeddedRedisCluster(data_dir).start())
+                settings = replace(settings, redis_url=self._started[-1].url)
+                log.info("Redis: embedded three-node valkey cluster, one node at %s", settings.redis_url)
+            elif settings.redis_url is None:
                 self._started.append(EmbeddedRedis(data_dir).start())
                 settings = replace(settings, redis_url=self._started[-1].url)
                 log.info("Redis: embedded valkey-server at %s", settings.redis_url)
             else:
-                log.info("Redis: %s", _without_password(settings.redis_url))
+                kind = "Redis Cluster" if settings.redis_cluster else "Redis"
+                log.info("%s: %s", kind, _without_password(settings.redis_url))
         except BaseException:
             self.__exit__()
             raise

@@ -120,9 +120,12 @@ class Bellcast:
 class Nchan:
     name = "nchan"
 
-    def __init__(self, workers: int, log_dir: Path) -> None:
+    def __init__(self, workers: int, log_dir: Path, ping_interval: int = 0) -> None:
         self.port = free_port()
         self.workers = workers
+        self.ping_interval = ping_interval
+        if ping_interval:
+            self.name = "nchan+pings"
         self.prefix = Path(tempfile.mkdtemp(prefix="nchan-", dir=log_dir))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -131,7 +134,9 @@ class Nchan:
             (self.prefix / sub).mkdir(exist_ok=True)
         template = string.Template((ROOT / "bench" / "nchan.conf.template").read_text())
         config = self.prefix / "nginx.conf"
-        config.write_text(template.safe_substitute(PORT=self.port, PREFIX=self.prefix, WORKERS=self.workers))
+        config.write_text(
+            template.safe_substitute(PORT=self.port, PREFIX=self.prefix, WORKERS=self.workers, PING=self.ping_interval)
+        )
         self.process = subprocess.Popen(
             ["nginx", "-p", str(self.prefix), "-c", str(config), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
@@ -503,6 +508,13 @@ def print_table(results: dict[str, Any]) -> None:
                 f"connects/s {_ratio(b['connects_per_second'], n['connects_per_second'])}, "
                 f"idle CPU {b['idle_cpu_percent']:.2f} % vs {n['idle_cpu_percent']:.2f} %"
             )
+    pings = results.get("nchan_pings")
+    if pings:
+        step, own = pings["hold"]["steps"][-1], bell["hold"]["steps"][-1]
+        print(
+            f"With pings every 15 s (bellcast's HEARTBEAT_INTERVAL), nchan idles at {step['idle_cpu_percent']:.2f} % "
+            f"for {step['streams']} streams; bellcast at {own['idle_cpu_percent']:.2f} %"
+        )
     print("\nScenario 2, fan-out")
     for name, data in (("bellcast", bell), ("nchan", nchan)):
         if data:
@@ -599,6 +611,17 @@ async def run_target(target: Any, args: argparse.Namespace, redis_url: str | Non
         target.stop()
 
 
+async def run_hold_only(target: Any, args: argparse.Namespace) -> dict[str, Any]:
+    target.start()
+    workers = Workers(args.workers, target.port)
+    await workers.start()
+    try:
+        return {"hold": await scenario_hold(target, workers, args.sizes[-1:], args.hold_seconds)}
+    finally:
+        await workers.stop()
+        target.stop()
+
+
 async def run_multiprocess(
     args: argparse.Namespace, mongodb_url: str, redis_url: str, log_path: Path
 ) -> dict[str, Any]:
@@ -676,6 +699,8 @@ async def main() -> None:
         if not args.skip_nchan:
             if shutil.which("nginx") and NCHAN_MODULE.exists():
                 results["nchan"] = await run_target(Nchan(1, log_dir), args, None)
+                # The same idle hold with pings as often as bellcast's heartbeats: what the heartbeat costs anyone.
+                results["nchan_pings"] = await run_hold_only(Nchan(1, log_dir, ping_interval=15), args)
             else:
                 print("nginx with the Nchan module is not installed: no baseline (make bench installs it)")
     finally:

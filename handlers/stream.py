@@ -24,6 +24,9 @@ RECONNECT_DELAY_MS = 2000
 TICK_JITTER = 0.1
 SERVER_BUSY_RETRY_SECONDS = 5
 HEARTBEAT = encode_comment("heartbeat")
+# After a failed scan (a store unreachable), scan again after this long, doubling up to the maximum.
+SCAN_RETRY_FIRST_SECONDS = 0.5
+SCAN_RETRY_MAX_SECONDS = 10.0
 
 
 class EventStreamHandler(BaseHandler):
@@ -48,6 +51,8 @@ class EventStreamHandler(BaseHandler):
         self._scanning = True
         self._woken = False
         self._wake_scan: asyncio.Future[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._failed_scans = 0
 
     async def get(self) -> None:
         """Stream the user's notifications: `Last-Event-ID` (or `?last_event_id=`) first resumes from MongoDB."""
@@ -92,6 +97,8 @@ class EventStreamHandler(BaseHandler):
             self._close()
             if self._wake_scan is not None:
                 self._wake_scan.cancel()
+            if self._retry is not None:
+                self._retry.cancel()
             self.wakeups.ignore(user_id, self)
             self.streams.discard(self)
             try:
@@ -189,6 +196,18 @@ class EventStreamHandler(BaseHandler):
             self._scanning = False
             self._wake_scan = None
 
+    def _retry_later(self) -> None:
+        """A store did not answer: scan again soon, backing off, rather than wait for the next tick."""
+        self._woken = True
+        if self._retry is None and not self._closed.done():
+            delay = min(SCAN_RETRY_MAX_SECONDS, SCAN_RETRY_FIRST_SECONDS * 2**self._failed_scans)
+            self._failed_scans += 1
+            self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.wake()
+
     async def _tick(self) -> None:
         """The stream's PeriodicCallback: scan the inbox (every poll without hints; the slow safety scan with)."""
         if self._scanning or self._closed.done():
@@ -209,8 +228,9 @@ class EventStreamHandler(BaseHandler):
                 await session.refresh_if_due()
                 entries = await session.take()
             except StoreUnavailable:
-                self._woken = True  # the next tick tries again
+                self._retry_later()
                 return
+            self._failed_scans = 0
             if not entries:
                 continue
             if not await self._send_entries(session, entries):

@@ -12,6 +12,11 @@ Both carry a TTL: a live connection renews its registration every
 so a connection whose process died leaves nothing behind for longer than ``REGISTRATION_TTL``.
 The registration TTL is long because renewing it is per-stream work at idle: thousands of
 streams renewing every few seconds would cost more than everything else an idle stream does.
+
+Every command names one key, so none can span hash slots: a Redis Cluster serves all of
+them, and a pipeline of many users' commands is split by node. Wake-up hints go to
+``bellcast:wakeups`` (PUBLISH), or in a cluster to the sharded channel nearest the user's
+slot (SPUBLISH; see `services.delivery`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import uuid
 from collections.abc import Collection
 from urllib.parse import quote
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
-from services.delivery import WAKEUP_CHANNEL, CommandBatcher
+from services.delivery import WAKEUP_CHANNEL, CommandBatcher, wakeup_shard_channel
 from services.errors import StoreUnavailable
 from services.notifications import Notification
+from services.stores import RedisClient, redis_unavailable
 
 log = logging.getLogger("bellcast.cache")
 
@@ -57,7 +63,7 @@ def inbox_key(user_id: str, connection_id: str) -> str:
 class DeliveryCache:
     """Registers live connections and queues notifications for them in Redis."""
 
-    def __init__(self, redis: Redis, batcher: CommandBatcher, publish_hints: bool = True) -> None:
+    def __init__(self, redis: RedisClient, batcher: CommandBatcher, publish_hints: bool = True) -> None:
         self._redis = redis
         self._batcher = batcher
         self._publish_hints = publish_hints
@@ -84,18 +90,27 @@ class DeliveryCache:
                     inbox = inbox_key(notification.user_id, connection_id.decode())
                     pipe.hset(inbox, notification_id, payload)
                     pipe.expire(inbox, INBOX_TTL)
-                if self._publish_hints:
+                if self._publish_hints and isinstance(self._redis, RedisCluster):
+                    pipe.spublish(wakeup_shard_channel(key), notification.user_id)
+                elif self._publish_hints:
                     pipe.publish(WAKEUP_CHANNEL, notification.user_id)
                 await pipe.execute()
-        except RedisError as error:
+        except (RedisError, RedisClusterException) as error:
+            if not redis_unavailable(error):
+                raise
             raise StoreUnavailable("the delivery cache is unavailable") from error
         return len(connection_ids)
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless Redis answers."""
+        """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""
         try:
-            await self._redis.ping()
-        except RedisError as error:
+            if isinstance(self._redis, RedisCluster):
+                await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self._redis.ping()
+        except (RedisError, RedisClusterException) as error:
+            if not redis_unavailable(error):
+                raise
             raise StoreUnavailable("the delivery cache is unavailable") from error
 
 

@@ -6,6 +6,13 @@
   the user id of each new notification; the hub wakes the local streams of that user so they
   scan at once. Idle streams touch no network. Hints only make delivery fast: a stream also
   scans on its own now and then, and after the subscription was lost every stream scans.
+
+In a Redis Cluster, a pipeline's commands go to the nodes of their keys (redis-py's cluster
+pipeline splits it by node and sends the parts at once); no command names keys of two slots,
+and none is MULTI/EXEC. Hints travel on sharded channels (SPUBLISH/SSUBSCRIBE) spread over the
+slot space: a hint stays within one shard instead of being copied to every node as a classic
+PUBLISH is, it goes out in the same pipeline as the entries it announces (a cluster pipeline
+refuses PUBLISH), and the hub, subscribed on every primary, notices any of them going away.
 """
 
 from __future__ import annotations
@@ -18,17 +25,43 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import PubSubError, RedisClusterException, RedisError
 
 from services.errors import StoreUnavailable
+from services.stores import RedisClient, redis_unavailable
 
 log = logging.getLogger("bellcast.delivery")
 
 WAKEUP_CHANNEL = "bellcast:wakeups"
+# Sharded wake-up channels of a cluster, one per equal part of the slot space (256 slots):
+# every primary serving 511 or more consecutive slots holds one (any of up to 32 primaries
+# with evenly split slots), and so the hub's subscription watches it.
+WAKEUP_SHARDS = 64
 # The longest a pipeline grows; more commands in one loop iteration go in several.
 MAX_PIPELINE_COMMANDS = 2000
 SUBSCRIPTION_POLL_SECONDS = 1.0
 RECONNECT_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+def _spread_channels(count: int) -> tuple[str, ...]:
+    channels = []
+    for part in range(count):
+        tag = 0
+        while key_slot(f"{{w{tag}}}".encode()) * count // REDIS_CLUSTER_HASH_SLOTS != part:
+            tag += 1
+        channels.append(f"{WAKEUP_CHANNEL}:{{w{tag}}}")
+    return tuple(channels)
+
+
+WAKEUP_SHARD_CHANNELS = _spread_channels(WAKEUP_SHARDS)
+
+
+def wakeup_shard_channel(key: str) -> str:
+    """The sharded channel for hints about the owner of `key`: the one in the same part of the
+    slot space, so usually on the same node, and the hint rides along with the entries."""
+    return WAKEUP_SHARD_CHANNELS[key_slot(key.encode()) * WAKEUP_SHARDS // REDIS_CLUSTER_HASH_SLOTS]
 
 
 @dataclass(frozen=True)
@@ -52,7 +85,7 @@ class StreamTiming:
 class CommandBatcher:
     """Queues Redis commands and sends those of one loop iteration together, without a transaction."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
@@ -98,7 +131,7 @@ class CommandBatcher:
                     for command in commands:
                         pipe.execute_command(*command)
                 results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as error:
+        except (RedisError, RedisClusterException, OSError) as error:
             results = [error] * sum(len(commands) for commands, _ in batch)
         position = 0
         for commands, future in batch:
@@ -107,7 +140,9 @@ class CommandBatcher:
             if future.done():
                 continue
             failure = next((reply for reply in replies if isinstance(reply, Exception)), None)
-            if failure is not None:
+            if failure is not None and not redis_unavailable(failure):
+                future.set_exception(failure)  # a bug, such as keys of two slots: let it surface
+            elif failure is not None:
                 unavailable = StoreUnavailable("the delivery cache is unavailable")
                 unavailable.__cause__ = failure
                 future.set_exception(unavailable)
@@ -133,11 +168,12 @@ class WakeupHub:
     It also notices when Redis goes away and comes back, with or without hints.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._listeners: dict[str, set[Wakeable]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._failed_attempts = 0
         self.outages = 0
         # Moves on each time the subscription comes back after a loss: Redis may have restarted
         # or dropped what it queued meanwhile, so streams compare it to know they must recover.
@@ -182,29 +218,71 @@ class WakeupHub:
                 listener.wake()
 
     async def _read_forever(self) -> None:
-        attempt = 0
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(WAKEUP_CHANNEL)
-                if attempt:
-                    log.warning("Redis is back after %d attempts; every stream recovers what it missed", attempt)
-                    # Hints, registrations and queued entries may be lost: let every stream recover.
-                    self.epoch += 1
-                    self._wake_everyone()
-                attempt = 0
-                self._subscribed.set()
-                while True:
-                    message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)
-                    if message is not None and message["type"] == "message":
-                        self._wake(message["data"].decode())
-            except (RedisError, OSError) as error:
+                if isinstance(self._redis, RedisCluster):
+                    await self._read_shards(self._redis)
+                else:
+                    await self._read(self._redis)
+            except (RedisError, RedisClusterException, OSError) as error:
                 self._subscribed.clear()
-                if attempt == 0:
+                if self._failed_attempts == 0:
                     self.outages += 1
                     log.warning("Redis unreachable (%s); streams stay open and recover when it is back", error)
-                delay = RECONNECT_BACKOFF_SECONDS[min(attempt, len(RECONNECT_BACKOFF_SECONDS) - 1)]
-                attempt += 1
+                delay = RECONNECT_BACKOFF_SECONDS[min(self._failed_attempts, len(RECONNECT_BACKOFF_SECONDS) - 1)]
+                self._failed_attempts += 1
                 await asyncio.sleep(delay)
-            finally:
-                await pubsub.aclose()
+
+    def _on_subscribed(self) -> None:
+        if self._failed_attempts:
+            log.warning("Redis is back after %d attempts; every stream recovers what it missed", self._failed_attempts)
+            # Hints, registrations and queued entries may be lost: let every stream recover.
+            self.epoch += 1
+            self._wake_everyone()
+        self._failed_attempts = 0
+        self._subscribed.set()
+
+    async def _read(self, redis: Redis) -> None:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(WAKEUP_CHANNEL)
+            self._on_subscribed()
+            while True:
+                message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)
+                if message is not None and message["type"] == "message":
+                    self._wake(message["data"].decode())
+        finally:
+            await pubsub.aclose()
+
+    async def _read_shards(self, redis: RedisCluster) -> None:
+        """Subscribe to every sharded channel, then read each node's part at once until one fails."""
+        await redis.initialize()
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        readers: list[asyncio.Task[None]] = []
+        try:
+            await pubsub.ssubscribe(*WAKEUP_SHARD_CHANNELS)
+            nodes = {node.name: node for node in map(redis.get_node_from_key, WAKEUP_SHARD_CHANNELS) if node}
+            unwatched = [node.name for node in redis.get_primaries() if node.name not in nodes]
+            if unwatched:
+                log.warning("no wake-up channel on %s: streams notice its restart only by their own scans", unwatched)
+            self._on_subscribed()
+            readers = [asyncio.ensure_future(self._read_shard(pubsub, node)) for node in nodes.values()]
+            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)
+            for reader in done:
+                reader.result()
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            await pubsub.aclose()
+
+    async def _read_shard(self, pubsub: ClusterPubSub, node: ClusterNode) -> None:
+        while True:
+            if node.name not in pubsub.node_pubsub_mapping:
+                # redis-py moved the channels elsewhere after a change of the cluster's topology.
+                raise PubSubError(f"the wake-up channels left {node.name}")
+            message = await pubsub.get_sharded_message(
+                ignore_subscribe_messages=True, timeout=SUBSCRIPTION_POLL_SECONDS, target_node=node
+            )
+            if message is not None and message["type"] == "smessage":
+                self._wake(message["data"].decode())

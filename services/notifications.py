@@ -148,6 +148,12 @@ class NotificationService:
         for observer in self._observers:
             try:
                 await observer.created(notification)
+            except StoreUnavailable:
+                # An outage, logged once by whoever watches that store: no traceback per notification.
+                self.observer_failures += 1
+                log.warning(
+                    "observer %s: store unavailable for notification %s", type(observer).__name__, notification.id
+                )
             except Exception:
                 self.observer_failures += 1
                 log.exception("observer %s failed for notification %s", type(observer).__name__, notification.id)

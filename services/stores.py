@@ -5,11 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 MONGO_DRIVERS = ("pymongo", "motor")
 # Bound every store call, so that a store that vanishes gives errors rather than hung requests.
 MONGO_TIMEOUT_MS = 5000
 REDIS_TIMEOUT_SECONDS = 5.0
+# Connections to one node of a Redis Cluster; redis-py's default of 100 is fewer than the
+# pipelines a busy process may have in flight, and a single Redis's pool has no limit.
+REDIS_CLUSTER_CONNECTIONS_PER_NODE = 10000
+
+RedisClient = Redis | RedisCluster
 
 
 class MongoConnection:
@@ -43,11 +50,29 @@ class MongoConnection:
             await result
 
 
-def connect_redis(url: str) -> Redis:
-    """A pooled asyncio Redis client; replies are parsed by hiredis when it is installed."""
-    return Redis.from_url(
-        url,
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        health_check_interval=30,
-    )
+def connect_redis(url: str, cluster: bool = False) -> RedisClient:
+    """A pooled asyncio Redis client; replies are parsed by hiredis when it is installed.
+
+    With `cluster`, `url` names one node of a Redis Cluster: the client learns the others and
+    which hash slots each serves on first use, and sends every command to the node of its key.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": REDIS_TIMEOUT_SECONDS,
+        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        "health_check_interval": 30,
+    }
+    if cluster:
+        return RedisCluster.from_url(url, max_connections=REDIS_CLUSTER_CONNECTIONS_PER_NODE, **options)
+    return Redis.from_url(url, **options)
+
+
+def redis_unavailable(error: BaseException) -> bool:
+    """Whether `error` means Redis cannot answer now, rather than a bug in a command.
+
+    A cluster client raises RedisClusterException, which is no RedisError, both when no node
+    answers (caused by a connection error) and for a command it cannot route, such as one whose
+    keys lie in different hash slots: the first is an outage, the second must not pass for one.
+    """
+    if isinstance(error, RedisError | OSError | SlotNotCoveredError):
+        return True
+    return isinstance(error, RedisClusterException) and isinstance(error.__cause__, RedisError | OSError)

@@ -2,6 +2,10 @@
 
 * ``store_urls`` (session): ``TEST_MONGODB_URL`` / ``TEST_REDIS_URL`` when set, else an
   embedded SecantusDB and valkey-server started once for the whole run.
+* ``cluster_url`` (session): a node of a three-node Redis Cluster on loopback
+  (``TEST_REDIS_CLUSTER_URL``, else valkey-servers started on first use).
+* ``redis_cluster``: False; a test marked ``also_on_cluster`` runs a second time with True.
+* ``redis_url``: the session's Redis, or with ``redis_cluster`` its cluster.
 * ``mongo_driver``: "pymongo"; parametrize it to run a test on Motor too.
 * ``wakeup_hints``: every test that uses ``settings`` runs twice, with hints and with polling.
 * ``stream_write_timeout``, ``max_streams``, ``heartbeat_interval``: what a test may parametrize.
@@ -21,7 +25,7 @@ from collections.abc import Iterator
 import pytest
 
 from server import Runtime, Settings, make_app, start_runtime
-from services.embedded import EmbeddedMongo, EmbeddedRedis
+from services.embedded import EmbeddedMongo, EmbeddedRedis, EmbeddedRedisCluster
 from tests.support import API, SSEStream
 
 
@@ -42,6 +46,37 @@ def store_urls() -> Iterator[tuple[str, str]]:
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A node of a Redis Cluster of three primaries, started once, when a test first needs it."""
+    url = os.environ.get("TEST_REDIS_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    cluster = EmbeddedRedisCluster(None, nodes=3).start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests marked `also_on_cluster` against a single Redis and against the Redis Cluster."""
+    if metafunc.definition.get_closest_marker("also_on_cluster"):
+        metafunc.parametrize("redis_cluster", [False, True], ids=["redis", "cluster"])
+
+
+@pytest.fixture
+def redis_cluster() -> bool:
+    return False
+
+
+@pytest.fixture
+def redis_url(request, store_urls: tuple[str, str], redis_cluster: bool) -> str:
+    """The session's Redis, or its cluster (started only for the first test that uses it)."""
+    return request.getfixturevalue("cluster_url") if redis_cluster else store_urls[1]
 
 
 @pytest.fixture
@@ -72,7 +107,12 @@ def heartbeat_interval() -> float:
 
 @pytest.fixture
 def settings(
-    mongo_driver: str, wakeup_hints: bool, stream_write_timeout: float, max_streams: int, heartbeat_interval: float
+    mongo_driver: str,
+    wakeup_hints: bool,
+    stream_write_timeout: float,
+    max_streams: int,
+    heartbeat_interval: float,
+    redis_cluster: bool,
 ) -> Settings:
     return Settings(
         mongodb_db=f"bellcast_test_{uuid.uuid4().hex[:12]}",
@@ -87,12 +127,13 @@ def settings(
         stream_write_timeout=stream_write_timeout,
         # Long enough that, with hints, a test passes only if the hint woke the stream.
         safety_scan_interval=30.0,
+        redis_cluster=redis_cluster,
     )
 
 
 @pytest.fixture
-def runtime(io_loop, settings: Settings, store_urls: tuple[str, str]) -> Iterator[Runtime]:
-    mongodb_url, redis_url = store_urls
+def runtime(io_loop, settings: Settings, store_urls: tuple[str, str], redis_url: str) -> Iterator[Runtime]:
+    mongodb_url, _ = store_urls
 
     async def start() -> Runtime:
         started = await start_runtime(settings, mongodb_url, redis_url)

@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.asyncio.cluster import RedisCluster
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from services.auth import Authenticator
+from services.cache import connections_key
 
 
 @dataclass
@@ -184,3 +186,38 @@ async def status_of_get(port: int, path: str, source_ip: str, headers: dict[str,
         return int(head.split()[1])
     finally:
         stream.close()
+
+
+def on_every_node(redis: Any) -> dict[str, Any]:
+    """Options that send a command without a key (KEYS, INFO, CLIENT KILL) to every primary of a cluster.
+
+    A cluster client sends such a command to one node only, where a test would find nothing.
+    """
+    return {"target_nodes": redis.get_primaries()} if isinstance(redis, RedisCluster) else {}
+
+
+async def cache_keys(redis: Any) -> list[bytes]:
+    """bellcast's keys in Redis, from every node of a cluster."""
+    return list(await redis.keys("bellcast:*", **on_every_node(redis)))
+
+
+async def command_calls(redis: Any, command: str) -> int:
+    """How many times Redis (all the nodes of a cluster) has run `command`."""
+    stats = await redis.info("commandstats", **on_every_node(redis))
+    per_node = stats.values() if isinstance(redis, RedisCluster) else [stats]
+    return sum(int(node.get(f"cmdstat_{command}", {}).get("calls", 0)) for node in per_node)
+
+
+def users_by_node(redis: RedisCluster, count_per_node: int) -> dict[str, list[str]]:
+    """User ids whose keys live on each primary, `count_per_node` of each."""
+    found: dict[str, list[str]] = {node.name: [] for node in redis.get_primaries()}
+    index = 0
+    while any(len(users) < count_per_node for users in found.values()):
+        user_id = f"user{index}"
+        node = redis.get_node_from_key(connections_key(user_id))
+        assert node is not None
+        users = found[node.name]
+        if len(users) < count_per_node:
+            users.append(user_id)
+        index += 1
+    return found

@@ -47,9 +47,9 @@ async def test_demo_page_in_development_signs_in_and_offers_the_test_form(api, d
     ("environ", "routes"),
     [
         ({}, True),
-        ({"JWT_SECRET": "configured-" + "s" * 16}, False),
+        ({"JWT_SECRET": "configured-" + "s" * 32}, False),
         ({"API_KEY": "configured-" + "k" * 16}, False),
-        ({"JWT_SECRET": "configured-" + "s" * 16, "API_KEY": "configured-" + "k" * 16}, False),
+        ({"JWT_SECRET": "configured-" + "s" * 32, "API_KEY": "configured-" + "k" * 16}, False),
     ],
 )
 def test_development_routes_only_when_neither_secret_is_configured(environ, routes):

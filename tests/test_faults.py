@@ -10,7 +10,7 @@ import pytest
 from tornado.iostream import IOStream
 
 from services.embedded import EmbeddedRedis, free_port
-from tests.support import SSEStream, eventually
+from tests.support import SSEStream, cache_keys, eventually
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ async def test_churn_leaves_no_streams_registrations_entries_or_descriptors(api,
             stream.close()
 
     async def released() -> bool:
-        keys = await runtime.redis.keys("bellcast:*")
+        keys = await cache_keys(runtime.redis)
         return len(runtime.streams) == 0 and keys == []
 
     await eventually(released, timeout=10)

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from server import Settings, SettingsError, parse_settings
@@ -31,6 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
         ({"MONGO_DRIVER": "mongoose"}, "MONGO_DRIVER"),
         ({"MONGODB_URL": "http://x"}, "MONGODB_URL"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "unix:///run/redis.sock"}, "REDIS_CLUSTER"),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "redis://node1:6379/2"}, "REDIS_CLUSTER"),
         ({"JWT_SECRET": "short"}, "JWT_SECRET=<hidden>"),
         ({"HEARTBEAT_INTERVAL": "1", "POLL_INTERVAL": "2"}, "HEARTBEAT_INTERVAL"),
     ],
@@ -38,6 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_invalid_settings_are_refused_with_the_variable_named(environ, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
         parse_settings([], environ)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://node1:6379", "redis://node1:6379/", "rediss://u:p@node1/0?ssl_cert_reqs=none"]
+)
+def test_a_cluster_url_of_database_0_is_accepted(url):
+    assert parse_settings([], {"REDIS_CLUSTER": "true", "REDIS_URL": url}).redis_cluster
 
 
 def test_flags_override_environment_which_overrides_defaults():
@@ -105,3 +116,35 @@ def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path
     assert "bellcast stopped" in output
     children = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
     assert children == "", "an embedded server outlived bellcast"
+
+
+def test_redis_cluster_without_url_starts_an_embedded_three_node_cluster_and_stops_it(tmp_path, store_urls):
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JWT_SECRET", "API_KEY")}
+    environ.update(MONGODB_URL=store_urls[0], REDIS_CLUSTER="1")
+    process = subprocess.Popen(
+        [sys.executable, "server.py", "--port", str(port), "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        assert status == 200 and body["checks"] == {"mongodb": "ok", "redis": "ok"}
+        nodes = [child for child in psutil.Process(process.pid).children() if "valkey" in child.name()]
+        assert len(nodes) == 3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "embedded three-node valkey cluster" in output
+    assert not any(node.is_running() for node in nodes), "a node of the embedded cluster outlived bellcast"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.cache import INBOX_TTL, REGISTRATION_TTL, connections_key, inbox_key
-from tests.support import eventually
+from tests.support import cache_keys, eventually
 
 
 @pytest.mark.gen_test
@@ -21,6 +21,7 @@ async def test_stream_answers_with_event_stream_headers_and_a_retry_hint(open_st
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_created_notification_is_delivered_to_the_users_stream(api, open_stream):
     stream = await open_stream("alice")
     await stream.next_event()
@@ -32,6 +33,7 @@ async def test_created_notification_is_delivered_to_the_users_stream(api, open_s
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_two_tabs_of_one_user_each_receive_a_notification_once(api, open_stream):
     first_tab = await open_stream("alice")
     second_tab = await open_stream("alice")
@@ -44,6 +46,7 @@ async def test_two_tabs_of_one_user_each_receive_a_notification_once(api, open_s
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_another_user_receives_nothing(api, open_stream):
     alice = await open_stream("alice")
     bob = await open_stream("bob")
@@ -54,6 +57,7 @@ async def test_another_user_receives_nothing(api, open_stream):
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_notifications_arrive_in_creation_order(api, open_stream):
     stream = await open_stream("alice")
     created = [await api.create("alice", f"n{i}") for i in range(10)]
@@ -72,6 +76,7 @@ async def test_newlines_in_fields_cannot_break_the_event_framing(api, open_strea
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_last_event_id_resumes_in_order_without_duplicates(api, open_stream):
     created = [await api.create("alice", f"n{i}") for i in range(5)]
     await api.create("bob", "not alice's")
@@ -123,6 +128,7 @@ async def test_reconnect_with_unknown_or_malformed_last_event_id_still_streams(a
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_notification_created_during_catch_up_is_sent_once(api, open_stream, runtime):
     created = [await api.create("alice", f"n{i}") for i in range(3)]
     stream = await open_stream("alice", last_event_id=created[0]["id"])
@@ -143,6 +149,7 @@ async def test_idle_stream_sends_heartbeat_comments(open_stream, settings):
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_stream_registers_its_connection_with_a_ttl(open_stream, runtime):
     await open_stream("alice")
     key = connections_key("alice")
@@ -155,6 +162,7 @@ async def test_stream_registers_its_connection_with_a_ttl(open_stream, runtime):
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_cache_entries_carry_a_ttl(runtime):
     """An inbox whose connection died without deregistering expires on its own."""
     from services.notifications import utc_now, validate_new_notification
@@ -170,6 +178,7 @@ async def test_cache_entries_carry_a_ttl(runtime):
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_delivered_entries_are_removed_from_the_cache(api, open_stream, runtime):
     stream = await open_stream("alice")
     await api.create("alice")
@@ -183,6 +192,7 @@ async def test_delivered_entries_are_removed_from_the_cache(api, open_stream, ru
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_closed_connection_stops_its_scan_and_leaves_no_registration(api, open_stream, runtime):
     stream = await open_stream("alice")
     await stream.next_event()
@@ -195,7 +205,7 @@ async def test_closed_connection_stops_its_scan_and_leaves_no_registration(api, 
     await eventually(released)
     # Nothing is queued for a connection that is gone.
     await api.create("alice")
-    assert await runtime.redis.keys("bellcast:*") == []
+    assert await cache_keys(runtime.redis) == []
 
 
 @pytest.mark.gen_test

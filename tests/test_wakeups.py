@@ -9,14 +9,15 @@ import pytest
 
 from services.cache import DeliveryCache
 from services.notifications import utc_now, validate_new_notification
+from tests.support import command_calls, on_every_node
 
 
 async def _hgetall_calls(redis) -> int:
-    stats = await redis.info("commandstats")
-    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+    return await command_calls(redis, "hgetall")
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
 async def test_idle_streams_with_hints_send_no_scans_to_redis(open_stream, runtime, settings):
     streams = [await open_stream(f"user{i}") for i in range(20)]
@@ -29,6 +30,7 @@ async def test_idle_streams_with_hints_send_no_scans_to_redis(open_stream, runti
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("wakeup_hints", [False], ids=["polling"])
 async def test_without_hints_streams_poll_their_inbox_every_tick(open_stream, runtime, settings):
     """The counterpart of the test above, so that it cannot pass by measuring nothing."""
@@ -39,6 +41,7 @@ async def test_without_hints_streams_poll_their_inbox_every_tick(open_stream, ru
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
 async def test_a_hint_wakes_only_the_streams_of_its_user(api, open_stream, runtime):
     alice = await open_stream("alice")
@@ -52,12 +55,13 @@ async def test_a_hint_wakes_only_the_streams_of_its_user(api, open_stream, runti
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
 async def test_notifications_still_arrive_when_the_hint_subscription_is_cut(api, open_stream, runtime):
     stream = await open_stream("alice")
     await stream.next_event()
     outages = runtime.wakeups.outages
-    await runtime.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await runtime.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub", **on_every_node(runtime.redis))
     created = await api.create("alice", "while the subscription is down")
     [event] = await stream.notifications(1)
     assert event.id == created["id"]
@@ -69,6 +73,7 @@ async def test_notifications_still_arrive_when_the_hint_subscription_is_cut(api,
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
 async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, runtime, settings, app):
     """A notification queued without its hint still arrives, by the stream's own scan."""
