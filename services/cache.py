@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from services.delivery import WAKEUP_CHANNEL, CommandBatcher
 from services.errors import StoreUnavailable
+from services.metrics import Metrics
 from services.notifications import Notification
 
 log = logging.getLogger("bellcast.cache")
@@ -53,10 +54,13 @@ def inbox_key(user_id: str, connection_id: str) -> str:
 class DeliveryCache:
     """Registers live connections and queues notifications for them in Redis."""
 
-    def __init__(self, redis: Redis, batcher: CommandBatcher, publish_hints: bool = True) -> None:
+    def __init__(
+        self, redis: Redis, batcher: CommandBatcher, publish_hints: bool = True, metrics: Metrics | None = None
+    ) -> None:
         self._redis = redis
         self._batcher = batcher
         self._publish_hints = publish_hints
+        self._metrics = metrics
 
     def open_inbox(self, user_id: str) -> ConnectionInbox:
         """A new, not yet registered inbox for one stream of the user."""
@@ -84,6 +88,7 @@ class DeliveryCache:
                     pipe.publish(WAKEUP_CHANNEL, notification.user_id)
                 await pipe.execute()
         except RedisError as error:
+            self._store_error()
             raise StoreUnavailable("the delivery cache is unavailable") from error
         return len(connection_ids)
 
@@ -92,7 +97,12 @@ class DeliveryCache:
         try:
             await self._redis.ping()
         except RedisError as error:
+            self._store_error()
             raise StoreUnavailable("the delivery cache is unavailable") from error
+
+    def _store_error(self) -> None:
+        if self._metrics is not None:
+            self._metrics.store_error("redis")
 
 
 class CacheObserver:

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.errors import StoreUnavailable
+from services.metrics import Metrics
 
 log = logging.getLogger("bellcast.delivery")
 
@@ -51,8 +52,9 @@ class StreamTiming:
 class CommandBatcher:
     """Queues Redis commands and sends those of one loop iteration together, without a transaction."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, metrics: Metrics | None = None) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -99,6 +101,8 @@ class CommandBatcher:
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as error:
             results = [error] * sum(len(commands) for commands, _ in batch)
+            if self._metrics is not None:
+                self._metrics.store_error("redis")
         position = 0
         for commands, future in batch:
             replies = results[position : position + len(commands)]

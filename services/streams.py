@@ -15,6 +15,7 @@ from bson.errors import InvalidId
 
 from services.cache import ConnectionInbox
 from services.errors import StoreUnavailable, TooMany
+from services.metrics import Metrics
 from services.notifications import CATCH_UP_WINDOW, Notification, NotificationService
 
 # The most entries one scan sends, so that one write stays small however much is queued.
@@ -182,7 +183,8 @@ class EndableStream(Protocol):
 class StreamRegistry:
     """Tracks the open streams of this process; one instance per Application."""
 
-    def __init__(self, write_timeout: float) -> None:
+    def __init__(self, write_timeout: float, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
         self._streams: set[EndableStream] = set()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -212,9 +214,15 @@ class StreamRegistry:
         """Track an opened stream."""
         self._streams.add(stream)
         self._empty.clear()
+        if self._metrics is not None:
+            self._metrics.streams_opened.inc()
+            self._metrics.streams_open.inc()
 
     def discard(self, stream: EndableStream) -> None:
         """Forget a closed stream."""
+        if self._metrics is not None and stream in self._streams:
+            self._metrics.streams_closed.inc()
+            self._metrics.streams_open.dec()
         self._streams.discard(stream)
         if not self._streams:
             self._empty.set()
@@ -240,4 +248,6 @@ class StreamRegistry:
                 stream.drop()
                 dropped += 1
         self.slow_clients_dropped += dropped
+        if dropped and self._metrics is not None:
+            self._metrics.slow_clients_dropped.inc(dropped)
         return dropped
