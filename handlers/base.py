@@ -16,7 +16,7 @@ from services.cache import DeliveryCache
 from services.delivery import StreamTiming, WakeupHub
 from services.errors import DomainError, Forbidden, Invalid, NotFound, StoreUnavailable, TooMany, Unauthorized
 from services.health import HealthService
-from services.logs import UserIdHasher
+from services.logs import UserIdHasher, fields
 from services.metrics import Metrics
 from services.notifications import NotificationService
 from services.streams import StreamLimits, StreamRegistry
@@ -233,7 +233,7 @@ class BaseHandler(RequestIdentified):
     ) -> None:
         """Domain errors are answers, not failures: log them without a traceback."""
         if isinstance(value, DomainError):
-            log.info("%s %s: %s", self.request.method, self.request.path, value)
+            log.info("%s %s: %s", self.request.method, self.request.path, value, extra=fields(**self.log_fields()))
         else:
             super().log_exception(typ, value, tb)
 

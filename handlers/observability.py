@@ -82,12 +82,12 @@ class ObservabilityHandler(BaseHandler):
 
 
 class MetricsHandler(ObservabilityHandler):
-    """`GET /metrics`: every process's metrics in Prometheus's text format."""
+    """`GET /metrics`: every process's metrics in Prometheus's text format (or OpenMetrics if asked)."""
 
     def get(self) -> None:
         """The exposition; 401 without the token."""
         self.require_token()
-        body, content_type = self.metrics.exposition()
+        body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "no-store")
         self.finish(body)

@@ -103,7 +103,10 @@ class EventStreamHandler(BaseHandler):
             try:
                 await session.close()
             except StoreUnavailable:
-                log.debug("could not deregister a stream of %s; its registration expires by itself", user_id)
+                log.debug(
+                    "could not deregister a stream; its registration expires by itself",
+                    extra=fields(**self.log_fields()),
+                )
 
     def _close(self) -> None:
         if not self._closed.done():
@@ -176,7 +179,7 @@ class EventStreamHandler(BaseHandler):
                 if entries and not await self._send_entries(session, entries, live=False):
                     return
         except StoreUnavailable:
-            log.debug("catch-up for %s postponed: MongoDB unavailable", session.user_id)
+            log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self.log_fields()))
 
     async def _scan_on_wake(self) -> None:
         try:

@@ -20,15 +20,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import choose_encoder
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -201,9 +194,13 @@ class Metrics:
         """An operation on `store` ("mongodb" or "redis") failed for want of the store."""
         self._store_errors[store].inc()
 
-    def exposition(self) -> tuple[bytes, str]:
-        """The Prometheus text format of every metric (of every process), and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """Every metric (of every process) in the format the Accept header prefers, and its content type.
+
+        Prometheus's text format 0.0.4 unless the scraper asks for OpenMetrics or a later text format.
+        """
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
     def snapshot(self) -> Snapshot:
         """The status page's numbers now, summed over processes."""
