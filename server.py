@@ -623,7 +623,8 @@ def run_processes(
         if not stopping:
             log.error("worker %d (pid %d) ended with status %d; starting another", index, pid, status)
             time.sleep(WORKER_RESTART_DELAY)
-            spawn(index)
+            if not stopping:  # a signal during the delay: no worker left to forward it to
+                spawn(index)
     return 0
 
 
