@@ -40,9 +40,9 @@ class Workers:
 
     def pids(self) -> list[int]:
         """The first workers' pids, by index, from the supervisor's log."""
-        text = self.log.read_text()
-        pids = [int(p) for p in re.search(r"started 2 worker processes: (\d+), (\d+)", text).groups()]  # type: ignore[union-attr]
-        return pids
+        started = re.search(r"started 2 worker processes: (\d+), (\d+)", self.log.read_text())
+        assert started is not None
+        return [int(pid) for pid in started.groups()]
 
     def owner(self, client_port: int) -> int | None:
         """The pid of the worker holding the server side of a connection."""
@@ -89,7 +89,7 @@ def workers(store_urls, tmp_path):
     while len(psutil.Process(process.pid).children()) < 2 or not _ready(port):
         assert process.poll() is None and time.monotonic() < deadline, "workers did not start:\n" + log.read_text()
         time.sleep(0.1)
-    assert [p.name for p in temporary.iterdir()][0].startswith("bellcast-metrics-")
+    assert [p.name[:17] for p in temporary.iterdir()] == ["bellcast-metrics-"]
     yield Workers(process, port, metrics_port, log)
     process.send_signal(signal.SIGTERM)
     try:
