@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -63,17 +61,17 @@ JWT_SECRET = "health-secret-" + "x" * 20
 API_KEY = "health-api-key-" + "y" * 10
 
 
-def _status(port: int, path: str) -> tuple[int, dict]:
+def _ready(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
-@pytest.mark.gen_test(timeout=60)
-async def test_on_sigterm_readyz_turns_503_first_while_streams_are_still_served(store_urls, tmp_path):
-    """SHUTDOWN_DELAY: not ready at once, but still serving, then the streams are told to end."""
+@pytest.fixture
+def delayed_shutdown_server(store_urls, tmp_path):
+    """`python server.py` with SHUTDOWN_DELAY=3 (and JSON logs, the default with configured secrets)."""
     mongodb_url, redis_url = store_urls
     port = free_port()
     log = tmp_path / "bellcast.log"
@@ -89,41 +87,45 @@ async def test_on_sigterm_readyz_turns_503_first_while_streams_are_still_served(
     }
     with open(log, "wb") as output:
         process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=environ, stdout=output, stderr=output)
+    deadline = time.monotonic() + 30
+    while not _ready(port):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    yield process, port, log
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_on_sigterm_readyz_turns_503_first_while_streams_are_still_served(delayed_shutdown_server):
+    """SHUTDOWN_DELAY: not ready at once, but still serving; then the streams are told to end."""
+    process, port, log = delayed_shutdown_server
     base_url = f"http://127.0.0.1:{port}"
     api = API(AsyncHTTPClient(), base_url, API_KEY, Authenticator(JWT_SECRET, API_KEY))
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError):
-                if _status(port, "/readyz")[0] == 200:
-                    break
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
-        stream = await SSEStream.open(base_url, api.token("frank"))
-        await stream.next_event()
-        process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 2
-        while (answer := _status(port, "/readyz"))[0] != 503:
-            assert time.monotonic() < deadline, "still ready after SIGTERM"
-            await asyncio.sleep(0.05)
-        assert answer == (503, {"status": "shutting_down", "checks": {}})
-        assert _status(port, "/healthz")[0] == 200
-        created = await api.create("frank", "during the shutdown delay")
-        [event] = await stream.notifications(1)
-        assert event.id == created["id"]
+    stream = await SSEStream.open(base_url, api.token("frank"))
+    await stream.next_event()
+    process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 2
+    while (answer := await api.request("GET", "/readyz")).code != 503:
+        assert time.monotonic() < deadline, "still ready after SIGTERM"
+        await asyncio.sleep(0.05)
+    assert json.loads(answer.body) == {"status": "shutting_down", "checks": {}}
+    assert (await api.request("GET", "/healthz")).code == 200
+    created = await api.create("frank", "during the shutdown delay")
+    [event] = await stream.notifications(1)
+    assert event.id == created["id"]
+    ending = await stream.next_event(timeout=10)
+    while "server restarting" not in ending.comments:
         ending = await stream.next_event(timeout=10)
-        while "server restarting" not in ending.comments:
-            ending = await stream.next_event(timeout=10)
-        with pytest.raises(StreamClosedError):
-            await stream.next_event(timeout=10)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, log.read_text()
+    with pytest.raises(StreamClosedError):
+        await stream.next_event(timeout=10)
+    deadline = time.monotonic() + 30
+    while process.poll() is None:
+        assert time.monotonic() < deadline, "no exit after the streams ended"
+        await asyncio.sleep(0.1)
+    assert process.returncode == 0
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    messages = [line["message"] for line in lines]
-    shutting_down = next(i for i, m in enumerate(messages) if m.startswith("shutting down"))
-    closed = next(i for i, line in enumerate(lines) if line.get("ended_by") == "shutdown")
-    assert shutting_down < closed
+    shutting_down = next(i for i, line in enumerate(lines) if line["message"].startswith("shutting down"))
+    stream_ended = next(i for i, line in enumerate(lines) if line.get("ended_by") == "shutdown")
+    assert shutting_down < stream_ended
