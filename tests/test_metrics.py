@@ -38,6 +38,7 @@ async def serving(app: Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+        await server.close_all_connections()
 
 
 def parse(text: str) -> dict[tuple[str, frozenset], float]:

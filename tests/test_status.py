@@ -106,10 +106,14 @@ async def test_status_data_follows_streams_deliveries_and_lag(api, open_stream):
     for stream in streams:
         await stream.notifications(4)
 
+    def delivered(series: dict) -> float:
+        """Rates times the time between samples: every delivery seen by the samples."""
+        intervals = [b - a for a, b in zip(series["time"], series["time"][1:], strict=False)]
+        return sum(r * dt for r, dt in zip(series["deliveries_per_second"][1:], intervals, strict=True) if r)
+
     async def drawn() -> bool:
-        data = await report()
-        rates = [rate for rate in data["series"]["deliveries_per_second"] if rate]
-        return bool(rates) and data["series"]["lag_p50"][-1] is not None
+        series = (await report())["series"]
+        return delivered(series) == pytest.approx(12, abs=0.5) and series["lag_p50"][-1] is not None
 
     await eventually(drawn)
     data = await report()
@@ -120,10 +124,6 @@ async def test_status_data_follows_streams_deliveries_and_lag(api, open_stream):
     assert len(series["time"]) == len(series["open_streams"]) == len(series["lag_p99"]) >= 2
     assert series["time"] == sorted(series["time"])
     assert max(series["open_streams"]) == 3
-    # The sum of the rates over the samples is every delivery, spread over time.
-    intervals = [b - a for a, b in zip(series["time"], series["time"][1:], strict=False)]
-    delivered = sum(r * dt for r, dt in zip(series["deliveries_per_second"][1:], intervals, strict=True) if r)
-    assert delivered == pytest.approx(12, abs=0.5)
 
 
 def test_status_cookies_expire_and_cannot_be_forged():

@@ -97,6 +97,7 @@ class BellcastProcess:
                 if answer.status == 200:
                     return self
             if self._process.poll() is not None or time.monotonic() > deadline:
+                self._end(signal.SIGKILL)
                 raise RuntimeError(f"bellcast did not start; see {self.data_dir / 'bellcast.log'}")
             time.sleep(0.1)
 
