@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -13,7 +14,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application
 
-from server import Settings, make_app, make_metrics_app, start_runtime
+from server import Settings, SettingsError, make_app, make_metrics_app, parse_settings, start_runtime
 from services.embedded import EmbeddedMongo, free_port
 from services.metrics import created_at_of, quantile
 from services.notifications import Notification
@@ -247,3 +248,27 @@ def test_created_at_is_read_from_the_json_without_parsing_it(payload, expected):
 def test_quantiles_are_estimated_from_buckets_as_prometheus_does(q, buckets, expected):
     result = quantile(q, buckets)
     assert result == (pytest.approx(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"METRICS_TOKEN": "short"}, "METRICS_TOKEN=<hidden>"),
+        ({"METRICS_PORT": "99999"}, "METRICS_PORT='99999'"),
+        ({"STATUS_INTERVAL": "0"}, "STATUS_INTERVAL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
+        ({"SHUTDOWN_DELAY": "-1"}, "SHUTDOWN_DELAY"),
+    ],
+)
+def test_invalid_observability_settings_are_refused_and_the_token_never_shown(environ, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        parse_settings([], environ)
+
+
+def test_observability_settings_from_the_environment():
+    settings = parse_settings(
+        [], {"METRICS_TOKEN": METRICS_TOKEN, "METRICS_PORT": "9100", "LOG_FORMAT": "json", "SHUTDOWN_DELAY": "0"}
+    )
+    assert (settings.metrics_token, settings.metrics_port, settings.log_format) == (METRICS_TOKEN, 9100, "json")
+    assert settings.shutdown_delay == 0 and settings.status_interval == 5
+    assert settings.metrics_enabled and not Settings().metrics_enabled
