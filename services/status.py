@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from services.metrics import Metrics, Snapshot, quantile
@@ -33,13 +34,27 @@ def lag_quantiles(newer: Snapshot, older: Snapshot | None) -> tuple[float | None
     return quantile(0.5, window), quantile(0.99, window), total
 
 
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One sample as the charts draw it."""
+
+    time: float
+    open_streams: float
+    deliveries_per_second: float | None
+    lag_p50: float | None
+    lag_p99: float | None
+
+
 class StatusHistory:
     """Samples the metrics every `interval` seconds in the background; `report()` is the status page's data."""
 
     def __init__(self, metrics: Metrics, interval: float) -> None:
         self._metrics = metrics
         self.interval = interval
-        self._samples: collections.deque[Snapshot] = collections.deque(maxlen=int(HISTORY_SECONDS / interval) + 1)
+        size = int(HISTORY_SECONDS / interval) + 1
+        self._points: collections.deque[Point] = collections.deque(maxlen=size)
+        # The raw snapshots of the last LAG_WINDOW_SECONDS and one before, for the percentiles.
+        self._recent: collections.deque[Snapshot] = collections.deque(maxlen=int(LAG_WINDOW_SECONDS / interval) + 2)
         self._sampler: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -64,34 +79,34 @@ class StatusHistory:
             await asyncio.sleep(self.interval)
 
     def sample(self) -> None:
-        """Take one sample now."""
-        self._samples.append(self._metrics.snapshot())
+        """Take one sample now: the numbers, the delivery rate since the last sample, the lag over the window."""
+        snapshot = self._metrics.snapshot()
+        previous = self._recent[-1] if self._recent else None
+        rate = None
+        if previous is not None and snapshot.time > previous.time:
+            # Counters only grow; after a worker was replaced they may seem to go back a little.
+            rate = max(0.0, snapshot.delivered - previous.delivered) / (snapshot.time - previous.time)
+        self._recent.append(snapshot)
+        p50, p99, _ = lag_quantiles(snapshot, self._window_start(snapshot.time))
+        self._points.append(
+            Point(round(snapshot.time, 3), snapshot.open_streams_total, _rounded(rate, 3), _rounded(p50), _rounded(p99))
+        )
+
+    def _window_start(self, now: float) -> Snapshot | None:
+        """The last snapshot from before the lag window; while sampling is younger than the window, the first one.
+
+        (Not zero: the counters are every process's since bellcast started, a replaced worker's sampler is new.)
+        """
+        older = [s for s in self._recent if s.time < now - LAG_WINDOW_SECONDS]
+        if older:
+            return older[-1]
+        return self._recent[0] if self._recent else None
 
     def report(self) -> dict[str, Any]:
         """The numbers now, and the series the charts draw: one point per sample."""
         now = self._metrics.snapshot()
-        samples = list(self._samples)
-        times: list[float] = []
-        open_streams: list[float] = []
-        rates: list[float | None] = []
-        p50s: list[float | None] = []
-        p99s: list[float | None] = []
-        start = 0
-        for index, sample in enumerate(samples):
-            previous = samples[index - 1] if index else None
-            elapsed = sample.time - previous.time if previous is not None else 0.0
-            # Counters only grow; after a restart of a worker they may seem to go back a little.
-            rate = max(0.0, sample.delivered - previous.delivered) / elapsed if previous and elapsed > 0 else None
-            while samples[start].time < sample.time - LAG_WINDOW_SECONDS:
-                start += 1
-            p50, p99, _ = lag_quantiles(sample, samples[start - 1] if start else None)
-            times.append(round(sample.time, 3))
-            open_streams.append(sample.open_streams_total)
-            rates.append(_rounded(rate, 3))
-            p50s.append(_rounded(p50))
-            p99s.append(_rounded(p99))
-        older = next((s for s in samples if s.time >= now.time - LAG_WINDOW_SECONDS), None)
-        p50, p99, count = lag_quantiles(now, older)
+        points = list(self._points)
+        p50, p99, count = lag_quantiles(now, self._window_start(now.time))
         return {
             "time": round(now.time, 3),
             "interval": self.interval,
@@ -101,16 +116,16 @@ class StatusHistory:
                 "open_streams_by_process": now.open_streams,
                 "notifications_created": now.created,
                 "entries_delivered": now.delivered,
-                "deliveries_per_second": rates[-1] if rates else None,
+                "deliveries_per_second": points[-1].deliveries_per_second if points else None,
                 "lag_p50": _rounded(p50),
                 "lag_p99": _rounded(p99),
                 "lag_count": count,
             },
             "series": {
-                "time": times,
-                "open_streams": open_streams,
-                "deliveries_per_second": rates,
-                "lag_p50": p50s,
-                "lag_p99": p99s,
+                "time": [p.time for p in points],
+                "open_streams": [p.open_streams for p in points],
+                "deliveries_per_second": [p.deliveries_per_second for p in points],
+                "lag_p50": [p.lag_p50 for p in points],
+                "lag_p99": [p.lag_p99 for p in points],
             },
         }
