@@ -15,12 +15,12 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tornado import web
+from tornado import httpserver, web
 from tornado.netutil import bind_sockets
 
 import handlers
@@ -30,7 +30,10 @@ from services.cache import REGISTRATION_REFRESH_INTERVAL, CacheObserver, Deliver
 from services.delivery import CommandBatcher, StreamTiming, WakeupHub
 from services.embedded import die_with_parent
 from services.health import HealthService
+from services.logs import LOG_FORMATS, UserIdHasher, configure_logging, fields
+from services.metrics import Metrics, MetricsDirectory
 from services.notifications import NotificationService
+from services.status import StatusHistory
 from services.stores import MONGO_DRIVERS, MongoConnection, connect_redis
 from services.streams import StreamLimits, StreamRegistry
 
@@ -65,6 +68,19 @@ def _boolean(value: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be true or false")
+
+
+def _non_negative_number(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return number
+
+
+def _log_format(value: str) -> str:
+    if value not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return value
 
 
 def _positive_integer(value: str) -> int:
@@ -210,8 +226,24 @@ SETTINGS: tuple[Setting, ...] = (
         "reverse proxies (IP addresses or networks, comma-separated) whose X-Real-IP, X-Forwarded-For and "
         "X-Forwarded-Proto are believed; unset believes no one",
     ),
+    Setting(
+        "metrics_token",
+        _secret,
+        None,
+        "Bearer token that /metrics and /status require; unset: they answer 404 (except on METRICS_PORT)",
+    ),
+    Setting("metrics_port", _port, None, "a second port, on HOST, serving only /metrics, /status, /healthz, /readyz"),
+    Setting("status_interval", _positive_number, "5", "seconds between the status page's samples of the metrics"),
+    Setting("log_format", _log_format, "auto", "json, text, or auto: text with generated secrets, else json"),
+    Setting(
+        "shutdown_delay",
+        _non_negative_number,
+        "0",
+        "seconds between /readyz turning 503 and no longer accepting connections, for load balancers to notice",
+    ),
 )
 _SETTINGS_BY_FIELD = {setting.field: setting for setting in SETTINGS}
+_HIDDEN_SETTINGS = ("jwt_secret", "api_key", "metrics_token")
 
 
 @dataclass(frozen=True)
@@ -239,6 +271,11 @@ class Settings:
     safety_scan_interval: float = 120.0
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    metrics_token: str | None = None
+    metrics_port: int | None = None
+    status_interval: float = 5.0
+    log_format: str = "auto"
+    shutdown_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval < self.poll_interval:
@@ -274,6 +311,18 @@ class Settings:
     def development(self) -> bool:
         """True when secrets were generated rather than configured."""
         return self.jwt_secret is None or self.api_key is None
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """True when /metrics and /status are served somewhere: METRICS_TOKEN or METRICS_PORT is set."""
+        return self.metrics_token is not None or self.metrics_port is not None
+
+    @property
+    def json_logs(self) -> bool:
+        """LOG_FORMAT, with auto resolved: a person reads `make run`'s terminal, a collector reads a deployment's."""
+        if self.log_format == "auto":
+            return not self.development
+        return self.log_format == "json"
 
     @property
     def development_routes(self) -> bool:
@@ -338,7 +387,7 @@ def setting_value(setting: Setting, flag: str | None, environ: Mapping[str, str]
     try:
         return setting.parse(raw)
     except ValueError as error:
-        shown = "<hidden>" if setting.field in ("jwt_secret", "api_key") else repr(raw)
+        shown = "<hidden>" if setting.field in _HIDDEN_SETTINGS else repr(raw)
         raise SettingsError(f"{setting.env}={shown}: {error}") from None
 
 
@@ -370,9 +419,13 @@ class Runtime:
     authenticator: Authenticator
     health: HealthService
     streams: StreamRegistry
+    metrics: Metrics
+    status_history: StatusHistory
+    user_hasher: UserIdHasher
 
     async def close(self) -> None:
-        """Stop listening for hints and watching streams, then close the stores' clients."""
+        """Stop sampling, listening for hints and watching streams, then close the stores' clients."""
+        await self.status_history.close()
         await self.streams.close()
         await self.wakeups.close()
         await self.batcher.close()
@@ -380,14 +433,21 @@ class Runtime:
         await self.redis.aclose()
 
 
-async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) -> Runtime:
-    """Create the clients in the running loop, the services, and register the observers (once)."""
+async def start_runtime(
+    settings: Settings, mongodb_url: str, redis_url: str, metrics: Metrics | None = None
+) -> Runtime:
+    """Create the clients in the running loop, the services, and register the observers (once).
+
+    `metrics` are this process's; by default a set of its own (one process, or a test).
+    """
+    if metrics is None:
+        metrics = Metrics()
     mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver)
     redis = connect_redis(redis_url, cluster=settings.redis_cluster)
-    notifications = NotificationService(mongo.database)
-    batcher = CommandBatcher(redis)
+    notifications = NotificationService(mongo.database, metrics)
+    batcher = CommandBatcher(redis, metrics)
     wakeups = WakeupHub(redis)
-    delivery_cache = DeliveryCache(redis, batcher, publish_hints=settings.wakeup_hints)
+    delivery_cache = DeliveryCache(redis, batcher, publish_hints=settings.wakeup_hints, metrics=metrics)
     notifications.register_observer(CacheObserver(delivery_cache))
     assert settings.jwt_secret is not None and settings.api_key is not None
     runtime = Runtime(
@@ -398,8 +458,11 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
         notifications=notifications,
         delivery_cache=delivery_cache,
         authenticator=Authenticator(settings.jwt_secret, settings.api_key),
-        health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}),
-        streams=StreamRegistry(settings.heartbeat_interval, settings.stream_write_timeout),
+        health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}, metrics),
+        streams=StreamRegistry(settings.heartbeat_interval, settings.stream_write_timeout, metrics),
+        metrics=metrics,
+        status_history=StatusHistory(metrics, settings.status_interval),
+        user_hasher=UserIdHasher(settings.jwt_secret),
     )
     await notifications.ensure_indexes()
     # With or without hints, the subscription tells when Redis went away and came back.
@@ -409,6 +472,8 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
     except TimeoutError:
         log.warning("no subscription to Redis yet; streams rely on their own scans until there is")
     runtime.streams.start()
+    if settings.metrics_enabled:
+        runtime.status_history.start()
     return runtime
 
 
@@ -418,6 +483,22 @@ def make_app(runtime: Runtime, settings: Settings, development: bool = False) ->
     `development` (neither secret configured) adds the demo page's token and test-notification routes.
     """
     routes = handlers.default_handlers + (handlers.development_handlers if development else [])
+    metrics_access = handlers.ACCESS_TOKEN if settings.metrics_token is not None else handlers.ACCESS_OFF
+    return _application(runtime, settings, routes, metrics_access, development)
+
+
+def make_metrics_app(runtime: Runtime, settings: Settings) -> web.Application:
+    """The METRICS_PORT listener's application: the metrics, the status page and the probes, nothing else.
+
+    Open without METRICS_TOKEN: the port, reachable only where the operator lets it be, is the protection.
+    """
+    metrics_access = handlers.ACCESS_TOKEN if settings.metrics_token is not None else handlers.ACCESS_OPEN
+    return _application(runtime, settings, handlers.metrics_port_handlers, metrics_access, False)
+
+
+def _application(
+    runtime: Runtime, settings: Settings, routes: list[Any], metrics_access: str, development: bool
+) -> web.Application:
     return web.Application(
         routes,
         default_handler_class=handlers.NotFoundHandler,
@@ -431,6 +512,11 @@ def make_app(runtime: Runtime, settings: Settings, development: bool = False) ->
         health=runtime.health,
         streams=runtime.streams,
         wakeups=runtime.wakeups,
+        metrics=runtime.metrics,
+        status_history=runtime.status_history,
+        user_hasher=runtime.user_hasher,
+        metrics_token=settings.metrics_token,
+        metrics_access=metrics_access,
         stream_timing=settings.stream_timing,
         stream_limits=settings.stream_limits,
         cors_origins=frozenset(settings.cors_origins),
@@ -442,13 +528,32 @@ _TOKEN_IN_QUERY = re.compile(r"(access_token=)[^&]*")
 
 
 def log_request(handler: web.RequestHandler) -> None:
-    """Access log line, with any token in the query string redacted."""
+    """Access log line, with any token in the query string redacted; successful probes and scrapes at debug level.
+
+    Its fields: status, method, uri, remote_ip, duration_ms, request_id, the user's pseudonym, and for a
+    stream (logged when it ends) events_sent and ended_by.
+    """
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    uri = _TOKEN_IN_QUERY.sub(r"\1[redacted]", handler.request.uri or "")
-    duration_ms = 1000.0 * handler.request.request_time()
+    extra: dict[str, Any] = {}
+    if isinstance(handler, handlers.RequestIdentified):
+        extra = handler.log_fields()
+        if status < 400 and handler.quiet_access_log:
+            level = logging.DEBUG
+    request = handler.request
+    uri = _TOKEN_IN_QUERY.sub(r"\1[redacted]", request.uri or "")
+    duration_ms = round(1000.0 * request.request_time(), 2)
     logging.getLogger("tornado.access").log(
-        level, "%d %s %s (%s) %.2fms", status, handler.request.method, uri, handler.request.remote_ip, duration_ms
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        uri,
+        request.remote_ip,
+        duration_ms,
+        extra=fields(
+            status=status, method=request.method, uri=uri, remote_ip=request.remote_ip, duration_ms=duration_ms, **extra
+        ),
     )
 
 
@@ -523,19 +628,39 @@ def with_development_secrets(settings: Settings) -> Settings:
     )
 
 
-async def serve(settings: Settings, sockets: list[socket.socket], development_routes: bool = False) -> None:
-    """Serve on the bound sockets until SIGINT or SIGTERM; then stop accepting, end the streams, close."""
+async def serve(
+    settings: Settings,
+    sockets: list[socket.socket],
+    development_routes: bool = False,
+    *,
+    metrics_sockets: Sequence[socket.socket] = (),
+    process: int = 0,
+    metrics_directory: str | None = None,
+) -> None:
+    """Serve on the bound sockets until SIGINT or SIGTERM; then turn unready, stop accepting, end the streams, close.
+
+    `process` is the worker's index; with `metrics_directory` its metrics are shared with the other workers'.
+    """
     assert settings.mongodb_url is not None and settings.redis_url is not None
-    runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url)
+    metrics = Metrics(str(process), metrics_directory)
+    runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url, metrics)
     app = make_app(runtime, settings, development_routes)
     server = TrustedProxyHTTPServer(app, trusted_proxies=settings.trusted_proxies, max_body_size=MAX_REQUEST_BODY_BYTES)
     server.add_sockets(sockets)
+    servers: list[httpserver.HTTPServer] = [server]
+    if metrics_sockets:
+        servers.append(httpserver.HTTPServer(make_metrics_app(runtime, settings), xheaders=False))
+        servers[-1].add_sockets(metrics_sockets)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_requested.set)
     await stop_requested.wait()
-    log.info("shutting down: %d open streams", len(runtime.streams))
+    # Readiness first: load balancers stop sending new clients while this process still serves them.
+    runtime.health.begin_shutdown()
+    log.info("shutting down: %d open streams; /readyz answers 503", len(runtime.streams))
+    if settings.shutdown_delay:
+        await asyncio.sleep(settings.shutdown_delay)
     server.stop()
     runtime.streams.end_all()
     try:
@@ -543,6 +668,10 @@ async def serve(settings: Settings, sockets: list[socket.socket], development_ro
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
     except TimeoutError:
         log.warning("some connections did not close within %.0f s", SHUTDOWN_GRACE_SECONDS)
+    for metrics_server in servers[1:]:
+        metrics_server.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(metrics_server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
     await runtime.close()
 
 
@@ -556,10 +685,18 @@ def run_loop(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
 
 
-def run_processes(count: int, settings: Settings, sockets: list[socket.socket], development_routes: bool) -> int:
+def run_processes(
+    count: int,
+    settings: Settings,
+    sockets: list[socket.socket],
+    development_routes: bool,
+    metrics_sockets: Sequence[socket.socket] = (),
+    metrics_directory: MetricsDirectory | None = None,
+) -> int:
     """Fork `count` workers that share the bound sockets, each with its own loop and store clients.
 
-    The parent forwards SIGINT and SIGTERM to them and restarts one that dies on its own.
+    The parent forwards SIGINT and SIGTERM to them and restarts one that dies on its own. With
+    `metrics_directory`, the workers share their metrics there; a dead worker's open streams leave the sums.
     """
     children: dict[int, int] = {}
     stopping = False
@@ -572,7 +709,17 @@ def run_processes(count: int, settings: Settings, sockets: list[socket.socket], 
             die_with_parent()
             status = 0
             try:
-                run_loop(settings.event_loop, serve(settings, sockets, development_routes))
+                run_loop(
+                    settings.event_loop,
+                    serve(
+                        settings,
+                        sockets,
+                        development_routes,
+                        metrics_sockets=metrics_sockets,
+                        process=index,
+                        metrics_directory=metrics_directory.path if metrics_directory else None,
+                    ),
+                )
             except BaseException:
                 log.exception("worker %d failed", index)
                 status = 1
@@ -599,11 +746,30 @@ def run_processes(count: int, settings: Settings, sockets: list[socket.socket], 
         except ChildProcessError:
             break
         index = children.pop(pid)
+        if metrics_directory is not None:
+            metrics_directory.process_ended(pid)
         if not stopping:
             log.error("worker %d (pid %d) ended with status %d; starting another", index, pid, status)
             time.sleep(WORKER_RESTART_DELAY)
-            spawn(index)
+            if not stopping:  # a signal during the delay: no worker left to forward it to
+                spawn(index)
     return 0
+
+
+@contextlib.contextmanager
+def _shared(metrics_directory: MetricsDirectory | None) -> Iterator[None]:
+    """Share the workers' metrics through the directory while they run; remove it when they are done."""
+    if metrics_directory is None:
+        yield
+        return
+    # prometheus-client's multiprocess mode: where a worker's metrics live is read from the environment.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_directory.path
+    metrics_directory.share()
+    log.info("metrics: shared by the worker processes in %s", metrics_directory.path)
+    try:
+        yield
+    finally:
+        metrics_directory.remove()
 
 
 def _without_password(url: str) -> str:
@@ -666,28 +832,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"bellcast: invalid setting {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    configure_logging("json" if settings.json_logs else "text")
     development = settings.development
     development_routes = settings.development_routes
     if development:
         settings = with_development_secrets(settings)
     try:
         sockets = bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+        metrics_sockets = [] if settings.metrics_port is None else bind_sockets(settings.metrics_port, settings.host)
     except OSError as error:
-        print(f"bellcast: cannot listen on {settings.host}:{settings.port}: {error}", file=sys.stderr)
+        print(f"bellcast: cannot listen on {settings.host}: {error}", file=sys.stderr)
         return 1
     processes = settings.processes or os.cpu_count() or 1
-    with EmbeddedStores(settings) as settings:
+    metrics_directory = MetricsDirectory() if processes > 1 and settings.metrics_enabled else None
+    with EmbeddedStores(settings) as settings, _shared(metrics_directory):
         log.info("MongoDB driver: %s; %d process%s", settings.mongo_driver, processes, "" if processes == 1 else "es")
         log.info("bellcast listening on http://%s:%d", settings.host, settings.port)
         if development:
             _print_development_help(settings)
         if settings.cors_origins:
             log.info("CORS: pages of %s may use the API and stream", ", ".join(settings.cors_origins))
+        if settings.metrics_port is not None:
+            log.info("metrics and status page on http://%s:%d", settings.host, settings.metrics_port)
         if processes == 1:
-            run_loop(settings.event_loop, serve(settings, sockets, development_routes))
+            run_loop(settings.event_loop, serve(settings, sockets, development_routes, metrics_sockets=metrics_sockets))
         else:
-            run_processes(processes, settings, sockets, development_routes)
+            run_processes(processes, settings, sockets, development_routes, metrics_sockets, metrics_directory)
     log.info("bellcast stopped")
     return 0
 

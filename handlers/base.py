@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -14,6 +16,8 @@ from services.cache import DeliveryCache
 from services.delivery import StreamTiming, WakeupHub
 from services.errors import DomainError, Forbidden, Invalid, NotFound, StoreUnavailable, TooMany, Unauthorized
 from services.health import HealthService
+from services.logs import UserIdHasher, fields
+from services.metrics import Metrics
 from services.notifications import NotificationService
 from services.streams import StreamLimits, StreamRegistry
 
@@ -51,6 +55,17 @@ CORS_MAX_AGE_SECONDS = 600
 TOKEN_COOKIE = "bellcast_token"
 TOKEN_QUERY_ARGUMENT = "access_token"
 
+REQUEST_ID_HEADER = "X-Request-ID"
+# A proxy's or client's request id is kept when it is short and plain: no spaces, quotes or control characters.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+=/@-]{1,128}$")
+
+
+def request_id_from(header: str | None) -> str:
+    """The id of a request: the incoming X-Request-ID when sane, else a new random one."""
+    if header is not None and _SANE_REQUEST_ID.match(header):
+        return header
+    return uuid.uuid4().hex
+
 
 class APIError(web.HTTPError):
     """An HTTP error with a machine-readable code and a message safe to show the client."""
@@ -66,8 +81,34 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-class BaseHandler(web.RequestHandler):
+class RequestIdentified(web.RequestHandler):
+    """Every answer names its request: X-Request-ID, the client's if sane, else a new one; logs carry it."""
+
+    _request_id: str | None = None
+    # Probes and scrapes come every few seconds: their successful answers are logged at debug level only.
+    quiet_access_log = False
+
+    @property
+    def request_id(self) -> str:
+        """This request's id."""
+        if self._request_id is None:
+            self._request_id = request_id_from(self.request.headers.get(REQUEST_ID_HEADER))
+        return self._request_id
+
+    def set_default_headers(self) -> None:
+        """Echo the request id, on errors too."""
+        self.set_header(REQUEST_ID_HEADER, self.request_id)
+
+    def log_fields(self) -> dict[str, Any]:
+        """What the log lines of this request carry besides the access line's own fields."""
+        return {"request_id": self.request_id}
+
+
+class BaseHandler(RequestIdentified):
     """Typed access to the services the Application was built with, and JSON errors."""
+
+    # Set once the request's token was verified; only its pseudonym is ever logged.
+    _user_id: str | None = None
 
     @property
     def notifications(self) -> NotificationService:
@@ -110,6 +151,16 @@ class BaseHandler(web.RequestHandler):
         return self.settings["streams"]
 
     @property
+    def metrics(self) -> Metrics:
+        """This process's metrics."""
+        return self.settings["metrics"]
+
+    @property
+    def user_hasher(self) -> UserIdHasher:
+        """Pseudonyms of user ids, for logs."""
+        return self.settings["user_hasher"]
+
+    @property
     def cors_origins(self) -> frozenset[str]:
         """The exact origins (CORS_ORIGINS) whose pages may read bellcast's answers."""
         return self.settings["cors_origins"]
@@ -120,7 +171,8 @@ class BaseHandler(web.RequestHandler):
         return bool(self.settings["development"])
 
     def set_default_headers(self) -> None:
-        """CORS: an allowed origin is echoed back (never a wildcard) on every answer, errors included."""
+        """The request id, and CORS: an allowed origin is echoed back (never a wildcard) on every answer."""
+        super().set_default_headers()
         if not self.cors_origins:
             return
         self.set_header("Vary", "Origin")
@@ -144,7 +196,15 @@ class BaseHandler(web.RequestHandler):
         scheme, _, credentials = header.partition(" ")
         token = credentials.strip() if scheme.lower() == "bearer" else None
         token = token or self.get_cookie(TOKEN_COOKIE) or self.get_query_argument(TOKEN_QUERY_ARGUMENT, None)
-        return self.authenticator.user_id(token)
+        self._user_id = self.authenticator.user_id(token)
+        return self._user_id
+
+    def log_fields(self) -> dict[str, Any]:
+        """The request id, and the user's pseudonym (never the id itself) once authenticated."""
+        logged = super().log_fields()
+        if self._user_id is not None:
+            logged["user"] = self.user_hasher.hash(self._user_id)
+        return logged
 
     def require_api_key(self) -> None:
         """Let only producers holding the API key through."""
@@ -173,7 +233,7 @@ class BaseHandler(web.RequestHandler):
     ) -> None:
         """Domain errors are answers, not failures: log them without a traceback."""
         if isinstance(value, DomainError):
-            log.info("%s %s: %s", self.request.method, self.request.path, value)
+            log.info("%s %s: %s", self.request.method, self.request.path, value, extra=fields(**self.log_fields()))
         else:
             super().log_exception(typ, value, tb)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import StreamClosedError
@@ -13,6 +14,7 @@ from tornado.iostream import StreamClosedError
 from handlers.base import APIError, BaseHandler
 from handlers.sse import encode_comment, encode_event, encode_retry
 from services.errors import StoreUnavailable
+from services.logs import fields
 from services.streams import MAX_ENTRIES_PER_SEND, Entry, StreamSession
 
 log = logging.getLogger("bellcast.stream")
@@ -37,6 +39,10 @@ class EventStreamHandler(BaseHandler):
     the slow safety scan, so an idle stream costs almost no Redis traffic. Heartbeats come from
     the registry's sweep, one timer for all streams.
     """
+
+    # Class-level defaults, so that an idle stream carries no per-instance copy of them.
+    _events_sent = 0
+    _ended_by = "client"
 
     def initialize(self) -> None:
         """Per-stream state; the timing comes from the Application's settings."""
@@ -72,6 +78,7 @@ class EventStreamHandler(BaseHandler):
         await session.open(limits.max_streams_per_user)
         self.wakeups.listen(user_id, self)
         self.streams.add(self)
+        log.info("stream opened", extra=fields(**self.log_fields(), remote_ip=self.request.remote_ip))
         ticker = PeriodicCallback(self._tick, self.stream_timing.tick_interval * 1000, jitter=TICK_JITTER)
         try:
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -104,7 +111,10 @@ class EventStreamHandler(BaseHandler):
             try:
                 await session.close()
             except StoreUnavailable:
-                log.debug("could not deregister a stream of %s; its registration expires by itself", user_id)
+                log.debug(
+                    "could not deregister a stream; its registration expires by itself",
+                    extra=fields(**self.log_fields()),
+                )
 
     def _close(self) -> None:
         if not self._closed.done():
@@ -117,6 +127,7 @@ class EventStreamHandler(BaseHandler):
     def end(self) -> None:
         """Shutdown: tell the client to reconnect (elsewhere), then close the stream."""
         self._ending = True
+        self._ended_by = "shutdown"
         self._close()
 
     def stalled_since(self) -> float | None:
@@ -125,7 +136,8 @@ class EventStreamHandler(BaseHandler):
 
     def drop(self) -> None:
         """The client stopped reading: close the connection; it will reconnect and catch up."""
-        log.info("dropping a stream whose client has not read for a while")
+        log.info("dropping a stream whose client has not read for a while", extra=fields(**self.log_fields()))
+        self._ended_by = "slow_client"
         self._close()
         if self.request.connection is not None:
             self.request.connection.stream.close()  # type: ignore[attr-defined]
@@ -174,20 +186,29 @@ class EventStreamHandler(BaseHandler):
         else:
             self._last_write = time.monotonic()
 
-    async def _send_entries(self, session: StreamSession, entries: list[Entry]) -> bool:
+    def log_fields(self) -> dict[str, Any]:
+        """The access line of a stream, written when it ends, also says how many events it sent and why it ended."""
+        logged = super().log_fields()
+        if self._session is not None:  # it was opened, not refused
+            logged.update(events_sent=self._events_sent, ended_by=self._ended_by)
+        return logged
+
+    async def _send_entries(self, session: StreamSession, entries: list[Entry], live: bool) -> bool:
         chunk = b"".join(encode_event(i, NOTIFICATION_EVENT, data) for i, data in entries)
         if not await self.send(chunk):
             return False
+        self._events_sent += len(entries)
+        self.metrics.delivered(entries, live)
         session.sent([notification_id for notification_id, _ in entries])
         return True
 
     async def _catch_up(self, session: StreamSession) -> None:
         try:
             async for entries in session.catch_up():
-                if entries and not await self._send_entries(session, entries):
+                if entries and not await self._send_entries(session, entries, live=False):
                     return
         except StoreUnavailable:
-            log.debug("catch-up for %s postponed: MongoDB unavailable", session.user_id)
+            log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self.log_fields()))
 
     async def _scan_on_wake(self) -> None:
         try:
@@ -226,6 +247,7 @@ class EventStreamHandler(BaseHandler):
             self._woken = False
             try:
                 await session.refresh_if_due()
+                scan_started = time.perf_counter()
                 entries = await session.take()
             except StoreUnavailable:
                 self._retry_later()
@@ -233,7 +255,8 @@ class EventStreamHandler(BaseHandler):
             self._failed_scans = 0
             if not entries:
                 continue
-            if not await self._send_entries(session, entries):
+            self.metrics.cache_scan.observe(time.perf_counter() - scan_started)
+            if not await self._send_entries(session, entries, live=True):
                 return
             if len(entries) >= MAX_ENTRIES_PER_SEND:
                 self._woken = True  # more is queued than one send takes

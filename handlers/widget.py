@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tornado import web
 
-from handlers.base import BaseHandler
+from handlers.base import BaseHandler, RequestIdentified
 
 
 class DemoPageHandler(BaseHandler):
@@ -15,7 +15,7 @@ class DemoPageHandler(BaseHandler):
         self.render("demo.html", development=self.development)
 
 
-class WidgetStaticFileHandler(web.StaticFileHandler):
+class WidgetStaticFileHandler(RequestIdentified, web.StaticFileHandler):
     """Static files, the widget and its Vue runtime, readable from any origin.
 
     Host pages on other origins import the runtime as a module, which browsers fetch with CORS.

@@ -32,6 +32,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from services.delivery import WAKEUP_CHANNEL, CommandBatcher, wakeup_shard_channel
 from services.errors import StoreUnavailable
+from services.metrics import Metrics
 from services.notifications import Notification
 from services.stores import RedisClient, redis_unavailable
 
@@ -63,10 +64,13 @@ def inbox_key(user_id: str, connection_id: str) -> str:
 class DeliveryCache:
     """Registers live connections and queues notifications for them in Redis."""
 
-    def __init__(self, redis: RedisClient, batcher: CommandBatcher, publish_hints: bool = True) -> None:
+    def __init__(
+        self, redis: RedisClient, batcher: CommandBatcher, publish_hints: bool = True, metrics: Metrics | None = None
+    ) -> None:
         self._redis = redis
         self._batcher = batcher
         self._publish_hints = publish_hints
+        self._metrics = metrics
 
     def open_inbox(self, user_id: str) -> ConnectionInbox:
         """A new, not yet registered inbox for one stream of the user."""
@@ -98,6 +102,7 @@ class DeliveryCache:
         except (RedisError, RedisClusterException) as error:
             if not redis_unavailable(error):
                 raise
+            self._store_error()
             raise StoreUnavailable("the delivery cache is unavailable") from error
         return len(connection_ids)
 
@@ -111,7 +116,12 @@ class DeliveryCache:
         except (RedisError, RedisClusterException) as error:
             if not redis_unavailable(error):
                 raise
+            self._store_error()
             raise StoreUnavailable("the delivery cache is unavailable") from error
+
+    def _store_error(self) -> None:
+        if self._metrics is not None:
+            self._metrics.store_error("redis")
 
 
 class CacheObserver:

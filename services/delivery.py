@@ -30,6 +30,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import PubSubError, RedisClusterException, RedisError
 
 from services.errors import StoreUnavailable
+from services.metrics import Metrics
 from services.stores import RedisClient, redis_unavailable
 
 log = logging.getLogger("bellcast.delivery")
@@ -85,8 +86,9 @@ class StreamTiming:
 class CommandBatcher:
     """Queues Redis commands and sends those of one loop iteration together, without a transaction."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, metrics: Metrics | None = None) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -133,6 +135,8 @@ class CommandBatcher:
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, RedisClusterException, OSError) as error:
             results = [error] * sum(len(commands) for commands, _ in batch)
+            if self._metrics is not None:
+                self._metrics.store_error("redis")
         position = 0
         for commands, future in batch:
             replies = results[position : position + len(commands)]

@@ -7,8 +7,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.errors import StoreUnavailable
+from services.metrics import Metrics
 
 HEALTH_CHECK_TIMEOUT = 2.0
+# Readiness asks more of the stores than liveness: a load balancer should route elsewhere sooner.
+READINESS_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,20 +27,29 @@ class HealthReport:
 
 
 class HealthService:
-    """Pings each store within a bound, all at once."""
+    """Pings each store within a bound, all at once; knows when the process is shutting down."""
 
-    def __init__(self, probes: dict[str, Callable[[], Awaitable[None]]]) -> None:
+    def __init__(self, probes: dict[str, Callable[[], Awaitable[None]]], metrics: Metrics | None = None) -> None:
         self._probes = probes
+        self._metrics = metrics
+        self.shutting_down = False
 
-    async def check(self) -> HealthReport:
-        """Ask every store; a store that fails or is slower than the bound is reported with the reason."""
-        states = await asyncio.gather(*(self._probe(probe) for probe in self._probes.values()))
+    def begin_shutdown(self) -> None:
+        """From now on the process is not ready: load balancers should send new clients elsewhere."""
+        self.shutting_down = True
+
+    async def check(self, within: float = HEALTH_CHECK_TIMEOUT) -> HealthReport:
+        """Ask every store; a store that fails or is slower than `within` seconds is reported with the reason."""
+        states = await asyncio.gather(*(self._probe(store, probe, within) for store, probe in self._probes.items()))
         return HealthReport(dict(zip(self._probes, states, strict=True)))
 
-    async def _probe(self, probe: Callable[[], Awaitable[None]]) -> str:
+    async def _probe(self, store: str, probe: Callable[[], Awaitable[None]], within: float) -> str:
         try:
-            await asyncio.wait_for(probe(), HEALTH_CHECK_TIMEOUT)
+            await asyncio.wait_for(probe(), within)
         except TimeoutError:
+            # The probe was cancelled before it could fail and count itself.
+            if self._metrics is not None:
+                self._metrics.store_error(store)
             return "timed out"
         except StoreUnavailable:
             return "unreachable"

@@ -17,6 +17,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from services.errors import Invalid, NotFound, StoreUnavailable
+from services.metrics import Metrics
 
 log = logging.getLogger("bellcast.notifications")
 
@@ -122,9 +123,10 @@ class NotificationObserver(Protocol):
 class NotificationService:
     """Creates, lists and marks notifications, and tells the registered observers of new ones."""
 
-    def __init__(self, database: Any) -> None:
+    def __init__(self, database: Any, metrics: Metrics | None = None) -> None:
         self._collection = database[COLLECTION]
         self._observers: list[NotificationObserver] = []
+        self._metrics = metrics
         self.observer_failures = 0
 
     def register_observer(self, observer: NotificationObserver) -> None:
@@ -133,7 +135,7 @@ class NotificationService:
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the queries below rely on (idempotent)."""
-        with _store_errors():
+        with _store_errors(self._metrics):
             await self._collection.create_index([("user_id", ASCENDING), ("_id", DESCENDING)])
             await self._collection.create_index([("user_id", ASCENDING), ("read_at", ASCENDING)])
 
@@ -143,8 +145,10 @@ class NotificationService:
         An observer's failure is logged and counted; the stored notification stands.
         """
         notification = validate_new_notification(fields, now=utc_now())
-        with _store_errors():
+        with _store_errors(self._metrics):
             await self._collection.insert_one(notification.to_document())
+        if self._metrics is not None:
+            self._metrics.notifications_created.inc()
         for observer in self._observers:
             try:
                 await observer.created(notification)
@@ -156,6 +160,8 @@ class NotificationService:
                 )
             except Exception:
                 self.observer_failures += 1
+                if self._metrics is not None:
+                    self._metrics.observer_failed(type(observer).__name__)
                 log.exception("observer %s failed for notification %s", type(observer).__name__, notification.id)
         return notification
 
@@ -166,7 +172,7 @@ class NotificationService:
         query: dict[str, Any] = {"user_id": user_id}
         if before is not None:
             query["_id"] = {"$lt": parse_id(before, field="before")}
-        with _store_errors():
+        with _store_errors(self._metrics):
             cursor = self._collection.find(query).sort("_id", DESCENDING).limit(limit + 1)
             documents = [document async for document in cursor]
             unread_count = await self._collection.count_documents({"user_id": user_id, "read_at": None})
@@ -178,7 +184,7 @@ class NotificationService:
     async def mark_read(self, user_id: str, notification_id: str) -> Notification:
         """Mark one of the user's notifications read; a second call keeps the first `read_at`."""
         object_id = parse_id(notification_id, field="id")
-        with _store_errors():
+        with _store_errors(self._metrics):
             document = await self._collection.find_one_and_update(
                 {"_id": object_id, "user_id": user_id, "read_at": None},
                 {"$set": {"read_at": utc_now()}},
@@ -192,7 +198,7 @@ class NotificationService:
 
     async def mark_all_read(self, user_id: str) -> int:
         """Mark every unread notification of the user read; returns how many changed."""
-        with _store_errors():
+        with _store_errors(self._metrics):
             result = await self._collection.update_many(
                 {"user_id": user_id, "read_at": None}, {"$set": {"read_at": utc_now()}}
             )
@@ -209,7 +215,7 @@ class NotificationService:
             last_seen = ObjectId(last_seen_id)
         except (InvalidId, TypeError):
             return
-        with _store_errors():
+        with _store_errors(self._metrics):
             last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
         newer: dict[str, Any] = {"_id": {"$gt": last_seen}}
         branches: list[dict[str, Any]] = [newer]
@@ -219,7 +225,7 @@ class NotificationService:
                 {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
             )
         query = {"user_id": user_id, "$or": branches}
-        with _store_errors():
+        with _store_errors(self._metrics):
             cursor = self._collection.find(query).sort("_id", ASCENDING).batch_size(CATCH_UP_BATCH)
             batch: list[Notification] = []
             async for document in cursor:
@@ -232,7 +238,7 @@ class NotificationService:
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless MongoDB answers."""
-        with _store_errors():
+        with _store_errors(self._metrics):
             await self._collection.database.command("ping")
 
 
@@ -340,13 +346,15 @@ def _check_unicode(value: str, name: str) -> None:
 
 
 @contextlib.contextmanager
-def _store_errors() -> Iterator[None]:
-    """Turn MongoDB's connection failures into StoreUnavailable; other errors stay bugs."""
+def _store_errors(metrics: Metrics | None) -> Iterator[None]:
+    """Turn MongoDB's connection failures into StoreUnavailable (counted); other errors stay bugs."""
     try:
         yield
     except (ConnectionFailure, OperationFailure) as error:
         if isinstance(error, OperationFailure) and not _is_transient(error):
             raise
+        if metrics is not None:
+            metrics.store_error("mongodb")
         log.warning("MongoDB unavailable: %s", error)
         raise StoreUnavailable("the notification store is unavailable") from error
 

@@ -15,6 +15,7 @@ from bson.errors import InvalidId
 
 from services.cache import ConnectionInbox
 from services.errors import StoreUnavailable, TooMany
+from services.metrics import Metrics
 from services.notifications import CATCH_UP_WINDOW, Notification, NotificationService
 
 # The most entries one scan sends, so that one write stays small however much is queued.
@@ -195,7 +196,8 @@ class StreamRegistry:
     the event loop from waking for each.
     """
 
-    def __init__(self, heartbeat_interval: float, write_timeout: float) -> None:
+    def __init__(self, heartbeat_interval: float, write_timeout: float, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
         self._streams: set[OpenStream] = set()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -210,9 +212,15 @@ class StreamRegistry:
         """Track an opened stream."""
         self._streams.add(stream)
         self._empty.clear()
+        if self._metrics is not None:
+            self._metrics.streams_opened.inc()
+            self._metrics.streams_open.inc()
 
     def discard(self, stream: OpenStream) -> None:
         """Forget a closed stream."""
+        if self._metrics is not None and stream in self._streams:
+            self._metrics.streams_closed.inc()
+            self._metrics.streams_open.dec()
         self._streams.discard(stream)
         if not self._streams:
             self._empty.set()
@@ -260,6 +268,8 @@ class StreamRegistry:
             started = stream.stalled_since()
             if started is not None and now - started > self._write_timeout:
                 self.slow_clients_dropped += 1
+                if self._metrics is not None:
+                    self._metrics.slow_clients_dropped.inc()
                 stream.drop()
             else:
                 stream.heartbeat_if_idle(now, idle_for)

@@ -98,6 +98,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_counted(api, base_url,
         return runtime.streams.slow_clients_dropped == 1 and len(runtime.streams) == 0
 
     await eventually(dropped, timeout=15)
+    assert runtime.metrics.registry.get_sample_value("bellcast_slow_clients_dropped_total", {"process": "0"}) == 1
     stream.close()
 
 

@@ -1,13 +1,28 @@
-"""`/healthz` says which store cannot be reached."""
+"""`/healthz` says which store cannot be reached; `/readyz` also says when the process is shutting down."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
+from tornado.iostream import StreamClosedError
 
 from server import make_app, start_runtime
+from services.auth import Authenticator
 from services.embedded import free_port
+from tests.support import API, SSEStream
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -31,3 +46,86 @@ async def test_healthz_answers_503_naming_an_unreachable_redis(http_client, sett
         server.stop()
         await runtime.mongo.client.drop_database(settings.mongodb_db)
         await runtime.close()
+
+
+@pytest.mark.gen_test
+async def test_readyz_answers_200_when_both_stores_answer(api):
+    response = await api.request("GET", "/readyz", headers={"X-Request-ID": "probe-1"})
+    assert response.code == 200
+    assert json.loads(response.body) == {"status": "ready", "checks": {"mongodb": "ok", "redis": "ok"}}
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Request-ID"] == "probe-1"
+
+
+JWT_SECRET = "health-secret-" + "x" * 20
+API_KEY = "health-api-key-" + "y" * 10
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def delayed_shutdown_server(store_urls, tmp_path):
+    """`python server.py` with SHUTDOWN_DELAY=3 (and JSON logs, the default with configured secrets)."""
+    mongodb_url, redis_url = store_urls
+    port = free_port()
+    log = tmp_path / "bellcast.log"
+    environ = {
+        **os.environ,
+        "PORT": str(port),
+        "MONGODB_URL": mongodb_url,
+        "REDIS_URL": redis_url,
+        "MONGODB_DB": f"bellcast_test_{uuid.uuid4().hex[:12]}",
+        "JWT_SECRET": JWT_SECRET,
+        "API_KEY": API_KEY,
+        "SHUTDOWN_DELAY": "3",
+    }
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=environ, stdout=output, stderr=output)
+    deadline = time.monotonic() + 30
+    while not _ready(port):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    yield process, port, log
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_on_sigterm_readyz_turns_503_first_while_streams_are_still_served(delayed_shutdown_server):
+    """SHUTDOWN_DELAY: not ready at once, but still serving; then the streams are told to end."""
+    process, port, log = delayed_shutdown_server
+    base_url = f"http://127.0.0.1:{port}"
+    api = API(AsyncHTTPClient(), base_url, API_KEY, Authenticator(JWT_SECRET, API_KEY))
+    stream = await SSEStream.open(base_url, api.token("frank"))
+    await stream.next_event()
+    process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 2
+    while (answer := await api.request("GET", "/readyz")).code != 503:
+        assert time.monotonic() < deadline, "still ready after SIGTERM"
+        await asyncio.sleep(0.05)
+    assert json.loads(answer.body) == {"status": "shutting_down", "checks": {}}
+    assert (await api.request("GET", "/healthz")).code == 200
+    created = await api.create("frank", "during the shutdown delay")
+    [event] = await stream.notifications(1)
+    assert event.id == created["id"]
+    ending = await stream.next_event(timeout=10)
+    while "server restarting" not in ending.comments:
+        ending = await stream.next_event(timeout=10)
+    with pytest.raises(StreamClosedError):
+        await stream.next_event(timeout=10)
+    deadline = time.monotonic() + 30
+    while process.poll() is None:
+        assert time.monotonic() < deadline, "no exit after the streams ended"
+        await asyncio.sleep(0.1)
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    shutting_down = next(i for i, line in enumerate(lines) if line["message"].startswith("shutting down"))
+    stream_ended = next(i for i, line in enumerate(lines) if line.get("ended_by") == "shutdown")
+    assert shutting_down < stream_ended

@@ -91,6 +91,7 @@ CASES = [
     Case(200, "GET", "/notifications/stream", credentials="user"),
     Case(401, "GET", "/notifications/stream"),
     Case(200, "GET", "/healthz"),
+    Case(200, "GET", "/readyz"),
     Case(200, "GET", "/api/openapi.json"),
 ]
 
@@ -103,6 +104,7 @@ STORES_DOWN_CASES = [
     # Redis down: the stream opens all the same, and recovers from MongoDB once Redis is back.
     Case(200, "GET", "/notifications/stream", credentials="query"),
     Case(503, "GET", "/healthz"),
+    Case(503, "GET", "/readyz"),
 ]
 # The stream's limits: MAX_STREAMS_PER_USER (5 in the tests), then MAX_STREAMS (set to 1 below).
 LIMIT_CASES = [
@@ -299,8 +301,9 @@ def test_every_documented_response_is_exercised_above():
 
 def test_every_route_and_method_is_documented_and_nothing_else():
     served: set[tuple[str, str]] = set()
-    # The demo page is HTML for people, not part of the API.
-    api_routes = [route for route in handlers.default_handlers if route not in handlers.widget.default_handlers]
+    # The demo page is HTML for people, and /metrics and /status are for operators: not part of the API.
+    not_api = handlers.widget.default_handlers + handlers.observability.default_handlers
+    api_routes = [route for route in handlers.default_handlers if route not in not_api]
     for pattern, handler_class, *_ in api_routes:
         [template] = [t for t in DOCUMENT["paths"] if re.fullmatch(pattern, t.replace("{notification_id}", UNKNOWN_ID))]
         served |= {(m, template) for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m.lower() in vars(handler_class)}

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,8 +48,18 @@ def find_chromium() -> str | None:
 class BellcastProcess:
     """`python server.py` in development mode (generated secrets) on the session's stores."""
 
-    def __init__(self, data_dir: Path, port: int, mongodb_url: str, redis_url: str, database: str, cors: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        mongodb_url: str,
+        redis_url: str,
+        database: str,
+        cors: str,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
+        self.extra_args = list(extra_args)
         self.port = port
         self.mongodb_url = mongodb_url
         self.redis_url = redis_url
@@ -74,6 +84,7 @@ class BellcastProcess:
                 *("--port", str(self.port), "--data-dir", str(self.data_dir)),
                 *("--mongodb-url", self.mongodb_url, "--redis-url", self.redis_url, "--mongodb-db", self.database),
                 *("--poll-interval", "0.1", "--cors-origins", self.cors),
+                *self.extra_args,
             ],
             cwd=ROOT,
             env=environ,
@@ -86,6 +97,7 @@ class BellcastProcess:
                 if answer.status == 200:
                     return self
             if self._process.poll() is not None or time.monotonic() > deadline:
+                self._end(signal.SIGKILL)
                 raise RuntimeError(f"bellcast did not start; see {self.data_dir / 'bellcast.log'}")
             time.sleep(0.1)
 

@@ -1,0 +1,108 @@
+"""Log lines: one JSON object per line, or plain text; user ids pseudonymised; tokens never written.
+
+A log call adds structured fields with ``extra={"fields": {...}}``: the JSON format writes
+them as keys of the object, the text format appends them as ``key=value``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import re
+from typing import Any
+
+LOG_FORMATS = ("auto", "json", "text")
+FIELDS_ATTRIBUTE = "fields"
+ACCESS_LOGGER = "tornado.access"
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+# Defence in depth, for messages bellcast does not write itself (Tornado's warnings name the URI):
+# the token of the query string, and anything shaped like a JWT.
+_SECRETS = (
+    (re.compile(r"((?:access_token|token)=)[^&\s\"']+"), r"\1[redacted]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted]"),
+)
+USER_HASH_LENGTH = 16
+# The access line's message already says these; the text format does not repeat them.
+_IN_ACCESS_MESSAGE = frozenset({"status", "method", "uri", "remote_ip", "duration_ms"})
+
+
+def redact(text: str) -> str:
+    """`text` without tokens: query-string tokens and JWTs become [redacted]."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class UserIdHasher:
+    """Turns user ids into stable pseudonyms for logs: an HMAC keyed by a secret, so ids cannot be guessed back.
+
+    The same user gets the same pseudonym in every process that shares the secret, so an operator
+    can follow one user through the logs, and find their lines by computing `hash(user_id)`.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self._key = hmac.new(secret.encode(), b"bellcast log pseudonyms", hashlib.sha256).digest()
+
+    def hash(self, user_id: str) -> str:
+        """The user's pseudonym: 16 hexadecimal digits."""
+        return hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()[:USER_HASH_LENGTH]
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """The `extra` of a log call with structured fields."""
+    return {FIELDS_ATTRIBUTE: values}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, process id, message, the call's fields, any exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as compact JSON (non-ASCII kept, newlines escaped)."""
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": redact(record.getMessage()),
+        }
+        for key, value in getattr(record, FIELDS_ATTRIBUTE, {}).items():
+            entry.setdefault(key, value)
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line, the call's fields appended as key=value; tokens redacted."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one human-readable line (and an exception's traceback after it)."""
+        line = super().format(record)
+        extra = getattr(record, FIELDS_ATTRIBUTE, {})
+        if extra:
+            head, newline, rest = line.partition("\n")
+            shown = {key: value for key, value in extra.items() if value is not None}
+            if record.name == ACCESS_LOGGER:
+                shown = {key: value for key, value in shown.items() if key not in _IN_ACCESS_MESSAGE}
+            suffix = " ".join(f"{key}={value}" for key, value in shown.items())
+            line = f"{head} {suffix}{newline}{rest}" if suffix else line
+        return redact(line)
+
+
+def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+    """Send every log record to stderr in `log_format` ("json" or "text"), replacing earlier handlers."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
