@@ -29,6 +29,7 @@ from services.delivery import CommandBatcher, StreamTiming, WakeupHub
 from services.embedded import die_with_parent
 from services.health import HealthService
 from services.notifications import NotificationService
+from services.ratelimit import ProducerRateLimiter, RateLimit
 from services.stores import MONGO_DRIVERS, MongoConnection, connect_redis
 from services.streams import StreamLimits, StreamRegistry
 
@@ -41,7 +42,8 @@ LISTEN_BACKLOG = 4096
 STARTUP_SUBSCRIBE_TIMEOUT = 5.0
 DEVELOPMENT_TOKEN_LIFETIME = 24 * 3600
 DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
-# Bigger bodies are cut off unread; up to it, the API answers a JSON 413 past its own limit.
+# Bodies above the larger of this and twice MAX_BODY_BYTES are cut off unread (a bare 400);
+# up to it, the API answers a JSON 413 past MAX_BODY_BYTES.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 
 
@@ -53,6 +55,13 @@ def _positive_number(value: str) -> float:
     number = float(value)
     if not number > 0 or number == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return number
+
+
+def _non_negative_number(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of at least 0")
     return number
 
 
@@ -104,6 +113,15 @@ def _url(*schemes: str) -> Callable[[str], str]:
 def _secret(value: str) -> str:
     if len(value) < 16:
         raise ValueError("must be at least 16 characters")
+    if value.lstrip().startswith(("-----BEGIN", "ssh-")):
+        # An HS256 secret shared with the token issuer, never a key pair's public half (algorithm confusion).
+        raise ValueError("must be a shared secret, not a PEM or SSH key")
+    return value
+
+
+def _claim(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
     return value
 
 
@@ -156,6 +174,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", str, "./var", "where the embedded servers keep their data"),
     Setting("jwt_secret", _secret, None, "HS256 secret of user tokens; unset generates a development secret"),
     Setting("api_key", _secret, None, "producers' key (X-API-Key); unset generates a development key"),
+    Setting("jwt_audience", _claim, None, "when set, user tokens must name it in `aud`; unset refuses any `aud`"),
+    Setting("jwt_issuer", _claim, None, "when set, user tokens must carry it as `iss`"),
     Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans without wake-up hints"),
     Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),
     Setting("wakeup_hints", _boolean, "true", "wake streams through one Redis pub/sub subscription per process"),
@@ -167,6 +187,22 @@ SETTINGS: tuple[Setting, ...] = (
         "stream_write_timeout", _positive_number, "30", "seconds a client may leave a write unread before it is dropped"
     ),
     Setting("processes", _process_count, "1", "worker processes sharing the port; 0 starts one per core"),
+    Setting("max_body_bytes", _positive_integer, "65536", "largest JSON request body in bytes; larger ones get 413"),
+    Setting(
+        "producer_rate_limit",
+        _non_negative_number,
+        "500",
+        "notifications per second one API key may create on average, across all processes; 0 turns the limit off",
+    ),
+    Setting(
+        "producer_rate_window",
+        _positive_number,
+        "10",
+        "seconds of a rate-limit window: a key may send PRODUCER_RATE_LIMIT times this at once, then waits",
+    ),
+    Setting(
+        "store_timeout", _positive_number, "5", "seconds a MongoDB or Redis call may take before the request gets 503"
+    ),
     Setting("safety_scan_interval", _positive_number, "30", "with hints, seconds between a stream's own scans"),
     Setting(
         "cors_origins",
@@ -190,6 +226,8 @@ class Settings:
     data_dir: str = "./var"
     jwt_secret: str | None = None
     api_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     poll_interval: float = 1.0
     heartbeat_interval: float = 15.0
     wakeup_hints: bool = True
@@ -197,6 +235,10 @@ class Settings:
     max_streams_per_user: int = 20
     stream_write_timeout: float = 30.0
     processes: int = 1
+    max_body_bytes: int = 64 * 1024
+    producer_rate_limit: float = 500.0
+    producer_rate_window: float = 10.0
+    store_timeout: float = 5.0
     safety_scan_interval: float = 30.0
     cors_origins: tuple[str, ...] = ()
 
@@ -218,6 +260,16 @@ class Settings:
     def stream_limits(self) -> StreamLimits:
         """The limits every stream obeys."""
         return StreamLimits(self.max_streams, self.max_streams_per_user, self.stream_write_timeout)
+
+    @property
+    def producer_rate(self) -> RateLimit:
+        """How often one API key may create notifications."""
+        return RateLimit(self.producer_rate_limit, self.producer_rate_window)
+
+    @property
+    def request_body_cutoff(self) -> int:
+        """Bodies above this many bytes are cut off unread; below it, the API answers a JSON 413."""
+        return max(MAX_REQUEST_BODY_BYTES, 2 * self.max_body_bytes)
 
     @property
     def development(self) -> bool:
@@ -265,6 +317,7 @@ class Runtime:
     authenticator: Authenticator
     health: HealthService
     streams: StreamRegistry
+    rate_limiter: ProducerRateLimiter
 
     async def close(self) -> None:
         """Stop listening for hints and watching streams, then close the stores' clients."""
@@ -277,8 +330,8 @@ class Runtime:
 
 async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) -> Runtime:
     """Create the clients in the running loop, the services, and register the observers (once)."""
-    mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver)
-    redis = connect_redis(redis_url)
+    mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver, settings.store_timeout)
+    redis = connect_redis(redis_url, settings.store_timeout)
     notifications = NotificationService(mongo.database)
     batcher = CommandBatcher(redis)
     wakeups = WakeupHub(redis)
@@ -292,9 +345,10 @@ async def start_runtime(settings: Settings, mongodb_url: str, redis_url: str) ->
         wakeups=wakeups,
         notifications=notifications,
         delivery_cache=delivery_cache,
-        authenticator=Authenticator(settings.jwt_secret, settings.api_key),
+        authenticator=Authenticator(settings.jwt_secret, settings.api_key, settings.jwt_audience, settings.jwt_issuer),
         health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}),
         streams=StreamRegistry(settings.stream_write_timeout),
+        rate_limiter=ProducerRateLimiter(redis, settings.producer_rate),
     )
     await notifications.ensure_indexes()
     # With or without hints, the subscription tells when Redis went away and came back.
@@ -323,6 +377,8 @@ def make_app(runtime: Runtime, settings: Settings, development: bool = False) ->
         notifications=runtime.notifications,
         delivery_cache=runtime.delivery_cache,
         authenticator=runtime.authenticator,
+        producer_rate_limiter=runtime.rate_limiter,
+        max_body_bytes=settings.max_body_bytes,
         health=runtime.health,
         streams=runtime.streams,
         wakeups=runtime.wakeups,
@@ -333,14 +389,11 @@ def make_app(runtime: Runtime, settings: Settings, development: bool = False) ->
     )
 
 
-_TOKEN_IN_QUERY = re.compile(r"(access_token=)[^&]*")
-
-
 def log_request(handler: web.RequestHandler) -> None:
     """Access log line, with any token in the query string redacted."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    uri = _TOKEN_IN_QUERY.sub(r"\1[redacted]", handler.request.uri or "")
+    uri = handlers.redacted_uri(handler.request.uri or "")
     duration_ms = 1000.0 * handler.request.request_time()
     logging.getLogger("tornado.access").log(
         level, "%d %s %s (%s) %.2fms", status, handler.request.method, uri, handler.request.remote_ip, duration_ms
@@ -411,7 +464,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], development_ro
     assert settings.mongodb_url is not None and settings.redis_url is not None
     runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url)
     app = make_app(runtime, settings, development_routes)
-    server = httpserver.HTTPServer(app, xheaders=False, max_body_size=MAX_REQUEST_BODY_BYTES)
+    server = httpserver.HTTPServer(app, xheaders=False, max_body_size=settings.request_body_cutoff)
     server.add_sockets(sockets)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

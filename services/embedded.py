@@ -46,12 +46,13 @@ def die_with_parent() -> None:
 class EmbeddedMongo:
     """A SecantusDB server on loopback, its data in `data_dir` (kept across restarts)."""
 
-    def __init__(self, data_dir: Path | str | None) -> None:
-        """`data_dir` None keeps the data in memory only (tests)."""
+    def __init__(self, data_dir: Path | str | None, port: int | None = None) -> None:
+        """`data_dir` None keeps the data in memory only (tests); `port` None picks a free one at each start."""
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self.port = 0
+        self._fixed_port = port
+        self.port = port or 0
 
     @property
     def url(self) -> str:
@@ -64,7 +65,7 @@ class EmbeddedMongo:
         command = str(executable) if executable.exists() else shutil.which("secantusd-py")
         if command is None:
             raise EmbeddedServerError("secantusd-py not found: install bellcast[embedded]")
-        self.port = free_port()
+        self.port = self._fixed_port or free_port()
         storage = ":memory:"
         log_target: int | IO[bytes] = subprocess.DEVNULL
         if self._data_dir is not None:

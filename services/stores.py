@@ -7,20 +7,21 @@ from typing import Any
 from redis.asyncio import Redis
 
 MONGO_DRIVERS = ("pymongo", "motor")
-# Bound every store call, so that a store that vanishes gives errors rather than hung requests.
-MONGO_TIMEOUT_MS = 5000
-REDIS_TIMEOUT_SECONDS = 5.0
+# Every store call is bounded (STORE_TIMEOUT), so that a store that vanishes gives errors rather than hung requests.
+DEFAULT_STORE_TIMEOUT_SECONDS = 5.0
 
 
 class MongoConnection:
     """A MongoDB client of either driver, with the one database bellcast uses."""
 
-    def __init__(self, url: str, database: str, driver: str) -> None:
+    def __init__(self, url: str, database: str, driver: str, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> None:
+        """`timeout` bounds each operation in seconds, finding a server included."""
+        timeout_ms = max(1, round(timeout * 1000))
         options: dict[str, Any] = {
             "tz_aware": True,
-            "serverSelectionTimeoutMS": MONGO_TIMEOUT_MS,
-            "connectTimeoutMS": MONGO_TIMEOUT_MS,
-            "timeoutMS": MONGO_TIMEOUT_MS,
+            "serverSelectionTimeoutMS": timeout_ms,
+            "connectTimeoutMS": timeout_ms,
+            "timeoutMS": timeout_ms,
             "appname": "bellcast",
         }
         if driver == "pymongo":
@@ -43,11 +44,11 @@ class MongoConnection:
             await result
 
 
-def connect_redis(url: str) -> Redis:
-    """A pooled asyncio Redis client; replies are parsed by hiredis when it is installed."""
+def connect_redis(url: str, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> Redis:
+    """A pooled asyncio Redis client whose calls fail after `timeout` seconds; hiredis parses replies when installed."""
     return Redis.from_url(
         url,
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
         health_check_interval=30,
     )
