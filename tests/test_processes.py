@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import re
 import time
 import urllib.request
 import uuid
