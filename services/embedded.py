@@ -59,6 +59,11 @@ class EmbeddedMongo:
         """The connection string of the running server."""
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (tests pause it to play a hung server)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> EmbeddedMongo:
         """Start the server and wait until it accepts connections."""
         executable = Path(sys.executable).with_name("secantusd-py")

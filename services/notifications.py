@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from services.errors import Invalid, NotFound, StoreUnavailable
 
@@ -335,11 +335,12 @@ def _check_unicode(value: str, name: str) -> None:
 
 @contextlib.contextmanager
 def _store_errors() -> Iterator[None]:
-    """Turn MongoDB's connection failures into StoreUnavailable; other errors stay bugs."""
+    """Turn MongoDB's connection failures and timeouts (STORE_TIMEOUT) into StoreUnavailable; other errors stay bugs."""
     try:
         yield
-    except (ConnectionFailure, OperationFailure) as error:
-        if isinstance(error, OperationFailure) and not _is_transient(error):
+    except PyMongoError as error:
+        # A server that answers "MaxTimeMSExpired" (ExecutionTimeout) is as unavailable as one that does not answer.
+        if not (isinstance(error, ConnectionFailure) or error.timeout or _is_transient(error)):
             raise
         log.warning("MongoDB unavailable: %s", error)
         raise StoreUnavailable("the notification store is unavailable") from error

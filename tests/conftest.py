@@ -80,6 +80,8 @@ def settings(mongo_driver: str, wakeup_hints: bool, stream_write_timeout: float,
         stream_write_timeout=stream_write_timeout,
         # Long enough that, with hints, a test passes only if the hint woke the stream.
         safety_scan_interval=30.0,
+        # Off, so that no test counts against another; tests/test_limits.py turns it on.
+        producer_rate_limit=0.0,
     )
 
 

@@ -122,8 +122,7 @@ async def test_churn_leaves_no_streams_registrations_entries_or_descriptors(api,
             stream.close()
 
     async def released() -> bool:
-        # The users' keys; the producer's rate counter is no registration and expires on its own.
-        keys = await runtime.redis.keys("bellcast:{u:*")
+        keys = await runtime.redis.keys("bellcast:*")
         return len(runtime.streams) == 0 and keys == []
 
     await eventually(released, timeout=10)

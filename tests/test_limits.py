@@ -22,7 +22,7 @@ def wakeup_hints() -> bool:
 
 @pytest.fixture
 def producer_rate() -> tuple[float, float]:
-    """(PRODUCER_RATE_LIMIT, PRODUCER_RATE_WINDOW) of a test; the default leaves room for every other test."""
+    """(PRODUCER_RATE_LIMIT, PRODUCER_RATE_WINDOW) of a test: the defaults unless it parametrizes them."""
     return 500.0, 10.0
 
 
