@@ -1,8 +1,8 @@
 """Whatever a client sends, the API answers a 2xx or a JSON 4xx, and the event stream's framing holds.
 
 Property-based (hypothesis), through real sockets against the real stores. Example counts are
-kept modest so that `make test` stays short on two shared cores; raise them locally with
-``--hypothesis-seed`` and a profile if a change warrants a longer hunt.
+kept modest so that `make test` stays short on two shared cores; raise EXAMPLES locally when a
+change warrants a longer hunt (the README's Reliability section reports the counts).
 """
 
 from __future__ import annotations
