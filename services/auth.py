@@ -32,9 +32,9 @@ class Authenticator:
             claims = jwt.decode(
                 token,
                 self._jwt_secret,
-                algorithms=[USER_TOKEN_ALGORITHM],
                 audience=self._audience,
                 issuer=self._issuer,
+                algorithms=[USER_TOKEN_ALGORITHM],
                 options={"require": ["exp", "sub"]},
             )
         except jwt.ExpiredSignatureError:
