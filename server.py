@@ -33,6 +33,7 @@ from services.health import HealthService
 from services.logs import LOG_FORMATS, UserIdHasher, configure_logging, fields
 from services.metrics import Metrics, MetricsDirectory
 from services.notifications import NotificationService
+from services.ratelimit import ProducerRateLimiter, RateLimit
 from services.status import StatusHistory
 from services.stores import MONGO_DRIVERS, MongoConnection, connect_redis
 from services.streams import StreamLimits, StreamRegistry
@@ -46,7 +47,8 @@ LISTEN_BACKLOG = 4096
 STARTUP_SUBSCRIBE_TIMEOUT = 5.0
 DEVELOPMENT_TOKEN_LIFETIME = 24 * 3600
 DEVELOPMENT_SECRETS_FILE = "development-secrets.json"
-# Bigger bodies are cut off unread; up to it, the API answers a JSON 413 past its own limit.
+# Bodies above the larger of this and twice MAX_BODY_BYTES are cut off unread (a bare 400);
+# up to it, the API answers a JSON 413 past MAX_BODY_BYTES.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 
 
@@ -61,6 +63,13 @@ def _positive_number(value: str) -> float:
     return number
 
 
+def _non_negative_number(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of at least 0")
+    return number
+
+
 def _boolean(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -68,13 +77,6 @@ def _boolean(value: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be true or false")
-
-
-def _non_negative_number(value: str) -> float:
-    number = float(value)
-    if not number >= 0 or number == float("inf"):
-        raise ValueError("must be a number of seconds, 0 or more")
-    return number
 
 
 def _log_format(value: str) -> str:
@@ -131,7 +133,16 @@ def _secret(value: str) -> str:
     return value
 
 
+def _claim(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 def _jwt_secret(value: str) -> str:
+    if value.lstrip().startswith(("-----BEGIN", "ssh-")):
+        # An HS256 secret shared with the token issuer, never a key pair's public half (algorithm confusion).
+        raise ValueError("must be a shared secret, not a PEM or SSH key")
     # RFC 7518 asks HS256 keys for at least 256 bits; PyJWT warns on every token below that.
     if len(value.encode()) < 32:
         raise ValueError("must be at least 32 bytes")
@@ -200,6 +211,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", str, "./var", "where the embedded servers keep their data"),
     Setting("jwt_secret", _jwt_secret, None, "HS256 secret of user tokens; unset generates a development secret"),
     Setting("api_key", _secret, None, "producers' key (X-API-Key); unset generates a development key"),
+    Setting("jwt_audience", _claim, None, "when set, user tokens must name it in `aud`; unset refuses any `aud`"),
+    Setting("jwt_issuer", _claim, None, "when set, user tokens must carry it as `iss`"),
     Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans without wake-up hints"),
     Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),
     Setting("wakeup_hints", _boolean, "true", "wake streams through one Redis pub/sub subscription per process"),
@@ -212,6 +225,22 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("event_loop", _event_loop, "uvloop", "asyncio event loop: uvloop (faster, Linux and macOS) or asyncio"),
     Setting("processes", _process_count, "1", "worker processes sharing the port; 0 starts one per core"),
+    Setting("max_body_bytes", _positive_integer, "65536", "largest JSON request body in bytes; larger ones get 413"),
+    Setting(
+        "producer_rate_limit",
+        _non_negative_number,
+        "500",
+        "notifications per second one API key may create on average, across all processes; 0 turns the limit off",
+    ),
+    Setting(
+        "producer_rate_window",
+        _positive_number,
+        "10",
+        "seconds of a rate-limit window: a key may send PRODUCER_RATE_LIMIT times this at once, then waits",
+    ),
+    Setting(
+        "store_timeout", _positive_number, "5", "seconds a MongoDB or Redis call may take before the request gets 503"
+    ),
     Setting("safety_scan_interval", _positive_number, "120", "with hints, seconds between a stream's own scans"),
     Setting(
         "cors_origins",
@@ -260,6 +289,8 @@ class Settings:
     data_dir: str = "./var"
     jwt_secret: str | None = None
     api_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     poll_interval: float = 1.0
     heartbeat_interval: float = 15.0
     wakeup_hints: bool = True
@@ -268,6 +299,10 @@ class Settings:
     stream_write_timeout: float = 30.0
     event_loop: str = "uvloop"
     processes: int = 1
+    max_body_bytes: int = 64 * 1024
+    producer_rate_limit: float = 500.0
+    producer_rate_window: float = 10.0
+    store_timeout: float = 5.0
     safety_scan_interval: float = 120.0
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
@@ -306,6 +341,16 @@ class Settings:
     def stream_limits(self) -> StreamLimits:
         """The limits every stream obeys."""
         return StreamLimits(self.max_streams, self.max_streams_per_user, self.stream_write_timeout)
+
+    @property
+    def producer_rate(self) -> RateLimit:
+        """How often one API key may create notifications."""
+        return RateLimit(self.producer_rate_limit, self.producer_rate_window)
+
+    @property
+    def request_body_cutoff(self) -> int:
+        """Bodies above this many bytes are cut off unread; below it, the API answers a JSON 413."""
+        return max(MAX_REQUEST_BODY_BYTES, 2 * self.max_body_bytes)
 
     @property
     def development(self) -> bool:
@@ -422,6 +467,7 @@ class Runtime:
     metrics: Metrics
     status_history: StatusHistory
     user_hasher: UserIdHasher
+    rate_limiter: ProducerRateLimiter
 
     async def close(self) -> None:
         """Stop sampling, listening for hints and watching streams, then close the stores' clients."""
@@ -442,8 +488,8 @@ async def start_runtime(
     """
     if metrics is None:
         metrics = Metrics()
-    mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver)
-    redis = connect_redis(redis_url, cluster=settings.redis_cluster)
+    mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver, settings.store_timeout)
+    redis = connect_redis(redis_url, cluster=settings.redis_cluster, timeout=settings.store_timeout)
     notifications = NotificationService(mongo.database, metrics)
     batcher = CommandBatcher(redis, metrics)
     wakeups = WakeupHub(redis)
@@ -457,12 +503,13 @@ async def start_runtime(
         wakeups=wakeups,
         notifications=notifications,
         delivery_cache=delivery_cache,
-        authenticator=Authenticator(settings.jwt_secret, settings.api_key),
+        authenticator=Authenticator(settings.jwt_secret, settings.api_key, settings.jwt_audience, settings.jwt_issuer),
         health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}, metrics),
         streams=StreamRegistry(settings.heartbeat_interval, settings.stream_write_timeout, metrics),
         metrics=metrics,
         status_history=StatusHistory(metrics, settings.status_interval),
         user_hasher=UserIdHasher(settings.jwt_secret),
+        rate_limiter=ProducerRateLimiter(redis, settings.producer_rate),
     )
     await notifications.ensure_indexes()
     # With or without hints, the subscription tells when Redis went away and came back.
@@ -509,6 +556,8 @@ def _application(
         notifications=runtime.notifications,
         delivery_cache=runtime.delivery_cache,
         authenticator=runtime.authenticator,
+        producer_rate_limiter=runtime.rate_limiter,
+        max_body_bytes=settings.max_body_bytes,
         health=runtime.health,
         streams=runtime.streams,
         wakeups=runtime.wakeups,
@@ -522,9 +571,6 @@ def _application(
         cors_origins=frozenset(settings.cors_origins),
         development=development,
     )
-
-
-_TOKEN_IN_QUERY = re.compile(r"(access_token=)[^&]*")
 
 
 def log_request(handler: web.RequestHandler) -> None:
@@ -541,7 +587,7 @@ def log_request(handler: web.RequestHandler) -> None:
         if status < 400 and handler.quiet_access_log:
             level = logging.DEBUG
     request = handler.request
-    uri = _TOKEN_IN_QUERY.sub(r"\1[redacted]", request.uri or "")
+    uri = handlers.redacted_uri(request.uri or "")
     duration_ms = round(1000.0 * request.request_time(), 2)
     logging.getLogger("tornado.access").log(
         level,
@@ -645,7 +691,9 @@ async def serve(
     metrics = Metrics(str(process), metrics_directory)
     runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url, metrics)
     app = make_app(runtime, settings, development_routes)
-    server = TrustedProxyHTTPServer(app, trusted_proxies=settings.trusted_proxies, max_body_size=MAX_REQUEST_BODY_BYTES)
+    server = TrustedProxyHTTPServer(
+        app, trusted_proxies=settings.trusted_proxies, max_body_size=settings.request_body_cutoff
+    )
     server.add_sockets(sockets)
     servers: list[httpserver.HTTPServer] = [server]
     if metrics_sockets:

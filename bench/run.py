@@ -86,6 +86,8 @@ class Bellcast:
             "JWT_SECRET": JWT_SECRET,
             "API_KEY": API_KEY,
             "PROCESSES": str(self.processes),
+            # The benchmark measures delivery; the producers' rate limit would only cap its bursts.
+            "PRODUCER_RATE_LIMIT": "0",
         }
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=log)

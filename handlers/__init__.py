@@ -1,7 +1,7 @@
 """HTTP in and out: every route of bellcast, joined from each module's `default_handlers`."""
 
 from handlers import development, health, notifications, observability, openapi, stream, widget
-from handlers.base import NotFoundHandler, RequestIdentified
+from handlers.base import NotFoundHandler, RequestIdentified, redacted_uri
 from handlers.observability import ACCESS_OFF, ACCESS_OPEN, ACCESS_TOKEN
 from handlers.widget import WidgetStaticFileHandler
 
@@ -30,4 +30,5 @@ __all__ = [
     "default_handlers",
     "development_handlers",
     "metrics_port_handlers",
+    "redacted_uri",
 ]

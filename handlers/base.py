@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import uuid
 from types import TracebackType
 from typing import Any, NoReturn
+from urllib.parse import unquote_plus
 
 from tornado import httputil, web
 
 from services.auth import Authenticator
 from services.cache import DeliveryCache
 from services.delivery import StreamTiming, WakeupHub
-from services.errors import DomainError, Forbidden, Invalid, NotFound, StoreUnavailable, TooMany, Unauthorized
+from services.errors import (
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    StoreUnavailable,
+    TooMany,
+    Unauthorized,
+)
 from services.health import HealthService
 from services.logs import UserIdHasher, fields
 from services.metrics import Metrics
 from services.notifications import NotificationService
+from services.ratelimit import ProducerRateLimiter
 from services.streams import StreamLimits, StreamRegistry
 
 log = logging.getLogger("bellcast.handlers")
-
-MAX_JSON_BODY_BYTES = 64 * 1024
 
 ERROR_STATUS: dict[type[DomainError], int] = {
     Invalid: 400,
@@ -31,6 +41,7 @@ ERROR_STATUS: dict[type[DomainError], int] = {
     Forbidden: 403,
     NotFound: 404,
     TooMany: 429,
+    RateLimited: 429,
     StoreUnavailable: 503,
 }
 
@@ -81,6 +92,26 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but no double: Python would read it as inf and write back Infinity, which is not JSON.
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} does not fit in a double")
+    return number
+
+
+def redacted_uri(uri: str) -> str:
+    """The request URI with every `access_token` query value hidden, however its name is escaped."""
+    path, question_mark, query = uri.partition("?")
+    if not question_mark:
+        return uri
+    parts = []
+    for part in query.split("&"):
+        name = part.partition("=")[0]
+        parts.append(f"{name}=[redacted]" if unquote_plus(name).strip().lower() == TOKEN_QUERY_ARGUMENT else part)
+    return f"{path}?{'&'.join(parts)}"
+
+
 class RequestIdentified(web.RequestHandler):
     """Every answer names its request: X-Request-ID, the client's if sane, else a new one; logs carry it."""
 
@@ -124,6 +155,16 @@ class BaseHandler(RequestIdentified):
     def authenticator(self) -> Authenticator:
         """Verifies user tokens and the producers' key."""
         return self.settings["authenticator"]
+
+    @property
+    def producer_rate_limiter(self) -> ProducerRateLimiter:
+        """Counts producers' requests per API key across every process."""
+        return self.settings["producer_rate_limiter"]
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest JSON body the API reads (MAX_BODY_BYTES)."""
+        return int(self.settings["max_body_bytes"])
 
     @property
     def health(self) -> HealthService:
@@ -206,16 +247,19 @@ class BaseHandler(RequestIdentified):
             logged["user"] = self.user_hasher.hash(self._user_id)
         return logged
 
-    def require_api_key(self) -> None:
-        """Let only producers holding the API key through."""
-        self.authenticator.check_api_key(self.request.headers.get("X-API-Key"))
+    async def admit_producer(self) -> None:
+        """Let only producers holding the API key through, and only as often as its rate limit allows."""
+        key = self.request.headers.get("X-API-Key")
+        self.authenticator.check_api_key(key)
+        assert key is not None
+        await self.producer_rate_limiter.admit(key)
 
     def get_json_body(self) -> Any:
-        """The request body as JSON: 413 past the size limit, 400 when it is not JSON."""
-        if len(self.request.body) > MAX_JSON_BODY_BYTES:
-            raise APIError(413, "payload_too_large", f"the body must be at most {MAX_JSON_BODY_BYTES} bytes")
+        """The request body as JSON: 413 past MAX_BODY_BYTES, 400 when it is not JSON (NaN and 1e400 included)."""
+        if len(self.request.body) > self.max_body_bytes:
+            raise APIError(413, "payload_too_large", f"the body must be at most {self.max_body_bytes} bytes")
         try:
-            return json.loads(self.request.body, parse_constant=_reject_constant)
+            return json.loads(self.request.body, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):
             raise APIError(400, "malformed_json", "the body is not valid JSON") from None
 
@@ -231,11 +275,21 @@ class BaseHandler(RequestIdentified):
         value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Domain errors are answers, not failures: log them without a traceback."""
+        """Domain errors are answers, not failures: logged without a traceback. No line names the query (tokens)."""
+        request = f"{self.request.method} {self.request.path}"
         if isinstance(value, DomainError):
-            log.info("%s %s: %s", self.request.method, self.request.path, value, extra=fields(**self.log_fields()))
+            log.info("%s: %s", request, value, extra=fields(**self.log_fields()))
+        elif isinstance(value, web.HTTPError):
+            # Tornado's own messages may quote an argument's value, the token's among them.
+            log.info(
+                "%s: %d %s",
+                request,
+                value.status_code,
+                httputil.responses.get(value.status_code, "error"),
+                extra=fields(**self.log_fields()),
+            )
         else:
-            super().log_exception(typ, value, tb)
+            log.error("uncaught exception in %s", request, exc_info=value)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every error as `{"error": {"code", "message"}}`; unexpected ones say only "internal error"."""

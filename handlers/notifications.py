@@ -11,8 +11,8 @@ class NotificationsHandler(BaseHandler):
     """`/api/notifications`: create (producers) and list (users)."""
 
     async def post(self) -> None:
-        """Create a notification for `user_id` (needs `X-API-Key`); 201 with the stored notification."""
-        self.require_api_key()
+        """Create a notification for `user_id` (needs `X-API-Key`, within its rate limit); 201 with it stored."""
+        await self.admit_producer()
         notification = await self.notifications.create(self.get_json_body())
         self.write_json(notification.to_dict(), status=201)
 

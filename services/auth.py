@@ -12,11 +12,17 @@ USER_TOKEN_ALGORITHM = "HS256"
 
 
 class Authenticator:
-    """Verifies user tokens (HS256 JWTs, user id in `sub`, `exp` required) and the producers' API key."""
+    """Verifies user tokens (HS256 JWTs, user id in `sub`, `exp` required) and the producers' API key.
 
-    def __init__(self, jwt_secret: str, api_key: str) -> None:
+    With `audience` or `issuer` set, a token must carry that `aud` (one of its values) or `iss`.
+    A token that names an audience is refused when no `audience` is set: it was meant for another service.
+    """
+
+    def __init__(self, jwt_secret: str, api_key: str, audience: str | None = None, issuer: str | None = None) -> None:
         self._jwt_secret = jwt_secret
         self._api_key = api_key.encode()
+        self._audience = audience
+        self._issuer = issuer
 
     def user_id(self, token: str | None) -> str:
         """The user a token belongs to, or Unauthorized."""
@@ -26,6 +32,8 @@ class Authenticator:
             claims = jwt.decode(
                 token,
                 self._jwt_secret,
+                audience=self._audience,
+                issuer=self._issuer,
                 algorithms=[USER_TOKEN_ALGORITHM],
                 # A host whose clock runs a little ahead mints tokens "issued in the future";
                 # `exp` alone bounds a token's life, so `iat` is not checked.

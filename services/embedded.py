@@ -52,17 +52,23 @@ def die_with_parent() -> None:
 class EmbeddedMongo:
     """A SecantusDB server on loopback, its data in `data_dir` (kept across restarts)."""
 
-    def __init__(self, data_dir: Path | str | None) -> None:
-        """`data_dir` None keeps the data in memory only (tests)."""
+    def __init__(self, data_dir: Path | str | None, port: int | None = None) -> None:
+        """`data_dir` None keeps the data in memory only (tests); `port` None picks a free one at each start."""
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
-        self.port = 0
+        self._fixed_port = port
+        self.port = port or 0
 
     @property
     def url(self) -> str:
         """The connection string of the running server."""
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (tests pause it to play a hung server)."""
+        return self._process.pid if self._process is not None else None
 
     def start(self) -> EmbeddedMongo:
         """Start the server and wait until it accepts connections."""
@@ -70,7 +76,7 @@ class EmbeddedMongo:
         command = str(executable) if executable.exists() else shutil.which("secantusd-py")
         if command is None:
             raise EmbeddedServerError("secantusd-py not found: install bellcast[embedded]")
-        self.port = free_port()
+        self.port = self._fixed_port or free_port()
         storage = ":memory:"
         log_target: int | IO[bytes] = subprocess.DEVNULL
         if self._data_dir is not None:

@@ -42,3 +42,13 @@ class TooMany(DomainError):
 
     code = "too_many"
     retry_after = 5
+
+
+class RateLimited(TooMany):
+    """A producer sent more than its rate limit allows; `retry_after` seconds from now it may send again."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

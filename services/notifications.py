@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from services.errors import Invalid, NotFound, StoreUnavailable
 from services.metrics import Metrics
@@ -347,11 +347,12 @@ def _check_unicode(value: str, name: str) -> None:
 
 @contextlib.contextmanager
 def _store_errors(metrics: Metrics | None) -> Iterator[None]:
-    """Turn MongoDB's connection failures into StoreUnavailable (counted); other errors stay bugs."""
+    """MongoDB's connection failures and timeouts (STORE_TIMEOUT) become StoreUnavailable (counted); bugs stay."""
     try:
         yield
-    except (ConnectionFailure, OperationFailure) as error:
-        if isinstance(error, OperationFailure) and not _is_transient(error):
+    except PyMongoError as error:
+        # A server that answers "MaxTimeMSExpired" (ExecutionTimeout) is as unavailable as one that does not answer.
+        if not (isinstance(error, ConnectionFailure) or error.timeout or _is_transient(error)):
             raise
         if metrics is not None:
             metrics.store_error("mongodb")

@@ -9,9 +9,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 MONGO_DRIVERS = ("pymongo", "motor")
-# Bound every store call, so that a store that vanishes gives errors rather than hung requests.
-MONGO_TIMEOUT_MS = 5000
-REDIS_TIMEOUT_SECONDS = 5.0
+# Every store call is bounded (STORE_TIMEOUT), so that a store that vanishes gives errors rather than hung requests.
+DEFAULT_STORE_TIMEOUT_SECONDS = 5.0
 # Connections to one node of a Redis Cluster; redis-py's default of 100 is fewer than the
 # pipelines a busy process may have in flight, and a single Redis's pool has no limit.
 REDIS_CLUSTER_CONNECTIONS_PER_NODE = 10000
@@ -22,12 +21,14 @@ RedisClient = Redis | RedisCluster
 class MongoConnection:
     """A MongoDB client of either driver, with the one database bellcast uses."""
 
-    def __init__(self, url: str, database: str, driver: str) -> None:
+    def __init__(self, url: str, database: str, driver: str, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> None:
+        """`timeout` bounds each operation in seconds, finding a server included."""
+        timeout_ms = max(1, round(timeout * 1000))
         options: dict[str, Any] = {
             "tz_aware": True,
-            "serverSelectionTimeoutMS": MONGO_TIMEOUT_MS,
-            "connectTimeoutMS": MONGO_TIMEOUT_MS,
-            "timeoutMS": MONGO_TIMEOUT_MS,
+            "serverSelectionTimeoutMS": timeout_ms,
+            "connectTimeoutMS": timeout_ms,
+            "timeoutMS": timeout_ms,
             "appname": "bellcast",
         }
         if driver == "pymongo":
@@ -50,15 +51,15 @@ class MongoConnection:
             await result
 
 
-def connect_redis(url: str, cluster: bool = False) -> RedisClient:
+def connect_redis(url: str, cluster: bool = False, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> RedisClient:
     """A pooled asyncio Redis client; replies are parsed by hiredis when it is installed.
 
     With `cluster`, `url` names one node of a Redis Cluster: the client learns the others and
     which hash slots each serves on first use, and sends every command to the node of its key.
     """
     options: dict[str, Any] = {
-        "socket_timeout": REDIS_TIMEOUT_SECONDS,
-        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
         "health_check_interval": 30,
     }
     if cluster:

@@ -103,8 +103,13 @@ class StreamSession:
         """What a client resuming after its Last-Event-ID lacks, in batches; nothing for a new client."""
         if self._newest_sent is None:
             return
-        async for batch in self._notifications.since(self.user_id, self._newest_sent):
-            yield self._unsent(batch)
+        try:
+            async for batch in self._notifications.since(self.user_id, self._newest_sent):
+                yield self._unsent(batch)
+        except StoreUnavailable:
+            # MongoDB is down: the scans catch up from the newest id sent once it is back.
+            self._recovering = True
+            raise
 
     async def take(self) -> list[Entry]:
         """What to send now, in id order: after an outage first MongoDB's catch-up, then the inbox.

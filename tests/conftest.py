@@ -128,6 +128,8 @@ def settings(
         # Long enough that, with hints, a test passes only if the hint woke the stream.
         safety_scan_interval=30.0,
         redis_cluster=redis_cluster,
+        # Off, so that no test counts against another; tests/test_limits.py turns it on.
+        producer_rate_limit=0.0,
     )
 
 

@@ -81,6 +81,8 @@ class SSEStream:
         self.headers: dict[str, str] = {}
         self._buffer = b""
         self._chunked = False
+        # Every byte of the event stream received so far (de-chunked), for tests of the framing itself.
+        self.received = bytearray()
 
     @classmethod
     async def open(
@@ -112,9 +114,11 @@ class SSEStream:
             chunk = await self._stream.read_bytes(size + 2)
             if size == 0:
                 raise StreamClosedError()
-            self._buffer += chunk[:-2]
+            data = chunk[:-2]
         else:
-            self._buffer += await self._stream.read_bytes(65536, partial=True)
+            data = await self._stream.read_bytes(65536, partial=True)
+        self._buffer += data
+        self.received += data
 
     async def next_event(self, timeout: float = 5.0) -> Event:
         """The next event or comment block; TimeoutError if none arrives in time."""

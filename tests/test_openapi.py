@@ -7,6 +7,7 @@ server serves at /api/openapi.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -23,7 +24,6 @@ from tornado.tcpclient import TCPClient
 from tornado.testing import bind_unused_port
 
 import handlers
-import services.stores
 from handlers.openapi import OPENAPI_DOCUMENT
 from server import Runtime, make_app, start_runtime
 from tests.relay import StoreRelay
@@ -227,10 +227,9 @@ def _address(url: str) -> tuple[str, int]:
 
 
 @pytest.fixture
-def stores_down(io_loop, settings, store_urls, monkeypatch) -> Iterator[API]:
+def stores_down(io_loop, settings, store_urls) -> Iterator[API]:
     """A bellcast whose MongoDB and Redis stop answering once it has started: the API as its client."""
-    monkeypatch.setattr(services.stores, "MONGO_TIMEOUT_MS", 500)
-    monkeypatch.setattr(services.stores, "REDIS_TIMEOUT_SECONDS", 0.5)
+    settings = dataclasses.replace(settings, store_timeout=0.5)
     relays = [StoreRelay(*_address(url)) for url in store_urls]
 
     async def start() -> Runtime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 from tornado.httpclient import AsyncHTTPClient
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
 
 from services.auth import Authenticator
 from services.embedded import free_port
@@ -28,7 +30,13 @@ API_KEY = "processes-api-key-" + "y" * 10
 
 
 @pytest.fixture
-def two_process_server(store_urls):
+def process_environ() -> dict[str, str]:
+    """More settings for the two workers; a test may parametrize it."""
+    return {}
+
+
+@pytest.fixture
+def two_process_server(store_urls, process_environ):
     mongodb_url, redis_url = store_urls
     port = free_port()
     database = f"bellcast_test_{uuid.uuid4().hex[:12]}"
@@ -41,6 +49,7 @@ def two_process_server(store_urls):
         "MONGODB_DB": database,
         "JWT_SECRET": JWT_SECRET,
         "API_KEY": API_KEY,
+        **process_environ,
     }
     process = subprocess.Popen(
         [sys.executable, "server.py"], cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -152,3 +161,56 @@ async def test_killing_one_worker_loses_nothing_for_streams_on_the_other(two_pro
     finally:
         for stream in opened:
             stream.close()
+
+
+RATE_LIMITED_KEY = "processes-rate-limited-key-" + "z" * 10
+
+
+async def _create_on(connection: IOStream, user_id: str) -> int:
+    """POST a notification on a kept-alive connection; the status."""
+    body = json.dumps({"user_id": user_id, "title": "counted"}).encode()
+    head = (
+        "POST /api/notifications HTTP/1.1\r\nHost: bellcast\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {RATE_LIMITED_KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    await connection.write(head.encode() + body)
+    response_head = await connection.read_until(b"\r\n\r\n")
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", response_head)
+    assert length is not None
+    await connection.read_bytes(int(length.group(1)))
+    return int(response_head.split()[1])
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize(
+    "process_environ",
+    # Six per minute: the window outlasts the test, so the count is exact.
+    [{"API_KEY": RATE_LIMITED_KEY, "PRODUCER_RATE_LIMIT": "0.1", "PRODUCER_RATE_WINDOW": "60"}],
+)
+async def test_the_producer_rate_limit_is_shared_by_the_worker_processes(two_process_server):
+    process, port = two_process_server
+    children = psutil.Process(process.pid).children()
+    by_owner: dict[int, IOStream] = {}
+    spare: list[IOStream] = []
+    try:
+        while len(by_owner) < 2:
+            assert len(spare) < 60, "the kernel never handed a connection to the second worker"
+            connection = await TCPClient().connect("127.0.0.1", port)
+            client_port = connection.socket.getsockname()[1]
+            deadline = time.monotonic() + 5
+            while (owner := _owner(children, port, client_port)) is None:
+                assert time.monotonic() < deadline, "no worker accepted the connection"
+                await asyncio.sleep(0.02)
+            if owner in by_owner:
+                spare.append(connection)
+            else:
+                by_owner[owner] = connection
+        first, second = by_owner.values()
+        statuses = []
+        for _ in range(6):
+            statuses.append(await _create_on(first, "counted"))
+            statuses.append(await _create_on(second, "counted"))
+        assert statuses == [201] * 6 + [429] * 6
+    finally:
+        for connection in [*by_owner.values(), *spare]:
+            connection.close()

@@ -1,0 +1,107 @@
+"""How often producers may create notifications: a counter per API key in Redis, shared by every process.
+
+Each key gets a fixed window that starts with its first request: one Redis key,
+``bellcast:rate:<digest of the API key>``, holds the count and expires with the window.
+One transaction (SET NX PX, INCR, PTTL) counts a request and tells how long the window
+still runs, so every process and node sharing the Redis counts against the same number,
+and no clock but Redis's decides when a window ends. The API key itself is never stored.
+
+When Redis cannot be asked, requests are let through (fail open) and that is logged once
+per outage: MongoDB still stores what producers send, and refusing them would turn a
+cache outage into lost notifications.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+from services.errors import RateLimited
+from services.stores import RedisClient, redis_unavailable
+
+log = logging.getLogger("bellcast.ratelimit")
+
+KEY_PREFIX = "bellcast:rate:"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """`requests_per_second` on average over windows of `window_seconds`; 0 requests per second is no limit."""
+
+    requests_per_second: float
+    window_seconds: float
+
+    @property
+    def enabled(self) -> bool:
+        """False when the limit is turned off."""
+        return self.requests_per_second > 0
+
+    @property
+    def allowance(self) -> int:
+        """How many requests one window admits: also the largest burst."""
+        return max(1, math.floor(self.requests_per_second * self.window_seconds))
+
+    @property
+    def window_milliseconds(self) -> int:
+        """The window's length as Redis takes it."""
+        return max(1, round(self.window_seconds * 1000))
+
+
+def rate_key(api_key: str) -> str:
+    """The Redis key counting one API key's requests: a digest, so the key itself never reaches Redis."""
+    digest = hashlib.sha256(b"bellcast producer rate\0" + api_key.encode()).hexdigest()[:32]
+    return KEY_PREFIX + digest
+
+
+class ProducerRateLimiter:
+    """Counts each API key's requests in Redis and refuses those past the window's allowance."""
+
+    def __init__(self, redis: RedisClient, limit: RateLimit) -> None:
+        self._redis = redis
+        self._limit = limit
+        self._redis_down = False
+        self.refused = 0
+
+    async def admit(self, api_key: str) -> None:
+        """Count one request of `api_key`; RateLimited, with the seconds until the window ends, past the allowance."""
+        if not self._limit.enabled:
+            return
+        try:
+            count, remaining_ms = await self._count(rate_key(api_key))
+        except (RedisError, RedisClusterException, OSError) as error:
+            if not redis_unavailable(error):
+                raise
+            if not self._redis_down:
+                self._redis_down = True
+                log.warning("producer rate limit not enforced while Redis is unreachable (%s)", error)
+            return
+        if self._redis_down:
+            self._redis_down = False
+            log.info("producer rate limit enforced again: Redis is back")
+        if count > self._limit.allowance:
+            self.refused += 1
+            raise RateLimited(
+                f"at most {self._limit.allowance} notifications per {self._limit.window_seconds:g} s for this key",
+                retry_after=max(1, math.ceil(remaining_ms / 1000)),
+            )
+
+    async def _count(self, key: str) -> tuple[int, int]:
+        """Count a request in the key's window, opening one if none runs: (count so far, milliseconds left)."""
+        window_ms = self._limit.window_milliseconds
+        # One key, so one slot: a transaction on a single Redis; a cluster pipeline without one, where a
+        # counter that loses its TTL in between gets it back below.
+        async with self._redis.pipeline(transaction=not isinstance(self._redis, RedisCluster)) as pipe:
+            pipe.set(key, 0, px=window_ms, nx=True)
+            pipe.incr(key)
+            pipe.pttl(key)
+            _, count, remaining_ms = await pipe.execute()
+        if remaining_ms < 0:
+            # A counter without a TTL (made by hand, say) would refuse the key for good: give it one.
+            await self._redis.pexpire(key, window_ms)
+            remaining_ms = window_ms
+        return int(count), int(remaining_ms)

@@ -1,0 +1,167 @@
+"""MongoDB unavailable: bounded 503s with the JSON error, streams stay open, /healthz names it, service resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from dataclasses import replace
+
+import pytest
+
+from services.embedded import EmbeddedMongo, free_port
+
+STORE_TIMEOUT = 1.0
+# Liveness bounds, not speed claims: a request must end well before this, never hang...
+ANSWER_BOUND = 10 * STORE_TIMEOUT
+# ... and a heartbeat must come. A stream that waits to catch up from MongoDB tries again on each
+# tick, and each try may take STORE_TIMEOUT before the tick's heartbeat goes out.
+HEARTBEAT_SLACK = 4 * STORE_TIMEOUT
+
+
+@pytest.fixture
+def wakeup_hints() -> bool:
+    """The outage is MongoDB's: how streams are woken does not change what is tested."""
+    return True
+
+
+@pytest.fixture
+def private_mongo(tmp_path):
+    """A MongoDB of this test's own, on a fixed port with its data on disk, that the test may stop and restart."""
+    port = free_port()
+    server = EmbeddedMongo(tmp_path, port=port).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store_urls(store_urls, private_mongo):
+    """The private MongoDB, and the session's Redis."""
+    return private_mongo.url, store_urls[1]
+
+
+@pytest.fixture
+def settings(settings):
+    return replace(settings, store_timeout=STORE_TIMEOUT)
+
+
+async def _timed(api, method: str, path: str, body: str | None = None, headers: dict | None = None):
+    started = time.monotonic()
+    response = await api.request(method, path, body, headers)
+    return response, time.monotonic() - started
+
+
+def _assert_store_unavailable(response, seconds: float) -> None:
+    assert response.code == 503, response.body
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert json.loads(response.body)["error"]["code"] == "store_unavailable"
+    assert seconds < ANSWER_BOUND
+
+
+async def _heartbeat(stream, within: float) -> None:
+    """Wait for the stream's next heartbeat: it must stay open and alive."""
+    deadline = time.monotonic() + within
+    while (await stream.next_event(timeout=max(0.01, deadline - time.monotonic()))).comments != ["heartbeat"]:
+        pass
+
+
+async def _create_until_stored(api, user_id: str, title: str, within: float = 30.0) -> dict:
+    """Retry a create until MongoDB takes it, as a producer would after a 503."""
+    deadline = time.monotonic() + within
+    body = json.dumps({"user_id": user_id, "title": title})
+    while True:
+        response = await api.request("POST", "/api/notifications", body, {"X-API-Key": api.api_key})
+        if response.code == 201:
+            return json.loads(response.body)
+        assert response.code == 503 and time.monotonic() < deadline, response.body
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_with_mongodb_down_requests_get_a_bounded_503_streams_stay_open_and_service_resumes(
+    api, open_stream, private_mongo, settings
+):
+    before = await api.create("alice", "before the outage")
+    stream = await open_stream("alice")
+    await stream.next_event()
+    token = {"Authorization": f"Bearer {api.token('alice')}"}
+
+    await asyncio.to_thread(private_mongo.stop)  # the loop serves on meanwhile, as in production
+    try:
+        create, seconds = await _timed(
+            api, "POST", "/api/notifications", '{"user_id": "alice", "title": "lost?"}', {"X-API-Key": api.api_key}
+        )
+        _assert_store_unavailable(create, seconds)
+        for method, path in [
+            ("GET", "/api/notifications"),
+            ("POST", f"/api/notifications/{before['id']}/read"),
+            ("POST", "/api/notifications/read-all"),
+        ]:
+            _assert_store_unavailable(*await _timed(api, method, path, None, token))
+        health, seconds = await _timed(api, "GET", "/healthz")
+        assert health.code == 503 and seconds < ANSWER_BOUND
+        checks = json.loads(health.body)["checks"]
+        assert checks["mongodb"] != "ok" and checks["redis"] == "ok"
+        await _heartbeat(stream, within=settings.heartbeat_interval * 4 + HEARTBEAT_SLACK)
+    finally:
+        await asyncio.to_thread(private_mongo.start)  # the same port and data directory
+    after = await _create_until_stored(api, "alice", "after the outage")
+    [event] = await stream.notifications(1, timeout=10)
+    assert event.id == after["id"]
+    page = json.loads((await api.request("GET", "/api/notifications", None, token)).body)
+    assert [n["id"] for n in page["notifications"]] == [after["id"], before["id"]]
+    assert (await api.request("GET", "/healthz")).code == 200
+    await stream.assert_silent(0.3)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_stream_resuming_while_mongodb_is_down_catches_up_once_it_is_back(
+    api, open_stream, private_mongo, settings
+):
+    first = await open_stream("alice")
+    await first.next_event()
+    seen = await api.create("alice", "seen before the tab closed")
+    [event] = await first.notifications(1)
+    assert event.id == seen["id"]
+    first.close()
+    missed = await api.create("alice", "created while the tab was closed")
+
+    await asyncio.to_thread(private_mongo.stop)
+    try:
+        resumed = await open_stream("alice", last_event_id=seen["id"])
+        assert resumed.status == 200
+        # Heartbeats mean the catch-up from MongoDB has given up for now (it comes first) and the stream lives on.
+        for _ in range(2):
+            await _heartbeat(resumed, within=settings.heartbeat_interval * 4 + HEARTBEAT_SLACK)
+    finally:
+        await asyncio.to_thread(private_mongo.start)
+    after = await _create_until_stored(api, "alice", "after the outage")
+    events = await resumed.notifications(2, timeout=15)
+    assert [e.id for e in events] == [missed["id"], after["id"]]
+    await resumed.assert_silent(0.3)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_hung_mongodb_gets_a_bounded_503_not_a_hung_request_and_service_resumes(
+    api, open_stream, private_mongo, settings
+):
+    stream = await open_stream("alice")
+    await stream.next_event()
+    token = {"Authorization": f"Bearer {api.token('alice')}"}
+    assert private_mongo.pid is not None
+    os.kill(private_mongo.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        create, seconds = await _timed(
+            api, "POST", "/api/notifications", '{"user_id": "alice", "title": "t"}', {"X-API-Key": api.api_key}
+        )
+        _assert_store_unavailable(create, seconds)
+        _assert_store_unavailable(*await _timed(api, "GET", "/api/notifications", None, token))
+        health = await api.request("GET", "/healthz")
+        assert health.code == 503 and json.loads(health.body)["checks"]["mongodb"] != "ok"
+        await _heartbeat(stream, within=settings.heartbeat_interval * 4 + HEARTBEAT_SLACK)
+    finally:
+        os.kill(private_mongo.pid, signal.SIGCONT)
+    after = await _create_until_stored(api, "alice", "after the pause")
+    [event] = await stream.notifications(1, timeout=10)
+    assert event.id == after["id"]
