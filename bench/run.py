@@ -94,14 +94,7 @@ class Bellcast:
         _wait_http(self.port, "/healthz", self.process)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        self.process = _stop(self.process, signal.SIGTERM)
 
     def meter(self) -> ProcessMeter:
         assert self.process is not None
@@ -147,14 +140,7 @@ class Nchan:
         _wait_http(self.port, "/pub/warmup", self.process)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        self.process = _stop(self.process, signal.SIGQUIT)  # nginx's graceful stop
 
     def meter(self) -> ProcessMeter:
         assert self.process is not None
@@ -168,6 +154,17 @@ class Nchan:
 
     def created_status(self) -> int:
         return 202
+
+
+def _stop(process: subprocess.Popen[bytes] | None, signum: int) -> None:
+    """Ask a server to stop, kill it if it has not within 30 s; the process attribute becomes None."""
+    if process is not None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _wait_http(port: int, path: str, process: subprocess.Popen[bytes]) -> None:
