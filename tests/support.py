@@ -1,14 +1,22 @@
-"""Clients the tests talk to bellcast with: the JSON API, and an SSE reader on a raw socket."""
+"""Clients the tests talk to bellcast with: the JSON API, an SSE reader on a raw socket, `server.py` as a process."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 from redis.asyncio.cluster import RedisCluster
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.iostream import IOStream, StreamClosedError
@@ -16,6 +24,7 @@ from tornado.tcpclient import TCPClient
 
 from services.auth import Authenticator
 from services.cache import connections_key
+from services.embedded import free_port
 
 
 @dataclass
@@ -225,3 +234,66 @@ def users_by_node(redis: RedisCluster, count_per_node: int) -> dict[str, list[st
             users.append(user_id)
         index += 1
     return found
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerProcess:
+    """`python server.py` on the test session's stores, with a database of its own; output in `log`."""
+
+    def __init__(self, store_urls: tuple[str, str], log: Path, **settings: str | None) -> None:
+        """`settings` are environment variables; None removes one the test run may have set."""
+        mongodb_url, redis_url = store_urls
+        self.port = free_port()
+        self.log = log
+        environ: dict[str, str | None] = {
+            **os.environ,
+            "PORT": str(self.port),
+            "MONGODB_URL": mongodb_url,
+            "REDIS_URL": redis_url,
+            "MONGODB_DB": f"bellcast_test_{uuid.uuid4().hex[:12]}",
+            **settings,
+        }
+        self.environ = {name: value for name, value in environ.items() if value is not None}
+        self.process = self._launch()
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        with open(self.log, "ab") as output:
+            return subprocess.Popen(
+                [sys.executable, "server.py"], cwd=ROOT, env=self.environ, stdout=output, stderr=output
+            )
+
+    def output(self) -> str:
+        """What the server has logged so far."""
+        return self.log.read_text(errors="replace")
+
+    def wait_until_ready(self, path: str = "/healthz", workers: int = 0, timeout: float = 30) -> None:
+        """Wait until `path` answers 200 (and `workers` worker processes run); fail with the log if it dies."""
+        deadline = time.monotonic() + timeout
+        while not self._answers(path) or len(psutil.Process(self.process.pid).children()) < workers:
+            assert self.process.poll() is None and time.monotonic() < deadline, (
+                "bellcast did not start:\n" + self.output()
+            )
+            time.sleep(0.1)
+
+    def _answers(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def restart(self) -> None:
+        """Start it again, same port, same database (after `stop`)."""
+        self.process = self._launch()
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status; a server still running 30 s later is killed and the test fails."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError("no exit within 30 s of SIGTERM:\n" + self.output()[-3000:]) from None

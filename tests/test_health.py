@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,7 +15,7 @@ from tornado.iostream import StreamClosedError
 from server import make_app, start_runtime
 from services.auth import Authenticator
 from services.embedded import free_port
-from tests.support import API, SSEStream
+from tests.support import API, ServerProcess, SSEStream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,40 +56,17 @@ JWT_SECRET = "health-secret-" + "x" * 20
 API_KEY = "health-api-key-" + "y" * 10
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def delayed_shutdown_server(store_urls, tmp_path):
     """`python server.py` with SHUTDOWN_DELAY=3 (and JSON logs, the default with configured secrets)."""
-    mongodb_url, redis_url = store_urls
-    port = free_port()
-    log = tmp_path / "bellcast.log"
-    environ = {
-        **os.environ,
-        "PORT": str(port),
-        "MONGODB_URL": mongodb_url,
-        "REDIS_URL": redis_url,
-        "MONGODB_DB": f"bellcast_test_{uuid.uuid4().hex[:12]}",
-        "JWT_SECRET": JWT_SECRET,
-        "API_KEY": API_KEY,
-        "SHUTDOWN_DELAY": "3",
-    }
-    with open(log, "wb") as output:
-        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=environ, stdout=output, stderr=output)
-    deadline = time.monotonic() + 30
-    while not _ready(port):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    yield process, port, log
-    if process.poll() is None:
-        process.kill()
-    process.wait()
+    server = ServerProcess(
+        store_urls, tmp_path / "bellcast.log", JWT_SECRET=JWT_SECRET, API_KEY=API_KEY, SHUTDOWN_DELAY="3"
+    )
+    server.wait_until_ready("/readyz")
+    yield server.process, server.port, server.log
+    if server.process.poll() is None:
+        server.process.kill()
+    server.process.wait()
 
 
 @pytest.mark.gen_test(timeout=60)

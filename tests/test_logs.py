@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,9 +18,8 @@ from tornado.httpclient import AsyncHTTPClient
 from handlers.base import request_id_from
 from server import Settings
 from services.auth import Authenticator
-from services.embedded import free_port
 from services.logs import JSONFormatter, TextFormatter, UserIdHasher, fields, redact
-from tests.support import API, SSEStream
+from tests.support import API, ServerProcess, SSEStream
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "logs-secret-" + "x" * 20
@@ -60,33 +57,17 @@ class LoggedServer:
 
 
 def _start(store_urls, directory: Path, log_format: str | None) -> LoggedServer:
-    mongodb_url, redis_url = store_urls
-    port = free_port()
-    log = directory / "bellcast.log"
-    environ = {
-        **{k: v for k, v in os.environ.items() if k != "LOG_FORMAT"},
-        "PORT": str(port),
-        "MONGODB_URL": mongodb_url,
-        "REDIS_URL": redis_url,
-        "MONGODB_DB": f"bellcast_test_{uuid.uuid4().hex[:12]}",
-        "JWT_SECRET": JWT_SECRET,
-        "API_KEY": API_KEY,
-        "METRICS_TOKEN": METRICS_TOKEN,
-        "POLL_INTERVAL": "0.1",
-        **({"LOG_FORMAT": log_format} if log_format else {}),
-    }
-    with open(log, "wb") as output:
-        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=environ, stdout=output, stderr=output)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return LoggedServer(process, port, log)
-        except OSError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+    server = ServerProcess(
+        store_urls,
+        directory / "bellcast.log",
+        JWT_SECRET=JWT_SECRET,
+        API_KEY=API_KEY,
+        METRICS_TOKEN=METRICS_TOKEN,
+        POLL_INTERVAL="0.1",
+        LOG_FORMAT=log_format,
+    )
+    server.wait_until_ready("/readyz")
+    return LoggedServer(server.process, server.port, server.log)
 
 
 def _stop(server: LoggedServer) -> None:

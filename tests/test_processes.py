@@ -7,11 +7,8 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import psutil
@@ -21,8 +18,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from services.auth import Authenticator
-from services.embedded import free_port
-from tests.support import API, SSEStream
+from tests.support import API, ServerProcess, SSEStream
 
 ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "processes-secret-" + "x" * 20
@@ -36,37 +32,15 @@ def process_environ() -> dict[str, str]:
 
 
 @pytest.fixture
-def two_process_server(store_urls, process_environ):
-    mongodb_url, redis_url = store_urls
-    port = free_port()
-    database = f"bellcast_test_{uuid.uuid4().hex[:12]}"
-    environ = {
-        **os.environ,
-        "PORT": str(port),
-        "PROCESSES": "2",
-        "MONGODB_URL": mongodb_url,
-        "REDIS_URL": redis_url,
-        "MONGODB_DB": database,
-        "JWT_SECRET": JWT_SECRET,
-        "API_KEY": API_KEY,
-        **process_environ,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "server.py"], cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+def two_process_server(store_urls, process_environ, tmp_path):
+    server = ServerProcess(
+        store_urls,
+        tmp_path / "bellcast.log",
+        **{"PROCESSES": "2", "JWT_SECRET": JWT_SECRET, "API_KEY": API_KEY, **process_environ},
     )
-    deadline = time.monotonic() + 30
-    while len(psutil.Process(process.pid).children()) < 2 or not _healthy(port):
-        assert process.poll() is None and time.monotonic() < deadline, "workers did not start"
-        time.sleep(0.1)
-    yield process, port
-    process.send_signal(signal.SIGTERM)
-    try:
-        output, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        pytest.fail("no exit within 30 s of SIGTERM:\n" + output.decode()[-3000:])
-    assert process.returncode == 0, output.decode()
+    server.wait_until_ready(workers=2)
+    yield server.process, server.port
+    assert server.stop() == 0, server.output()[-3000:]
 
 
 def _healthy(port: int) -> bool:
