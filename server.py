@@ -31,6 +31,7 @@ from services.delivery import CommandBatcher, StreamTiming, WakeupHub
 from services.embedded import die_with_parent
 from services.health import HealthService
 from services.logs import LOG_FORMATS, UserIdHasher, configure_logging, fields
+from services.memory import StreamAwareCollector
 from services.metrics import Metrics, MetricsDirectory
 from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter, RateLimit
@@ -505,7 +506,7 @@ async def start_runtime(
         delivery_cache=delivery_cache,
         authenticator=Authenticator(settings.jwt_secret, settings.api_key, settings.jwt_audience, settings.jwt_issuer),
         health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}, metrics),
-        streams=StreamRegistry(settings.heartbeat_interval, settings.stream_write_timeout, metrics),
+        streams=StreamRegistry(settings.heartbeat_interval, settings.stream_write_timeout, delivery_cache, metrics),
         metrics=metrics,
         status_history=StatusHistory(metrics, settings.status_interval),
         user_hasher=UserIdHasher(settings.jwt_secret),
@@ -699,6 +700,9 @@ async def serve(
     if metrics_sockets:
         servers.append(httpserver.HTTPServer(make_metrics_app(runtime, settings), xheaders=False))
         servers[-1].add_sockets(metrics_sockets)
+    # From here on, what start-up made lives as long as the process: no full collection need traverse it.
+    collector = StreamAwareCollector(runtime.streams)
+    collector.start()
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -720,6 +724,7 @@ async def serve(
         metrics_server.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(metrics_server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
+    await collector.close()
     await runtime.close()
 
 

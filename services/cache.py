@@ -9,7 +9,7 @@ Keys, all of one user inside one hash tag so they share a Redis Cluster slot:
 
 Both carry a TTL: a live connection renews its registration every
 ``REGISTRATION_REFRESH_INTERVAL``, and an inbox lives ``INBOX_TTL`` after its last write,
-so a connection whose process died leaves nothing behind for longer than ``REGISTRATION_TTL``.
+so a connection whose process died leaves nothing behind for long.
 The registration TTL is long because renewing it is per-stream work at idle: thousands of
 streams renewing every few seconds would cost more than everything else an idle stream does.
 
@@ -21,10 +21,11 @@ slot (SPUBLISH; see `services.delivery`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from urllib.parse import quote
 
 from redis.asyncio.cluster import RedisCluster
@@ -41,7 +42,9 @@ log = logging.getLogger("bellcast.cache")
 KEY_PREFIX = "bellcast"
 REGISTRATION_TTL = 600
 REGISTRATION_REFRESH_INTERVAL = REGISTRATION_TTL / 3
-INBOX_TTL = 60
+# Longer than the longest safety scan interval (REGISTRATION_REFRESH_INTERVAL), so that an entry
+# whose wake-up hint was lost still waits for the stream's own scan.
+INBOX_TTL = REGISTRATION_TTL
 # How long after its insert an observer may still be queueing a notification.
 OBSERVER_GRACE = 30.0
 
@@ -71,10 +74,15 @@ class DeliveryCache:
         self._batcher = batcher
         self._publish_hints = publish_hints
         self._metrics = metrics
+        # Connection ids: random per cache (so per process, made after any fork), then a serial number,
+        # which costs less per connect than a uuid4 each.
+        self._connection_prefix = uuid.uuid4().hex[:16]
+        self._connection_serial = itertools.count()
 
     def open_inbox(self, user_id: str) -> ConnectionInbox:
         """A new, not yet registered inbox for one stream of the user."""
-        return ConnectionInbox(self._batcher, user_id, uuid.uuid4().hex)
+        connection_id = f"{self._connection_prefix}{next(self._connection_serial):x}"
+        return ConnectionInbox(self._batcher, user_id, connection_id)
 
     async def enqueue(self, notification: Notification) -> int:
         """Queue the notification for every live connection of its user and hint them; returns how many."""
@@ -105,6 +113,24 @@ class DeliveryCache:
             self._store_error()
             raise StoreUnavailable("the delivery cache is unavailable") from error
         return len(connection_ids)
+
+    async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
+        """Which of these inboxes hold entries, in one pipeline that also renews the registrations due.
+
+        Streams whose inboxes hold something then scan them themselves; the others cost one
+        EXISTS each. Raises StoreUnavailable when Redis does not answer.
+        """
+        commands: list[tuple[object, ...]] = []
+        for inbox in inboxes:
+            commands.append(("EXISTS", inbox.key))
+            commands.extend(inbox.refresh_commands_if_due())
+        replies = iter(await self._batcher.execute_many(commands))
+        found = []
+        for command in commands:
+            reply = next(replies)
+            if command[0] == "EXISTS":
+                found.append(bool(reply))
+        return found
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""
@@ -173,11 +199,24 @@ class ConnectionInbox:
         self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
         return int(replies[-1])
 
+    @property
+    def key(self) -> str:
+        """The inbox's key in Redis."""
+        return self._inbox_key
+
     async def refresh_if_due(self) -> None:
         """Renew the registration's and the inbox's TTL when a third of it has passed."""
-        if time.monotonic() >= self._refresh_due:
-            await self._batcher.execute_many([*self._registration_commands(), ("EXPIRE", self._inbox_key, INBOX_TTL)])
-            self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
+        commands = self.refresh_commands_if_due()
+        if commands:
+            await self._batcher.execute_many(commands)
+
+    def refresh_commands_if_due(self) -> list[tuple[object, ...]]:
+        """The commands that renew the registration's and the inbox's TTL, if a third of it has passed."""
+        now = time.monotonic()
+        if now < self._refresh_due:
+            return []
+        self._refresh_due = now + REGISTRATION_REFRESH_INTERVAL
+        return [*self._registration_commands(), ("EXPIRE", self._inbox_key, INBOX_TTL)]
 
     def _registration_commands(self) -> list[tuple[object, ...]]:
         return [

@@ -127,6 +127,8 @@ class CommandBatcher:
         task.add_done_callback(self._in_flight.discard)
 
     async def _send(self, batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_pipeline_commands.observe(sum(len(commands) for commands, _ in batch))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for commands, _ in batch:

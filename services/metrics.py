@@ -30,6 +30,7 @@ STORES = ("mongodb", "redis")
 # From a few milliseconds (a hint wakes the stream at once) to a minute (an outage recovered).
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SCAN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+PIPELINE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 # Where `created_at` starts in a notification's JSON: the last key but `read_at`, whose value is a
 # timestamp or null, so the last occurrence is the notification's own even if `data` holds the key.
 _CREATED_AT_KEY = b'"created_at":"'
@@ -149,6 +150,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=own,
             buckets=SCAN_BUCKETS,
+        ).labels(process)
+        self.redis_pipeline_commands = Histogram(
+            "redis_pipeline_commands",
+            "Commands per pipeline the streams send to Redis: how many streams share each round trip.",
+            label,
+            namespace=NAMESPACE,
+            registry=own,
+            buckets=PIPELINE_BUCKETS,
         ).labels(process)
         self._observer_failures = Counter(
             "observer_failures",

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,6 +99,16 @@ class StreamSession:
             await self._inbox.deregister()
             raise TooMany(f"at most {max_streams_per_user} streams per user")
 
+    @property
+    def recovering(self) -> bool:
+        """True while the stream owes a recovery from MongoDB (it could not register, or a store failed)."""
+        return self._recovering
+
+    @property
+    def inbox(self) -> ConnectionInbox:
+        """The stream's inbox in Redis."""
+        return self._inbox
+
     async def catch_up(self) -> AsyncIterator[list[Entry]]:
         """What a client resuming after its Last-Event-ID lacks, in batches; nothing for a new client."""
         if self._newest_sent is None:
@@ -187,6 +197,20 @@ class OpenStream(Protocol):
     def heartbeat_if_idle(self, now: float, idle_for: float) -> None:
         """Send a heartbeat if nothing was written for `idle_for` seconds and no write is under way."""
 
+    def wake(self) -> None:
+        """Scan the inbox now."""
+
+    @property
+    def inbox(self) -> ConnectionInbox | None:
+        """The stream's inbox, once it is registered."""
+
+
+class InboxScanner(Protocol):
+    """Tells which inboxes hold entries, many in one round trip."""
+
+    async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
+        """For each inbox, whether it holds entries; renews the registrations due on the way."""
+
 
 # The sweep runs every second and visits each stream this many times per heartbeat interval.
 SWEEP_PERIOD = 1.0
@@ -201,8 +225,16 @@ class StreamRegistry:
     the event loop from waking for each.
     """
 
-    def __init__(self, heartbeat_interval: float, write_timeout: float, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        heartbeat_interval: float,
+        write_timeout: float,
+        scanner: InboxScanner | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._scanner = scanner
         self._metrics = metrics
+        self._safety_scans: set[asyncio.Task[None]] = set()
         self._streams: set[OpenStream] = set()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -210,8 +242,10 @@ class StreamRegistry:
         self._write_timeout = write_timeout
         self._sweeper: asyncio.Task[None] | None = None
         self._round: list[OpenStream] = []
+        self._scans_due: list[OpenStream] = []
         self._cursor = 0
         self.slow_clients_dropped = 0
+        self.closed = 0
 
     def add(self, stream: OpenStream) -> None:
         """Track an opened stream."""
@@ -223,9 +257,11 @@ class StreamRegistry:
 
     def discard(self, stream: OpenStream) -> None:
         """Forget a closed stream."""
-        if self._metrics is not None and stream in self._streams:
-            self._metrics.streams_closed.inc()
-            self._metrics.streams_open.dec()
+        if stream in self._streams:
+            self.closed += 1
+            if self._metrics is not None:
+                self._metrics.streams_closed.inc()
+                self._metrics.streams_open.dec()
         self._streams.discard(stream)
         if not self._streams:
             self._empty.set()
@@ -248,20 +284,44 @@ class StreamRegistry:
             self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     async def close(self) -> None:
-        """Stop the sweep."""
+        """Stop the sweep and the safety scans under way."""
+        for scan in list(self._safety_scans):
+            scan.cancel()
+        await asyncio.gather(*self._safety_scans, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
 
+    def scan_soon(self, stream: OpenStream) -> None:
+        """Have `stream`'s inbox looked at by the next sweep, together with the others due by then."""
+        self._scans_due.append(stream)
+
+    async def _safety_scan(self, due: list[OpenStream]) -> None:
+        """Ask Redis about all the due inboxes at once; wake the streams whose inbox holds entries."""
+        registered = [(stream, stream.inbox) for stream in due]
+        inboxes = [inbox for _, inbox in registered if inbox is not None]
+        try:
+            found = iter(await self._scanner.safety_scan(inboxes)) if self._scanner is not None else None
+        except StoreUnavailable:
+            found = None  # each stream's own scan meets the outage and backs off
+        for stream, inbox in registered:
+            if found is None or inbox is None or next(found):
+                stream.wake()
+
     def sweep(self, now: float) -> None:
-        """Visit the next slice of streams: heartbeat the idle, drop the stalled.
+        """Start the scans due, and visit the next slice of streams: heartbeat the idle, drop the stalled.
 
         Each stream is visited VISITS_PER_HEARTBEAT times per heartbeat interval and gets a
         heartbeat once silent for the interval less half a visit, so idle streams hear one
         about every interval (within a sixth of it either way).
         """
+        if self._scans_due:
+            due, self._scans_due = self._scans_due, []
+            scan = asyncio.ensure_future(self._safety_scan(due))
+            self._safety_scans.add(scan)
+            scan.add_done_callback(self._safety_scans.discard)
         if self._cursor >= len(self._round):
             self._round = list(self._streams)
             self._cursor = 0

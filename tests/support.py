@@ -95,13 +95,18 @@ class SSEStream:
 
     @classmethod
     async def open(
-        cls, base_url: str, token: str | None, last_event_id: str | None = None, headers: dict[str, str] | None = None
+        cls,
+        base_url: str,
+        token: str | None,
+        last_event_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        http_version: str = "HTTP/1.1",
     ) -> SSEStream:
         """Connect and read the response head; `headers` are sent too (an Origin, say)."""
         url = urlsplit(base_url)
         stream = await TCPClient().connect(url.hostname or "127.0.0.1", url.port or 80)
         path = "/notifications/stream" + (f"?access_token={token}" if token else "")
-        lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Accept: text/event-stream"]
+        lines = [f"GET {path} {http_version}", f"Host: {url.netloc}", "Accept: text/event-stream"]
         if last_event_id is not None:
             lines.append(f"Last-Event-ID: {last_event_id}")
         lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())

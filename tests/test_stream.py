@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from server import Settings, SettingsError
 from services.cache import INBOX_TTL, REGISTRATION_TTL, connections_key, inbox_key
-from tests.support import cache_keys, eventually
+from tests.support import SSEStream, cache_keys, eventually
 
 
 @pytest.mark.gen_test
@@ -149,6 +150,23 @@ async def test_idle_stream_sends_heartbeat_comments(open_stream, settings):
 
 
 @pytest.mark.gen_test
+async def test_an_http_1_0_client_gets_heartbeats_and_events_unchunked(api, base_url):
+    """Heartbeats bypass Tornado's write path, so they must frame themselves as Tornado would."""
+    stream = await SSEStream.open(base_url, api.token("alice"), http_version="HTTP/1.0")
+    try:
+        assert stream.status == 200 and "transfer-encoding" not in stream.headers
+        assert (await stream.next_event()).retry is not None
+        assert (await stream.next_event()).comments == ["connected"]
+        assert (await stream.next_event()).comments == ["heartbeat"]
+        created = await api.create("alice")
+        [event] = await stream.notifications(1)
+        assert event.id == created["id"]
+        assert b"\r" not in stream.received and stream.received.count(b": heartbeat\n\n") >= 1
+    finally:
+        stream.close()
+
+
+@pytest.mark.gen_test
 @pytest.mark.also_on_cluster
 async def test_stream_registers_its_connection_with_a_ttl(open_stream, runtime):
     await open_stream("alice")
@@ -175,6 +193,10 @@ async def test_cache_entries_carry_a_ttl(runtime):
     assert await runtime.redis.hexists(key, str(notification.id))
     assert 0 < await runtime.redis.ttl(key) <= INBOX_TTL
     assert 0 < await runtime.redis.ttl(connections_key("alice")) <= REGISTRATION_TTL
+    # An entry whose hint was lost waits for the stream's safety scan, at the longest interval allowed.
+    assert await runtime.redis.ttl(key) > Settings().safety_scan_interval
+    with pytest.raises(SettingsError):
+        Settings(safety_scan_interval=await runtime.redis.ttl(key))
 
 
 @pytest.mark.gen_test

@@ -86,3 +86,28 @@ async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, run
     assert await silent_cache.enqueue(notification) == 1
     [event] = await stream.notifications(1, timeout=5)
     assert event.id == str(notification.id)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
+@pytest.mark.parametrize("heartbeat_interval", [3.0])
+async def test_safety_scans_that_fall_due_within_a_sweep_share_one_pipeline(open_stream, runtime, settings, app):
+    """Idle streams' own scans are queued for the registry's sweep (every second), not sent one by one.
+
+    An empty inbox costs one EXISTS in a shared pipeline; only a stream whose inbox holds entries reads it.
+    """
+    app.settings["stream_timing"] = replace(settings.stream_timing, safety_scan_interval=0.3)
+    streams = [await open_stream(f"user{i}") for i in range(40)]
+    for stream in streams:
+        await stream.next_event()
+    scans_before, pipelines_before = await command_calls(runtime.redis, "exists"), _pipelines(runtime)
+    reads_before = await _hgetall_calls(runtime.redis)
+    await asyncio.sleep(3.5)
+    scans = await command_calls(runtime.redis, "exists") - scans_before
+    assert scans >= 2 * len(streams), "the streams did not scan on their own"
+    assert _pipelines(runtime) - pipelines_before <= scans / 10
+    assert await _hgetall_calls(runtime.redis) == reads_before
+
+
+def _pipelines(runtime) -> float:
+    return runtime.metrics.registry.get_sample_value("bellcast_redis_pipeline_commands_count", {"process": "0"})
