@@ -458,6 +458,8 @@ class Runtime:
 
     mongo: MongoConnection
     redis: Any
+    # The streams' pipelines have a client of their own: bounded per pipeline, not per reply.
+    batch_redis: Any
     batcher: CommandBatcher
     wakeups: WakeupHub
     notifications: NotificationService
@@ -477,6 +479,7 @@ class Runtime:
         await self.wakeups.close()
         await self.batcher.close()
         await self.mongo.close()
+        await self.batch_redis.aclose()
         await self.redis.aclose()
 
 
@@ -492,7 +495,8 @@ async def start_runtime(
     mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver, settings.store_timeout)
     redis = connect_redis(redis_url, cluster=settings.redis_cluster, timeout=settings.store_timeout)
     notifications = NotificationService(mongo.database, metrics)
-    batcher = CommandBatcher(redis, metrics)
+    batch_redis = connect_redis(redis_url, cluster=settings.redis_cluster, timeout=settings.store_timeout, batches=True)
+    batcher = CommandBatcher(batch_redis, settings.store_timeout, metrics)
     wakeups = WakeupHub(redis)
     delivery_cache = DeliveryCache(redis, batcher, publish_hints=settings.wakeup_hints, metrics=metrics)
     notifications.register_observer(CacheObserver(delivery_cache))
@@ -500,6 +504,7 @@ async def start_runtime(
     runtime = Runtime(
         mongo=mongo,
         redis=redis,
+        batch_redis=batch_redis,
         batcher=batcher,
         wakeups=wakeups,
         notifications=notifications,

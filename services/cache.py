@@ -85,33 +85,28 @@ class DeliveryCache:
         return ConnectionInbox(self._batcher, user_id, connection_id)
 
     async def enqueue(self, notification: Notification) -> int:
-        """Queue the notification for every live connection of its user and hint them; returns how many."""
+        """Queue the notification for every live connection of its user and hint them; returns how many.
+
+        Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
+        """
         key = connections_key(notification.user_id)
         now = time.time()
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(key, "-inf", now)
-                pipe.zrangebyscore(key, now, "+inf")
-                _, connection_ids = await pipe.execute()
-            if not connection_ids:
-                return 0
-            payload = notification.to_json()
-            notification_id = str(notification.id)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for connection_id in connection_ids:
-                    inbox = inbox_key(notification.user_id, connection_id.decode())
-                    pipe.hset(inbox, notification_id, payload)
-                    pipe.expire(inbox, INBOX_TTL)
-                if self._publish_hints and isinstance(self._redis, RedisCluster):
-                    pipe.spublish(wakeup_shard_channel(key), notification.user_id)
-                elif self._publish_hints:
-                    pipe.publish(WAKEUP_CHANNEL, notification.user_id)
-                await pipe.execute()
-        except (RedisError, RedisClusterException) as error:
-            if not redis_unavailable(error):
-                raise
-            self._store_error()
-            raise StoreUnavailable("the delivery cache is unavailable") from error
+        _, connection_ids = await self._batcher.execute_many(
+            [("ZREMRANGEBYSCORE", key, "-inf", now), ("ZRANGEBYSCORE", key, now, "+inf")]
+        )
+        if not connection_ids:
+            return 0
+        payload = notification.to_json()
+        notification_id = str(notification.id)
+        commands: list[tuple[object, ...]] = []
+        for connection_id in connection_ids:
+            inbox = inbox_key(notification.user_id, connection_id.decode())
+            commands += [("HSET", inbox, notification_id, payload), ("EXPIRE", inbox, INBOX_TTL)]
+        if self._publish_hints and isinstance(self._redis, RedisCluster):
+            commands.append(("SPUBLISH", wakeup_shard_channel(key), notification.user_id))
+        elif self._publish_hints:
+            commands.append(("PUBLISH", WAKEUP_CHANNEL, notification.user_id))
+        await self._batcher.execute_many(commands)
         return len(connection_ids)
 
     async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:

@@ -31,7 +31,7 @@ from redis.exceptions import PubSubError, RedisClusterException, RedisError
 
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
-from services.stores import RedisClient, redis_unavailable
+from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, RedisClient, redis_unavailable
 
 log = logging.getLogger("bellcast.delivery")
 
@@ -84,10 +84,17 @@ class StreamTiming:
 
 
 class CommandBatcher:
-    """Queues Redis commands and sends those of one loop iteration together, without a transaction."""
+    """Queues Redis commands and sends those of one loop iteration together, without a transaction.
 
-    def __init__(self, redis: RedisClient, metrics: Metrics | None = None) -> None:
+    `redis` should be a client of its own, `connect_redis(..., batches=True)`: each pipeline is
+    bounded by `timeout` as a whole rather than each reply.
+    """
+
+    def __init__(
+        self, redis: RedisClient, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS, metrics: Metrics | None = None
+    ) -> None:
         self._redis = redis
+        self._timeout = timeout
         self._metrics = metrics
         self._queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
@@ -130,12 +137,12 @@ class CommandBatcher:
         if self._metrics is not None:
             self._metrics.redis_pipeline_commands.observe(sum(len(commands) for commands, _ in batch))
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with asyncio.timeout(self._timeout), self._redis.pipeline(transaction=False) as pipe:
                 for commands, _ in batch:
                     for command in commands:
                         pipe.execute_command(*command)
                 results = await pipe.execute(raise_on_error=False)
-        except (RedisError, RedisClusterException, OSError) as error:
+        except (RedisError, RedisClusterException, OSError) as error:  # TimeoutError is an OSError
             results = [error] * sum(len(commands) for commands, _ in batch)
             if self._metrics is not None:
                 self._metrics.store_error("redis")

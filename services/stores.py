@@ -6,6 +6,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 MONGO_DRIVERS = ("pymongo", "motor")
@@ -51,19 +54,29 @@ class MongoConnection:
             await result
 
 
-def connect_redis(url: str, cluster: bool = False, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> RedisClient:
+def connect_redis(
+    url: str, cluster: bool = False, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS, batches: bool = False
+) -> RedisClient:
     """A pooled asyncio Redis client; replies are parsed by hiredis when it is installed.
 
     With `cluster`, `url` names one node of a Redis Cluster: the client learns the others and
     which hash slots each serves on first use, and sends every command to the node of its key.
+
+    `batches` makes the client the CommandBatcher's: no timeout per reply (the batcher bounds each
+    pipeline as a whole; redis-py's timeout per reply costs more than the reply), and a command
+    that meets a connection Redis closed (it restarted) is sent once more at once on a new one.
+    Every command the batcher sends is idempotent, so it may run twice. The other client retries
+    nothing, so that the wake-up subscription notices every loss of its connection.
     """
     options: dict[str, Any] = {
-        "socket_timeout": timeout,
+        "socket_timeout": None if batches else timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": 30,
     }
     if cluster:
         return RedisCluster.from_url(url, max_connections=REDIS_CLUSTER_CONNECTIONS_PER_NODE, **options)
+    if batches:
+        options["retry"] = Retry(NoBackoff(), 1, (RedisConnectionError,))
     return Redis.from_url(url, **options)
 
 
