@@ -16,7 +16,7 @@ from handlers.sse import encode_comment, encode_event, encode_retry
 from services.cache import ConnectionInbox
 from services.errors import StoreUnavailable
 from services.logs import fields
-from services.streams import MAX_ENTRIES_PER_SEND, Entry, StreamSession
+from services.streams import MAX_ENTRIES_PER_SEND, Entry, StreamSession, abort_when_unacknowledged
 
 log = logging.getLogger("bellcast.stream")
 
@@ -92,8 +92,10 @@ class EventStreamHandler(BaseHandler):
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
+            connection = self.request.connection.stream  # type: ignore[union-attr]
             # Each event is complete when written: send it now rather than wait to fill a packet (Nagle).
-            self.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
+            connection.set_nodelay(True)
+            abort_when_unacknowledged(connection.socket, limits.write_timeout)
             if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
                 await self._catch_up(session)
             ticker.start()
@@ -109,6 +111,7 @@ class EventStreamHandler(BaseHandler):
         finally:
             ticker.stop()
             self._close()
+            self._count_if_unacknowledged()
             if self._wake_scan is not None:
                 self._wake_scan.cancel()
             if self._retry is not None:
@@ -127,6 +130,18 @@ class EventStreamHandler(BaseHandler):
     def _close(self) -> None:
         if not self._closed.done():
             self._closed.set_result(None)
+
+    def _count_if_unacknowledged(self) -> None:
+        """If the kernel gave up on the connection, count it as a dropped slow client, as the sweep would have.
+
+        What was sent stayed unacknowledged for STREAM_WRITE_TIMEOUT (TCP_USER_TIMEOUT): the client
+        stopped reading, or vanished without FIN or RST. Whichever notices first, it counts once.
+        """
+        stream = getattr(self.request.connection, "stream", None)
+        if self._ended_by == "client" and isinstance(getattr(stream, "error", None), TimeoutError):
+            self._ended_by = "slow_client"
+            self.streams.count_slow_client()
+            log.info("a stream's client left its data unacknowledged: closed", extra=fields(**self.log_fields()))
 
     def on_connection_close(self) -> None:
         """The client went away: wake `get()` so that it releases everything now."""
@@ -176,8 +191,11 @@ class EventStreamHandler(BaseHandler):
             sent = stream.socket.send(framed)
         except BlockingIOError:
             sent = 0
-        except OSError:
-            self._close()  # reset, or closed under us: the client has gone
+        except OSError as error:
+            # Reset, closed under us or given up by the kernel: the client has gone. Close with the
+            # error, as Tornado would, so that the stream's end says why (`_count_if_unacknowledged`).
+            stream.close(exc_info=error)
+            self._close()
             return
         if sent == len(framed):
             self._last_write = now
