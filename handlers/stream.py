@@ -99,9 +99,10 @@ class EventStreamHandler(BaseHandler):
             if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
                 await self._catch_up(session)
             ticker.start()
-            # Hints that came during the catch-up; a session that could not register recovers now.
-            self._woken = self._woken or session.recovering
-            await self._drain()
+            if self._retry is None:  # else the catch-up failed, and its retry comes after a backoff
+                # Hints that came during the catch-up; a session that could not register recovers now.
+                self._woken = self._woken or session.recovering
+                await self._drain()
             self._scanning = False
             await self._closed
             if self._ending and await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("server restarting")):
@@ -266,6 +267,7 @@ class EventStreamHandler(BaseHandler):
                     return
         except StoreUnavailable:
             log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self.log_fields()))
+            self._retry_later()
 
     async def _scan_on_wake(self) -> None:
         try:
@@ -292,12 +294,14 @@ class EventStreamHandler(BaseHandler):
         The scans that fall due within a sweep period then go to Redis in one pipeline instead of
         one round trip each, which is most of what thousands of idle streams cost.
         """
-        if not self._closed.done():
+        # After a failed scan its backoff says when to try the stores again (as in `_poll`).
+        if not self._closed.done() and self._retry is None:
             self.streams.scan_soon(self)
 
     async def _poll(self) -> None:
         """The stream's PeriodicCallback without hints: scan the inbox every POLL_INTERVAL."""
-        if self._scanning or self._closed.done():
+        # After a failed scan its backoff says when to try the stores again, not every poll.
+        if self._scanning or self._retry is not None or self._closed.done():
             return
         self._scanning = True
         try:
