@@ -183,6 +183,10 @@ def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
+# TCP_USER_TIMEOUT is a C int of milliseconds: a longer STREAM_WRITE_TIMEOUT is cut to this (24 days).
+MAX_USER_TIMEOUT_MS = 2**31 - 1
+
+
 def abort_when_unacknowledged(sock: socket.socket | None, seconds: float) -> None:
     """Have the kernel abort the connection once data it sent stays unacknowledged for `seconds`.
 
@@ -195,9 +199,10 @@ def abort_when_unacknowledged(sock: socket.socket | None, seconds: float) -> Non
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
     if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
+    milliseconds = min(max(1, round(seconds * 1000)), MAX_USER_TIMEOUT_MS)
     # A connection the client reset meanwhile may refuse options; it is ending anyway.
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
+        sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
 
 
 class OpenStream(Protocol):
