@@ -222,7 +222,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_streams_per_user", _positive_integer, "20", "streams one user may hold at once, across processes"),
     Setting(
-        "stream_write_timeout", _positive_number, "30", "seconds a client may leave a write unread before it is dropped"
+        "stream_write_timeout",
+        _positive_number,
+        "30",
+        "seconds a client may leave a write unread before it is dropped; also the stream socket's TCP_USER_TIMEOUT "
+        "(Linux), so a client that vanished without closing (host gone, network cut) is dropped within about "
+        "HEARTBEAT_INTERVAL plus this",
     ),
     Setting("event_loop", _event_loop, "uvloop", "asyncio event loop: uvloop (faster, Linux and macOS) or asyncio"),
     Setting("processes", _process_count, "1", "worker processes sharing the port; 0 starts one per core"),

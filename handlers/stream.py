@@ -16,7 +16,7 @@ from handlers.sse import encode_comment, encode_event, encode_retry
 from services.cache import ConnectionInbox
 from services.errors import StoreUnavailable
 from services.logs import fields
-from services.streams import MAX_ENTRIES_PER_SEND, Entry, StreamSession
+from services.streams import MAX_ENTRIES_PER_SEND, Entry, StreamSession, abort_when_unacknowledged
 
 log = logging.getLogger("bellcast.stream")
 
@@ -92,14 +92,17 @@ class EventStreamHandler(BaseHandler):
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
+            connection = self.request.connection.stream  # type: ignore[union-attr]
             # Each event is complete when written: send it now rather than wait to fill a packet (Nagle).
-            self.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
+            connection.set_nodelay(True)
+            abort_when_unacknowledged(connection.socket, limits.write_timeout)
             if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
                 await self._catch_up(session)
             ticker.start()
-            # Hints that came during the catch-up; a session that could not register recovers now.
-            self._woken = self._woken or session.recovering
-            await self._drain()
+            if self._retry is None:  # else the catch-up failed, and its retry comes after a backoff
+                # Hints that came during the catch-up; a session that could not register recovers now.
+                self._woken = self._woken or session.recovering
+                await self._drain()
             self._scanning = False
             await self._closed
             if self._ending and await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("server restarting")):
@@ -109,6 +112,7 @@ class EventStreamHandler(BaseHandler):
         finally:
             ticker.stop()
             self._close()
+            self._count_if_unacknowledged()
             if self._wake_scan is not None:
                 self._wake_scan.cancel()
             if self._retry is not None:
@@ -127,6 +131,18 @@ class EventStreamHandler(BaseHandler):
     def _close(self) -> None:
         if not self._closed.done():
             self._closed.set_result(None)
+
+    def _count_if_unacknowledged(self) -> None:
+        """If the kernel gave up on the connection, count it as a dropped slow client, as the sweep would have.
+
+        What was sent stayed unacknowledged for STREAM_WRITE_TIMEOUT (TCP_USER_TIMEOUT): the client
+        stopped reading, or vanished without FIN or RST. Whichever notices first, it counts once.
+        """
+        stream = getattr(self.request.connection, "stream", None)
+        if self._ended_by == "client" and isinstance(getattr(stream, "error", None), TimeoutError):
+            self._ended_by = "slow_client"
+            self.streams.count_slow_client()
+            log.info("a stream's client left its data unacknowledged: closed", extra=fields(**self.log_fields()))
 
     def on_connection_close(self) -> None:
         """The client went away: wake `get()` so that it releases everything now."""
@@ -176,8 +192,11 @@ class EventStreamHandler(BaseHandler):
             sent = stream.socket.send(framed)
         except BlockingIOError:
             sent = 0
-        except OSError:
-            self._close()  # reset, or closed under us: the client has gone
+        except OSError as error:
+            # Reset, closed under us or given up by the kernel: the client has gone. Close with the
+            # error, as Tornado would, so that the stream's end says why (`_count_if_unacknowledged`).
+            stream.close(exc_info=error)
+            self._close()
             return
         if sent == len(framed):
             self._last_write = now
@@ -248,6 +267,7 @@ class EventStreamHandler(BaseHandler):
                     return
         except StoreUnavailable:
             log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self.log_fields()))
+            self._retry_later()
 
     async def _scan_on_wake(self) -> None:
         try:
@@ -274,12 +294,14 @@ class EventStreamHandler(BaseHandler):
         The scans that fall due within a sweep period then go to Redis in one pipeline instead of
         one round trip each, which is most of what thousands of idle streams cost.
         """
-        if not self._closed.done():
+        # After a failed scan its backoff says when to try the stores again (as in `_poll`).
+        if not self._closed.done() and self._retry is None:
             self.streams.scan_soon(self)
 
     async def _poll(self) -> None:
         """The stream's PeriodicCallback without hints: scan the inbox every POLL_INTERVAL."""
-        if self._scanning or self._closed.done():
+        # After a failed scan its backoff says when to try the stores again, not every poll.
+        if self._scanning or self._retry is not None or self._closed.done():
             return
         self._scanning = True
         try:

@@ -168,7 +168,7 @@ class Metrics:
         )
         self.slow_clients_dropped = Counter(
             "slow_clients_dropped",
-            "Streams closed because their client left a write unread for STREAM_WRITE_TIMEOUT.",
+            "Streams closed because their client left a write unread or unacknowledged for STREAM_WRITE_TIMEOUT.",
             label,
             namespace=NAMESPACE,
             registry=own,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -182,6 +183,28 @@ def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
+# TCP_USER_TIMEOUT is a C int of milliseconds: a longer STREAM_WRITE_TIMEOUT is cut to this (24 days).
+MAX_USER_TIMEOUT_MS = 2**31 - 1
+
+
+def abort_when_unacknowledged(sock: socket.socket | None, seconds: float) -> None:
+    """Have the kernel abort the connection once data it sent stays unacknowledged for `seconds`.
+
+    A client that vanished without FIN or RST (its host gone, the network cut) would otherwise
+    hold its stream until TCP gives up retransmitting, about 15 minutes later. Heartbeats keep
+    data in flight, so such a client is noticed within about the heartbeat interval plus
+    `seconds`. Linux's TCP_USER_TIMEOUT; elsewhere, and for a connection already closed (no
+    socket), nothing changes.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    milliseconds = min(max(1, round(seconds * 1000)), MAX_USER_TIMEOUT_MS)
+    # A connection the client reset meanwhile may refuse options; it is ending anyway.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
+
+
 class OpenStream(Protocol):
     """A stream as the registry sees it: shutdown ends it, the sweep keeps it alive or drops it."""
 
@@ -269,6 +292,12 @@ class StreamRegistry:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def count_slow_client(self) -> None:
+        """Count a stream closed because its client left a write unread or unacknowledged for the write timeout."""
+        self.slow_clients_dropped += 1
+        if self._metrics is not None:
+            self._metrics.slow_clients_dropped.inc()
+
     async def wait_until_empty(self) -> None:
         """Return once no stream is open."""
         await self._empty.wait()
@@ -332,9 +361,7 @@ class StreamRegistry:
         for stream in self._round[self._cursor : self._cursor + count]:
             started = stream.stalled_since()
             if started is not None and now - started > self._write_timeout:
-                self.slow_clients_dropped += 1
-                if self._metrics is not None:
-                    self._metrics.slow_clients_dropped.inc()
+                self.count_slow_client()
                 stream.drop()
             else:
                 stream.heartbeat_if_idle(now, idle_for)

@@ -78,6 +78,37 @@ async def test_a_stream_opened_while_redis_is_down_receives_everything_once_it_i
         restarted.stop()
 
 
+def _redis_errors(runtime) -> float:
+    """Redis operations that failed so far, as /metrics counts them."""
+    found = runtime.metrics.registry.get_sample_value("bellcast_store_errors_total", {"process": "0", "store": "redis"})
+    return found or 0.0
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("wakeup_hints", [False], ids=["polling"])
+async def test_while_redis_is_down_a_polling_stream_retries_with_backoff_not_at_every_poll(
+    api, open_stream, private_redis, runtime, settings
+):
+    server, port = private_redis
+    stream = await open_stream("alice")
+    await stream.next_event()
+    server.stop()
+    failed_before = _redis_errors(runtime)
+    await asyncio.sleep(3.0)
+    # A try at every poll (POLL_INTERVAL, 50 ms here) would be about 60; the backoff (0.5 s, doubling) makes 4.
+    assert _redis_errors(runtime) - failed_before <= 6
+    restarted = EmbeddedRedis(None, port=port).start()
+    try:
+        after = await api.create("alice", "after the outage")
+        [event] = await stream.notifications(1, timeout=15)
+        assert event.id == after["id"]
+        await stream.assert_silent(0.5)
+    finally:
+        stream.close()
+        await asyncio.sleep(0.1)
+        restarted.stop()
+
+
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("stream_write_timeout", [0.5])
 async def test_a_client_that_stops_reading_is_dropped_and_counted(api, base_url, runtime):
