@@ -215,7 +215,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("jwt_audience", _claim, None, "when set, user tokens must name it in `aud`; unset refuses any `aud`"),
     Setting("jwt_issuer", _claim, None, "when set, user tokens must carry it as `iss`"),
     Setting("poll_interval", _positive_number, "1.0", "seconds between a stream's cache scans without wake-up hints"),
-    Setting("heartbeat_interval", _positive_number, "15", "seconds of silence before a stream sends a heartbeat"),
+    Setting(
+        "heartbeat_interval",
+        _positive_number,
+        "30",
+        "seconds of silence before a stream sends a heartbeat; keep it below every proxy's idle timeout",
+    ),
     Setting("wakeup_hints", _boolean, "true", "wake streams through one Redis pub/sub subscription per process"),
     Setting(
         "max_streams", _positive_integer, "19000", "streams one process holds at most (keep below its open-file limit)"
@@ -247,7 +252,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "store_timeout", _positive_number, "5", "seconds a MongoDB or Redis call may take before the request gets 503"
     ),
-    Setting("safety_scan_interval", _positive_number, "120", "with hints, seconds between a stream's own scans"),
+    Setting(
+        "safety_scan_interval",
+        _positive_number,
+        "200",
+        "with hints, seconds between a stream's own scans, which catch a lost hint; at most 200",
+    ),
     Setting(
         "cors_origins",
         _origins,
@@ -298,7 +308,7 @@ class Settings:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     poll_interval: float = 1.0
-    heartbeat_interval: float = 15.0
+    heartbeat_interval: float = 30.0
     wakeup_hints: bool = True
     max_streams: int = 19000
     max_streams_per_user: int = 20
@@ -309,7 +319,7 @@ class Settings:
     producer_rate_limit: float = 500.0
     producer_rate_window: float = 10.0
     store_timeout: float = 5.0
-    safety_scan_interval: float = 120.0
+    safety_scan_interval: float = 200.0
     cors_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
     metrics_token: str | None = None

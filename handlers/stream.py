@@ -96,6 +96,8 @@ class EventStreamHandler(BaseHandler):
             # Each event is complete when written: send it now rather than wait to fill a packet (Nagle).
             connection.set_nodelay(True)
             abort_when_unacknowledged(connection.socket, limits.write_timeout)
+            # A stream may stay open for hours: drop the parsed query (two copies, the token in both).
+            self.request.arguments = self.request.query_arguments = {}
             if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
                 await self._catch_up(session)
             ticker.start()

@@ -200,18 +200,22 @@ class ConnectionInbox:
         return self._inbox_key
 
     async def refresh_if_due(self) -> None:
-        """Renew the registration's and the inbox's TTL when a third of it has passed."""
+        """Renew the registration's TTL when a third of it has passed."""
         commands = self.refresh_commands_if_due()
         if commands:
             await self._batcher.execute_many(commands)
 
     def refresh_commands_if_due(self) -> list[tuple[object, ...]]:
-        """The commands that renew the registration's and the inbox's TTL, if a third of it has passed."""
+        """The commands that renew the registration's TTL, if a third of it has passed.
+
+        The inbox needs none: each entry queued renews it, and a live stream empties it within a
+        safety scan interval, well inside INBOX_TTL.
+        """
         now = time.monotonic()
         if now < self._refresh_due:
             return []
         self._refresh_due = now + REGISTRATION_REFRESH_INTERVAL
-        return [*self._registration_commands(), ("EXPIRE", self._inbox_key, INBOX_TTL)]
+        return self._registration_commands()
 
     def _registration_commands(self) -> list[tuple[object, ...]]:
         return [

@@ -183,7 +183,8 @@ class WakeupHub:
 
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
-        self._listeners: dict[str, set[Wakeable]] = {}
+        # A user's one stream is held as itself; only a user with several streams gets a set.
+        self._listeners: dict[str, Wakeable | set[Wakeable]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._failed_attempts = 0
@@ -194,14 +195,22 @@ class WakeupHub:
 
     def listen(self, user_id: str, listener: Wakeable) -> None:
         """Wake `listener` whenever a notification for `user_id` is queued."""
-        self._listeners.setdefault(user_id, set()).add(listener)
+        listening = self._listeners.get(user_id)
+        if listening is None:
+            self._listeners[user_id] = listener
+        elif isinstance(listening, set):
+            listening.add(listener)
+        elif listening is not listener:
+            self._listeners[user_id] = {listening, listener}
 
     def ignore(self, user_id: str, listener: Wakeable) -> None:
         """Stop waking `listener`."""
-        listeners = self._listeners.get(user_id)
-        if listeners is not None:
-            listeners.discard(listener)
-            if not listeners:
+        listening = self._listeners.get(user_id)
+        if listening is listener:
+            del self._listeners[user_id]
+        elif isinstance(listening, set):
+            listening.discard(listener)
+            if not listening:
                 del self._listeners[user_id]
 
     def start(self) -> None:
@@ -222,13 +231,16 @@ class WakeupHub:
             self._reader = None
 
     def _wake(self, user_id: str) -> None:
-        for listener in tuple(self._listeners.get(user_id, ())):
-            listener.wake()
+        listening = self._listeners.get(user_id)
+        if isinstance(listening, set):
+            for listener in tuple(listening):
+                listener.wake()
+        elif listening is not None:
+            listening.wake()
 
     def _wake_everyone(self) -> None:
-        for listeners in tuple(self._listeners.values()):
-            for listener in tuple(listeners):
-                listener.wake()
+        for user_id in tuple(self._listeners):
+            self._wake(user_id)
 
     async def _read_forever(self) -> None:
         while True:

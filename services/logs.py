@@ -106,3 +106,7 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    # Neither format names the caller's file or line, so skip looking them up (the Logging HOWTO's
+    # "Optimization" advice): it walks the stack on every record, and on a stream's first line it
+    # materialises the frame of the handler's coroutine, which then lives as long as the stream.
+    logging._srcfile = None
