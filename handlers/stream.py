@@ -86,9 +86,9 @@ class EventStreamHandler(BaseHandler):
         ticker = PeriodicCallback(tick, timing.tick_interval * 1000, jitter=TICK_JITTER)
         try:
             await session.open(limits.max_streams_per_user)
-            self._session = session
-            self.streams.add(self)
             log.info("stream opened", extra=fields(**self.log_fields(), remote_ip=self.request.remote_ip))
+            self._session = session  # registered: from here on, its log lines also count what it sent
+            self.streams.add(self)
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")

@@ -268,10 +268,12 @@ class StreamRegistry:
         self._scans_due: list[OpenStream] = []
         self._cursor = 0
         self.slow_clients_dropped = 0
+        self.opened = 0
         self.closed = 0
 
     def add(self, stream: OpenStream) -> None:
         """Track an opened stream."""
+        self.opened += 1
         self._streams.add(stream)
         self._empty.clear()
         if self._metrics is not None:

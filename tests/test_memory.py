@@ -1,4 +1,4 @@
-"""Garbage collection by stream churn: full collections when streams closed, never because they opened."""
+"""Garbage collection by stream churn: full collections when streams closed and others open, never for a ramp alone."""
 
 from __future__ import annotations
 
@@ -14,11 +14,16 @@ class Streams:
     """A registry's counts, set by the test."""
 
     def __init__(self, open_streams: int) -> None:
-        self.open = open_streams
+        self.opened = open_streams
         self.closed = 0
 
     def __len__(self) -> int:
-        return self.open
+        return self.opened - self.closed
+
+    def replace(self, count: int) -> None:
+        """`count` streams closed and as many opened."""
+        self.opened += count
+        self.closed += count
 
 
 @pytest.fixture
@@ -35,38 +40,52 @@ def full_collections() -> Iterator[list[int]]:
     gc.callbacks.remove(note)
 
 
-def test_a_full_collection_runs_once_a_quarter_of_the_open_streams_have_closed(full_collections):
+def test_a_full_collection_runs_once_a_quarter_of_the_open_streams_were_replaced(full_collections):
     streams = Streams(open_streams=4000)
     collector = StreamAwareCollector(streams, min_closed=100, longest_interval=3600)
-    streams.closed = 999
+    streams.replace(999)
     assert not collector.collect_if_due(now=collector.last_full_collection)
     assert full_collections == []
-    streams.closed = 1000
+    streams.replace(1)
     assert collector.collect_if_due(now=collector.last_full_collection)
     assert len(full_collections) == 1
     # Counted afresh from there.
-    streams.closed = 1500
+    streams.replace(500)
     assert not collector.collect_if_due(now=collector.last_full_collection)
 
 
-def test_few_open_streams_wait_for_the_minimum_of_closed_ones(full_collections):
+def test_few_open_streams_wait_for_the_minimum_turnover(full_collections):
     streams = Streams(open_streams=10)
     collector = StreamAwareCollector(streams, min_closed=100, longest_interval=3600)
-    streams.closed = 99
+    streams.replace(99)
     assert not collector.collect_if_due(now=collector.last_full_collection)
-    streams.closed = 100
+    streams.replace(1)
     assert collector.collect_if_due(now=collector.last_full_collection)
     assert len(full_collections) == 1
 
 
-def test_opening_streams_alone_never_causes_a_full_collection_until_the_longest_interval(full_collections):
+def test_a_ramp_of_connects_or_a_mass_disconnect_alone_never_causes_a_full_collection(full_collections):
     streams = Streams(open_streams=0)
     collector = StreamAwareCollector(streams, min_closed=100, longest_interval=60)
     start = collector.last_full_collection
-    for opened in range(0, 20000, 1000):
-        streams.open = opened
+    for _ in range(20):
+        streams.opened += 1000
         assert not collector.collect_if_due(now=start + 59)
-    assert collector.collect_if_due(now=start + 60)
+    for _ in range(20):
+        streams.closed += 1000
+        assert not collector.collect_if_due(now=start + 59)
+    assert full_collections == []
+    # The next streams to open bring it, while the heap is small.
+    streams.opened += 1
+    assert collector.collect_if_due(now=start + 59)
+    assert len(full_collections) == 1
+
+
+def test_the_longest_interval_brings_a_full_collection_without_churn(full_collections):
+    streams = Streams(open_streams=5)
+    collector = StreamAwareCollector(streams, min_closed=100, longest_interval=60)
+    assert not collector.collect_if_due(now=collector.last_full_collection + 59)
+    assert collector.collect_if_due(now=collector.last_full_collection + 60)
     assert len(full_collections) == 1
 
 
