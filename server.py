@@ -31,7 +31,7 @@ from services.delivery import CommandBatcher, StreamTiming, WakeupHub
 from services.embedded import die_with_parent
 from services.health import HealthService
 from services.logs import LOG_FORMATS, UserIdHasher, configure_logging, fields
-from services.memory import StreamAwareCollector
+from services.memory import ScheduledFullCollections
 from services.metrics import Metrics, MetricsDirectory
 from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter, RateLimit
@@ -721,7 +721,7 @@ async def serve(
         servers.append(httpserver.HTTPServer(make_metrics_app(runtime, settings), xheaders=False))
         servers[-1].add_sockets(metrics_sockets)
     # From here on, what start-up made lives as long as the process: no full collection need traverse it.
-    collector = StreamAwareCollector(runtime.streams)
+    collector = ScheduledFullCollections()
     collector.start()
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

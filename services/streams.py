@@ -7,7 +7,7 @@ import contextlib
 import datetime
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -268,12 +268,9 @@ class StreamRegistry:
         self._scans_due: list[OpenStream] = []
         self._cursor = 0
         self.slow_clients_dropped = 0
-        self.opened = 0
-        self.closed = 0
 
     def add(self, stream: OpenStream) -> None:
         """Track an opened stream."""
-        self.opened += 1
         self._streams.add(stream)
         self._empty.clear()
         if self._metrics is not None:
@@ -282,17 +279,18 @@ class StreamRegistry:
 
     def discard(self, stream: OpenStream) -> None:
         """Forget a closed stream."""
-        if stream in self._streams:
-            self.closed += 1
-            if self._metrics is not None:
-                self._metrics.streams_closed.inc()
-                self._metrics.streams_open.dec()
+        if self._metrics is not None and stream in self._streams:
+            self._metrics.streams_closed.inc()
+            self._metrics.streams_open.dec()
         self._streams.discard(stream)
         if not self._streams:
             self._empty.set()
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def __iter__(self) -> Iterator[OpenStream]:
+        return iter(list(self._streams))
 
     def count_slow_client(self) -> None:
         """Count a stream closed because its client left a write unread or unacknowledged for the write timeout."""

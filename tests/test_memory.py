@@ -1,29 +1,16 @@
-"""Garbage collection by stream churn: full collections when streams closed and others open, never for a ramp alone."""
+"""Garbage collection: a closed stream is freed by reference counting, so full collections can wait."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from services.memory import NEVER, StreamAwareCollector
-
-
-class Streams:
-    """A registry's counts, set by the test."""
-
-    def __init__(self, open_streams: int) -> None:
-        self.opened = open_streams
-        self.closed = 0
-
-    def __len__(self) -> int:
-        return self.opened - self.closed
-
-    def replace(self, count: int) -> None:
-        """`count` streams closed and as many opened."""
-        self.opened += count
-        self.closed += count
+from services.memory import NEVER, ScheduledFullCollections
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -40,64 +27,49 @@ def full_collections() -> Iterator[list[int]]:
     gc.callbacks.remove(note)
 
 
-def test_a_full_collection_runs_once_a_quarter_of_the_open_streams_were_replaced(full_collections):
-    streams = Streams(open_streams=4000)
-    collector = StreamAwareCollector(streams, min_closed=100, longest_interval=3600)
-    streams.replace(999)
-    assert not collector.collect_if_due(now=collector.last_full_collection)
-    assert full_collections == []
-    streams.replace(1)
-    assert collector.collect_if_due(now=collector.last_full_collection)
-    assert len(full_collections) == 1
-    # Counted afresh from there.
-    streams.replace(500)
-    assert not collector.collect_if_due(now=collector.last_full_collection)
-
-
-def test_few_open_streams_wait_for_the_minimum_turnover(full_collections):
-    streams = Streams(open_streams=10)
-    collector = StreamAwareCollector(streams, min_closed=100, longest_interval=3600)
-    streams.replace(99)
-    assert not collector.collect_if_due(now=collector.last_full_collection)
-    streams.replace(1)
-    assert collector.collect_if_due(now=collector.last_full_collection)
-    assert len(full_collections) == 1
-
-
-def test_a_ramp_of_connects_or_a_mass_disconnect_alone_never_causes_a_full_collection(full_collections):
-    streams = Streams(open_streams=0)
-    collector = StreamAwareCollector(streams, min_closed=100, longest_interval=60)
-    start = collector.last_full_collection
-    for _ in range(20):
-        streams.opened += 1000
-        assert not collector.collect_if_due(now=start + 59)
-    for _ in range(20):
-        streams.closed += 1000
-        assert not collector.collect_if_due(now=start + 59)
-    assert full_collections == []
-    # The next streams to open bring it, while the heap is small.
-    streams.opened += 1
-    assert collector.collect_if_due(now=start + 59)
-    assert len(full_collections) == 1
-
-
-def test_the_longest_interval_brings_a_full_collection_without_churn(full_collections):
-    streams = Streams(open_streams=5)
-    collector = StreamAwareCollector(streams, min_closed=100, longest_interval=60)
-    assert not collector.collect_if_due(now=collector.last_full_collection + 59)
-    assert collector.collect_if_due(now=collector.last_full_collection + 60)
-    assert len(full_collections) == 1
+@pytest.fixture
+def no_cycle_collector() -> Iterator[None]:
+    """CPython's cycle collector off while the test runs: only reference counting frees objects."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
 
 
 @pytest.mark.gen_test
-async def test_start_turns_automatic_full_collections_off_and_close_gives_them_back():
+@pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
+async def test_closed_streams_are_freed_without_the_cycle_collector(no_cycle_collector, api, open_stream, runtime):
+    """What makes it safe to take full collections off the streams' path: they leave no cycles."""
+    clients = [await open_stream(f"user{i % 5}") for i in range(20)]
+    for client in clients:
+        await client.next_event()
+    created = await api.create("user0")
+    for client in clients[::5]:
+        assert (await client.notifications(1))[0].id == created["id"]
+    handlers = [weakref.ref(handler) for handler in runtime.streams]
+    assert len(handlers) == 20
+    for client in clients:
+        client.close()
+
+    async def released() -> bool:
+        return len(runtime.streams) == 0
+
+    await eventually(released)
+    await asyncio.sleep(0.1)  # the handlers' last callbacks
+    assert [ref for ref in handlers if ref() is not None] == []
+
+
+@pytest.mark.gen_test
+async def test_full_collections_run_on_their_schedule_and_close_gives_cpython_its_policy_back(full_collections):
     before = gc.get_threshold()
-    collector = StreamAwareCollector(Streams(open_streams=0))
-    collector.start()
+    collections = ScheduledFullCollections(interval=0.05)
+    collections.start()
     try:
         assert gc.get_threshold() == (before[0], before[1], NEVER)
         assert gc.get_freeze_count() > 0
+        await asyncio.sleep(0.3)
+        assert len(full_collections) >= 2
     finally:
-        await collector.close()
+        await collections.close()
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
