@@ -116,16 +116,13 @@ class DeliveryCache:
         EXISTS each. Raises StoreUnavailable when Redis does not answer.
         """
         commands: list[tuple[object, ...]] = []
+        exists_at = []
         for inbox in inboxes:
+            exists_at.append(len(commands))
             commands.append(("EXISTS", inbox.key))
             commands.extend(inbox.refresh_commands_if_due())
-        replies = iter(await self._batcher.execute_many(commands))
-        found = []
-        for command in commands:
-            reply = next(replies)
-            if command[0] == "EXISTS":
-                found.append(bool(reply))
-        return found
+        replies = await self._batcher.execute_many(commands)
+        return [bool(replies[position]) for position in exists_at]
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""

@@ -252,7 +252,7 @@ class StreamRegistry:
         self,
         heartbeat_interval: float,
         write_timeout: float,
-        scanner: InboxScanner | None = None,
+        scanner: InboxScanner,
         metrics: Metrics | None = None,
     ) -> None:
         self._scanner = scanner
@@ -329,14 +329,13 @@ class StreamRegistry:
 
     async def _safety_scan(self, due: list[OpenStream]) -> None:
         """Ask Redis about all the due inboxes at once; wake the streams whose inbox holds entries."""
-        registered = [(stream, stream.inbox) for stream in due]
-        inboxes = [inbox for _, inbox in registered if inbox is not None]
+        registered = [(stream, inbox) for stream in due if (inbox := stream.inbox) is not None]
         try:
-            found = iter(await self._scanner.safety_scan(inboxes)) if self._scanner is not None else None
+            found = await self._scanner.safety_scan([inbox for _, inbox in registered])
         except StoreUnavailable:
-            found = None  # each stream's own scan meets the outage and backs off
-        for stream, inbox in registered:
-            if found is None or inbox is None or next(found):
+            found = [True] * len(registered)  # each stream's own scan meets the outage and backs off
+        for (stream, _), holds_entries in zip(registered, found, strict=True):
+            if holds_entries:
                 stream.wake()
 
     def sweep(self, now: float) -> None:
