@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import socket
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -264,7 +265,7 @@ class StreamRegistry:
         self._heartbeat_interval = heartbeat_interval
         self._write_timeout = write_timeout
         self._sweeper: asyncio.Task[None] | None = None
-        self._round: list[OpenStream] = []
+        self._round: list[weakref.ref[OpenStream]] = []
         self._scans_due: list[OpenStream] = []
         self._cursor = 0
         self.slow_clients_dropped = 0
@@ -351,13 +352,19 @@ class StreamRegistry:
             self._safety_scans.add(scan)
             scan.add_done_callback(self._safety_scans.discard)
         if self._cursor >= len(self._round):
-            self._round = list(self._streams)
+            # Weakly: a stream that closes during the round is freed as it closes. Held here, the
+            # streams closed since the last round were all freed at once when the next began
+            # (10,000 of them stalled the event loop 0.4 s, in the middle of deliveries).
+            self._round = [weakref.ref(stream) for stream in self._streams]
             self._cursor = 0
         visit_every = self._heartbeat_interval / VISITS_PER_HEARTBEAT
         steps = max(1.0, visit_every / SWEEP_PERIOD)
         count = max(1, int(len(self._round) / steps + 0.999))
         idle_for = self._heartbeat_interval - visit_every / 2
-        for stream in self._round[self._cursor : self._cursor + count]:
+        for reference in self._round[self._cursor : self._cursor + count]:
+            stream = reference()
+            if stream is None:
+                continue
             started = stream.stalled_since()
             if started is not None and now - started > self._write_timeout:
                 self.count_slow_client()
