@@ -20,6 +20,8 @@ from services.errors import StoreUnavailable, TooMany
 from services.metrics import Metrics
 from services.notifications import CATCH_UP_WINDOW, Notification, NotificationService
 
+CATCH_UP_WINDOW_SECONDS = int(CATCH_UP_WINDOW.total_seconds())
+
 # The most entries one scan sends, so that one write stays small however much is queued.
 MAX_ENTRIES_PER_SEND = 100
 
@@ -155,7 +157,9 @@ class StreamSession:
         if newest is not None and (self._newest_sent is None or newest > self._newest_sent):
             self._newest_sent = newest
         if self._newest_sent is not None:
-            floor = str(ObjectId.from_datetime(ObjectId(self._newest_sent).generation_time - CATCH_UP_WINDOW))
+            # An ObjectId's hex starts with its creation second: the smallest id of that second less the window.
+            floor_second = max(0, int(self._newest_sent[:8], 16) - CATCH_UP_WINDOW_SECONDS)
+            floor = f"{floor_second:08x}{'0' * 16}"
             self._recent = frozenset(i for i in (*(self._recent or ()), *notification_ids) if i >= floor) or None
 
     async def refresh_if_due(self) -> None:
