@@ -97,7 +97,7 @@ class CommandBatcher:
         self._timeout = timeout
         self._metrics = metrics
         self._queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
-        self._flush_scheduled = False
+        self._sender_started = False
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def execute(self, *command: Any) -> Any:
@@ -109,29 +109,29 @@ class CommandBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._queued.append((commands, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        if not self._sender_started:
+            # The task's first step runs in the next loop iteration: it takes what this one queued.
+            self._sender_started = True
+            task = asyncio.ensure_future(self._send_queued())
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
         return future
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
+    async def _send_queued(self) -> None:
+        self._sender_started = False
         queued, self._queued = self._queued, []
-        batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
+        batches: list[list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]] = [[]]
         size = 0
         for entry in queued:
-            batch.append(entry)
-            size += len(entry[0])
             if size >= MAX_PIPELINE_COMMANDS:
-                self._start(batch)
-                batch, size = [], 0
-        if batch:
-            self._start(batch)
-
-    def _start(self, batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
-        task = asyncio.ensure_future(self._send(batch))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+                batches.append([])
+                size = 0
+            batches[-1].append(entry)
+            size += len(entry[0])
+        if len(batches) == 1:
+            await self._send(batches[0])  # the usual case, without a task more
+        else:
+            await asyncio.gather(*(self._send(batch) for batch in batches))
 
     async def _send(self, batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
         if self._metrics is not None:
