@@ -86,7 +86,12 @@ class EventStreamHandler(BaseHandler):
         ticker = PeriodicCallback(tick, timing.tick_interval * 1000, jitter=TICK_JITTER)
         try:
             await session.open(limits.max_streams_per_user)
-            log.info("stream opened", extra=fields(**self.log_fields(), remote_ip=self.request.remote_ip))
+            log.info(
+                "stream opened",
+                extra=fields(
+                    **self.log_fields(), connection=session.inbox.connection_id, remote_ip=self.request.remote_ip
+                ),
+            )
             self._session = session  # registered: from here on, its log lines also count what it sent
             self.streams.add(self)
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -247,10 +252,13 @@ class EventStreamHandler(BaseHandler):
             self._last_write = time.monotonic()
 
     def log_fields(self) -> dict[str, Any]:
-        """The access line of a stream, written when it ends, also says how many events it sent and why it ended."""
+        """The lines of a stream once registered also name its connection (its keys in Redis); the
+        access line, written when it ends, says how many events it sent and why it ended."""
         logged = super().log_fields()
         if self._session is not None:  # it was opened, not refused
-            logged.update(events_sent=self._events_sent, ended_by=self._ended_by)
+            logged.update(
+                connection=self._session.inbox.connection_id, events_sent=self._events_sent, ended_by=self._ended_by
+            )
         return logged
 
     async def _send_entries(self, session: StreamSession, entries: list[Entry], live: bool) -> bool:

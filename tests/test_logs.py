@@ -13,11 +13,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 from tornado.httpclient import AsyncHTTPClient
 
 from handlers.base import request_id_from
 from server import Settings
 from services.auth import Authenticator
+from services.cache import connections_key
 from services.logs import JSONFormatter, TextFormatter, UserIdHasher, fields, redact
 from tests.support import API, ServerProcess, SSEStream
 
@@ -127,13 +129,21 @@ async def test_a_request_id_that_is_not_sane_is_replaced_by_a_new_one(json_serve
 
 
 @pytest.mark.gen_test
-async def test_a_stream_is_logged_when_it_opens_and_when_it_closes_with_duration_and_events_sent(json_server):
+async def test_a_stream_is_logged_when_it_opens_and_when_it_closes_with_duration_and_events_sent(
+    json_server, store_urls
+):
     user = f"heidi-{uuid.uuid4().hex}"
     pseudonym = UserIdHasher(JWT_SECRET).hash(user)
     stream = await SSEStream.open(json_server.api.base_url, json_server.api.token(user))
     await stream.next_event()
     opened = await json_server.line(lambda line: line["message"] == "stream opened" and line.get("user") == pseudonym)
     assert GENERATED_ID.match(opened["request_id"])
+    # The connection id names the stream's registration in Redis.
+    redis = Redis.from_url(store_urls[1])
+    try:
+        assert await redis.zscore(connections_key(user), opened["connection"]) is not None
+    finally:
+        await redis.aclose()
     for title in ("one", "two"):
         await json_server.api.create(user, title)
     await stream.notifications(2)
@@ -142,6 +152,7 @@ async def test_a_stream_is_logged_when_it_opens_and_when_it_closes_with_duration
     closed = await json_server.line(lambda line: line.get("request_id") == opened["request_id"] and "status" in line)
     assert closed["uri"] == "/notifications/stream?access_token=[redacted]"
     assert (closed["status"], closed["events_sent"], closed["ended_by"]) == (200, 2, "client")
+    assert closed["connection"] == opened["connection"]
     assert closed["duration_ms"] >= 300
     assert closed["user"] == pseudonym
 
