@@ -26,7 +26,7 @@ import pytest
 
 from server import Runtime, Settings, make_app, start_runtime
 from services.embedded import EmbeddedMongo, EmbeddedRedis, EmbeddedRedisCluster
-from tests.support import API, SSEStream
+from tests.support import API, RestartableRedis, SSEStream
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +77,15 @@ def redis_cluster() -> bool:
 def redis_url(request, store_urls: tuple[str, str], redis_cluster: bool) -> str:
     """The session's Redis, or its cluster (started only for the first test that uses it)."""
     return request.getfixturevalue("cluster_url") if redis_cluster else store_urls[1]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RestartableRedis]:
+    """A Redis of this test's own that it may stop and start again; a module that uses it points
+    `store_urls` at it."""
+    server = RestartableRedis()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from tornado.tcpclient import TCPClient
 
 from services.auth import Authenticator
 from services.cache import connections_key
-from services.embedded import free_port
+from services.embedded import EmbeddedRedis, free_port
 
 
 @dataclass
@@ -242,6 +242,29 @@ def users_by_node(redis: RedisCluster, count_per_node: int) -> dict[str, list[st
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class RestartableRedis:
+    """A Redis of one test's own, on a fixed port, that the test may stop and start again (empty, as
+    after a restart without persistence); `close` stops whichever is running."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._server: EmbeddedRedis | None = EmbeddedRedis(None, port=self.port).start()
+        self.url = self._server.url
+
+    def stop(self) -> None:
+        """Stop the server, as a crash or an outage would."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def start(self) -> None:
+        """Start a new, empty server on the same port."""
+        if self._server is None:
+            self._server = EmbeddedRedis(None, port=self.port).start()
+
+    close = stop
 
 
 class ServerProcess:

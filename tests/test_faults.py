@@ -9,43 +9,32 @@ import psutil
 import pytest
 from tornado.iostream import IOStream
 
-from services.embedded import EmbeddedRedis, free_port
 from tests.support import SSEStream, cache_keys, eventually
-
-
-@pytest.fixture
-def private_redis():
-    """A Redis of this test's own, on a fixed port, that the test may stop and start again."""
-    port = free_port()
-    server = EmbeddedRedis(None, port=port).start()
-    yield server, port
-    server.stop()
 
 
 @pytest.fixture
 def store_urls(store_urls, private_redis):
     """The session's MongoDB, and the private Redis."""
     mongodb_url, _ = store_urls
-    return mongodb_url, private_redis[0].url
+    return mongodb_url, private_redis.url
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_streams_survive_a_redis_restart_and_receive_what_was_created_meanwhile_once(
     api, open_stream, private_redis, settings
 ):
-    server, port = private_redis
     stream = await open_stream("alice")
     await stream.next_event()
     before = await api.create("alice", "before the outage")
     [event] = await stream.notifications(1)
     assert event.id == before["id"]
 
-    server.stop()
+    private_redis.stop()
     during = await api.create("alice", "while Redis is down")  # MongoDB has it: 201 all the same
     heartbeat = await stream.next_event(timeout=settings.heartbeat_interval * 4)
     assert heartbeat.comments == ["heartbeat"], "the stream went quiet during the outage"
 
-    restarted = EmbeddedRedis(None, port=port).start()  # an empty Redis: registrations and inboxes are gone
+    private_redis.start()  # an empty Redis: registrations and inboxes are gone
     try:
         [event] = await stream.notifications(1, timeout=15)
         assert event.id == during["id"]
@@ -55,27 +44,24 @@ async def test_streams_survive_a_redis_restart_and_receive_what_was_created_mean
         await stream.assert_silent(0.5)
     finally:
         stream.close()
-        await asyncio.sleep(0.1)
-        restarted.stop()
+        await asyncio.sleep(0.1)  # deregistered before the fixture stops Redis
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_stream_opened_while_redis_is_down_receives_everything_once_it_is_back(api, open_stream, private_redis):
-    server, port = private_redis
-    server.stop()
+    private_redis.stop()
     stream = await open_stream("alice")
     assert stream.status == 200
     await stream.next_event()
     during = await api.create("alice", "while Redis is down")
-    restarted = EmbeddedRedis(None, port=port).start()
+    private_redis.start()
     try:
         [event] = await stream.notifications(1, timeout=15)
         assert event.id == during["id"]
         await stream.assert_silent(0.5)
     finally:
         stream.close()
-        await asyncio.sleep(0.1)
-        restarted.stop()
+        await asyncio.sleep(0.1)  # deregistered before the fixture stops Redis
 
 
 def _redis_errors(runtime) -> float:
@@ -89,15 +75,14 @@ def _redis_errors(runtime) -> float:
 async def test_while_redis_is_down_a_polling_stream_retries_with_backoff_not_at_every_poll(
     api, open_stream, private_redis, runtime, settings
 ):
-    server, port = private_redis
     stream = await open_stream("alice")
     await stream.next_event()
-    server.stop()
+    private_redis.stop()
     failed_before = _redis_errors(runtime)
     await asyncio.sleep(3.0)
     # A try at every poll (POLL_INTERVAL, 50 ms here) would be about 60; the backoff (0.5 s, doubling) makes 4.
     assert _redis_errors(runtime) - failed_before <= 6
-    restarted = EmbeddedRedis(None, port=port).start()
+    private_redis.start()
     try:
         after = await api.create("alice", "after the outage")
         [event] = await stream.notifications(1, timeout=15)
@@ -105,8 +90,7 @@ async def test_while_redis_is_down_a_polling_stream_retries_with_backoff_not_at_
         await stream.assert_silent(0.5)
     finally:
         stream.close()
-        await asyncio.sleep(0.1)
-        restarted.stop()
+        await asyncio.sleep(0.1)  # deregistered before the fixture stops Redis
 
 
 @pytest.mark.gen_test(timeout=60)

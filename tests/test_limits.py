@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 
 from server import SettingsError, parse_settings
-from services.embedded import EmbeddedRedis, free_port
 from services.ratelimit import KEY_PREFIX
 
 
@@ -103,21 +102,12 @@ async def test_requests_without_a_valid_api_key_are_refused_before_they_count(ap
 
 
 @pytest.fixture
-def private_redis():
-    """A Redis of this test's own, on a fixed port, that the test may stop and start again."""
-    port = free_port()
-    server = EmbeddedRedis(None, port=port).start()
-    yield server, port
-    server.stop()
-
-
-@pytest.fixture
 def store_urls(store_urls, request):
     """The session's stores, or the private Redis for the tests that stop it."""
     if "private_redis" not in request.fixturenames:
         return store_urls
     private = request.getfixturevalue("private_redis")
-    return store_urls[0], private[0].url
+    return store_urls[0], private.url
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -125,24 +115,20 @@ def store_urls(store_urls, request):
 async def test_with_redis_down_producers_are_admitted_and_stored_and_it_is_logged_once(
     api, runtime, private_redis, caplog
 ):
-    server, port = private_redis
     assert (await _post(api, "first")).code == 201
     assert (await _post(api, "second")).code == 429
-    server.stop()
+    private_redis.stop()
     with caplog.at_level(logging.WARNING, logger="bellcast.ratelimit"):
         statuses = [(await _post(api, f"during {i}")).code for i in range(5)]
     assert statuses == [201] * 5
     outage_logs = [r for r in caplog.records if r.name == "bellcast.ratelimit"]
     assert len(outage_logs) == 1, [r.getMessage() for r in outage_logs]
     assert await runtime.mongo.database["notifications"].count_documents({}) == 6
-    restarted = EmbeddedRedis(None, port=port).start()
-    try:
-        # A restarted Redis has forgotten the count: the allowance starts afresh, and is enforced again
-        # (the first call after the restart may still meet a connection of the old server, and let one more in).
-        statuses = [(await _post(api, f"after {i}")).code for i in range(4)]
-        assert statuses[0] == 201 and statuses[-1] == 429 and statuses.count(201) <= 2, statuses
-    finally:
-        restarted.stop()
+    private_redis.start()
+    # A restarted Redis has forgotten the count: the allowance starts afresh, and is enforced again
+    # (the first call after the restart may still meet a connection of the old server, and let one more in).
+    statuses = [(await _post(api, f"after {i}")).code for i in range(4)]
+    assert statuses[0] == 201 and statuses[-1] == 429 and statuses.count(201) <= 2, statuses
 
 
 @pytest.mark.gen_test

@@ -73,28 +73,37 @@ def _get(url: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path):
-    """Also the shutdown order: open streams get a retry hint and a clean end before the stores close."""
+def _start_healthy_server(data_dir: Path, environ: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    """`python server.py` on a free port with its data in `data_dir`, once /healthz finds both stores ok."""
     port = free_port()
-    environ = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "REDIS_URL", "JWT_SECRET", "API_KEY")}
     process = subprocess.Popen(
-        [sys.executable, "server.py", "--port", str(port), "--data-dir", str(tmp_path)],
+        [sys.executable, "server.py", "--port", str(port), "--data-dir", str(data_dir)],
         cwd=ROOT,
         env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    deadline = time.monotonic() + 30
+    health: tuple[int, dict] | None = None
+    while health is None and process.poll() is None and time.monotonic() < deadline:
+        try:
+            health = _get(f"http://127.0.0.1:{port}/healthz")
+        except OSError:
+            time.sleep(0.1)
+    stores_ok = {"mongodb": "ok", "redis": "ok"}
+    if health is None or health[0] != 200 or health[1].get("checks") != stores_ok:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+        raise AssertionError(f"server did not start healthy ({health}):\n{output}")
+    return process, port
+
+
+def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path):
+    """Also the shutdown order: open streams get a retry hint and a clean end before the stores close."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "REDIS_URL", "JWT_SECRET", "API_KEY")}
+    process, port = _start_healthy_server(tmp_path, environ)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, body = _get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
-        assert status == 200 and body["checks"] == {"mongodb": "ok", "redis": "ok"}
         secrets = json.loads((tmp_path / "development-secrets.json").read_text())
         assert set(secrets) == {"jwt_secret", "api_key"}
         token = Authenticator(secrets["jwt_secret"], secrets["api_key"]).mint_user_token("demo", 60, time.time())
@@ -119,27 +128,10 @@ def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path
 
 
 def test_redis_cluster_without_url_starts_an_embedded_three_node_cluster_and_stops_it(tmp_path, store_urls):
-    port = free_port()
     environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JWT_SECRET", "API_KEY")}
     environ.update(MONGODB_URL=store_urls[0], REDIS_CLUSTER="1")
-    process = subprocess.Popen(
-        [sys.executable, "server.py", "--port", str(port), "--data-dir", str(tmp_path)],
-        cwd=ROOT,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, _ = _start_healthy_server(tmp_path, environ)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, body = _get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-                time.sleep(0.1)
-        assert status == 200 and body["checks"] == {"mongodb": "ok", "redis": "ok"}
         nodes = [child for child in psutil.Process(process.pid).children() if "valkey" in child.name()]
         assert len(nodes) == 3
     finally:
