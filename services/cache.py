@@ -21,11 +21,13 @@ slot (SPUBLISH; see `services.delivery`).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
 import uuid
 from collections.abc import Collection, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from redis.asyncio.cluster import RedisCluster
@@ -121,17 +123,20 @@ class DeliveryCache:
     async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
         """Which of these inboxes hold entries, in one pipeline that also renews the registrations due.
 
-        Streams whose inboxes hold something then scan them themselves; the others cost one
-        EXISTS each. Raises StoreUnavailable when Redis does not answer.
+        Streams whose inboxes hold something then scan them themselves. A single Redis is asked
+        with one EXISTS for all of them, and a count of 0, the usual answer, settles it; only
+        when some exist, or in a cluster (keys of many slots), each inbox costs an EXISTS of its
+        own. Raises StoreUnavailable when Redis does not answer.
         """
-        commands: list[tuple[object, ...]] = []
-        exists_at = []
-        for inbox in inboxes:
-            exists_at.append(len(commands))
-            commands.append(("EXISTS", inbox.key))
-            commands.extend(inbox.refresh_commands_if_due())
-        replies = await self._batcher.execute_many(commands)
-        return [bool(replies[position]) for position in exists_at]
+        keys = [inbox.key for inbox in inboxes]
+        renewals = [command for inbox in inboxes for command in inbox.refresh_commands_if_due()]
+        if keys and not isinstance(self._redis, RedisCluster):
+            replies = await self._batcher.execute_many([("EXISTS", *keys), *renewals])
+            if not replies[0]:
+                return [False] * len(keys)
+            renewals = []
+        replies = await self._batcher.execute_many([*(("EXISTS", key) for key in keys), *renewals])
+        return [bool(reply) for reply in replies[: len(keys)]]
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""
@@ -171,6 +176,7 @@ class ConnectionInbox:
         "_inbox_key",
         "_refresh_due",
         "_registered_at",
+        "_registration",
         "_sent",
         "connection_id",
         "user_id",
@@ -184,6 +190,7 @@ class ConnectionInbox:
         self._inbox_key = inbox_key(user_id, connection_id)
         self._refresh_due = 0.0
         self._registered_at = 0.0
+        self._registration: asyncio.Future[list[Any]] | None = None
         # Ids already sent on this connection whose inbox entry may still exist: sent by the
         # catch-up while the observer also queued them, or sent when the delete that follows failed.
         self._sent: set[str] | None = None  # made on first use: most streams never need it
@@ -194,9 +201,16 @@ class ConnectionInbox:
         Returns how many live connections the user has now, this one included.
         """
         now = self._registered_at = time.time()
-        replies = await self._batcher.execute_many(
+        registration = self._registration = self._batcher.execute_many(
             [*self._registration_commands(), ("ZCOUNT", self._connections_key, now, "+inf")]
         )
+        try:
+            # Shielded: cancelled meanwhile, the stream's task leaves the commands to go out all the
+            # same, and `deregister` waits for their reply.
+            replies = await asyncio.shield(registration)
+        finally:
+            if registration.done():
+                self._registration = None
         self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
         return int(replies[-1])
 
@@ -221,11 +235,14 @@ class ConnectionInbox:
         if now < self._refresh_due:
             return []
         self._refresh_due = now + REGISTRATION_REFRESH_INTERVAL
-        return self._registration_commands()
+        # XX: a renewal only extends a registration. Queued before the stream closed, it may reach
+        # Redis after the deregistration (safety scans go out a sweep later, on another connection),
+        # and must not bring the connection back to be written to for ten minutes.
+        return self._registration_commands("XX")
 
-    def _registration_commands(self) -> list[tuple[object, ...]]:
+    def _registration_commands(self, *flags: str) -> list[tuple[object, ...]]:
         return [
-            ("ZADD", self._connections_key, time.time() + REGISTRATION_TTL, self.connection_id),
+            ("ZADD", self._connections_key, *flags, time.time() + REGISTRATION_TTL, self.connection_id),
             # The newest registration expires last, so its TTL covers every member.
             ("EXPIRE", self._connections_key, REGISTRATION_TTL),
         ]
@@ -265,6 +282,9 @@ class ConnectionInbox:
 
     async def deregister(self) -> None:
         """Forget the connection and drop whatever it had not sent."""
+        if self._registration is not None and not self._registration.done():
+            # A registration still under way (a recovery's) must not land after this.
+            await asyncio.wait([self._registration])
         await self._batcher.execute_many(
             [("ZREM", self._connections_key, self.connection_id), ("DEL", self._inbox_key)]
         )

@@ -339,6 +339,10 @@ class StreamRegistry:
             found = await self._scanner.safety_scan([inbox for _, inbox in registered])
         except StoreUnavailable:
             found = [True] * len(registered)  # each stream's own scan meets the outage and backs off
+        else:
+            if self._metrics is not None:
+                self._metrics.safety_scans_found.inc(sum(found))
+                self._metrics.safety_scans_empty.inc(len(found) - sum(found))
         for (stream, _), holds_entries in zip(registered, found, strict=True):
             if holds_entries:
                 stream.wake()

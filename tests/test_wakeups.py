@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
-from services.cache import DeliveryCache
+from services import cache
+from services.cache import ConnectionInbox, DeliveryCache
 from services.notifications import utc_now, validate_new_notification
-from tests.support import command_calls, on_every_node
+from tests.support import cache_keys, command_calls, eventually, on_every_node
 
 
 async def _hgetall_calls(redis) -> int:
@@ -86,6 +88,7 @@ async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, run
     assert await silent_cache.enqueue(notification) == 1
     [event] = await stream.notifications(1, timeout=5)
     assert event.id == str(notification.id)
+    assert _safety_scans(runtime, "entries") >= 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -94,19 +97,83 @@ async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, run
 async def test_safety_scans_that_fall_due_within_a_sweep_share_one_pipeline(open_stream, runtime, settings, app):
     """Idle streams' own scans are queued for the registry's sweep (every second), not sent one by one.
 
-    An empty inbox costs one EXISTS in a shared pipeline; only a stream whose inbox holds entries reads it.
+    Empty inboxes cost one EXISTS for all of them (a single Redis), in a shared pipeline; only a
+    stream whose inbox holds entries reads it.
     """
     app.settings["stream_timing"] = replace(settings.stream_timing, safety_scan_interval=0.3)
     streams = [await open_stream(f"user{i}") for i in range(40)]
     for stream in streams:
         await stream.next_event()
-    scans_before, pipelines_before = await command_calls(runtime.redis, "exists"), _pipelines(runtime)
-    reads_before = await _hgetall_calls(runtime.redis)
+    scans_before, pipelines_before = _safety_scans(runtime, "nothing"), _pipelines(runtime)
+    exists_before, reads_before = await command_calls(runtime.redis, "exists"), await _hgetall_calls(runtime.redis)
     await asyncio.sleep(3.5)
-    scans = await command_calls(runtime.redis, "exists") - scans_before
+    scans = _safety_scans(runtime, "nothing") - scans_before
     assert scans >= 2 * len(streams), "the streams did not scan on their own"
     assert _pipelines(runtime) - pipelines_before <= scans / 10
+    assert await command_calls(runtime.redis, "exists") - exists_before <= scans / 10
     assert await _hgetall_calls(runtime.redis) == reads_before
+    assert _safety_scans(runtime, "entries") == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
+async def test_renewals_queued_before_streams_close_do_not_register_them_again(
+    open_stream, runtime, settings, app, monkeypatch
+):
+    """A stream's safety scan goes out with the next sweep and renews its registration if due; the
+    stream may have closed and deregistered by then. The renewal must not bring it back (it did:
+    Redis kept writing notifications for such connections until the registration expired)."""
+    monkeypatch.setattr(cache, "REGISTRATION_REFRESH_INTERVAL", 0.0)  # every scan renews
+    app.settings["stream_timing"] = replace(settings.stream_timing, safety_scan_interval=0.1)
+    streams = [await open_stream(f"user{i}") for i in range(40)]
+    for stream in streams:
+        await stream.next_event()
+    await asyncio.sleep(0.5)  # scans and renewals under way
+    for stream in streams:
+        stream.close()
+
+    async def released() -> bool:
+        return len(runtime.streams) == 0
+
+    await eventually(released)
+    await asyncio.sleep(0.5)  # the sweeps after the closes
+    assert await cache_keys(runtime.redis) == []
+
+
+class _AnsweringWhenTold:
+    """A batcher that records the commands it is given and answers only when the test says."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.replies: list[asyncio.Future[list[Any]]] = []
+
+    def execute_many(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
+        self.sent.append([command[0] for command in commands])
+        self.replies.append(asyncio.get_running_loop().create_future())
+        return self.replies[-1]
+
+
+@pytest.mark.gen_test
+async def test_a_deregistration_goes_out_only_once_a_registration_under_way_has_answered():
+    """A stream's task cancelled during its registration (a recovery's) leaves the commands on their
+    way; sent at once, the deregistration could overtake them on another connection."""
+    batcher = _AnsweringWhenTold()
+    inbox = ConnectionInbox(batcher, "alice", "connection-1")  # type: ignore[arg-type]
+    registering = asyncio.ensure_future(inbox.register())
+    await asyncio.sleep(0)
+    registering.cancel()
+    deregistering = asyncio.ensure_future(inbox.deregister())
+    await asyncio.sleep(0.05)
+    assert batcher.sent == [["ZADD", "EXPIRE", "ZCOUNT"]]
+    batcher.replies[0].set_result([1, 1, 1])
+    await asyncio.sleep(0.01)
+    assert batcher.sent[1:] == [["ZREM", "DEL"]]
+    batcher.replies[1].set_result([1, 0])
+    await deregistering
+
+
+def _safety_scans(runtime, found: str) -> float:
+    return runtime.metrics.registry.get_sample_value("bellcast_safety_scans_total", {"process": "0", "found": found})
 
 
 def _pipelines(runtime) -> float:
