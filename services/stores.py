@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -14,6 +15,10 @@ from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredEr
 MONGO_DRIVERS = ("pymongo", "motor")
 # Every store call is bounded (STORE_TIMEOUT), so that a store that vanishes gives errors rather than hung requests.
 DEFAULT_STORE_TIMEOUT_SECONDS = 5.0
+# MongoDB connections the driver keeps open even when idle. It otherwise opens them when requests
+# first come together, two at a time, and those requests wait: the first 8 concurrent creates after
+# start-up took 115-137 ms to insert instead of 3 ms. A `minPoolSize` in MONGODB_URL wins.
+DEFAULT_MONGODB_MIN_POOL_SIZE = 10
 # Connections to one node of a Redis Cluster; redis-py's default of 100 is fewer than the
 # pipelines a busy process may have in flight, and a single Redis's pool has no limit.
 REDIS_CLUSTER_CONNECTIONS_PER_NODE = 10000
@@ -34,6 +39,8 @@ class MongoConnection:
             "timeoutMS": timeout_ms,
             "appname": "bellcast",
         }
+        if "minpoolsize" not in {name.lower() for name in parse_qs(urlsplit(url).query)}:
+            options["minPoolSize"] = DEFAULT_MONGODB_MIN_POOL_SIZE
         if driver == "pymongo":
             from pymongo import AsyncMongoClient
 
