@@ -19,6 +19,9 @@ DEFAULT_STORE_TIMEOUT_SECONDS = 5.0
 # first come together, two at a time, and those requests wait: the first 8 concurrent creates after
 # start-up took 115-137 ms to insert instead of 3 ms. A `minPoolSize` in MONGODB_URL wins.
 DEFAULT_MONGODB_MIN_POOL_SIZE = 10
+# ... and replaces once idle this long: servers, proxies and NATs close idle connections (the
+# embedded SecantusDB after about five minutes), and the driver only finds out when it uses one.
+DEFAULT_MONGODB_MAX_IDLE_MS = 60_000
 # Connections to one node of a Redis Cluster; redis-py's default of 100 is fewer than the
 # pipelines a busy process may have in flight, and a single Redis's pool has no limit.
 REDIS_CLUSTER_CONNECTIONS_PER_NODE = 10000
@@ -39,8 +42,11 @@ class MongoConnection:
             "timeoutMS": timeout_ms,
             "appname": "bellcast",
         }
-        if "minpoolsize" not in {name.lower() for name in parse_qs(urlsplit(url).query)}:
+        in_url = {name.lower() for name in parse_qs(urlsplit(url).query)}
+        if "minpoolsize" not in in_url:
             options["minPoolSize"] = DEFAULT_MONGODB_MIN_POOL_SIZE
+        if "maxidletimems" not in in_url:
+            options["maxIdleTimeMS"] = DEFAULT_MONGODB_MAX_IDLE_MS
         if driver == "pymongo":
             from pymongo import AsyncMongoClient
 
