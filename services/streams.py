@@ -341,8 +341,9 @@ class StreamRegistry:
             found = [True] * len(registered)  # each stream's own scan meets the outage and backs off
         else:
             if self._metrics is not None:
-                self._metrics.safety_scans_found.inc(sum(found))
-                self._metrics.safety_scans_empty.inc(len(found) - sum(found))
+                holding = sum(found)
+                self._metrics.safety_scans_found.inc(holding)
+                self._metrics.safety_scans_empty.inc(len(found) - holding)
         for (stream, _), holds_entries in zip(registered, found, strict=True):
             if holds_entries:
                 stream.wake()

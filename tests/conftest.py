@@ -85,7 +85,7 @@ def private_redis() -> Iterator[RestartableRedis]:
     `store_urls` at it."""
     server = RestartableRedis()
     yield server
-    server.close()
+    server.stop()
 
 
 @pytest.fixture

@@ -246,7 +246,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class RestartableRedis:
     """A Redis of one test's own, on a fixed port, that the test may stop and start again (empty, as
-    after a restart without persistence); `close` stops whichever is running."""
+    after a restart without persistence). Stopping it twice is harmless."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -263,8 +263,6 @@ class RestartableRedis:
         """Start a new, empty server on the same port."""
         if self._server is None:
             self._server = EmbeddedRedis(None, port=self.port).start()
-
-    close = stop
 
 
 class ServerProcess:
