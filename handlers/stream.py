@@ -178,9 +178,14 @@ class EventStreamHandler(BaseHandler):
         if self.request.connection is not None:
             self.request.connection.stream.close()  # type: ignore[attr-defined]
 
-    def heartbeat_if_idle(self, now: float, idle_for: float) -> None:
+    @property
+    def last_write(self) -> float:
+        """When the last write completed (time.monotonic()): the registry's sweep heartbeats after silence."""
+        return self._last_write
+
+    def heartbeat(self, now: float) -> None:
         """Called by the registry's sweep: a comment, so that proxies do not close an idle stream."""
-        if self._pending_write is None and not self._closed.done() and now - self._last_write >= idle_for:
+        if self._pending_write is None and not self._closed.done():
             self._write_heartbeat(now)
 
     def _write_heartbeat(self, now: float) -> None:
@@ -193,7 +198,7 @@ class EventStreamHandler(BaseHandler):
         """
         stream = self.request.connection.stream  # type: ignore[union-attr]
         if stream.closed() or stream.writing():
-            return  # gone, or bytes still queued: the sweep's next visit tries again
+            return  # gone, or bytes still queued: the sweep tries again a heartbeat interval later
         framed = HEARTBEAT_CHUNK if self.request.version == "HTTP/1.1" else HEARTBEAT
         try:
             sent = stream.socket.send(framed)

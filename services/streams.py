@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import math
 import socket
 import time
-import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -219,11 +219,15 @@ class OpenStream(Protocol):
     def stalled_since(self) -> float | None:
         """When the write under way began (time.monotonic()), if one is."""
 
+    @property
+    def last_write(self) -> float:
+        """When the last write completed (time.monotonic())."""
+
     def drop(self) -> None:
         """Close the connection now; the client reconnects and catches up."""
 
-    def heartbeat_if_idle(self, now: float, idle_for: float) -> None:
-        """Send a heartbeat if nothing was written for `idle_for` seconds and no write is under way."""
+    def heartbeat(self, now: float) -> None:
+        """Send a heartbeat, unless the stream has ended."""
 
     def wake(self) -> None:
         """Scan the inbox now."""
@@ -240,9 +244,9 @@ class InboxScanner(Protocol):
         """For each inbox, whether it holds entries; renews the registrations due on the way."""
 
 
-# The sweep runs every second and visits each stream this many times per heartbeat interval.
+# The sweep runs every second, or more often for heartbeat intervals under this many seconds.
 SWEEP_PERIOD = 1.0
-VISITS_PER_HEARTBEAT = 3
+SWEEPS_PER_HEARTBEAT = 3
 
 
 class StreamRegistry:
@@ -250,7 +254,9 @@ class StreamRegistry:
 
     One process-wide timer instead of a timer per stream: at thousands of idle streams the
     heartbeats are most of the work, and batching them into one loop iteration a second keeps
-    the event loop from waking for each.
+    the event loop from waking for each. Each stream waits in the sweep's bucket of the moment
+    it next owes something (a heartbeat, or the end of its write timeout), so a sweep looks at
+    the streams due and at no other: an idle stream costs one visit per heartbeat.
     """
 
     def __init__(
@@ -263,20 +269,23 @@ class StreamRegistry:
         self._scanner = scanner
         self._metrics = metrics
         self._safety_scans: set[asyncio.Task[None]] = set()
-        self._streams: set[OpenStream] = set()
         self._empty = asyncio.Event()
         self._empty.set()
         self._heartbeat_interval = heartbeat_interval
         self._write_timeout = write_timeout
+        self._period = min(SWEEP_PERIOD, heartbeat_interval / SWEEPS_PER_HEARTBEAT)
+        # Each open stream and the sweep (a count of periods) that next visits it; the streams by that
+        # sweep. A closed stream leaves both at once: nothing here holds it, to be freed later in bulk.
+        self._visit_of: dict[OpenStream, int] = {}
+        self._visits: dict[int, set[OpenStream]] = {}
+        self._swept = self._sweep_number(time.monotonic())
         self._sweeper: asyncio.Task[None] | None = None
-        self._round: list[weakref.ref[OpenStream]] = []
         self._scans_due: list[OpenStream] = []
-        self._cursor = 0
         self.slow_clients_dropped = 0
 
     def add(self, stream: OpenStream) -> None:
-        """Track an opened stream."""
-        self._streams.add(stream)
+        """Track an opened stream; its first heartbeat is due a heartbeat interval from now."""
+        self._schedule(stream, time.monotonic() + self._heartbeat_interval)
         self._empty.clear()
         if self._metrics is not None:
             self._metrics.streams_opened.inc()
@@ -284,18 +293,22 @@ class StreamRegistry:
 
     def discard(self, stream: OpenStream) -> None:
         """Forget a closed stream."""
-        if self._metrics is not None and stream in self._streams:
+        visit = self._visit_of.pop(stream, None)
+        if visit is None:
+            return
+        if (waiting := self._visits.get(visit)) is not None:
+            waiting.discard(stream)
+        if self._metrics is not None:
             self._metrics.streams_closed.inc()
             self._metrics.streams_open.dec()
-        self._streams.discard(stream)
-        if not self._streams:
+        if not self._visit_of:
             self._empty.set()
 
     def __len__(self) -> int:
-        return len(self._streams)
+        return len(self._visit_of)
 
     def __iter__(self) -> Iterator[OpenStream]:
-        return iter(list(self._streams))
+        return iter(list(self._visit_of))
 
     def count_slow_client(self) -> None:
         """Count a stream closed because its client left a write unread or unacknowledged for the write timeout."""
@@ -309,7 +322,7 @@ class StreamRegistry:
 
     def end_all(self) -> None:
         """Ask every open stream to end; each discards itself when it has."""
-        for stream in list(self._streams):
+        for stream in list(self._visit_of):
             stream.end()
 
     def start(self) -> None:
@@ -349,40 +362,47 @@ class StreamRegistry:
                 stream.wake()
 
     def sweep(self, now: float) -> None:
-        """Start the scans due, and visit the next slice of streams: heartbeat the idle, drop the stalled.
-
-        Each stream is visited VISITS_PER_HEARTBEAT times per heartbeat interval and gets a
-        heartbeat once silent for the interval less half a visit, so idle streams hear one
-        about every interval (within a sixth of it either way).
-        """
+        """Start the scans due, and visit the streams due: heartbeat the silent, drop the stalled."""
         if self._scans_due:
             due, self._scans_due = self._scans_due, []
             scan = asyncio.ensure_future(self._safety_scan(due))
             self._safety_scans.add(scan)
             scan.add_done_callback(self._safety_scans.discard)
-        if self._cursor >= len(self._round):
-            # Weakly: a stream that closes during the round is freed as it closes. Held here, the
-            # streams closed since the last round were all freed at once when the next began
-            # (10,000 of them stalled the event loop 0.4 s, in the middle of deliveries).
-            self._round = [weakref.ref(stream) for stream in self._streams]
-            self._cursor = 0
-        visit_every = self._heartbeat_interval / VISITS_PER_HEARTBEAT
-        steps = max(1.0, visit_every / SWEEP_PERIOD)
-        count = max(1, int(len(self._round) / steps + 0.999))
-        idle_for = self._heartbeat_interval - visit_every / 2
-        for reference in self._round[self._cursor : self._cursor + count]:
-            stream = reference()
-            if stream is None:
-                continue
-            started = stream.stalled_since()
-            if started is not None and now - started > self._write_timeout:
+        swept = self._swept = max(self._swept, self._sweep_number(now))
+        for number in sorted(number for number in self._visits if number <= swept):
+            for stream in self._visits.pop(number):
+                next_visit = self._visit(stream, now)
+                if stream in self._visit_of:  # else it was discarded on the way
+                    self._schedule(stream, next_visit)
+
+    def _visit(self, stream: OpenStream, now: float) -> float:
+        """Heartbeat or drop `stream` if due; when it will next be due."""
+        started = stream.stalled_since()
+        if started is not None:
+            if now - started > self._write_timeout:
                 self.count_slow_client()
                 stream.drop()
-            else:
-                stream.heartbeat_if_idle(now, idle_for)
-        self._cursor += count
+                return now + self._write_timeout  # it discards itself meanwhile
+            return started + self._write_timeout + self._period  # the first sweep past the timeout
+        heartbeat_due = stream.last_write + self._heartbeat_interval
+        if now >= heartbeat_due - self._period / 2:
+            stream.heartbeat(now)
+            return now + self._heartbeat_interval
+        return heartbeat_due
+
+    def _schedule(self, stream: OpenStream, when: float) -> None:
+        # The sweep of the period `when` falls in, never one already made: sweeps keep their phase, so a
+        # stream comes back on time after a heartbeat, and otherwise within a period of `when`.
+        number = max(self._swept + 1, self._sweep_number(when))
+        self._visit_of[stream] = number
+        if (waiting := self._visits.get(number)) is None:
+            waiting = self._visits[number] = set()
+        waiting.add(stream)
+
+    def _sweep_number(self, now: float) -> int:
+        return math.floor(now / self._period)
 
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(min(SWEEP_PERIOD, self._heartbeat_interval / VISITS_PER_HEARTBEAT))
+            await asyncio.sleep(self._period)
             self.sweep(time.monotonic())

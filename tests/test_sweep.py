@@ -1,0 +1,113 @@
+"""The registry's sweep: heartbeats for silent streams, drops for stalled ones, and no other visits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+
+import pytest
+
+from services.cache import ConnectionInbox
+from services.streams import StreamRegistry
+
+
+class _NoScans:
+    async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
+        return [False] * len(inboxes)
+
+
+class _Stream:
+    """An open stream as the registry sees it, counting how often the sweep looks at it."""
+
+    inbox = None
+
+    def __init__(self) -> None:
+        self.last_write = time.monotonic()
+        self.write_started: float | None = None
+        self.visits = 0
+        self.heartbeats: list[float] = []
+        self.dropped = False
+
+    def stalled_since(self) -> float | None:
+        self.visits += 1
+        return self.write_started
+
+    def heartbeat(self, now: float) -> None:
+        self.heartbeats.append(now)
+        self.last_write = now
+
+    def drop(self) -> None:
+        assert not self.dropped, "dropped twice"
+        self.dropped = True
+
+    def end(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+
+def _sweep_every_second(
+    registry: StreamRegistry, start: float, seconds: range, before_each: Callable[[float], None] = lambda now: None
+) -> None:
+    for second in seconds:
+        now = start + second
+        before_each(now)
+        registry.sweep(now)
+
+
+@pytest.mark.gen_test
+async def test_a_silent_stream_gets_one_heartbeat_per_interval_and_no_other_visit():
+    registry = StreamRegistry(heartbeat_interval=30.0, write_timeout=30.0, scanner=_NoScans())
+    stream = _Stream()
+    start = time.monotonic()
+    registry.add(stream)
+    _sweep_every_second(registry, start, range(1, 301))
+    assert len(stream.heartbeats) == 10
+    gaps = [later - earlier for earlier, later in pairwise([start, *stream.heartbeats])]
+    assert all(29.5 <= gap <= 31 for gap in gaps), gaps
+    assert stream.visits == 10
+
+
+@pytest.mark.gen_test
+async def test_a_stream_that_keeps_writing_gets_no_heartbeat_and_one_visit_per_interval():
+    registry = StreamRegistry(heartbeat_interval=30.0, write_timeout=30.0, scanner=_NoScans())
+    stream = _Stream()
+    start = time.monotonic()
+    registry.add(stream)
+
+    def write_every_five_seconds(now: float) -> None:
+        if round(now - start) % 5 == 0:
+            stream.last_write = now
+
+    _sweep_every_second(registry, start, range(1, 301), write_every_five_seconds)
+    assert stream.heartbeats == []
+    assert 9 <= stream.visits <= 11
+
+
+@pytest.mark.gen_test
+async def test_a_stream_whose_write_stalls_is_dropped_once_past_the_write_timeout():
+    registry = StreamRegistry(heartbeat_interval=30.0, write_timeout=20.0, scanner=_NoScans())
+    stalled, healthy = _Stream(), _Stream()
+    start = time.monotonic()
+    registry.add(stalled)
+    registry.add(healthy)
+    _sweep_every_second(registry, start, range(1, 26))
+    stalled.write_started = start + 25.2
+    _sweep_every_second(registry, start, range(26, 46))
+    assert not stalled.dropped
+    _sweep_every_second(registry, start, range(46, 48))
+    assert stalled.dropped and registry.slow_clients_dropped == 1
+    assert not healthy.dropped and len(healthy.heartbeats) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_discarded_stream_is_no_longer_visited():
+    registry = StreamRegistry(heartbeat_interval=30.0, write_timeout=30.0, scanner=_NoScans())
+    stream = _Stream()
+    registry.add(stream)
+    registry.discard(stream)
+    start = time.monotonic()
+    _sweep_every_second(registry, start, range(1, 101))
+    assert stream.visits == 0 and len(registry) == 0
