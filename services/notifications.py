@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import AutoReconnect, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from services.errors import Invalid, NotFound, StoreUnavailable
 from services.metrics import Metrics
@@ -146,7 +146,7 @@ class NotificationService:
         """
         notification = validate_new_notification(fields, now=utc_now())
         with _store_errors(self._metrics):
-            await self._collection.insert_one(notification.to_document())
+            await self._insert_once(notification.to_document())
         if self._metrics is not None:
             self._metrics.notifications_created.inc()
         for observer in self._observers:
@@ -165,19 +165,46 @@ class NotificationService:
                 log.exception("observer %s failed for notification %s", type(observer).__name__, notification.id)
         return notification
 
+    async def _insert_once(self, document: dict[str, Any]) -> None:
+        """Store `document` once, even when the connection drops before MongoDB's answer.
+
+        The driver's retryable writes do that where they are on. Where they are off (the embedded
+        SecantusDB, see services/embedded.py) bellcast retries itself: the document's `_id` is made
+        here, so a second attempt that finds it stored means the first one landed.
+        """
+        try:
+            await self._collection.insert_one(document)
+        except AutoReconnect as error:
+            if error.timeout or self._collection.database.client.options.retry_writes:
+                raise
+            with contextlib.suppress(DuplicateKeyError):  # the first attempt landed
+                await self._collection.insert_one(document)
+
     async def list_recent(self, user_id: str, limit: int, before: str | None = None) -> NotificationPage:
-        """The user's notifications newest first, `limit` at a time, older than `before` if given."""
+        """The user's notifications newest first, `limit` at a time, older than `before` if given.
+
+        The unread count of the first page is that of the moment the page was read: the page's own
+        unread ones and those older than it. One stored meanwhile is in neither and reaches the
+        client by its stream, which counts it; counted here too, the bell's badge showed 2 for 1.
+        """
         if not MIN_LIST_LIMIT <= limit <= MAX_LIST_LIMIT:
             raise Invalid(f"limit must be between {MIN_LIST_LIMIT} and {MAX_LIST_LIMIT}")
         query: dict[str, Any] = {"user_id": user_id}
+        unread: dict[str, Any] = {"user_id": user_id, "read_at": None}
         if before is not None:
             query["_id"] = {"$lt": parse_id(before, field="before")}
         with _store_errors(self._metrics):
             cursor = self._collection.find(query).sort("_id", DESCENDING).limit(limit + 1)
             documents = [document async for document in cursor]
-            unread_count = await self._collection.count_documents({"user_id": user_id, "read_at": None})
-        notifications = [Notification.from_document(d) for d in documents[:limit]]
-        has_more = len(documents) > limit
+            notifications = [Notification.from_document(d) for d in documents[:limit]]
+            has_more = len(documents) > limit
+            if before is not None:
+                unread_count = await self._collection.count_documents(unread)
+            else:
+                unread_count = sum(notification.read_at is None for notification in notifications)
+                if has_more:
+                    older = {**unread, "_id": {"$lt": notifications[-1].id}}
+                    unread_count += await self._collection.count_documents(older)
         next_before = str(notifications[-1].id) if has_more else None
         return NotificationPage(notifications, unread_count, next_before)
 

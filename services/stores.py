@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -62,10 +63,15 @@ class MongoConnection:
         self.database = self.client[database]
 
     async def close(self) -> None:
-        """Close the client's connections (PyMongo's close is a coroutine, Motor's is not)."""
-        result = self.client.close()
-        if result is not None:
-            await result
+        """Close the client's connections.
+
+        PyMongo's close is a coroutine. Motor's blocks until its threads have ended their sessions
+        with the server, so it runs in a worker thread rather than stall the event loop meanwhile.
+        """
+        if self.driver == "motor":
+            await asyncio.to_thread(self.client.close)
+        else:
+            await self.client.close()
 
 
 def connect_redis(

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 class StoreRelay:
-    """Forwards 127.0.0.1:<port> to a store; `hang()` cuts every connection and answers none until `recover()`."""
+    """Forwards 127.0.0.1:<port> to a store; `hang()` cuts every connection and answers none until `recover()`;
+    `lose_next_reply_to()` loses one answer."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
         self._server: asyncio.Server | None = None
         self._hanging = False
         self._writers: set[asyncio.StreamWriter] = set()
+        self._lose_reply_to: bytes | None = None
+        self.replies_lost = 0
         self.port = 0
 
     async def start(self) -> StoreRelay:
@@ -26,6 +30,11 @@ class StoreRelay:
         """Drop the open connections; new ones are accepted and never answered."""
         self._hanging = True
         self._drop_all()
+
+    def lose_next_reply_to(self, marker: bytes) -> None:
+        """The next request that contains `marker` reaches the store, but its connection closes
+        when the store answers: the store did the work, and the client never learns that it did."""
+        self._lose_reply_to = marker
 
     def recover(self) -> None:
         """Drop the hanging connections; new ones reach the store again."""
@@ -54,7 +63,12 @@ class StoreRelay:
             store_reader, store_writer = await asyncio.open_connection(*self._target)
             writers.add(store_writer)
             self._writers.add(store_writer)
-            await asyncio.gather(_pipe(client_reader, store_writer), _pipe(store_reader, client_writer))
+            answer_lost = asyncio.Event()
+            await asyncio.gather(
+                _pipe(client_reader, store_writer, before_each=lambda data: self._arm_if_marked(data, answer_lost)),
+                _pipe(store_reader, client_writer, cut=answer_lost),
+            )
+            self.replies_lost += answer_lost.is_set()
         except OSError:
             pass
         finally:
@@ -62,10 +76,24 @@ class StoreRelay:
                 self._writers.discard(writer)
                 writer.close()
 
+    def _arm_if_marked(self, data: bytes, answer_lost: asyncio.Event) -> None:
+        if self._lose_reply_to is not None and self._lose_reply_to in data:
+            self._lose_reply_to = None
+            answer_lost.set()
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    before_each: Callable[[bytes], None] = lambda data: None,
+    cut: asyncio.Event | None = None,
+) -> None:
+    """Copy until either side closes; with `cut` set when data comes, close instead of passing it on."""
     with contextlib.suppress(OSError):
         while data := await reader.read(65536):
+            if cut is not None and cut.is_set():
+                break
+            before_each(data)
             writer.write(data)
             await writer.drain()
     writer.close()

@@ -12,6 +12,9 @@ from dataclasses import replace
 import pytest
 
 from services.embedded import EmbeddedMongo, free_port
+from services.notifications import COLLECTION, Notification, NotificationService
+from services.stores import MongoConnection
+from tests.relay import StoreRelay
 
 STORE_TIMEOUT = 1.0
 # Liveness bounds, not speed claims: a request must end well before this, never hang...
@@ -186,3 +189,42 @@ async def test_a_hung_mongodb_gets_a_bounded_503_not_a_hung_request_and_service_
     after = await _create_until_stored(api, "alice", "after the pause")
     [event] = await stream.notifications(1, timeout=10)
     assert event.id == after["id"]
+
+
+class _SeenNotifications:
+    """An observer that records what it was told of."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    async def created(self, notification: Notification) -> None:
+        self.ids.append(str(notification.id))
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("mongo_driver", ["pymongo", "motor"])
+async def test_a_create_whose_answer_is_lost_stores_the_notification_once_without_retryable_writes(
+    private_mongo, mongo_driver
+):
+    """The embedded SecantusDB runs without retryable writes (they cost it more per insert the
+    more there were): a connection lost before MongoDB's answer must not fail the create, nor
+    store it twice, nor tell the observers twice."""
+    assert "retryWrites=false" in private_mongo.url
+    relay = await StoreRelay("127.0.0.1", private_mongo.port).start()
+    connection = MongoConnection(
+        private_mongo.url.replace(str(private_mongo.port), str(relay.port)), "lost", mongo_driver
+    )
+    try:
+        notifications = NotificationService(connection.database)
+        seen = _SeenNotifications()
+        notifications.register_observer(seen)
+        await notifications.create({"user_id": "alice", "title": "before"})
+        relay.lose_next_reply_to(b"\x02insert\x00")
+        created = await notifications.create({"user_id": "alice", "title": "answer lost"})
+        assert relay.replies_lost == 1
+        stored = await connection.database[COLLECTION].find({"title": "answer lost"}).to_list(None)
+        assert [document["_id"] for document in stored] == [created.id]
+        assert seen.ids[1:] == [str(created.id)]
+    finally:
+        await connection.close()
+        await relay.close()
