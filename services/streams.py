@@ -244,7 +244,8 @@ class InboxScanner(Protocol):
         """For each inbox, whether it holds entries; renews the registrations due on the way."""
 
 
-# The sweep runs every second, or more often for heartbeat intervals under this many seconds.
+# The sweep runs every SWEEP_PERIOD, and at least SWEEPS_PER_HEARTBEAT times per heartbeat interval
+# (short intervals, in tests).
 SWEEP_PERIOD = 1.0
 SWEEPS_PER_HEARTBEAT = 3
 
