@@ -184,8 +184,9 @@ class EventStreamHandler(BaseHandler):
         return self._last_write
 
     def heartbeat(self, now: float) -> None:
-        """Called by the registry's sweep: a comment, so that proxies do not close an idle stream."""
-        if self._pending_write is None and not self._closed.done():
+        """Called by the registry's sweep, which heartbeats only streams without a write under way
+        (`stalled_since`): a comment, so that proxies do not close an idle stream."""
+        if not self._closed.done():
             self._write_heartbeat(now)
 
     def _write_heartbeat(self, now: float) -> None:

@@ -48,6 +48,18 @@ class _Stream:
         pass
 
 
+def _registry(write_timeout: float = 30.0) -> StreamRegistry:
+    return StreamRegistry(heartbeat_interval=30.0, write_timeout=write_timeout, scanner=_NoScans())
+
+
+def _added_now(registry: StreamRegistry, *streams: _Stream) -> float:
+    """Add the streams; the time they were added, from which the tests' sweeps count."""
+    start = time.monotonic()
+    for stream in streams:
+        registry.add(stream)
+    return start
+
+
 def _sweep_every_second(
     registry: StreamRegistry, start: float, seconds: range, before_each: Callable[[float], None] = lambda now: None
 ) -> None:
@@ -59,10 +71,8 @@ def _sweep_every_second(
 
 @pytest.mark.gen_test
 async def test_a_silent_stream_gets_one_heartbeat_per_interval_and_no_other_visit():
-    registry = StreamRegistry(heartbeat_interval=30.0, write_timeout=30.0, scanner=_NoScans())
-    stream = _Stream()
-    start = time.monotonic()
-    registry.add(stream)
+    registry, stream = _registry(), _Stream()
+    start = _added_now(registry, stream)
     _sweep_every_second(registry, start, range(1, 301))
     assert len(stream.heartbeats) == 10
     gaps = [later - earlier for earlier, later in pairwise([start, *stream.heartbeats])]
@@ -72,10 +82,8 @@ async def test_a_silent_stream_gets_one_heartbeat_per_interval_and_no_other_visi
 
 @pytest.mark.gen_test
 async def test_a_stream_that_keeps_writing_gets_no_heartbeat_and_one_visit_per_interval():
-    registry = StreamRegistry(heartbeat_interval=30.0, write_timeout=30.0, scanner=_NoScans())
-    stream = _Stream()
-    start = time.monotonic()
-    registry.add(stream)
+    registry, stream = _registry(), _Stream()
+    start = _added_now(registry, stream)
 
     def write_every_five_seconds(now: float) -> None:
         if round(now - start) % 5 == 0:
@@ -88,11 +96,8 @@ async def test_a_stream_that_keeps_writing_gets_no_heartbeat_and_one_visit_per_i
 
 @pytest.mark.gen_test
 async def test_a_stream_whose_write_stalls_is_dropped_once_past_the_write_timeout():
-    registry = StreamRegistry(heartbeat_interval=30.0, write_timeout=20.0, scanner=_NoScans())
-    stalled, healthy = _Stream(), _Stream()
-    start = time.monotonic()
-    registry.add(stalled)
-    registry.add(healthy)
+    registry, stalled, healthy = _registry(write_timeout=20.0), _Stream(), _Stream()
+    start = _added_now(registry, stalled, healthy)
     _sweep_every_second(registry, start, range(1, 26))
     stalled.write_started = start + 25.2
     _sweep_every_second(registry, start, range(26, 46))
@@ -104,10 +109,8 @@ async def test_a_stream_whose_write_stalls_is_dropped_once_past_the_write_timeou
 
 @pytest.mark.gen_test
 async def test_a_discarded_stream_is_no_longer_visited():
-    registry = StreamRegistry(heartbeat_interval=30.0, write_timeout=30.0, scanner=_NoScans())
-    stream = _Stream()
-    registry.add(stream)
+    registry, stream = _registry(), _Stream()
+    start = _added_now(registry, stream)
     registry.discard(stream)
-    start = time.monotonic()
     _sweep_every_second(registry, start, range(1, 101))
     assert stream.visits == 0 and len(registry) == 0
