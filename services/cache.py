@@ -62,6 +62,30 @@ return #KEYS
 """
 
 
+# A safety scan on a single Redis, one command however many streams it covers: renews the due
+# registrations (the KEYS after the ARGV[1] inboxes; their connection ids from ARGV[4]), then answers
+# which inboxes hold entries, by position. One EXISTS per thousand inboxes settles the usual answer,
+# none; only a thousand of which some hold entries is asked key by key. (Thousands: Lua's unpack
+# returns no more than about 8,000 values.)
+SAFETY_SCAN = """
+local inboxes = tonumber(ARGV[1])
+for i = inboxes + 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', ARGV[2], ARGV[3 + i - inboxes])
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+local holding = {}
+for first = 1, inboxes, 1000 do
+  local last = math.min(first + 999, inboxes)
+  if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
+    for i = first, last do
+      if redis.call('EXISTS', KEYS[i]) == 1 then holding[#holding + 1] = i end
+    end
+  end
+end
+return holding
+"""
+
+
 def user_tag(user_id: str) -> str:
     """The hash tag of a user's keys; quoting keeps braces and colons in ids from splitting it."""
     return "{u:" + quote(user_id, safe="") + "}"
@@ -121,22 +145,36 @@ class DeliveryCache:
         return len(connection_ids)
 
     async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
-        """Which of these inboxes hold entries, in one pipeline that also renews the registrations due.
+        """Which of these inboxes hold entries, asked together with renewing the registrations due.
 
-        Streams whose inboxes hold something then scan them themselves. A single Redis is asked
-        with one EXISTS for all of them, and a count of 0, the usual answer, settles it; only
-        when some exist, or in a cluster (keys of many slots), each inbox costs an EXISTS of its
-        own. Raises StoreUnavailable when Redis does not answer.
+        Streams whose inboxes hold something then scan them themselves. A single Redis gets one
+        command for all of them (SAFETY_SCAN); a cluster, whose keys lie in many slots, one
+        pipeline of an EXISTS per inbox and the renewals. Raises StoreUnavailable when Redis
+        does not answer.
         """
+        if not inboxes:
+            return []
         keys = [inbox.key for inbox in inboxes]
-        renewals = [command for inbox in inboxes for command in inbox.refresh_commands_if_due()]
-        if keys and not isinstance(self._redis, RedisCluster):
-            replies = await self._batcher.execute_many([("EXISTS", *keys), *renewals])
-            if not replies[0]:
-                return [False] * len(keys)
-            renewals = []
-        replies = await self._batcher.execute_many([*(("EXISTS", key) for key in keys), *renewals])
-        return [bool(reply) for reply in replies[: len(keys)]]
+        if isinstance(self._redis, RedisCluster):
+            renewals = [command for inbox in inboxes for command in inbox.refresh_commands_if_due()]
+            replies = await self._batcher.execute_many([*(("EXISTS", key) for key in keys), *renewals])
+            return [bool(reply) for reply in replies[: len(keys)]]
+        due = [inbox for inbox in inboxes if inbox.renewal_due()]
+        holding = await self._batcher.execute(
+            "EVAL",
+            SAFETY_SCAN,
+            len(keys) + len(due),
+            *keys,
+            *(inbox.connections_key for inbox in due),
+            len(keys),
+            time.time() + REGISTRATION_TTL,
+            REGISTRATION_TTL,
+            *(inbox.connection_id for inbox in due),
+        )
+        found = [False] * len(keys)
+        for position in holding:
+            found[position - 1] = True
+        return found
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""
@@ -225,19 +263,30 @@ class ConnectionInbox:
         if commands:
             await self._batcher.execute_many(commands)
 
-    def refresh_commands_if_due(self) -> list[tuple[object, ...]]:
-        """The commands that renew the registration's TTL, if a third of it has passed.
+    @property
+    def connections_key(self) -> str:
+        """The key of the user's sorted set of live connections, where this one registers."""
+        return self._connections_key
 
-        The inbox needs none: each entry queued renews it, and a live stream empties it within a
-        safety scan interval, well inside INBOX_TTL.
+    def renewal_due(self) -> bool:
+        """Whether a third of the registration's TTL has passed; if so, it counts as renewed from now.
+
+        The inbox needs no renewal: each entry queued renews it, and a live stream empties it within
+        a safety scan interval, well inside INBOX_TTL.
         """
         now = time.monotonic()
         if now < self._refresh_due:
-            return []
+            return False
         self._refresh_due = now + REGISTRATION_REFRESH_INTERVAL
+        return True
+
+    def refresh_commands_if_due(self) -> list[tuple[object, ...]]:
+        """The commands that renew the registration's TTL, if due (`renewal_due`)."""
+        if not self.renewal_due():
+            return []
         # XX: a renewal only extends a registration. Queued before the stream closed, it may reach
         # Redis after the deregistration (safety scans go out a sweep later, on another connection),
-        # and must not bring the connection back to be written to for ten minutes.
+        # and must not bring the connection back to be written to for ten minutes. (SAFETY_SCAN too.)
         return self._registration_commands("XX")
 
     def _registration_commands(self, *flags: str) -> list[tuple[object, ...]]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from server import Settings, SettingsError
+from services import cache
 from services.cache import INBOX_TTL, REGISTRATION_TTL, connections_key, inbox_key
 from tests.support import SSEStream, cache_keys, eventually
 
@@ -197,6 +200,46 @@ async def test_cache_entries_carry_a_ttl(runtime):
     assert await runtime.redis.ttl(key) > Settings().safety_scan_interval
     with pytest.raises(SettingsError):
         Settings(safety_scan_interval=await runtime.redis.ttl(key))
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_a_safety_scan_finds_the_inboxes_holding_entries_and_renews_the_registrations_due(runtime, monkeypatch):
+    """A registration is renewed when due, and never brought back once deregistered."""
+    from services.notifications import utc_now, validate_new_notification
+
+    delivery_cache = runtime.delivery_cache
+    alice, alice_too, bob, carol = (delivery_cache.open_inbox(user) for user in ("alice", "alice", "bob", "carol"))
+    await alice.register()
+    await alice_too.register()
+    monkeypatch.setattr(cache, "REGISTRATION_REFRESH_INTERVAL", 0.0)
+    await bob.register()  # renewals due at once from here on
+    await carol.register()
+    await bob.deregister()
+    for inbox in (alice, alice_too, carol):  # as if registered long ago: little left of their TTL
+        await runtime.redis.zadd(inbox.connections_key, {inbox.connection_id: time.time() + 5}, xx=True)
+        await runtime.redis.expire(inbox.connections_key, 5)
+    notification = validate_new_notification({"user_id": "alice", "title": "t"}, now=utc_now())
+    assert await delivery_cache.enqueue(notification) == 2
+
+    assert await delivery_cache.safety_scan([alice, bob, carol, alice_too]) == [True, False, False, True]
+
+    assert await runtime.redis.ttl(connections_key("alice")) <= 5  # not due
+    assert await runtime.redis.ttl(connections_key("carol")) > REGISTRATION_TTL - 5
+    expires = await runtime.redis.zscore(connections_key("carol"), carol.connection_id)
+    assert expires > time.time() + REGISTRATION_TTL - 5
+    assert not await runtime.redis.exists(connections_key("bob"))
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_a_safety_scan_of_thousands_of_inboxes_answers_for_each(runtime):
+    inboxes = [runtime.delivery_cache.open_inbox("dave") for _ in range(2500)]
+    holding = {0, 1999, 2000, 2499}
+    for position in holding:
+        await runtime.redis.hset(inboxes[position].key, "id", "{}")
+    assert await runtime.delivery_cache.safety_scan(inboxes) == [i in holding for i in range(2500)]
+    assert await runtime.delivery_cache.safety_scan([]) == []
 
 
 @pytest.mark.gen_test
