@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy server.py handlers services tests
+	$(BIN)/mypy server.py handlers services tests bench
 
 # Re-pin every package after changing setup.cfg's ranges.
 lock: $(BIN)/python
