@@ -86,6 +86,15 @@ def _log_format(value: str) -> str:
     return value
 
 
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value.lower()
+
+
 def _positive_integer(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -281,6 +290,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("status_interval", _positive_number, "5", "seconds between the status page's samples of the metrics"),
     Setting("log_format", _log_format, "auto", "json, text, or auto: text with generated secrets, else json"),
     Setting(
+        "log_level",
+        _log_level,
+        "info",
+        "debug, info, warning or error; info logs every request, and each stream when it opens and when it ends",
+    ),
+    Setting(
         "shutdown_delay",
         _non_negative_number,
         "0",
@@ -326,6 +341,7 @@ class Settings:
     metrics_port: int | None = None
     status_interval: float = 5.0
     log_format: str = "auto"
+    log_level: str = "info"
     shutdown_delay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -905,7 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"bellcast: invalid setting {error}", file=sys.stderr)
         return 2
-    configure_logging("json" if settings.json_logs else "text")
+    configure_logging("json" if settings.json_logs else "text", LOG_LEVELS[settings.log_level])
     development = settings.development
     development_routes = settings.development_routes
     if development:

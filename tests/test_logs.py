@@ -58,7 +58,7 @@ class LoggedServer:
             await asyncio.sleep(0.05)
 
 
-def _start(store_urls, directory: Path, log_format: str | None) -> LoggedServer:
+def _start(store_urls, directory: Path, log_format: str | None, log_level: str | None = None) -> LoggedServer:
     server = ServerProcess(
         store_urls,
         directory / "bellcast.log",
@@ -67,6 +67,7 @@ def _start(store_urls, directory: Path, log_format: str | None) -> LoggedServer:
         METRICS_TOKEN=METRICS_TOKEN,
         POLL_INTERVAL="0.1",
         LOG_FORMAT=log_format,
+        LOG_LEVEL=log_level,
     )
     server.wait_until_ready("/readyz")
     return LoggedServer(server.process, server.port, server.log)
@@ -165,6 +166,29 @@ async def test_successful_probes_are_not_logged_at_info_level(json_server):
     await json_server.api.request("GET", "/api/notifications", headers={"X-Request-ID": marker})
     await json_server.line(lambda line: line.get("request_id") == marker)
     assert request_id not in json_server.text()
+
+
+@pytest.mark.gen_test
+async def test_at_log_level_warning_only_refused_requests_are_logged_not_streams_or_successes(
+    store_urls, tmp_path_factory
+):
+    server = _start(store_urls, tmp_path_factory.mktemp("quiet-logs"), "json", "WARNING")
+    try:
+        user = f"quinn-{uuid.uuid4().hex}"
+        stream = await SSEStream.open(server.api.base_url, server.api.token(user))
+        await stream.next_event()
+        await server.api.create(user, "hello")
+        await stream.notifications(1)
+        stream.close()
+        marker = f"marker-{uuid.uuid4().hex[:8]}"
+        refused = await server.api.request("GET", "/api/notifications", headers={"X-Request-ID": marker})
+        assert refused.code == 401
+        line = await server.line(lambda line: line.get("request_id") == marker)
+        assert line["level"] == "WARNING"
+        await asyncio.sleep(0.5)  # the stream's access line, had it been written, is written by now
+        assert [line["level"] for line in server.json_lines()] == ["WARNING"]
+    finally:
+        _stop(server)
 
 
 @pytest.mark.gen_test

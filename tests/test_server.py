@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ({"POLL_INTERVAL": "0"}, "POLL_INTERVAL"),
         ({"POLL_INTERVAL": "nan"}, "POLL_INTERVAL"),
         ({"MONGO_DRIVER": "mongoose"}, "MONGO_DRIVER"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
         ({"MONGODB_URL": "http://x"}, "MONGODB_URL"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
