@@ -128,6 +128,7 @@ class EventStreamHandler(BaseHandler):
             self.streams.discard(self)
             try:
                 if self._session is not None:  # it was registered, not refused
+                    await self.streams.release_turn()
                     await session.close()
             except StoreUnavailable:
                 log.debug(

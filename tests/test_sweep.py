@@ -1,15 +1,18 @@
-"""The registry's sweep: heartbeats for silent streams, drops for stalled ones, and no other visits."""
+"""The registry's sweep: heartbeats for silent streams, drops for stalled ones, and no other visits;
+and the turns in which closed streams release what they hold."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import pytest
 
 from services.cache import ConnectionInbox
-from services.streams import StreamRegistry
+from services.streams import RELEASES_PER_ITERATION, StreamRegistry
 
 
 class _NoScans:
@@ -114,3 +117,33 @@ async def test_a_discarded_stream_is_no_longer_visited():
     registry.discard(stream)
     _sweep_every_second(registry, start, range(1, 101))
     assert stream.visits == 0 and len(registry) == 0
+
+
+@pytest.mark.gen_test
+async def test_streams_closing_together_release_a_limited_number_per_loop_iteration_in_order():
+    registry = _registry()
+    iteration = 0
+
+    async def count_iterations() -> None:
+        nonlocal iteration
+        while True:
+            await asyncio.sleep(0)  # resumes in the next iteration
+            iteration += 1
+
+    counter = asyncio.ensure_future(count_iterations())
+    released: list[tuple[int, int]] = []
+
+    async def close(number: int) -> None:
+        await registry.release_turn()
+        released.append((number, iteration))
+
+    closing = 2 * RELEASES_PER_ITERATION + 50
+    await asyncio.gather(*(close(number) for number in range(closing)))
+    counter.cancel()
+    assert [number for number, _ in released] == list(range(closing))
+    per_iteration = Counter(when for _, when in released)
+    assert max(per_iteration.values()) == RELEASES_PER_ITERATION
+    assert len(per_iteration) == 3
+    alone = asyncio.ensure_future(registry.release_turn())
+    await asyncio.sleep(0)
+    assert alone.done(), "once the crowd has gone, a stream's turn comes at once"
