@@ -305,7 +305,9 @@ async def scenario_hold(
     opened = 0
     for size in sizes:
         paths = [target.stream_path(f"hold{i}", 0) for i in range(opened, size)]
+        cpu_before_connects = meter.cpu_seconds()
         answers = await workers.connect(paths)
+        connect_cpu = meter.cpu_seconds() - cpu_before_connects
         connected = sum(a["connected"] for a in answers)
         failed = sum(a["failed"] for a in answers)
         errors: Counter[str] = Counter()
@@ -327,6 +329,8 @@ async def scenario_hold(
                 "failed": failed,
                 "errors": dict(errors),
                 "connects_per_second": connected / seconds if seconds else 0.0,
+                # What decides connects/s when the server is the bottleneck, steadier than the rate itself.
+                "server_cpu_per_connect_us": 1e6 * connect_cpu / connected if connected else 0.0,
                 "rss_bytes": rss,
                 "rss_per_stream_bytes": (rss - baseline_rss) / still_open if still_open else 0.0,
                 "idle_cpu_percent": 100.0 * idle_cpu,
@@ -530,14 +534,18 @@ def _ratio(a: float, b: float) -> str:
 def print_table(results: dict[str, Any]) -> None:
     bell, nchan = results["bellcast"], results.get("nchan")
     print("\nScenario 1, hold idle streams")
-    print(f"{'streams':>8} {'server':>9} {'held':>7} {'failed':>6} {'conn/s':>8} {'KB/stream':>10} {'idle CPU %':>10}")
+    print(
+        f"{'streams':>8} {'server':>9} {'held':>7} {'failed':>6} {'conn/s':>8} {'µs CPU/conn':>11} "
+        f"{'KB/stream':>10} {'idle CPU %':>10}"
+    )
     for name, data in (("bellcast", bell), ("nchan", nchan)):
         if not data:
             continue
         for step in data["hold"]["steps"]:
             print(
                 f"{step['target_streams']:>8} {name:>9} {step['streams']:>7} {step['failed']:>6} "
-                f"{step['connects_per_second']:>8.0f} {step['rss_per_stream_bytes'] / 1000:>10.1f} "
+                f"{step['connects_per_second']:>8.0f} {step.get('server_cpu_per_connect_us', 0.0):>11.0f} "
+                f"{step['rss_per_stream_bytes'] / 1000:>10.1f} "
                 f"{step['idle_cpu_percent']:>10.2f}"
             )
     if nchan:
