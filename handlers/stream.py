@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado.ioloop import PeriodicCallback
@@ -25,6 +26,8 @@ NOTIFICATION_EVENT = "notification"
 RECONNECT_DELAY_MS = 2000
 # Spread the ticks of streams opened together, so they do not all fall due at once.
 TICK_JITTER = 0.1
+# Ticks fall on the multiples of this many seconds: at most ten wake-ups a second for all streams' ticks.
+TICK_ALIGNMENT = 0.1
 SERVER_BUSY_RETRY_SECONDS = 5
 HEARTBEAT = encode_comment("heartbeat")
 # The heartbeat as Tornado frames it on an HTTP/1.1 response (chunked), ready for the socket.
@@ -32,6 +35,28 @@ HEARTBEAT_CHUNK = b"%x\r\n%s\r\n" % (len(HEARTBEAT), HEARTBEAT)
 # After a failed scan (a store unreachable), scan again after this long, doubling up to the maximum.
 SCAN_RETRY_FIRST_SECONDS = 0.5
 SCAN_RETRY_MAX_SECONDS = 10.0
+
+
+class AlignedPeriodicCallback(PeriodicCallback):
+    """A PeriodicCallback whose runs fall on the multiples of `alignment` seconds (of its clock, `IOLoop.time`).
+
+    Thousands of streams' timers then fall due together, once per alignment step, instead of each
+    waking the event loop on its own millisecond: 18,000 streams opened within seconds had their
+    safety scans fall due at 500 wake-ups a second, which cost more than the scans. Jitter still
+    spreads the runs, in whole steps, and a step is short enough that none of them runs many.
+    Rounding moves a run by at most half a step.
+    """
+
+    def __init__(
+        self, callback: Callable[[], Awaitable[None] | None], callback_time: float, jitter: float, alignment: float
+    ) -> None:
+        super().__init__(callback, callback_time, jitter)
+        self._alignment = alignment
+
+    def _update_next(self, current_time: float) -> None:
+        super()._update_next(current_time)
+        aligned = round(self._next_timeout / self._alignment) * self._alignment
+        self._next_timeout = aligned if aligned > current_time else aligned + self._alignment
 
 
 class EventStreamHandler(BaseHandler):
@@ -83,7 +108,9 @@ class EventStreamHandler(BaseHandler):
         self.wakeups.listen(user_id, self)
         timing = self.stream_timing
         tick = self._queue_safety_scan if timing.wakeup_hints else self._poll
-        ticker = PeriodicCallback(tick, timing.tick_interval * 1000, jitter=TICK_JITTER)
+        ticker = AlignedPeriodicCallback(
+            tick, timing.tick_interval * 1000, TICK_JITTER, min(TICK_ALIGNMENT, timing.tick_interval / 10)
+        )
         try:
             await session.open(limits.max_streams_per_user)
             log.info(

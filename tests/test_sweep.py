@@ -1,16 +1,19 @@
 """The registry's sweep: heartbeats for silent streams, drops for stalled ones, and no other visits;
-and the turns in which closed streams release what they hold."""
+the turns in which closed streams release what they hold; and streams' ticks falling due together."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import pytest
+from tornado.ioloop import IOLoop
 
+from handlers.stream import AlignedPeriodicCallback
 from services.cache import ConnectionInbox
 from services.streams import RELEASES_PER_ITERATION, StreamRegistry
 
@@ -147,3 +150,29 @@ async def test_streams_closing_together_release_a_limited_number_per_loop_iterat
     alone = asyncio.ensure_future(registry.release_turn())
     await asyncio.sleep(0)
     assert alone.done(), "once the crowd has gone, a stream's turn comes at once"
+
+
+def _note_time(times: list[float], clock: IOLoop) -> None:
+    times.append(clock.time())
+
+
+@pytest.mark.gen_test
+async def test_tickers_started_at_different_moments_run_together_on_the_alignment_grid():
+    clock = IOLoop.current()  # PeriodicCallback's clock: the wall clock
+    runs: list[list[float]] = [[] for _ in range(8)]
+    tickers = []
+    for times in runs:
+        ticker = AlignedPeriodicCallback(functools.partial(_note_time, times, clock), 300, jitter=0.1, alignment=0.1)
+        ticker.start()
+        tickers.append(ticker)
+        await asyncio.sleep(0.037)  # each started off the grid, at its own moment
+    await asyncio.sleep(1.0)
+    for ticker in tickers:
+        ticker.stop()
+    assert all(len(times) >= 2 for times in runs), runs
+    # Unaligned, a run would be this close after a multiple of 0.1 s with a chance of 0.4: 30-odd runs
+    # all would be a fluke. Aligned, each runs on a multiple, or this little late on a busy machine.
+    late = [round(moment % 0.1, 3) for times in runs for moment in times]
+    assert all(lateness < 0.04 for lateness in late), late
+    gaps = [later - earlier for times in runs for earlier, later in pairwise(times)]
+    assert all(0.2 - 0.01 <= gap <= 0.4 + 0.04 for gap in gaps), gaps
