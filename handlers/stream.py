@@ -43,8 +43,8 @@ class AlignedPeriodicCallback(PeriodicCallback):
 
     Thousands of streams' timers then fall due together, once per alignment step, instead of each
     waking the event loop on its own millisecond: while the safety scans of 18,000 streams opened
-    within seconds fell due, the process woke 420-510 times a second and took 7.8-11.3 % of a core;
-    aligned, 21-42 times and 5.1-6.4 %. Jitter still spreads the runs, in whole steps, and a step
+    within seconds fell due, the process made 420-510 context switches a second and took 7.8-11.3 %
+    of a core; aligned, 21-42 and 5.1-6.4 %. Jitter still spreads the runs, in whole steps, and a step
     is short enough that none of them runs many. Rounding moves a run by at most half a step.
     """
 
