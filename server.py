@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -80,19 +80,19 @@ def _boolean(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _log_format(value: str) -> str:
-    if value not in LOG_FORMATS:
-        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
-    return value
+def _one_of(choices: Iterable[str], ignore_case: bool = False) -> Callable[[str], str]:
+    allowed = tuple(choices)
+
+    def parse(value: str) -> str:
+        chosen = value.lower() if ignore_case else value
+        if chosen not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return chosen
+
+    return parse
 
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
-
-def _log_level(value: str) -> str:
-    if value.lower() not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-    return value.lower()
 
 
 def _positive_integer(value: str) -> int:
@@ -120,12 +120,6 @@ def _port(value: str) -> int:
     if not 0 <= number <= 65535:
         raise ValueError("must be a port number between 0 and 65535")
     return number
-
-
-def _driver(value: str) -> str:
-    if value not in MONGO_DRIVERS:
-        raise ValueError(f"must be one of {', '.join(MONGO_DRIVERS)}")
-    return value
 
 
 def _url(*schemes: str) -> Callable[[str], str]:
@@ -210,7 +204,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", _port, "8888", "port to listen on"),
     Setting("mongodb_url", _url("mongodb", "mongodb\\+srv"), None, "MongoDB URL; unset starts an embedded SecantusDB"),
     Setting("mongodb_db", _database_name, "bellcast", "MongoDB database name"),
-    Setting("mongo_driver", _driver, "pymongo", "MongoDB driver: pymongo (AsyncMongoClient) or motor"),
+    Setting("mongo_driver", _one_of(MONGO_DRIVERS), "pymongo", "MongoDB driver: pymongo (AsyncMongoClient) or motor"),
     Setting("redis_url", _url("redis", "rediss", "unix"), None, "Redis URL; unset starts an embedded valkey-server"),
     Setting(
         "redis_cluster",
@@ -288,10 +282,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("metrics_port", _port, None, "a second port, on HOST, serving only /metrics, /status, /healthz, /readyz"),
     Setting("status_interval", _positive_number, "5", "seconds between the status page's samples of the metrics"),
-    Setting("log_format", _log_format, "auto", "json, text, or auto: text with generated secrets, else json"),
+    Setting("log_format", _one_of(LOG_FORMATS), "auto", "json, text, or auto: text with generated secrets, else json"),
     Setting(
         "log_level",
-        _log_level,
+        _one_of(LOG_LEVELS, ignore_case=True),
         "info",
         "debug, info, warning or error; info logs every request, and each stream when it opens and when it ends",
     ),

@@ -544,7 +544,7 @@ def print_table(results: dict[str, Any]) -> None:
         for step in data["hold"]["steps"]:
             print(
                 f"{step['target_streams']:>8} {name:>9} {step['streams']:>7} {step['failed']:>6} "
-                f"{step['connects_per_second']:>8.0f} {step.get('server_cpu_per_connect_us', 0.0):>11.0f} "
+                f"{step['connects_per_second']:>8.0f} {step['server_cpu_per_connect_us']:>11.0f} "
                 f"{step['rss_per_stream_bytes'] / 1000:>10.1f} "
                 f"{step['idle_cpu_percent']:>10.2f}"
             )
@@ -574,7 +574,7 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{f['misdelivered']} misdelivered, latency p50 {f['latency_ms']['p50']:.1f} ms, "
                 f"p99 {f['latency_ms']['p99']:.1f} ms, max {f['latency_ms']['max']:.1f} ms"
             )
-            if len(f.get("passes", [])) > 1:
+            if len(f["passes"]) > 1:
                 each = ", ".join(
                     f"{run['latency_ms']['p50']:.1f}/{run['latency_ms']['p99']:.1f}/{run['latency_ms']['max']:.1f}"
                     for run in f["passes"]
