@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import re
@@ -307,6 +308,16 @@ def test_json_lines_hold_fields_and_a_redacted_traceback_and_never_let_fields_re
     assert entry["message"] == "thing went wrong" and entry["request_id"] == "r1"
     assert entry["level"] == "ERROR" and entry["logger"] == "bellcast.test"
     assert "RuntimeError" in entry["exception"] and "abc" not in entry["exception"]
+
+
+def test_json_lines_say_the_utc_time_to_the_millisecond_for_each_record_of_a_second_and_the_next():
+    formatter = JSONFormatter()
+    # Records of one second share the second's text: each still has its own milliseconds.
+    for created in (1764590400.0, 1764590400.0015, 1764590400.25, 1764590400.9994, 1764590401.5, 951782400.125):
+        record = _record("tick")
+        record.created = created
+        expected = datetime.datetime.fromtimestamp(created, datetime.UTC).isoformat(timespec="milliseconds")
+        assert json.loads(formatter.format(record))["time"] == expected
 
 
 def test_text_lines_append_fields_as_key_value_pairs():
