@@ -1,7 +1,9 @@
 """`make bench`: bellcast under thousands of streams, and nginx + Nchan under the same load, in one run.
 
 Scenarios (each bounded in time): 1 hold idle streams, 2 fan-out, 3 burst, 4 churn; Nchan runs
-1 and 2. Prints a table with bellcast/Nchan ratios, writes bench/results.json, and draws
+1 and 2, and a minimal Tornado server (bench/tornado_minimal.py) runs 1, to show what Tornado
+itself costs on the machine of the run. Prints a table with bellcast/Nchan and bellcast/Tornado
+ratios, writes bench/results.json, and draws
 docs/bench/latency.png and docs/bench/memory.png. Options: --quick for a small smoke run.
 """
 
@@ -38,6 +40,8 @@ API_KEY = "bench-api-key-" + "k" * 16
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 READY_TIMEOUT = 60.0
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+# The minimal Tornado server holds each size this long: long enough to read its RSS, it does nothing idle.
+TORNADO_HOLD_SECONDS = 10.0
 
 
 # ---------------------------------------------------------------- measuring the server
@@ -157,6 +161,35 @@ class Nchan:
 
     def created_status(self) -> int:
         return 202
+
+
+class MinimalTornado:
+    """bench/tornado_minimal.py: what Tornado alone costs per stream on this machine (hold only)."""
+
+    name = "tornado"
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_dir / "tornado-minimal.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.tornado_minimal", str(self.port)], cwd=ROOT, stdout=log, stderr=log
+            )
+        _wait_http(self.port, "/healthz", self.process)
+
+    def stop(self) -> None:
+        _stop(self.process, signal.SIGKILL)  # it has nothing to shut down
+        self.process = None
+
+    def meter(self) -> ProcessMeter:
+        assert self.process is not None
+        return ProcessMeter(self.process.pid)
+
+    def stream_path(self, user: str, tab: int) -> str:
+        return f"/notifications/stream?user={user}&tab={tab}"
 
 
 def _stop(process: subprocess.Popen[bytes] | None, signum: int) -> None:
@@ -532,13 +565,13 @@ def _ratio(a: float, b: float) -> str:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    bell, nchan = results["bellcast"], results.get("nchan")
+    bell, nchan, tornado = results["bellcast"], results.get("nchan"), results.get("tornado")
     print("\nScenario 1, hold idle streams")
     print(
         f"{'streams':>8} {'server':>9} {'held':>7} {'failed':>6} {'conn/s':>8} {'µs CPU/conn':>11} "
         f"{'KB/stream':>10} {'idle CPU %':>10}"
     )
-    for name, data in (("bellcast", bell), ("nchan", nchan)):
+    for name, data in (("bellcast", bell), ("nchan", nchan), ("tornado", tornado)):
         if not data:
             continue
         for step in data["hold"]["steps"]:
@@ -556,6 +589,15 @@ def print_table(results: dict[str, Any]) -> None:
                 f"  {b['target_streams']:>6} streams: RSS/stream {rss_ratio}, "
                 f"connects/s {_ratio(b['connects_per_second'], n['connects_per_second'])}, "
                 f"idle CPU {b['idle_cpu_percent']:.2f} % vs {n['idle_cpu_percent']:.2f} %"
+            )
+    if tornado:
+        print("bellcast/minimal Tornado (no token, stores, log line or heartbeat) ratios:")
+        for b, t in zip(bell["hold"]["steps"], tornado["hold"]["steps"], strict=False):
+            print(
+                f"  {b['target_streams']:>6} streams: CPU/connect "
+                f"{_ratio(b['server_cpu_per_connect_us'], t['server_cpu_per_connect_us'])}, "
+                f"connects/s {_ratio(b['connects_per_second'], t['connects_per_second'])}, "
+                f"RSS/stream {_ratio(b['rss_per_stream_bytes'], t['rss_per_stream_bytes'])}"
             )
     pings = results.get("nchan_pings")
     if pings:
@@ -600,7 +642,8 @@ def print_table(results: dict[str, Any]) -> None:
         if key in bell:
             m = bell[key]
             held = f"{m['streams']} of {m['target_streams']} streams held"
-            print(f"\nPROCESSES={m['processes']}: {held}, {m['failed']} failed")
+            rate = f"{m['connects_per_second']:.0f} connects/s"
+            print(f"\nPROCESSES={m['processes']}: {held}, {m['failed']} failed, {rate}")
 
 
 def draw_plots(results: dict[str, Any], out_dir: Path, stamp: str) -> None:
@@ -627,7 +670,7 @@ def draw_plots(results: dict[str, Any], out_dir: Path, stamp: str) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name in ("bellcast", "nchan"):
+    for name in ("bellcast", "nchan", "tornado"):
         data = results.get(name)
         if data:
             steps = data["hold"]["steps"]
@@ -669,14 +712,14 @@ async def run_target(target: Any, args: argparse.Namespace, redis_url: str | Non
         target.stop()
 
 
-async def run_hold_only(target: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def run_hold_only(
+    target: Any, args: argparse.Namespace, sizes: list[int], hold_seconds: float, last_hold_seconds: float | None
+) -> dict[str, Any]:
     target.start()
     workers = Workers(args.workers, target.port)
     await workers.start()
     try:
-        return {
-            "hold": await scenario_hold(target, workers, args.sizes[-1:], args.hold_seconds, args.last_hold_seconds)
-        }
+        return {"hold": await scenario_hold(target, workers, sizes, hold_seconds, last_hold_seconds)}
     finally:
         await workers.stop()
         target.stop()
@@ -695,11 +738,14 @@ async def run_multiprocess(
         answers = await workers.connect(paths)
         await asyncio.sleep(5.0)
         held = sum(r["open"] for r in await workers.broadcast({"op": "report"}))
+        seconds = max(a["seconds"] for a in answers)
+        connected = sum(a["connected"] for a in answers)
         result = {
             "processes": 2,
             "target_streams": size,
             "streams": held,
             "failed": sum(a["failed"] for a in answers),
+            "connects_per_second": connected / seconds if seconds else 0.0,
             "rss_bytes": target.meter().rss(),
         }
         print(f"  bellcast PROCESSES=2: {result}", flush=True)
@@ -715,6 +761,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and short holds, to try the harness")
     parser.add_argument("--skip-nchan", action="store_true")
     parser.add_argument("--skip-multiprocess", action="store_true")
+    parser.add_argument("--skip-tornado", action="store_true", help="skip the minimal Tornado server's hold")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--fanout-passes", type=int, help="fan-out passes, pooled (default 3; 1 with --quick)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
@@ -765,9 +812,16 @@ async def main() -> None:
                 results["nchan"] = await run_target(Nchan(1, log_dir), args, None)
                 # The same idle hold with pings as often as bellcast's heartbeats: what the heartbeat costs anyone.
                 pings = Nchan(1, log_dir, ping_interval=round(Settings().heartbeat_interval))
-                results["nchan_pings"] = await run_hold_only(pings, args)
+                results["nchan_pings"] = await run_hold_only(
+                    pings, args, args.sizes[-1:], args.hold_seconds, args.last_hold_seconds
+                )
             else:
                 print("nginx with the Nchan module is not installed: no baseline (make bench installs it)")
+        if not args.skip_tornado:
+            # Connects and RSS are what it is run for; idle, it does nothing (no heartbeats).
+            results["tornado"] = await run_hold_only(
+                MinimalTornado(log_dir), args, args.sizes, TORNADO_HOLD_SECONDS, None
+            )
     finally:
         for store in stores:
             store.stop()
