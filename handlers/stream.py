@@ -153,16 +153,18 @@ class EventStreamHandler(BaseHandler):
             if self._retry is not None:
                 self._retry.cancel()
             self.wakeups.ignore(user_id, self)
-            self.streams.discard(self)
-            try:
-                if self._session is not None:  # it was registered, not refused
-                    await self.streams.release_turn()
-                    await session.close()
-            except StoreUnavailable:
-                log.debug(
-                    "could not deregister a stream; its registration expires by itself",
-                    extra=fields(**self.log_fields()),
-                )
+            if self._session is not None:  # it was registered (and added), not refused
+                await self._release(session)
+
+    async def _release(self, session: StreamSession) -> None:
+        """Deregister the closed stream, in its turn; shutdown waits for this before it closes the stores."""
+        try:
+            async with self.streams.releasing(self):
+                await session.close()
+        except StoreUnavailable:
+            log.debug(
+                "could not deregister a stream; its registration expires by itself", extra=fields(**self.log_fields())
+            )
 
     def _close(self) -> None:
         if not self._closed.done():
