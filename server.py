@@ -746,7 +746,8 @@ async def serve(
     server.stop()
     runtime.streams.end_all()
     try:
-        await asyncio.wait_for(runtime.streams.wait_until_empty(), SHUTDOWN_GRACE_SECONDS)
+        # Closed streams still deregister from Redis after they have ended: the stores close after that.
+        await asyncio.wait_for(runtime.streams.wait_until_all_released(), SHUTDOWN_GRACE_SECONDS)
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
     except TimeoutError:
         log.warning("some connections did not close within %.0f s", SHUTDOWN_GRACE_SECONDS)

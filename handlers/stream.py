@@ -91,6 +91,19 @@ class EventStreamHandler(BaseHandler):
 
     async def get(self) -> None:
         """Stream the user's notifications: `Last-Event-ID` (or `?last_event_id=`) first resumes from MongoDB."""
+        try:
+            await self._stream()
+        except asyncio.CancelledError:
+            # Only the process's exit cancels a stream: asyncio.run cancels what is left once shutdown's
+            # grace has run out. That is no error (the client reconnects; the registration expires by its
+            # TTL), but Tornado answers a cancelled handler with send_error(500), which once the headers
+            # are sent can only log an ERROR ("Cannot send error response after headers written"):
+            # end the response first.
+            if not self._finished:
+                self.finish()
+            raise
+
+    async def _stream(self) -> None:
         user_id = self.current_user_id()
         limits = self.stream_limits
         if len(self.streams) >= limits.max_streams:
@@ -153,16 +166,23 @@ class EventStreamHandler(BaseHandler):
             if self._retry is not None:
                 self._retry.cancel()
             self.wakeups.ignore(user_id, self)
+            if self._session is not None:  # it was registered (and added), not refused
+                await self._release(session)
+
+    async def _release(self, session: StreamSession) -> None:
+        """Deregister the closed stream, in its turn; shutdown waits for this before it closes the stores."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Cancelled at exit, past shutdown's grace: the stores are closed, the registration expires by its TTL.
             self.streams.discard(self)
-            try:
-                if self._session is not None:  # it was registered, not refused
-                    await self.streams.release_turn()
-                    await session.close()
-            except StoreUnavailable:
-                log.debug(
-                    "could not deregister a stream; its registration expires by itself",
-                    extra=fields(**self.log_fields()),
-                )
+            return
+        try:
+            async with self.streams.releasing(self):
+                await session.close()
+        except StoreUnavailable:
+            log.debug(
+                "could not deregister a stream; its registration expires by itself", extra=fields(**self.log_fields())
+            )
 
     def _close(self) -> None:
         if not self._closed.done():

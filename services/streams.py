@@ -277,8 +277,10 @@ class StreamRegistry:
         self._scanner = scanner
         self._metrics = metrics
         self._safety_scans: set[asyncio.Task[None]] = set()
-        self._empty = asyncio.Event()
-        self._empty.set()
+        # Set while no stream is open and none is releasing: shutdown closes the stores only then.
+        self._all_released = asyncio.Event()
+        self._all_released.set()
+        self._releases_under_way = 0
         self._heartbeat_interval = heartbeat_interval
         self._write_timeout = write_timeout
         self._period = min(SWEEP_PERIOD, heartbeat_interval / SWEEPS_PER_HEARTBEAT)
@@ -297,13 +299,13 @@ class StreamRegistry:
     def add(self, stream: OpenStream) -> None:
         """Track an opened stream; its first heartbeat is due a heartbeat interval from now."""
         self._schedule(stream, time.monotonic() + self._heartbeat_interval)
-        self._empty.clear()
+        self._all_released.clear()
         if self._metrics is not None:
             self._metrics.streams_opened.inc()
             self._metrics.streams_open.inc()
 
     def discard(self, stream: OpenStream) -> None:
-        """Forget a closed stream."""
+        """Forget a closed stream that holds nothing to release (else `releasing`)."""
         visit = self._visit_of.pop(stream, None)
         if visit is None:
             return
@@ -312,12 +314,32 @@ class StreamRegistry:
         if self._metrics is not None:
             self._metrics.streams_closed.inc()
             self._metrics.streams_open.dec()
-        if not self._visit_of:
-            self._empty.set()
+        self._note_if_all_released()
 
-    async def release_turn(self) -> None:
-        """Return when a closed stream may release what it holds: at most RELEASES_PER_ITERATION per
-        loop iteration, in the order they asked, so that a mass disconnect does not stall the others."""
+    @contextlib.asynccontextmanager
+    async def releasing(self, stream: OpenStream) -> AsyncIterator[None]:
+        """Forget a closed stream, and enter once it may release what it holds (its registration).
+
+        At most RELEASES_PER_ITERATION enter per loop iteration, in the order they came, so that a
+        mass disconnect does not stall the other streams. The stream counts as releasing from the
+        moment it is forgotten until it leaves, so `wait_until_all_released` waits for it.
+        """
+        # Counted before it is forgotten: the registry must not look released in between.
+        self._releases_under_way += 1
+        self.discard(stream)
+        try:
+            await self._release_turn()
+            yield
+        finally:
+            self._releases_under_way -= 1
+            self._note_if_all_released()
+
+    def _note_if_all_released(self) -> None:
+        if not self._visit_of and not self._releases_under_way:
+            self._all_released.set()
+
+    async def _release_turn(self) -> None:
+        """Return in the stream's turn: at once, unless this iteration's allowance is spent or others wait."""
         if self._releases_left > 0 and not self._waiting_to_release:
             self._releases_left -= 1
             self._renew_releases_soon()
@@ -356,12 +378,12 @@ class StreamRegistry:
         if self._metrics is not None:
             self._metrics.slow_clients_dropped.inc()
 
-    async def wait_until_empty(self) -> None:
-        """Return once no stream is open."""
-        await self._empty.wait()
+    async def wait_until_all_released(self) -> None:
+        """Return once no stream is open and none is still releasing what it held."""
+        await self._all_released.wait()
 
     def end_all(self) -> None:
-        """Ask every open stream to end; each discards itself when it has."""
+        """Ask every open stream to end; each releases what it holds when it has (`releasing`)."""
         for stream in list(self._visit_of):
             stream.end()
 

@@ -315,8 +315,12 @@ class ServerProcess:
         self.process = self._launch()
 
     def stop(self) -> int:
-        """SIGTERM, then the exit status; a server still running 30 s later is killed and the test fails."""
+        """SIGTERM, then the exit status (`wait`)."""
         self.process.send_signal(signal.SIGTERM)
+        return self.wait()
+
+    def wait(self) -> int:
+        """The exit status; a server still running 30 s later is killed and the test fails."""
         try:
             return self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -1,5 +1,6 @@
 """The registry's sweep: heartbeats for silent streams, drops for stalled ones, and no other visits;
-the turns in which closed streams release what they hold; and streams' ticks falling due together."""
+the turns in which closed streams release what they hold, which shutdown waits for; and streams' ticks
+falling due together."""
 
 from __future__ import annotations
 
@@ -137,8 +138,8 @@ async def test_streams_closing_together_release_a_limited_number_per_loop_iterat
     released: list[tuple[int, int]] = []
 
     async def close(number: int) -> None:
-        await registry.release_turn()
-        released.append((number, iteration))
+        async with registry.releasing(_Stream()):
+            released.append((number, iteration))
 
     closing = 2 * RELEASES_PER_ITERATION + 50
     await asyncio.gather(*(close(number) for number in range(closing)))
@@ -147,9 +148,31 @@ async def test_streams_closing_together_release_a_limited_number_per_loop_iterat
     per_iteration = Counter(when for _, when in released)
     assert max(per_iteration.values()) == RELEASES_PER_ITERATION
     assert len(per_iteration) == 3
-    alone = asyncio.ensure_future(registry.release_turn())
+    alone = asyncio.ensure_future(close(closing))
     await asyncio.sleep(0)
     assert alone.done(), "once the crowd has gone, a stream's turn comes at once"
+
+
+@pytest.mark.gen_test
+async def test_waiting_until_all_released_lasts_until_closed_streams_have_released_not_only_closed():
+    registry = _registry()
+    streams = [_Stream() for _ in range(RELEASES_PER_ITERATION + 1)]  # the last one waits for a turn
+    _added_now(registry, *streams)
+    deregistered = asyncio.get_running_loop().create_future()  # Redis's reply to their deregistrations
+
+    async def close(stream: _Stream) -> None:
+        async with registry.releasing(stream):
+            await deregistered
+
+    closing = [asyncio.ensure_future(close(stream)) for stream in streams]
+    all_released = asyncio.ensure_future(registry.wait_until_all_released())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(registry) == 0, "every stream is forgotten at once"
+    assert not all_released.done(), "shutdown must not close the stores while streams still release"
+    deregistered.set_result(None)
+    await asyncio.gather(*closing)
+    await all_released
 
 
 def _note_time(times: list[float], clock: IOLoop) -> None:
