@@ -68,10 +68,22 @@ class ProcessMeter:
         return [p.pid for p in self._tree()]
 
 
-# ---------------------------------------------------------------- the two servers
+# ---------------------------------------------------------------- the servers
 
 
-class Bellcast:
+class Server:
+    """A server under load, run as a child process; its meter counts that process and its children."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def meter(self) -> ProcessMeter:
+        assert self.process is not None
+        return ProcessMeter(self.process.pid)
+
+
+class Bellcast(Server):
     name = "bellcast"
 
     def __init__(self, mongodb_url: str, redis_url: str, processes: int, log_path: Path) -> None:
@@ -79,7 +91,6 @@ class Bellcast:
         self.mongodb_url, self.redis_url, self.processes = mongodb_url, redis_url, processes
         self.log_path = log_path
         self.authenticator = Authenticator(JWT_SECRET, API_KEY)
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {
@@ -102,10 +113,6 @@ class Bellcast:
         _stop(self.process, signal.SIGTERM)
         self.process = None
 
-    def meter(self) -> ProcessMeter:
-        assert self.process is not None
-        return ProcessMeter(self.process.pid)
-
     def stream_path(self, user: str, tab: int) -> str:
         token = self.authenticator.mint_user_token(user, 3600, time.time())
         return f"/notifications/stream?access_token={token}&tab={tab}"
@@ -118,7 +125,7 @@ class Bellcast:
         return 201
 
 
-class Nchan:
+class Nchan(Server):
     name = "nchan"
 
     def __init__(self, workers: int, log_dir: Path, ping_interval: int = 0) -> None:
@@ -128,7 +135,6 @@ class Nchan:
         if ping_interval:
             self.name = "nchan+pings"
         self.prefix = Path(tempfile.mkdtemp(prefix="nchan-", dir=log_dir))
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -149,10 +155,6 @@ class Nchan:
         _stop(self.process, signal.SIGQUIT)  # nginx's graceful stop
         self.process = None
 
-    def meter(self) -> ProcessMeter:
-        assert self.process is not None
-        return ProcessMeter(self.process.pid)
-
     def stream_path(self, user: str, tab: int) -> str:
         return f"/sub/{user}?tab={tab}"
 
@@ -163,7 +165,7 @@ class Nchan:
         return 202
 
 
-class MinimalTornado:
+class MinimalTornado(Server):
     """bench/tornado_minimal.py: what Tornado alone costs per stream on this machine (hold only)."""
 
     name = "tornado"
@@ -171,7 +173,6 @@ class MinimalTornado:
     def __init__(self, log_dir: Path) -> None:
         self.port = free_port()
         self.log_path = log_dir / "tornado-minimal.log"
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -183,10 +184,6 @@ class MinimalTornado:
     def stop(self) -> None:
         _stop(self.process, signal.SIGKILL)  # it has nothing to shut down
         self.process = None
-
-    def meter(self) -> ProcessMeter:
-        assert self.process is not None
-        return ProcessMeter(self.process.pid)
 
     def stream_path(self, user: str, tab: int) -> str:
         return f"/notifications/stream?user={user}&tab={tab}"
