@@ -294,15 +294,22 @@ class StreamRegistry:
         self._releases_left = RELEASES_PER_ITERATION
         self._waiting_to_release: collections.deque[asyncio.Future[None]] = collections.deque()
         self._releases_renewed = False
+        self._ending = False
         self.slow_clients_dropped = 0
 
     def add(self, stream: OpenStream) -> None:
-        """Track an opened stream; its first heartbeat is due a heartbeat interval from now."""
+        """Track an opened stream; its first heartbeat is due a heartbeat interval from now.
+
+        Once shutdown has begun (`end_all`), the stream is told to end at once: it was registering
+        when the others were told, or its request came on a connection accepted before.
+        """
         self._schedule(stream, time.monotonic() + self._heartbeat_interval)
         self._all_released.clear()
         if self._metrics is not None:
             self._metrics.streams_opened.inc()
             self._metrics.streams_open.inc()
+        if self._ending:
+            stream.end()
 
     def discard(self, stream: OpenStream) -> None:
         """Forget a closed stream that holds nothing to release (else `releasing`)."""
@@ -383,7 +390,9 @@ class StreamRegistry:
         await self._all_released.wait()
 
     def end_all(self) -> None:
-        """Ask every open stream to end; each releases what it holds when it has (`releasing`)."""
+        """Ask every open stream, and any opened from now on, to end; each releases what it holds when it has
+        (`releasing`)."""
+        self._ending = True
         for stream in list(self._visit_of):
             stream.end()
 

@@ -35,6 +35,7 @@ class _Stream:
         self.visits = 0
         self.heartbeats: list[float] = []
         self.dropped = False
+        self.ended = 0
 
     def stalled_since(self) -> float | None:
         self.visits += 1
@@ -49,7 +50,7 @@ class _Stream:
         self.dropped = True
 
     def end(self) -> None:
-        pass
+        self.ended += 1
 
     def wake(self) -> None:
         pass
@@ -173,6 +174,16 @@ async def test_waiting_until_all_released_lasts_until_closed_streams_have_releas
     deregistered.set_result(None)
     await asyncio.gather(*closing)
     await all_released
+
+
+@pytest.mark.gen_test
+async def test_a_stream_opened_after_shutdown_began_is_told_to_end_at_once_and_the_others_once():
+    registry = _registry()
+    open_before, registering_meanwhile = _Stream(), _Stream()
+    _added_now(registry, open_before)
+    registry.end_all()
+    _added_now(registry, registering_meanwhile)  # its registration's reply came after the signal
+    assert (open_before.ended, registering_meanwhile.ended) == (1, 1)
 
 
 def _note_time(times: list[float], clock: IOLoop) -> None:
