@@ -88,7 +88,7 @@ class JSONFormatter(logging.Formatter):
         return _JSON_LINE.encode(entry)
 
     def _utc_time(self, created: float) -> str:
-        """ISO 8601 in UTC to the millisecond, as `datetime.isoformat(timespec="milliseconds")` writes it."""
+        """ISO 8601 in UTC, cut to the millisecond: the form `datetime.isoformat(timespec="milliseconds")` writes."""
         second = int(created)
         if second != self._second:
             self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
