@@ -42,6 +42,7 @@ READY_TIMEOUT = 60.0
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 # The minimal Tornado server holds each size this long: long enough to read its RSS, it does nothing idle.
 TORNADO_HOLD_SECONDS = 10.0
+SCENARIOS = ("hold", "fanout", "burst", "churn")
 
 
 # ---------------------------------------------------------------- measuring the server
@@ -66,6 +67,26 @@ class ProcessMeter:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._tree()]
+
+
+class CpuMeter:
+    """CPU time of a fixed set of processes, their children not included."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._processes = [psutil.Process(pid) for pid in pids]
+
+    def cpu_seconds(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self._processes)
+
+
+def embedded_store_meter() -> CpuMeter | None:
+    """The embedded SecantusDB and valkey-server this run started, if it started them."""
+    pids = [
+        child.pid
+        for child in psutil.Process().children(recursive=True)
+        if any(name in " ".join(child.cmdline()) for name in ("secantusd", "valkey-server"))
+    ]
+    return CpuMeter(pids) if pids else None
 
 
 # ---------------------------------------------------------------- the servers
@@ -228,6 +249,10 @@ class Workers:
         self.count, self.port = count, port
         self.procs: list[asyncio.subprocess.Process] = []
 
+    def meter(self) -> CpuMeter:
+        """The load generator's CPU: the workers', and this process's, which posts the creates."""
+        return CpuMeter([os.getpid(), *(proc.pid for proc in self.procs)])
+
     async def start(self) -> None:
         for index in range(self.count):
             proc = await asyncio.create_subprocess_exec(
@@ -380,8 +405,14 @@ async def scenario_fanout(
     Run `passes` times, each with streams of its own: the quantiles are those of every delivery of
     every pass together, since one pass's p99 (its 100 slowest deliveries) is decided by whatever
     else the two shared cores did in those 5 seconds. Each pass's own figures are kept beside them.
+    The CPU per create is each role's (server, embedded stores, load generator) from the first create
+    until 3 s after the last, so it includes what the idle streams cost meanwhile (bellcast's 10,000:
+    about 1 % of a core, some 0.1 ms per create).
     """
-    runs = [await _fanout_pass(target, workers, users, tabs, rate) for _ in range(passes)]
+    meters = {"server": target.meter(), "load generator": workers.meter()}
+    if isinstance(target, Bellcast) and (stores := embedded_store_meter()) is not None:
+        meters["stores"] = stores
+    runs = [await _fanout_pass(target, workers, users, tabs, rate, meters) for _ in range(passes)]
     latencies = [x for run in runs for x in run.pop("latencies")]
     create_seconds = [x for run in runs for x in run.pop("create_seconds")]
     statuses: Counter[str] = Counter()
@@ -396,6 +427,9 @@ async def scenario_fanout(
         create_statuses=dict(statuses),
         latency_ms=_quantiles_ms(latencies),
         create_response_ms=_quantiles_ms(create_seconds),
+        cpu_ms_per_create={
+            role: 1000 * sum(run["cpu_seconds"][role] for run in runs) / (users * passes) for role in meters
+        },
         latencies_ms=[round(1000 * x, 3) for x in latencies],  # µs are enough, and keep the file small
     )
     summary = {k: v for k, v in result.items() if k not in ("latencies_ms", "passes")}
@@ -411,7 +445,9 @@ def _quantiles_ms(seconds: list[float]) -> dict[str, float]:
     }
 
 
-async def _fanout_pass(target: Any, workers: Workers, users: int, tabs: int, rate: float) -> dict[str, Any]:
+async def _fanout_pass(
+    target: Any, workers: Workers, users: int, tabs: int, rate: float, meters: dict[str, Any]
+) -> dict[str, Any]:
     paths = [target.stream_path(f"fan{u}", t) for u in range(users) for t in range(tabs)]
     answers = await workers.ask_all(
         [{"op": "connect", "paths": p, "concurrency": 64} for p in _split(paths, workers.count)]
@@ -423,6 +459,7 @@ async def _fanout_pass(target: Any, workers: Workers, users: int, tabs: int, rat
     await producer.start()
     statuses: Counter[int] = Counter()
     create_seconds: list[float] = []
+    cpu_before = {role: meter.cpu_seconds() for role, meter in meters.items()}
     started = time.perf_counter()
 
     async def publish(user: int) -> None:
@@ -441,6 +478,7 @@ async def _fanout_pass(target: Any, workers: Workers, users: int, tabs: int, rat
     await asyncio.gather(*tasks)
     await producer.close()
     await asyncio.sleep(3.0)
+    cpu_seconds = {role: meter.cpu_seconds() - cpu_before[role] for role, meter in meters.items()}
     reports = await workers.broadcast({"op": "report"})
     delivered = duplicates = missing = wrong = 0
     latencies: list[float] = []
@@ -465,6 +503,8 @@ async def _fanout_pass(target: Any, workers: Workers, users: int, tabs: int, rat
         "create_statuses": {str(k): v for k, v in statuses.items()},
         "latency_ms": _quantiles_ms(latencies),
         "create_response_ms": _quantiles_ms(create_seconds),
+        "cpu_seconds": cpu_seconds,
+        "cpu_ms_per_create": {role: 1000 * seconds / users for role, seconds in cpu_seconds.items()},
     }
     print(f"  {target.name} fan-out pass: {result}", flush=True)
     return {**result, "latencies": latencies, "create_seconds": create_seconds}
@@ -563,6 +603,32 @@ def _ratio(a: float, b: float) -> str:
 
 def print_table(results: dict[str, Any]) -> None:
     bell, nchan, tornado = results["bellcast"], results.get("nchan"), results.get("tornado")
+    if "hold" in bell:
+        _print_hold(results, bell, nchan, tornado)
+    if "fanout" in bell:
+        _print_fanout(results, bell, nchan)
+    if "burst" in bell:
+        b = bell["burst"]
+        print(
+            f"\nScenario 3, burst: {b['received']}/{b['expected']} received, "
+            f"{b['tabs_complete_and_in_order']}/{b['tabs']} tabs complete and in order, "
+            f"{b['duplicates']} duplicates, {b['creates_per_second']:.0f} creates/s"
+        )
+    if "churn" in bell:
+        c = bell["churn"]
+        print(
+            f"Scenario 4, churn: {c['completed']}/{c['attempted']} completed, {c['failed']} failed, "
+            f"{c['registrations_left']} registrations and {c['inboxes_left']} inboxes left in Redis"
+        )
+    for key in ("multiprocess",):
+        if key in bell:
+            m = bell[key]
+            held = f"{m['streams']} of {m['target_streams']} streams held"
+            rate = f"{m['connects_per_second']:.0f} connects/s"
+            print(f"\nPROCESSES={m['processes']}: {held}, {m['failed']} failed, {rate}")
+
+
+def _print_hold(results: dict[str, Any], bell: dict[str, Any], nchan: Any, tornado: Any) -> None:
     print("\nScenario 1, hold idle streams")
     print(
         f"{'streams':>8} {'server':>9} {'held':>7} {'failed':>6} {'conn/s':>8} {'µs CPU/conn':>11} "
@@ -604,9 +670,12 @@ def print_table(results: dict[str, Any]) -> None:
             f"nchan idles at {step['idle_cpu_percent']:.2f} % "
             f"for {step['streams']} streams; bellcast at {own['idle_cpu_percent']:.2f} %"
         )
+
+
+def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> None:
     print(f"\nScenario 2, fan-out at {results['fanout_rate']:.0f} creates/s")
     for name, data in (("bellcast", bell), ("nchan", nchan)):
-        if data:
+        if data and "fanout" in data:
             f = data["fanout"]
             print(
                 f"  {name:>9}: {f['delivered']}/{f['expected_deliveries']} delivered, {f['duplicates']} duplicates, "
@@ -619,28 +688,15 @@ def print_table(results: dict[str, Any]) -> None:
                     for run in f["passes"]
                 )
                 print(f"  {'':>9}  {len(f['passes'])} passes pooled; each pass's p50/p99/max (ms): {each}")
-    if nchan:
+            cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in f["cpu_ms_per_create"].items())
+            print(f"  {'':>9}  CPU per create and its deliveries (ms): {cpu}")
+    if nchan and "fanout" in nchan:
         b, n = bell["fanout"]["latency_ms"], nchan["fanout"]["latency_ms"]
-        print(f"  bellcast/nchan: p50 {_ratio(b['p50'], n['p50'])}, p99 {_ratio(b['p99'], n['p99'])}")
-    if "burst" in bell:
-        b = bell["burst"]
+        server_cpu = [data["fanout"]["cpu_ms_per_create"]["server"] for data in (bell, nchan)]
         print(
-            f"\nScenario 3, burst: {b['received']}/{b['expected']} received, "
-            f"{b['tabs_complete_and_in_order']}/{b['tabs']} tabs complete and in order, "
-            f"{b['duplicates']} duplicates, {b['creates_per_second']:.0f} creates/s"
+            f"  bellcast/nchan: p50 {_ratio(b['p50'], n['p50'])}, p99 {_ratio(b['p99'], n['p99'])}, "
+            f"server CPU per create {_ratio(*server_cpu)}"
         )
-    if "churn" in bell:
-        c = bell["churn"]
-        print(
-            f"Scenario 4, churn: {c['completed']}/{c['attempted']} completed, {c['failed']} failed, "
-            f"{c['registrations_left']} registrations and {c['inboxes_left']} inboxes left in Redis"
-        )
-    for key in ("multiprocess",):
-        if key in bell:
-            m = bell[key]
-            held = f"{m['streams']} of {m['target_streams']} streams held"
-            rate = f"{m['connects_per_second']:.0f} connects/s"
-            print(f"\nPROCESSES={m['processes']}: {held}, {m['failed']} failed, {rate}")
 
 
 def draw_plots(results: dict[str, Any], out_dir: Path, stamp: str) -> None:
@@ -650,10 +706,17 @@ def draw_plots(results: dict[str, Any], out_dir: Path, stamp: str) -> None:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if "fanout" in results["bellcast"]:
+        _draw_latency(plt, results, out_dir, stamp)
+    if "hold" in results["bellcast"]:
+        _draw_memory(plt, results, out_dir, stamp)
+
+
+def _draw_latency(plt: Any, results: dict[str, Any], out_dir: Path, stamp: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in ("bellcast", "nchan"):
         data = results.get(name)
-        if data and data["fanout"]["latencies_ms"]:
+        if data and "fanout" in data and data["fanout"]["latencies_ms"]:
             values = sorted(data["fanout"]["latencies_ms"])
             ax.plot(values, [i / len(values) for i in range(len(values))], label=name)
     ax.set_xscale("log")
@@ -666,10 +729,12 @@ def draw_plots(results: dict[str, Any], out_dir: Path, stamp: str) -> None:
     fig.savefig(out_dir / "latency.png", dpi=110)
     plt.close(fig)
 
+
+def _draw_memory(plt: Any, results: dict[str, Any], out_dir: Path, stamp: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in ("bellcast", "nchan", "tornado"):
         data = results.get(name)
-        if data:
+        if data and "hold" in data:
             steps = data["hold"]["steps"]
             ax.plot(
                 [s["streams"] for s in steps],
@@ -695,12 +760,16 @@ async def run_target(target: Any, args: argparse.Namespace, redis_url: str | Non
     workers = Workers(args.workers, target.port)
     await workers.start()
     try:
-        result = {"hold": await scenario_hold(target, workers, args.sizes, args.hold_seconds, args.last_hold_seconds)}
-        result["fanout"] = await scenario_fanout(
-            target, workers, args.fanout_users, 10, args.fanout_rate, args.fanout_passes
-        )
-        if isinstance(target, Bellcast):
+        result = {}
+        if "hold" in args.scenarios:
+            result["hold"] = await scenario_hold(target, workers, args.sizes, args.hold_seconds, args.last_hold_seconds)
+        if "fanout" in args.scenarios:
+            result["fanout"] = await scenario_fanout(
+                target, workers, args.fanout_users, 10, args.fanout_rate, args.fanout_passes
+            )
+        if isinstance(target, Bellcast) and "burst" in args.scenarios:
             result["burst"] = await scenario_burst(target, workers, 10, args.burst)
+        if isinstance(target, Bellcast) and "churn" in args.scenarios:
             assert redis_url is not None
             result["churn"] = await scenario_churn(target, workers, args.churn, args.churn_seconds, redis_url)
         return result
@@ -760,6 +829,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-multiprocess", action="store_true")
     parser.add_argument("--skip-tornado", action="store_true", help="skip the minimal Tornado server's hold")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: set(text.split(",")),
+        default=set(SCENARIOS),
+        help=f"which to run, comma-separated (default all: {','.join(SCENARIOS)})",
+    )
     parser.add_argument("--fanout-passes", type=int, help="fan-out passes, pooled (default 3; 1 with --quick)")
     parser.add_argument(
         "--fanout-rate", type=float, default=200.0, help="fan-out creates per second (default 200, the issue's)"
@@ -767,6 +842,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "bench")
     args = parser.parse_args()
+    if not args.scenarios <= set(SCENARIOS):
+        parser.error(f"--scenarios: choose from {','.join(SCENARIOS)}")
     quick = args.quick
     args.sizes = [200, 1000] if quick else [1000, 5000, 10000, 18000]
     args.hold_seconds = 5.0 if quick else 60.0
@@ -809,6 +886,7 @@ async def main() -> None:
         if not args.skip_nchan:
             if shutil.which("nginx") and NCHAN_MODULE.exists():
                 results["nchan"] = await run_target(Nchan(1, log_dir), args, None)
+            if shutil.which("nginx") and NCHAN_MODULE.exists() and "hold" in args.scenarios:
                 # The same idle hold with pings as often as bellcast's heartbeats: what the heartbeat costs anyone.
                 pings = Nchan(1, log_dir, ping_interval=round(Settings().heartbeat_interval))
                 results["nchan_pings"] = await run_hold_only(
@@ -816,7 +894,7 @@ async def main() -> None:
                 )
             else:
                 print("nginx with the Nchan module is not installed: no baseline (make bench installs it)")
-        if not args.skip_tornado:
+        if not args.skip_tornado and "hold" in args.scenarios:
             # Connects and RSS are what it is run for; idle, it does nothing (no heartbeats).
             results["tornado"] = await run_hold_only(
                 MinimalTornado(log_dir), args, args.sizes, TORNADO_HOLD_SECONDS, None
@@ -827,7 +905,7 @@ async def main() -> None:
     print_table(results)
     args.output.write_text(json.dumps(results, indent=1))
     draw_plots(results, args.plots, stamp)
-    print(f"\nwrote {args.output} and {args.plots}/latency.png, memory.png; server logs in {log_dir}")
+    print(f"\nwrote {args.output} and the plots in {args.plots}; server logs in {log_dir}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -263,6 +264,21 @@ class RestartableRedis:
         """Start a new, empty server on the same port."""
         if self._server is None:
             self._server = EmbeddedRedis(None, port=self.port).start()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it keeps its connections and answers nothing, as a hung one."""
+        self._process().send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server go on (SIGCONT)."""
+        self._process().send_signal(signal.SIGCONT)
+
+    def _process(self) -> psutil.Process:
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if any(c.laddr.port == self.port and c.status == psutil.CONN_LISTEN for c in child.net_connections()):
+                    return child
+        raise LookupError(f"no process of this test run listens on port {self.port}")
 
 
 class ServerProcess:

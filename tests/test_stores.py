@@ -1,15 +1,19 @@
-"""The store clients: what bellcast asks of the MongoDB drivers beyond their defaults."""
+"""The store clients: what bellcast asks of the MongoDB drivers beyond their defaults, and of its Redis pipelines."""
 
 from __future__ import annotations
 
 import pytest
+from redis.exceptions import ResponseError
 
+from services.delivery import CommandBatcher
 from services.embedded import EmbeddedMongo
+from services.errors import StoreUnavailable
 from services.stores import (
     DEFAULT_MONGODB_MAX_IDLE_MS,
     DEFAULT_MONGODB_MIN_POOL_SIZE,
     MONGO_DRIVERS,
     MongoConnection,
+    connect_redis,
 )
 from tests.support import eventually
 
@@ -46,3 +50,30 @@ def test_pool_options_in_the_url_win(driver):
     url = "mongodb://127.0.0.1:1/?minPoolSize=3&maxIdleTimeMS=5000"
     pool = MongoConnection(url, "bellcast", driver).client.options.pool_options
     assert (pool.min_pool_size, pool.max_idle_time_seconds) == (3, 5.0)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_pipeline_cut_short_by_a_hung_redis_fails_in_time_and_leaves_no_late_reply_to_the_next(
+    private_redis,
+):
+    """The batcher keeps its connections between pipelines: one whose replies never came must not be
+    used again as it is, or the next pipeline would read the late reply as its own."""
+    redis = connect_redis(private_redis.url, batches=True)
+    batcher = CommandBatcher(redis, timeout=0.5)
+    try:
+        assert await batcher.execute_many([("SET", "first", "1"), ("SET", "second", "2")]) == [True, True]
+        private_redis.pause()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await batcher.execute("GET", "first")
+        finally:
+            private_redis.resume()
+        assert await batcher.execute("GET", "second") == b"2"
+        # An error reply in the middle: the replies after it are still read, each as its own command's.
+        with pytest.raises(StoreUnavailable) as failed:
+            await batcher.execute_many([("HGETALL", "first"), ("GET", "first")])
+        assert isinstance(failed.value.__cause__, ResponseError)
+        assert await batcher.execute("GET", "second") == b"2"
+    finally:
+        await batcher.close()
+        await redis.aclose()
