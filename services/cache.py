@@ -13,8 +13,9 @@ so a connection whose process died leaves nothing behind for long.
 The registration TTL is long because renewing it is per-stream work at idle: thousands of
 streams renewing every few seconds would cost more than everything else an idle stream does.
 
-Every command names one key, so none can span hash slots: a Redis Cluster serves all of
-them, and a pipeline of many users' commands is split by node. Wake-up hints go to
+In a Redis Cluster every command names keys of one user only, so none spans hash slots, and a
+pipeline of many users' commands is split by node; on a single Redis the observer's one script
+names the inboxes it writes itself (QUEUE_FOR_LIVE_CONNECTIONS). Wake-up hints go to
 ``bellcast:wakeups`` (PUBLISH), or in a cluster to the sharded channel nearest the user's
 slot (SPUBLISH; see `services.delivery`).
 """
@@ -53,12 +54,33 @@ OBSERVER_GRACE = 30.0
 # user's connections instead of two per connection, which is what the observer's pipeline cost most
 # in a fan-out. The keys share the user's hash tag, so a cluster runs it on one node. Sent with EVAL,
 # not EVALSHA: Redis caches the script by its digest, and a restarted Redis needs nothing loaded again.
+# (A cluster's observer; on a single Redis, QUEUE_FOR_LIVE_CONNECTIONS does it all in one command.)
 QUEUE_IN_INBOXES = """
 for _, inbox in ipairs(KEYS) do
   redis.call('HSET', inbox, ARGV[1], ARGV[2])
   redis.call('EXPIRE', inbox, ARGV[3])
 end
 return #KEYS
+"""
+
+# The observer's one command on a single Redis: drops the user's expired registrations (KEYS[1]), queues
+# the notification (ARGV[3], ARGV[4]) in the inbox of each live one (ARGV[2] and the connection id),
+# renews the inboxes' TTL (ARGV[5]) and, if any was written, publishes the hint (ARGV[7] on channel
+# ARGV[6]; none if empty). One round trip and one command per create where a cluster's observer needs
+# two pipelines: the inboxes' names are made here, which only a single Redis allows (a cluster must
+# be told every key a script touches, to route it).
+QUEUE_FOR_LIVE_CONNECTIONS = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+for _, connection in ipairs(connections) do
+  local inbox = ARGV[2] .. connection
+  redis.call('HSET', inbox, ARGV[3], ARGV[4])
+  redis.call('EXPIRE', inbox, ARGV[5])
+end
+if #connections > 0 and ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+end
+return #connections
 """
 
 
@@ -128,6 +150,21 @@ class DeliveryCache:
         """
         key = connections_key(notification.user_id)
         now = time.time()
+        if not isinstance(self._redis, RedisCluster):
+            queued: int = await self._batcher.execute(
+                "EVAL",
+                QUEUE_FOR_LIVE_CONNECTIONS,
+                1,
+                key,
+                now,
+                inbox_key(notification.user_id, ""),
+                str(notification.id),
+                notification.to_json(),
+                INBOX_TTL,
+                WAKEUP_CHANNEL if self._publish_hints else "",
+                notification.user_id,
+            )
+            return queued
         _, connection_ids = await self._batcher.execute_many(
             [("ZREMRANGEBYSCORE", key, "-inf", now), ("ZRANGEBYSCORE", key, now, "+inf")]
         )
@@ -137,10 +174,8 @@ class DeliveryCache:
         commands: list[tuple[object, ...]] = [
             ("EVAL", QUEUE_IN_INBOXES, len(inboxes), *inboxes, str(notification.id), notification.to_json(), INBOX_TTL)
         ]
-        if self._publish_hints and isinstance(self._redis, RedisCluster):
+        if self._publish_hints:
             commands.append(("SPUBLISH", wakeup_shard_channel(key), notification.user_id))
-        elif self._publish_hints:
-            commands.append(("PUBLISH", WAKEUP_CHANNEL, notification.user_id))
         await self._batcher.execute_many(commands)
         return len(connection_ids)
 

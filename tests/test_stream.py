@@ -233,6 +233,30 @@ async def test_a_safety_scan_finds_the_inboxes_holding_entries_and_renews_the_re
 
 @pytest.mark.gen_test
 @pytest.mark.also_on_cluster
+async def test_a_create_queues_for_each_live_registration_and_drops_the_expired_ones(runtime):
+    from services.notifications import utc_now, validate_new_notification
+
+    live, also_live, expired = (runtime.delivery_cache.open_inbox("erin") for _ in range(3))
+    for inbox in (live, also_live, expired):
+        await inbox.register()
+    # Its process died a TTL ago without deregistering.
+    await runtime.redis.zadd(expired.connections_key, {expired.connection_id: time.time() - 1}, xx=True)
+    notification = validate_new_notification({"user_id": "erin", "title": "t"}, now=utc_now())
+
+    assert await runtime.delivery_cache.enqueue(notification) == 2
+
+    assert [await inbox.pending() for inbox in (live, also_live)] == [
+        [(str(notification.id), notification.to_json().encode())]
+    ] * 2
+    assert not await runtime.redis.exists(expired.key)
+    registered = set(await runtime.redis.zrange(connections_key("erin"), 0, -1))
+    assert registered == {inbox.connection_id.encode() for inbox in (live, also_live)}
+    nobody = validate_new_notification({"user_id": "frank", "title": "t"}, now=utc_now())
+    assert await runtime.delivery_cache.enqueue(nobody) == 0
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_a_safety_scan_of_thousands_of_inboxes_answers_for_each(runtime):
     inboxes = [runtime.delivery_cache.open_inbox("dave") for _ in range(2500)]
     holding = {0, 1999, 2000, 2499}
