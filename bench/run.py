@@ -835,6 +835,14 @@ def parse_args() -> argparse.Namespace:
         default=set(SCENARIOS),
         help=f"which to run, comma-separated (default all: {','.join(SCENARIOS)})",
     )
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [int(size) for size in text.split(",")],
+        help="the hold's stream counts, comma-separated (default 1000,5000,10000,18000)",
+    )
+    parser.add_argument(
+        "--hold-seconds", type=float, help="each hold's length (default 60; the largest: the safety scan interval + 40)"
+    )
     parser.add_argument("--fanout-passes", type=int, help="fan-out passes, pooled (default 3; 1 with --quick)")
     parser.add_argument(
         "--fanout-rate", type=float, default=200.0, help="fan-out creates per second (default 200, the issue's)"
@@ -845,10 +853,11 @@ def parse_args() -> argparse.Namespace:
     if not args.scenarios <= set(SCENARIOS):
         parser.error(f"--scenarios: choose from {','.join(SCENARIOS)}")
     quick = args.quick
-    args.sizes = [200, 1000] if quick else [1000, 5000, 10000, 18000]
-    args.hold_seconds = 5.0 if quick else 60.0
-    # The largest hold spans a whole safety scan interval and more, so that its idle CPU includes them.
-    args.last_hold_seconds = None if quick else Settings().safety_scan_interval + 40.0
+    args.sizes = args.sizes or ([200, 1000] if quick else [1000, 5000, 10000, 18000])
+    # Unless told otherwise, the largest hold spans a whole safety scan interval and more, so that its
+    # idle CPU includes them.
+    args.last_hold_seconds = None if quick or args.hold_seconds else Settings().safety_scan_interval + 40.0
+    args.hold_seconds = args.hold_seconds or (5.0 if quick else 60.0)
     args.fanout_users = 100 if quick else 1000
     args.fanout_passes = args.fanout_passes or (1 if quick else 3)
     args.burst = 200 if quick else 1000
