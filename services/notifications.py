@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -14,7 +15,14 @@ from typing import Any, Protocol
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import AutoReconnect, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    PyMongoError,
+    WriteError,
+)
 
 from services.errors import Invalid, NotFound, StoreUnavailable
 from services.metrics import Metrics
@@ -120,11 +128,78 @@ class NotificationObserver(Protocol):
         """React to a stored notification; raising does not undo the insert."""
 
 
+# MongoDB's code for a duplicate key.
+DUPLICATE_KEY = 11000
+
+
+class InsertBatcher:
+    """Inserts the documents of the creates of one event-loop iteration with one `insert_many`.
+
+    One insert's cost is mostly per command, in the driver and the server: with the embedded
+    SecantusDB, one `insert_one` took 1,019 µs of PyMongo's CPU and 1,650 µs of the server's,
+    `insert_many` of five 348 and 825 µs per document. A lone create waits for nothing but the end
+    of its loop iteration and goes out as `insert_one`; creates that come together (under load,
+    several per iteration) share one command. Unordered: each document stands or fails alone, and
+    each create gets its own outcome.
+    """
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+        self._queued: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._sender_started = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def insert(self, document: dict[str, Any]) -> asyncio.Future[None]:
+        """Insert `document` with the others of this loop iteration; the future raises what its insert met."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((document, future))
+        if not self._sender_started:
+            # The task's first step runs in the next loop iteration: it takes what this one queued.
+            self._sender_started = True
+            task = asyncio.ensure_future(self._send_queued())
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return future
+
+    async def _send_queued(self) -> None:
+        self._sender_started = False
+        queued, self._queued = self._queued, []
+        documents = [document for document, _ in queued]
+        failures: dict[int, BaseException] = {}
+        try:
+            if len(documents) == 1:
+                await self._collection.insert_one(documents[0])
+            else:
+                await self._collection.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            failures = {failure["index"]: _write_error(failure) for failure in error.details.get("writeErrors", [])}
+        except Exception as error:  # the command as a whole: every create meets it
+            failures = dict.fromkeys(range(len(queued)), error)
+        except asyncio.CancelledError:  # the process is exiting
+            for _, future in queued:
+                future.cancel()
+            raise
+        for index, (_, future) in enumerate(queued):
+            if future.done():  # its create was cancelled meanwhile
+                continue
+            if index in failures:
+                future.set_exception(failures[index])
+            else:
+                future.set_result(None)
+
+
+def _write_error(failure: Mapping[str, Any]) -> WriteError:
+    """One document's error in a BulkWriteError, as `insert_one` would have raised it."""
+    kind = DuplicateKeyError if failure.get("code") == DUPLICATE_KEY else WriteError
+    return kind(failure.get("errmsg", "write error"), failure.get("code"), dict(failure))
+
+
 class NotificationService:
     """Creates, lists and marks notifications, and tells the registered observers of new ones."""
 
     def __init__(self, database: Any, metrics: Metrics | None = None) -> None:
         self._collection = database[COLLECTION]
+        self._inserts = InsertBatcher(self._collection)
         self._observers: list[NotificationObserver] = []
         self._metrics = metrics
         self.observer_failures = 0
@@ -173,12 +248,12 @@ class NotificationService:
         here, so a second attempt that finds it stored means the first one landed.
         """
         try:
-            await self._collection.insert_one(document)
+            await self._inserts.insert(document)
         except AutoReconnect as error:
             if error.timeout or self._collection.database.client.options.retry_writes:
                 raise
             with contextlib.suppress(DuplicateKeyError):  # the first attempt landed
-                await self._collection.insert_one(document)
+                await self._inserts.insert(document)
 
     async def list_recent(self, user_id: str, limit: int, before: str | None = None) -> NotificationPage:
         """The user's notifications newest first, `limit` at a time, older than `before` if given.

@@ -84,9 +84,11 @@ def connect_redis(
 
     `batches` makes the client the CommandBatcher's: no timeout per reply (the batcher bounds each
     pipeline as a whole; redis-py's timeout per reply costs more than the reply), and a command
-    that meets a connection Redis closed (it restarted) is sent once more at once on a new one.
-    Every command the batcher sends is idempotent, so it may run twice. The other client retries
-    nothing, so that the wake-up subscription notices every loss of its connection.
+    that meets a connection Redis closed (it restarted) is sent once more at once on a new one
+    (on a single Redis the batcher does that itself, and this Retry covers the health-check PING
+    of a connection idle for 30 s). Every command the batcher sends is idempotent, so it may run
+    twice. The other client retries nothing, so that the wake-up subscription notices every loss
+    of its connection.
     """
     options: dict[str, Any] = {
         "socket_timeout": None if batches else timeout,

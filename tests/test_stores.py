@@ -1,13 +1,20 @@
-"""The store clients: what bellcast asks of the MongoDB drivers beyond their defaults, and of its Redis pipelines."""
+"""The store clients: what bellcast asks of the MongoDB drivers beyond their defaults, and how it batches its writes."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from typing import Any
+
 import pytest
+from pymongo import AsyncMongoClient, monitoring
+from pymongo.errors import DuplicateKeyError
 from redis.exceptions import ResponseError
 
 from services.delivery import CommandBatcher
 from services.embedded import EmbeddedMongo
 from services.errors import StoreUnavailable
+from services.notifications import COLLECTION, InsertBatcher, NotificationService
 from services.stores import (
     DEFAULT_MONGODB_MAX_IDLE_MS,
     DEFAULT_MONGODB_MIN_POOL_SIZE,
@@ -77,3 +84,57 @@ async def test_a_pipeline_cut_short_by_a_hung_redis_fails_in_time_and_leaves_no_
     finally:
         await batcher.close()
         await redis.aclose()
+
+
+class InsertCommands(monitoring.CommandListener):
+    """How many documents each `insert` command the driver sent carried."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "insert":
+            self.sizes.append(len(event.command["documents"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_creates_that_come_together_share_one_insert_and_each_is_stored_once(store_urls):
+    inserts = InsertCommands()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_urls[0], tz_aware=True, event_listeners=[inserts])
+    database = client[f"bellcast_inserts_{uuid.uuid4().hex[:8]}"]
+    service = NotificationService(database)
+    try:
+        lone = await service.create({"user_id": "alice", "title": "alone"})
+        together = await asyncio.gather(*(service.create({"user_id": "alice", "title": f"{i}"}) for i in range(20)))
+
+        assert inserts.sizes == [1, 20]
+        stored = [document["_id"] async for document in database[COLLECTION].find({}, {"_id": 1}).sort("_id", 1)]
+        assert stored == sorted(notification.id for notification in [lone, *together])
+    finally:
+        await client.drop_database(database.name)
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_document_refused_within_a_shared_insert_fails_only_its_own_create(store_urls):
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_urls[0], tz_aware=True)
+    database = client[f"bellcast_inserts_{uuid.uuid4().hex[:8]}"]
+    inserts = InsertBatcher(database[COLLECTION])
+    try:
+        await inserts.insert({"_id": "taken"})
+        outcomes = await asyncio.gather(
+            *(inserts.insert({"_id": key}) for key in ("before", "taken", "after")), return_exceptions=True
+        )
+
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], DuplicateKeyError)
+        assert sorted(await database[COLLECTION].distinct("_id")) == ["after", "before", "taken"]
+    finally:
+        await client.drop_database(database.name)
+        await client.close()
