@@ -31,6 +31,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import PubSubError, RedisClusterException, RedisError, ResponseError
 
+from services.batching import IterationBatches
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, RedisClient, redis_unavailable
@@ -101,9 +102,7 @@ class CommandBatcher:
         self._redis = redis
         self._timeout = timeout
         self._metrics = metrics
-        self._queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
-        self._sender_started = False
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._batches: IterationBatches[Sequence[Sequence[Any]], list[Any]] = IterationBatches(self._send_queued)
         # A single Redis's connections between two pipelines: one each for the pipelines in flight at once.
         self._idle_connections: list[Connection] = []
 
@@ -113,20 +112,9 @@ class CommandBatcher:
 
     def execute_many(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
         """Run several commands, in order, in the next pipeline; the future has their replies."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._queued.append((commands, future))
-        if not self._sender_started:
-            # The task's first step runs in the next loop iteration: it takes what this one queued.
-            self._sender_started = True
-            task = asyncio.ensure_future(self._send_queued())
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-        return future
+        return self._batches.add(commands)
 
-    async def _send_queued(self) -> None:
-        self._sender_started = False
-        queued, self._queued = self._queued, []
+    async def _send_queued(self, queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
         batches: list[list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]] = [[]]
         size = 0
         for entry in queued:
@@ -213,8 +201,7 @@ class CommandBatcher:
 
     async def close(self) -> None:
         """Wait for the pipelines already sent; give the connections kept back to the client's pool."""
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._batches.wait_sent()
         if isinstance(self._redis, Redis):
             for connection in self._idle_connections:
                 await self._redis.connection_pool.release(connection)

@@ -24,6 +24,7 @@ from pymongo.errors import (
     WriteError,
 )
 
+from services.batching import IterationBatches
 from services.errors import Invalid, NotFound, StoreUnavailable
 from services.metrics import Metrics
 
@@ -145,25 +146,13 @@ class InsertBatcher:
 
     def __init__(self, collection: Any) -> None:
         self._collection = collection
-        self._queued: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._sender_started = False
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._batches: IterationBatches[dict[str, Any], None] = IterationBatches(self._insert)
 
     def insert(self, document: dict[str, Any]) -> asyncio.Future[None]:
         """Insert `document` with the others of this loop iteration; the future raises what its insert met."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.append((document, future))
-        if not self._sender_started:
-            # The task's first step runs in the next loop iteration: it takes what this one queued.
-            self._sender_started = True
-            task = asyncio.ensure_future(self._send_queued())
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-        return future
+        return self._batches.add(document)
 
-    async def _send_queued(self) -> None:
-        self._sender_started = False
-        queued, self._queued = self._queued, []
+    async def _insert(self, queued: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         documents = [document for document, _ in queued]
         failures: dict[int, BaseException] = {}
         try:
