@@ -830,6 +830,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-tornado", action="store_true", help="skip the minimal Tornado server's hold")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
+        "--processes", type=int, default=1, help="bellcast's PROCESSES for the scenarios (default 1, as the targets)"
+    )
+    parser.add_argument(
         "--scenarios",
         type=lambda text: set(text.split(",")),
         default=set(SCENARIOS),
@@ -884,9 +887,14 @@ async def main() -> None:
     if not redis_url:
         stores.append(EmbeddedRedis(log_dir / "stores").start())
         redis_url = stores[-1].url
-    results: dict[str, Any] = {"machine": stamp, "quick": args.quick, "fanout_rate": args.fanout_rate}
+    results: dict[str, Any] = {
+        "machine": stamp,
+        "quick": args.quick,
+        "fanout_rate": args.fanout_rate,
+        "processes": args.processes,
+    }
     try:
-        bell = Bellcast(mongodb_url, redis_url, processes=1, log_path=log_dir / "bellcast.log")
+        bell = Bellcast(mongodb_url, redis_url, processes=args.processes, log_path=log_dir / "bellcast.log")
         results["bellcast"] = await run_target(bell, args, redis_url)
         if not args.skip_multiprocess:
             results["bellcast"]["multiprocess"] = await run_multiprocess(
