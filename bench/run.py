@@ -63,10 +63,7 @@ class ProcessMeter:
         return sum(p.memory_info().rss for p in self._tree())
 
     def cpu_seconds(self) -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in self._tree())
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._tree()]
+        return _cpu_seconds(self._tree())
 
 
 class CpuMeter:
@@ -76,7 +73,12 @@ class CpuMeter:
         self._processes = [psutil.Process(pid) for pid in pids]
 
     def cpu_seconds(self) -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in self._processes)
+        return _cpu_seconds(self._processes)
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User and system CPU time of `processes`, summed."""
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def embedded_store_meter() -> CpuMeter | None:
@@ -620,12 +622,11 @@ def print_table(results: dict[str, Any]) -> None:
             f"Scenario 4, churn: {c['completed']}/{c['attempted']} completed, {c['failed']} failed, "
             f"{c['registrations_left']} registrations and {c['inboxes_left']} inboxes left in Redis"
         )
-    for key in ("multiprocess",):
-        if key in bell:
-            m = bell[key]
-            held = f"{m['streams']} of {m['target_streams']} streams held"
-            rate = f"{m['connects_per_second']:.0f} connects/s"
-            print(f"\nPROCESSES={m['processes']}: {held}, {m['failed']} failed, {rate}")
+    if "multiprocess" in bell:
+        m = bell["multiprocess"]
+        held = f"{m['streams']} of {m['target_streams']} streams held"
+        rate = f"{m['connects_per_second']:.0f} connects/s"
+        print(f"\nPROCESSES={m['processes']}: {held}, {m['failed']} failed, {rate}")
 
 
 def _print_hold(results: dict[str, Any], bell: dict[str, Any], nchan: Any, tornado: Any) -> None:
