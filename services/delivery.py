@@ -24,12 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.asyncio.connection import Connection
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import PubSubError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import DataError, PubSubError, RedisClusterException, RedisError, ResponseError
 
 from services.batching import IterationBatches
 from services.errors import StoreUnavailable
@@ -172,18 +173,24 @@ class CommandBatcher:
 
         A Pipeline object, the pool's lock and its observability hooks at each use cost more than
         the commands: one HGETALL took 347 µs of CPU through the pipeline, 64 µs here (a pipeline
-        of ten: 423 and 136 µs). Replies are parsed by the client, as the pipeline's are, and a
-        command's error reply is its result, as with `raise_on_error=False`.
+        of ten: 423 and 136 µs). hiredis packs the commands, byte for byte as redis-py's own Python
+        packer does at a tenth of its cost (twenty: 87-124 µs, 8-17 µs). Replies are parsed by the
+        client, as the pipeline's are, and a command's error reply is its result, as with
+        `raise_on_error=False`.
 
         A connection goes back to the idle ones only once every reply was read. redis-py closes one
         that failed, or whose reading was cancelled (the batch timed out), so no late reply is ever
         read as another command's. A connection Redis closed (it restarted) is retried once on a
         new one, as the client's Retry does: every command the batcher sends may run twice.
         """
+        try:
+            packed = b"".join([hiredis.pack_command(tuple(command)) for command in commands])
+        except TypeError as error:  # an argument of no Redis type: what redis-py's packer raises
+            raise DataError(str(error)) from error
         pool = redis.connection_pool
         connection = self._idle_connections.pop() if self._idle_connections else await pool.get_connection()
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
+            await connection.send_packed_command(packed)
             replies: list[Any] = []
             for command in commands:
                 try:

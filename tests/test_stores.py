@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import DuplicateKeyError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from services.delivery import CommandBatcher
 from services.embedded import EmbeddedMongo
@@ -82,6 +82,33 @@ async def test_a_pipeline_cut_short_by_a_hung_redis_fails_in_time_and_leaves_no_
         assert isinstance(failed.value.__cause__, ResponseError)
         assert await batcher.execute("GET", "second") == b"2"
     finally:
+        await batcher.close()
+        await redis.aclose()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_batcher_sends_every_argument_type_as_the_client_would_and_refuses_others(redis_url):
+    """Its commands are packed by hiredis, not by the client: text, bytes, ints and floats must reach
+    Redis as the client's own commands send them, and an argument of no Redis type must fail its
+    pipeline as the client's DataError, before anything is written, leaving the batcher usable."""
+    redis = connect_redis(redis_url, batches=True)
+    batcher = CommandBatcher(redis)
+    key = f"bellcast-test:{uuid.uuid4().hex}"
+    values = {"text": "caf\u00e9 {u:1}", "bytes": b"\x00\xff\r\n", "int": 12, "float": 1764643000.1234567}
+    try:
+        await batcher.execute("HSET", key, *(item for pair in values.items() for item in pair))
+        assert await redis.hgetall(key) == {
+            b"text": "caf\u00e9 {u:1}".encode(),
+            b"bytes": b"\x00\xff\r\n",
+            b"int": b"12",
+            b"float": repr(1764643000.1234567).encode(),
+        }
+        with pytest.raises(StoreUnavailable) as refused:
+            await batcher.execute("HSET", key, "none", None)
+        assert isinstance(refused.value.__cause__, DataError)
+        assert await batcher.execute("HGET", key, "int") == b"12"
+    finally:
+        await redis.delete(key)
         await batcher.close()
         await redis.aclose()
 
