@@ -81,6 +81,25 @@ def _cpu_seconds(processes: list[psutil.Process]) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
+class HostMeter:
+    """The whole machine's CPU since the meter was made: how busy its cores were, and how much of
+    them the host took (`steal`: a VM's virtual CPU waiting for a real one), in % of all cores.
+
+    On a shared host the steal moves from run to run; it is printed beside the figures it may sway.
+    """
+
+    def __init__(self) -> None:
+        self._before = psutil.cpu_times()
+
+    def percent(self) -> dict[str, float]:
+        after = psutil.cpu_times()
+        spent = {field: getattr(after, field) - getattr(self._before, field) for field in after._fields}
+        # guest and guest_nice are already counted in user and nice.
+        total = sum(seconds for field, seconds in spent.items() if not field.startswith("guest")) or 1.0
+        busy = total - spent["idle"] - spent.get("iowait", 0.0) - spent.get("steal", 0.0)
+        return {"busy": 100.0 * busy / total, "steal": 100.0 * spent.get("steal", 0.0) / total}
+
+
 def embedded_store_meter() -> CpuMeter | None:
     """The embedded SecantusDB and valkey-server this run started, if it started them."""
     pids = [
@@ -373,9 +392,10 @@ async def scenario_hold(
         seconds = max(a["seconds"] for a in answers)
         opened += connected
         await asyncio.sleep(min(5.0, hold_seconds / 4))  # let connects settle before measuring idle
-        cpu_before, wall_before = meter.cpu_seconds(), time.monotonic()
+        cpu_before, wall_before, host = meter.cpu_seconds(), time.monotonic(), HostMeter()
         await asyncio.sleep(last_hold_seconds if last_hold_seconds and size == sizes[-1] else hold_seconds)
         idle_cpu = (meter.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+        idle_host = host.percent()
         still_open = sum(r["open"] for r in await workers.broadcast({"op": "report"}))
         rss = meter.rss()
         steps.append(
@@ -391,6 +411,7 @@ async def scenario_hold(
                 "rss_bytes": rss,
                 "rss_per_stream_bytes": (rss - baseline_rss) / still_open if still_open else 0.0,
                 "idle_cpu_percent": 100.0 * idle_cpu,
+                "idle_host_percent": idle_host,
             }
         )
         print(f"  {target.name} hold {size}: {steps[-1]}", flush=True)
@@ -462,6 +483,7 @@ async def _fanout_pass(
     statuses: Counter[int] = Counter()
     create_seconds: list[float] = []
     cpu_before = {role: meter.cpu_seconds() for role, meter in meters.items()}
+    host = HostMeter()
     started = time.perf_counter()
 
     async def publish(user: int) -> None:
@@ -478,6 +500,7 @@ async def _fanout_pass(
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(publish(user)))
     await asyncio.gather(*tasks)
+    host_percent = host.percent()  # while the creates were made and answered, not the quiet tail
     await producer.close()
     await asyncio.sleep(3.0)
     cpu_seconds = {role: meter.cpu_seconds() - cpu_before[role] for role, meter in meters.items()}
@@ -507,6 +530,7 @@ async def _fanout_pass(
         "create_response_ms": _quantiles_ms(create_seconds),
         "cpu_seconds": cpu_seconds,
         "cpu_ms_per_create": {role: 1000 * seconds / users for role, seconds in cpu_seconds.items()},
+        "host_percent": host_percent,
     }
     print(f"  {target.name} fan-out pass: {result}", flush=True)
     return {**result, "latencies": latencies, "create_seconds": create_seconds}
@@ -633,7 +657,7 @@ def _print_hold(results: dict[str, Any], bell: dict[str, Any], nchan: Any, torna
     print("\nScenario 1, hold idle streams")
     print(
         f"{'streams':>8} {'server':>9} {'held':>7} {'failed':>6} {'conn/s':>8} {'µs CPU/conn':>11} "
-        f"{'KB/stream':>10} {'idle CPU %':>10}"
+        f"{'KB/stream':>10} {'idle CPU %':>10} {'steal %':>7}"
     )
     for name, data in (("bellcast", bell), ("nchan", nchan), ("tornado", tornado)):
         if not data:
@@ -643,7 +667,7 @@ def _print_hold(results: dict[str, Any], bell: dict[str, Any], nchan: Any, torna
                 f"{step['target_streams']:>8} {name:>9} {step['streams']:>7} {step['failed']:>6} "
                 f"{step['connects_per_second']:>8.0f} {step['server_cpu_per_connect_us']:>11.0f} "
                 f"{step['rss_per_stream_bytes'] / 1000:>10.1f} "
-                f"{step['idle_cpu_percent']:>10.2f}"
+                f"{step['idle_cpu_percent']:>10.2f} {step['idle_host_percent']['steal']:>7.1f}"
             )
     if nchan:
         print("bellcast/nchan ratios:")
@@ -691,6 +715,10 @@ def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> 
                 print(f"  {'':>9}  {len(f['passes'])} passes pooled; each pass's p50/p99/max (ms): {each}")
             cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in f["cpu_ms_per_create"].items())
             print(f"  {'':>9}  CPU per create and its deliveries (ms): {cpu}")
+            host = ", ".join(
+                f"{run['host_percent']['busy']:.0f}/{run['host_percent']['steal']:.1f}" for run in f["passes"]
+            )
+            print(f"  {'':>9}  while creating, the machine's cores busy/stolen by the host, % per pass: {host}")
     if nchan and "fanout" in nchan:
         b, n = bell["fanout"]["latency_ms"], nchan["fanout"]["latency_ms"]
         server_cpu = [data["fanout"]["cpu_ms_per_create"]["server"] for data in (bell, nchan)]
