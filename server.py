@@ -522,9 +522,9 @@ async def start_runtime(
     notifications = NotificationService(mongo.database, metrics)
     batch_redis = connect_redis(redis_url, cluster=settings.redis_cluster, timeout=settings.store_timeout, batches=True)
     batcher = CommandBatcher(batch_redis, settings.store_timeout, metrics)
-    wakeups = WakeupHub(redis)
+    wakeups = WakeupHub(redis, batcher)
     delivery_cache = DeliveryCache(redis, batcher, publish_hints=settings.wakeup_hints, metrics=metrics)
-    notifications.register_observer(CacheObserver(delivery_cache))
+    notifications.register_observer(CacheObserver(delivery_cache, wakeups))
     assert settings.jwt_secret is not None and settings.api_key is not None
     runtime = Runtime(
         mongo=mongo,

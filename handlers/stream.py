@@ -72,6 +72,8 @@ class EventStreamHandler(BaseHandler):
     # Class-level defaults, so that an idle stream carries no per-instance copy of them.
     _events_sent = 0
     _ended_by = "client"
+    # A recovery asked for while the stream was still registering, applied once it is registered.
+    _recover_when_registered = False
 
     def initialize(self) -> None:
         """Per-stream state; the timing comes from the Application's settings."""
@@ -134,6 +136,8 @@ class EventStreamHandler(BaseHandler):
                 ),
             )
             self._session = session  # registered: from here on, its log lines also count what it sent
+            if self._recover_when_registered:
+                session.recover()
             self.streams.add(self)
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
@@ -264,6 +268,18 @@ class EventStreamHandler(BaseHandler):
             self._last_write = now
         else:
             self._track_write(stream.write(framed[sent:]))
+
+    def recover(self) -> None:
+        """A notification for this user could not be queued: catch up from MongoDB, then scan as usual.
+
+        A stream backing off after a failed scan recovers with its next try.
+        """
+        if self._session is None:
+            self._recover_when_registered = True
+            return
+        self._session.recover()
+        if self._retry is None:
+            self.wake()
 
     def wake(self) -> None:
         """Something was queued for this stream: scan now, or right after the scan under way."""

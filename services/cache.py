@@ -34,7 +34,7 @@ from urllib.parse import quote
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.delivery import WAKEUP_CHANNEL, CommandBatcher, wakeup_shard_channel
+from services.delivery import WAKEUP_CHANNEL, CommandBatcher, WakeupHub, wakeup_shard_channel
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.notifications import Notification
@@ -232,12 +232,21 @@ class DeliveryCache:
 class CacheObserver:
     """The observer that puts each new notification in the inboxes of its user's live connections."""
 
-    def __init__(self, cache: DeliveryCache) -> None:
+    def __init__(self, cache: DeliveryCache, wakeups: WakeupHub) -> None:
         self._cache = cache
+        self._wakeups = wakeups
 
     async def created(self, notification: Notification) -> None:
-        """Queue the notification for delivery on every open stream of its user."""
-        await self._cache.enqueue(notification)
+        """Queue the notification for delivery on every open stream of its user.
+
+        If it cannot be queued, the user's streams catch up from MongoDB, which has it, and the
+        failure is raised for the service to log and count.
+        """
+        try:
+            await self._cache.enqueue(notification)
+        except Exception:
+            self._wakeups.announce_recovery(notification.user_id)
+            raise
 
 
 class ConnectionInbox:

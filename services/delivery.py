@@ -6,6 +6,8 @@
   the user id of each new notification; the hub wakes the local streams of that user so they
   scan at once. Idle streams touch no network. Hints only make delivery fast: a stream also
   scans on its own now and then, and after the subscription was lost every stream scans.
+  A notification Redis would not queue is announced on a second channel instead: its user's
+  streams catch up from MongoDB.
 
 In a Redis Cluster, a pipeline's commands go to the nodes of their keys (redis-py's cluster
 pipeline splits it by node and sends the parts at once); no command names keys of two slots,
@@ -40,6 +42,10 @@ from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, RedisClient, redis_un
 log = logging.getLogger("bellcast.delivery")
 
 WAKEUP_CHANNEL = "bellcast:wakeups"
+# Where an observer that could not queue a notification asks every process to have that user's
+# streams catch up from MongoDB (see `WakeupHub.announce_recovery`). Single Redis only.
+RECOVERY_CHANNEL = "bellcast:recoveries"
+RECOVERY_CHANNEL_BYTES = RECOVERY_CHANNEL.encode()
 # Sharded wake-up channels of a cluster, one per equal part of the slot space (256 slots):
 # every primary serving 511 or more consecutive slots holds one (any of up to 32 primaries
 # with evenly split slots), and so the hub's subscription watches it.
@@ -216,10 +222,13 @@ class CommandBatcher:
 
 
 class Wakeable(Protocol):
-    """A stream that can be told its inbox has something."""
+    """A stream that can be told its inbox has something, or may lack something."""
 
     def wake(self) -> None:
         """Scan the inbox soon."""
+
+    def recover(self) -> None:
+        """Something owed may be missing from the inbox: catch up from MongoDB with the next scan."""
 
 
 class WakeupHub:
@@ -228,11 +237,13 @@ class WakeupHub:
     It also notices when Redis goes away and comes back, with or without hints.
     """
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, batcher: CommandBatcher) -> None:
         self._redis = redis
+        self._batcher = batcher
         # A user's one stream is held as itself; only a user with several streams gets a set.
         self._listeners: dict[str, Wakeable | set[Wakeable]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._announcements: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
         self._failed_attempts = 0
         self.outages = 0
@@ -269,21 +280,52 @@ class WakeupHub:
         """Return once the subscription is in place (tests and start-up)."""
         await self._subscribed.wait()
 
+    def announce_recovery(self, user_id: str) -> None:
+        """A notification for `user_id` could not be queued: have that user's streams catch up from MongoDB.
+
+        Redis answered with a refusal, or not in time, while the subscription stayed up: no stream
+        would learn of the notification before it reconnects. The announcement goes to every
+        process on RECOVERY_CHANNEL, through the batcher (announcements made together share a
+        pipeline; a Redis that hangs is not sent a connection each); where Redis refuses that too,
+        or no process heard it, or on a cluster (whose hints travel on sharded channels), only this
+        process's streams recover. In the background: the create's answer does not wait for it.
+        """
+        task = asyncio.ensure_future(self._announce_recovery(user_id))
+        self._announcements.add(task)
+        task.add_done_callback(self._announcements.discard)
+
+    async def _announce_recovery(self, user_id: str) -> None:
+        if isinstance(self._redis, Redis):
+            try:
+                if await self._batcher.execute("PUBLISH", RECOVERY_CHANNEL, user_id):
+                    return  # heard, by this process's subscription too unless it is being replaced
+            except StoreUnavailable as error:
+                log.debug("recovery of %s's streams not announced (%s): this process's only", user_id, error.__cause__)
+        self._recover(user_id)
+
     async def close(self) -> None:
         """Unsubscribe and stop."""
+        for announcement in tuple(self._announcements):
+            announcement.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
 
-    def _wake(self, user_id: str) -> None:
+    def _listening(self, user_id: str) -> tuple[Wakeable, ...]:
         listening = self._listeners.get(user_id)
         if isinstance(listening, set):
-            for listener in tuple(listening):
-                listener.wake()
-        elif listening is not None:
-            listening.wake()
+            return tuple(listening)
+        return () if listening is None else (listening,)
+
+    def _wake(self, user_id: str) -> None:
+        for listener in self._listening(user_id):
+            listener.wake()
+
+    def _recover(self, user_id: str) -> None:
+        for listener in self._listening(user_id):
+            listener.recover()
 
     def _wake_everyone(self) -> None:
         for user_id in tuple(self._listeners):
@@ -317,12 +359,15 @@ class WakeupHub:
     async def _read(self, redis: Redis) -> None:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(WAKEUP_CHANNEL)
+            await pubsub.subscribe(WAKEUP_CHANNEL, RECOVERY_CHANNEL)
             self._on_subscribed()
             while True:
                 message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)
                 if message is not None and message["type"] == "message":
-                    self._wake(message["data"].decode())
+                    if message["channel"] == RECOVERY_CHANNEL_BYTES:
+                        self._recover(message["data"].decode())
+                    else:
+                        self._wake(message["data"].decode())
         finally:
             await pubsub.aclose()
 

@@ -109,6 +109,10 @@ class StreamSession:
         """True while the stream owes a recovery from MongoDB (it could not register, or a store failed)."""
         return self._recovering
 
+    def recover(self) -> None:
+        """Something may have been created and not queued: the next `take` catches up from MongoDB first."""
+        self._recovering = True
+
     @property
     def inbox(self) -> ConnectionInbox:
         """The stream's inbox in Redis."""

@@ -7,6 +7,7 @@ import socket
 
 import psutil
 import pytest
+from redis.asyncio import Redis
 from tornado.iostream import IOStream
 
 from tests.support import SSEStream, cache_keys, eventually
@@ -172,3 +173,30 @@ async def test_a_full_server_answers_503_with_retry_after(open_stream):
     third = await open_stream("c")
     assert third.status == 503
     assert third.headers["retry-after"] == "5"
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("refused", [("-@scripting",), ("-@scripting", "-publish")], ids=["scripts", "and-publish"])
+async def test_a_notification_redis_refused_to_queue_reaches_the_open_streams_from_mongodb_once(
+    api, open_stream, private_redis, refused
+):
+    """Redis up but refusing (here an ACL; a failover's READONLY or a full memory alike): the observer
+    cannot queue, no hint goes out and the subscription stays up, so nothing would tell the stream.
+    It catches up from MongoDB: announced to every process where Redis takes the announcement,
+    else by this process to its own streams."""
+    stream = await open_stream("alice")
+    await stream.next_event()
+    admin = Redis.from_url(private_redis.url)
+    try:
+        await admin.execute_command("ACL", "SETUSER", "default", *refused)
+        try:
+            unqueued = await api.create("alice", "queued nowhere")  # MongoDB has it: 201 all the same
+            [event] = await stream.notifications(1, timeout=10)
+            assert event.id == unqueued["id"]
+        finally:
+            await admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        queued = await api.create("alice", "queued again")
+        [event] = await stream.notifications(1)
+        assert event.id == queued["id"], "the recovered notification came twice"
+    finally:
+        await admin.aclose()

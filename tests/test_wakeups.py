@@ -10,7 +10,9 @@ import pytest
 
 from services import cache
 from services.cache import ConnectionInbox, DeliveryCache
+from services.delivery import CommandBatcher, WakeupHub
 from services.notifications import utc_now, validate_new_notification
+from services.stores import connect_redis
 from tests.support import cache_keys, command_calls, eventually, on_every_node
 
 
@@ -178,3 +180,50 @@ def _safety_scans(runtime, found: str) -> float:
 
 def _pipelines(runtime) -> float:
     return runtime.metrics.registry.get_sample_value("bellcast_redis_pipeline_commands_count", {"process": "0"})
+
+
+class RecordingStream:
+    """Counts what a hub asks of it."""
+
+    def __init__(self) -> None:
+        self.woken = 0
+        self.recovered = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def recover(self) -> None:
+        self.recovered += 1
+
+
+@pytest.mark.gen_test
+async def test_a_recovery_announced_by_one_process_reaches_the_streams_of_every_process_once(redis_url):
+    """What an observer that could not queue a notification announces: each process's hub, its own
+    included, has that user's streams recover, once, and wakes no one else."""
+    clients = [connect_redis(redis_url), connect_redis(redis_url)]
+    batch_clients = [connect_redis(redis_url, batches=True) for _ in clients]
+    batchers = [CommandBatcher(client) for client in batch_clients]
+    hubs = [WakeupHub(client, batcher) for client, batcher in zip(clients, batchers, strict=True)]
+    alice, bob = [RecordingStream(), RecordingStream()], RecordingStream()
+    try:
+        for hub, stream in zip(hubs, alice, strict=True):
+            hub.listen("alice", stream)
+            hub.start()
+        hubs[1].listen("bob", bob)
+        for hub in hubs:
+            await hub.wait_subscribed()
+        hubs[0].announce_recovery("alice")
+
+        async def recovered() -> bool:
+            return [stream.recovered for stream in alice] == [1, 1]
+
+        await eventually(recovered)
+        await asyncio.sleep(0.2)  # time for a second, local recovery, which must not come
+        assert [stream.recovered for stream in alice] == [1, 1]
+        assert (bob.recovered, bob.woken, *(stream.woken for stream in alice)) == (0, 0, 0, 0)
+    finally:
+        for hub, batcher in zip(hubs, batchers, strict=True):
+            await hub.close()
+            await batcher.close()
+        for client in [*clients, *batch_clients]:
+            await client.aclose()
