@@ -47,7 +47,11 @@ class Workers:
     def owner(self, client_port: int) -> int | None:
         """The pid of the worker holding the server side of a connection."""
         for child in psutil.Process(self.process.pid).children():
-            for connection in child.net_connections("tcp"):
+            try:
+                connections = child.net_connections("tcp")
+            except psutil.NoSuchProcess:  # a killed worker, gone between the listing and the look
+                continue
+            for connection in connections:
                 if connection.raddr and connection.raddr.port == client_port:
                     return child.pid
         return None
