@@ -180,8 +180,9 @@ async def test_a_full_server_answers_503_with_retry_after(open_stream):
 async def test_a_notification_redis_refused_to_queue_reaches_the_open_streams_from_mongodb_once(
     api, open_stream, private_redis, refused
 ):
-    """Redis up but refusing (here an ACL; a failover's READONLY or a full memory alike): the observer
-    cannot queue, no hint goes out and the subscription stays up, so nothing would tell the stream.
+    """Redis up but refusing (here an ACL; a failover's READONLY or a full memory's OOM would take the
+    same path): the observer cannot queue, no hint goes out and the subscription stays up, so
+    nothing would tell the stream.
     It catches up from MongoDB: announced to every process where Redis takes the announcement,
     else by this process to its own streams."""
     stream = await open_stream("alice")
