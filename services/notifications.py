@@ -216,11 +216,17 @@ class NotificationService:
         for observer in self._observers:
             try:
                 await observer.created(notification)
-            except StoreUnavailable:
-                # An outage, logged once by whoever watches that store: no traceback per notification.
+            except StoreUnavailable as error:
+                # An outage, logged once by whoever watches that store: no traceback per notification,
+                # but what the store said, which tells a refusal (NOPERM, READONLY, OOM) from silence.
                 self.observer_failures += 1
+                cause = error.__cause__ or error
                 log.warning(
-                    "observer %s: store unavailable for notification %s", type(observer).__name__, notification.id
+                    "observer %s: store unavailable for notification %s (%s: %s)",
+                    type(observer).__name__,
+                    notification.id,
+                    type(cause).__name__,
+                    cause,
                 )
             except Exception:
                 self.observer_failures += 1

@@ -178,7 +178,7 @@ async def test_a_full_server_answers_503_with_retry_after(open_stream):
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("refused", [("-@scripting",), ("-@scripting", "-publish")], ids=["scripts", "and-publish"])
 async def test_a_notification_redis_refused_to_queue_reaches_the_open_streams_from_mongodb_once(
-    api, open_stream, private_redis, refused
+    api, open_stream, private_redis, refused, caplog
 ):
     """Redis up but refusing (here an ACL; a failover's READONLY or a full memory's OOM would take the
     same path): the observer cannot queue, no hint goes out and the subscription stays up, so
@@ -194,6 +194,10 @@ async def test_a_notification_redis_refused_to_queue_reaches_the_open_streams_fr
             unqueued = await api.create("alice", "queued nowhere")  # MongoDB has it: 201 all the same
             [event] = await stream.notifications(1, timeout=10)
             assert event.id == unqueued["id"]
+            [warning] = [
+                r for r in caplog.records if r.name == "bellcast.notifications" and unqueued["id"] in r.message
+            ]
+            assert "NoPermissionError" in warning.message, "the warning does not say what Redis answered"
         finally:
             await admin.execute_command("ACL", "SETUSER", "default", "+@all")
         queued = await api.create("alice", "queued again")
