@@ -179,7 +179,7 @@ def _server_side_sockets(address: str, port: int) -> int:
 
 async def _assert_vanished_clients_are_released(api, runtime, namespace, port: int, users: list[str]) -> float:
     """Open a stream per user from the namespace, cut the cable, wait for the release: how long it took."""
-    tasks_before = len(asyncio.all_tasks())
+    tasks_before = asyncio.all_tasks()
     client = await namespace.hold_streams(port, [api.token(user) for user in users])
     # The control: every stream is open, registered in Redis and holds a socket before the cut.
     assert len(runtime.streams) == len(users)
@@ -198,7 +198,7 @@ async def _assert_vanished_clients_are_released(api, runtime, namespace, port: i
     assert client.returncode is None, "the client exited: it may have closed its sockets, which is not what is tested"
 
     async def handlers_returned() -> bool:
-        return len(asyncio.all_tasks()) <= tasks_before
+        return not asyncio.all_tasks() - tasks_before
 
     # Each stream's handler has returned: its `finally` stopped the PeriodicCallback and deregistered it.
     await eventually(handlers_returned, timeout=2)
