@@ -43,7 +43,8 @@ log = logging.getLogger("bellcast.delivery")
 
 WAKEUP_CHANNEL = "bellcast:wakeups"
 # Where an observer that could not queue a notification asks every process to have that user's
-# streams catch up from MongoDB (see `WakeupHub.announce_recovery`). Single Redis only.
+# streams catch up from MongoDB (see `WakeupHub.announce_recovery`). In a cluster it is one
+# sharded channel: announcements are rare, and a hub that loses its node recovers every stream.
 RECOVERY_CHANNEL = "bellcast:recoveries"
 RECOVERY_CHANNEL_BYTES = RECOVERY_CHANNEL.encode()
 # Sharded wake-up channels of a cluster, one per equal part of the slot space (256 slots):
@@ -285,22 +286,22 @@ class WakeupHub:
 
         Redis answered with a refusal, or not in time, while the subscription stayed up: no stream
         would learn of the notification before it reconnects. The announcement goes to every
-        process on RECOVERY_CHANNEL, through the batcher (announcements made together share a
-        pipeline; a Redis that hangs is not sent a connection each); where Redis refuses that too,
-        or no process heard it, or on a cluster (whose hints travel on sharded channels), only this
-        process's streams recover. In the background: the create's answer does not wait for it.
+        process on RECOVERY_CHANNEL (in a cluster with SPUBLISH), through the batcher
+        (announcements made together share a pipeline; a Redis that hangs is not sent a connection
+        each); where Redis refuses that too, or no process heard it, only this process's streams
+        recover. In the background: the create's answer does not wait for it.
         """
         task = asyncio.ensure_future(self._announce_recovery(user_id))
         self._announcements.add(task)
         task.add_done_callback(self._announcements.discard)
 
     async def _announce_recovery(self, user_id: str) -> None:
-        if isinstance(self._redis, Redis):
-            try:
-                if await self._batcher.execute("PUBLISH", RECOVERY_CHANNEL, user_id):
-                    return  # heard, by this process's subscription too unless it is being replaced
-            except StoreUnavailable as error:
-                log.debug("recovery of %s's streams not announced (%s): this process's only", user_id, error.__cause__)
+        publish = "SPUBLISH" if isinstance(self._redis, RedisCluster) else "PUBLISH"
+        try:
+            if await self._batcher.execute(publish, RECOVERY_CHANNEL, user_id):
+                return  # heard, by this process's subscription too unless it is being replaced
+        except StoreUnavailable as error:
+            log.debug("recovery of %s's streams not announced (%s): this process's only", user_id, error.__cause__)
         self._recover(user_id)
 
     async def close(self) -> None:
@@ -326,6 +327,12 @@ class WakeupHub:
     def _recover(self, user_id: str) -> None:
         for listener in self._listening(user_id):
             listener.recover()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message["channel"] == RECOVERY_CHANNEL_BYTES:
+            self._recover(message["data"].decode())
+        else:
+            self._wake(message["data"].decode())
 
     def _wake_everyone(self) -> None:
         for user_id in tuple(self._listeners):
@@ -364,10 +371,7 @@ class WakeupHub:
             while True:
                 message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)
                 if message is not None and message["type"] == "message":
-                    if message["channel"] == RECOVERY_CHANNEL_BYTES:
-                        self._recover(message["data"].decode())
-                    else:
-                        self._wake(message["data"].decode())
+                    self._on_message(message)
         finally:
             await pubsub.aclose()
 
@@ -376,9 +380,10 @@ class WakeupHub:
         await redis.initialize()
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         readers: list[asyncio.Task[None]] = []
+        channels = (*WAKEUP_SHARD_CHANNELS, RECOVERY_CHANNEL)
         try:
-            await pubsub.ssubscribe(*WAKEUP_SHARD_CHANNELS)
-            nodes = {node.name: node for node in map(redis.get_node_from_key, WAKEUP_SHARD_CHANNELS) if node}
+            await pubsub.ssubscribe(*channels)
+            nodes = {node.name: node for node in map(redis.get_node_from_key, channels) if node}
             unwatched = [node.name for node in redis.get_primaries() if node.name not in nodes]
             if unwatched:
                 log.warning("no wake-up channel on %s: streams notice its restart only by their own scans", unwatched)
@@ -402,4 +407,4 @@ class WakeupHub:
                 ignore_subscribe_messages=True, timeout=SUBSCRIPTION_POLL_SECONDS, target_node=node
             )
             if message is not None and message["type"] == "smessage":
-                self._wake(message["data"].decode())
+                self._on_message(message)

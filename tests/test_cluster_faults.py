@@ -1,10 +1,11 @@
-"""A Redis Cluster losing a primary: its users' streams recover from MongoDB, the others carry on."""
+"""A Redis Cluster losing a primary, or refusing to queue: its users' streams recover from MongoDB."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from redis.asyncio import Redis
 
 from services.cache import connections_key
 from services.embedded import EmbeddedRedisCluster
@@ -61,3 +62,31 @@ async def test_a_primary_restarting_empty_costs_no_notification_nor_sends_one_tw
         [event] = await stream.notifications(1, timeout=5)
         assert event.id == after[user]["id"]
         await stream.assert_silent(0.3)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("refused", [("-@scripting",), ("-@scripting", "-spublish")], ids=["scripts", "and-spublish"])
+async def test_a_notification_the_cluster_refused_to_queue_reaches_the_open_stream_from_mongodb_once(
+    api, open_stream, private_cluster, refused
+):
+    """The cluster's counterpart of the single Redis's test (test_faults.py): every primary refuses
+    the observer's script, and in the second case the announcement on the sharded recovery channel too."""
+    stream = await open_stream("alice")
+    await stream.next_event()
+    admins = [Redis(host="127.0.0.1", port=node.port) for node in private_cluster.nodes]
+    try:
+        for admin in admins:
+            await admin.execute_command("ACL", "SETUSER", "default", *refused)
+        try:
+            unqueued = await api.create("alice", "queued nowhere")  # MongoDB has it: 201 all the same
+            [event] = await stream.notifications(1, timeout=10)
+            assert event.id == unqueued["id"]
+        finally:
+            for admin in admins:
+                await admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        queued = await api.create("alice", "queued again")
+        [event] = await stream.notifications(1)
+        assert event.id == queued["id"], "the recovered notification came twice"
+    finally:
+        for admin in admins:
+            await admin.aclose()

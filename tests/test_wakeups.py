@@ -197,11 +197,12 @@ class RecordingStream:
 
 
 @pytest.mark.gen_test
-async def test_a_recovery_announced_by_one_process_reaches_the_streams_of_every_process_once(redis_url):
+@pytest.mark.also_on_cluster
+async def test_a_recovery_announced_by_one_process_reaches_the_streams_of_every_process_once(redis_url, redis_cluster):
     """What an observer that could not queue a notification announces: each process's hub, its own
     included, has that user's streams recover, once, and wakes no one else."""
-    clients = [connect_redis(redis_url), connect_redis(redis_url)]
-    batch_clients = [connect_redis(redis_url, batches=True) for _ in clients]
+    clients = [connect_redis(redis_url, redis_cluster), connect_redis(redis_url, redis_cluster)]
+    batch_clients = [connect_redis(redis_url, redis_cluster, batches=True) for _ in clients]
     batchers = [CommandBatcher(client) for client in batch_clients]
     hubs = [WakeupHub(client, batcher) for client, batcher in zip(clients, batchers, strict=True)]
     alice, bob = [RecordingStream(), RecordingStream()], RecordingStream()
