@@ -745,18 +745,31 @@ async def serve(
         await asyncio.sleep(settings.shutdown_delay)
     server.stop()
     runtime.streams.end_all()
-    try:
-        # Closed streams still deregister from Redis after they have ended: the stores close after that.
-        await asyncio.wait_for(runtime.streams.wait_until_all_released(), SHUTDOWN_GRACE_SECONDS)
-        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
-    except TimeoutError:
-        log.warning("some connections did not close within %.0f s", SHUTDOWN_GRACE_SECONDS)
+    # Closed streams still deregister from Redis after they have ended: the stores close after that.
+    released = await _within_grace(runtime.streams.wait_until_all_released(), "some streams had not ended")
     for metrics_server in servers[1:]:
         metrics_server.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(metrics_server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
+    for each in servers:
+        await _within_grace(each.close_all_connections(), "some connections did not close")
+    if not released:
+        # A stream whose last write waited on its client ends once its connection is closed, and deregisters.
+        await _within_grace(runtime.streams.wait_until_all_released(), "some streams did not deregister")
     await collector.close()
     await runtime.close()
+
+
+async def _within_grace(step: Coroutine[Any, Any, None], warning: str) -> bool:
+    """Await one step of the shutdown for at most SHUTDOWN_GRACE_SECONDS: False, with `warning` logged, if it overran.
+
+    Each step has its own grace, so that a stream that cannot end does not also keep every other
+    connection from being closed.
+    """
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_GRACE_SECONDS)
+    except TimeoutError:
+        log.warning("%s within %.0f s", warning, SHUTDOWN_GRACE_SECONDS)
+        return False
+    return True
 
 
 def run_loop(event_loop: str, main: Coroutine[Any, Any, None]) -> None:

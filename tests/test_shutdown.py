@@ -80,8 +80,11 @@ async def test_shutdown_right_after_a_mass_disconnect_deregisters_every_stream(s
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_a_stream_still_writing_when_the_shutdown_grace_runs_out_ends_without_an_error_line(store_urls, tmp_path):
-    """Its handler's task is cancelled as the process exits: no error, its registration expires by its TTL."""
+async def test_a_stream_still_writing_when_the_shutdown_grace_runs_out_is_closed_and_deregisters_without_an_error(
+    store_urls, tmp_path
+):
+    """Once the grace for the streams to end has run out, shutdown closes the connections: the stream's
+    write fails, it ends and removes its registration and inbox from Redis, with no error line."""
     server = ServerProcess(
         store_urls,
         tmp_path / "bellcast.log",
@@ -107,11 +110,12 @@ async def test_a_stream_still_writing_when_the_shutdown_grace_runs_out_ends_with
             await asyncio.gather(*(api.create(user, f"n{batch}-{i}", data=payload) for i in range(25)))
         # Its last words ("server restarting") wait behind what the client does not read.
         assert server.stop() == 0, server.output()[-3000:]
+        left = await redis.keys(f"bellcast:{user_tag(user)}:*")
     finally:
         client.close()
         if server.process.poll() is None:
             server.stop()
-        # Left to expire by their TTL, as intended; gone now, so that they do not hold 7.5 MB meanwhile.
+        # Should the test fail: gone now, so that they do not hold 7.5 MB until their TTL.
         for key in await redis.keys(f"bellcast:{user_tag(user)}:*"):
             await redis.delete(key)
         await redis.aclose()
@@ -119,3 +123,6 @@ async def test_a_stream_still_writing_when_the_shutdown_grace_runs_out_ends_with
     assert [line["message"] for line in _errors(lines)] == []
     [ended] = [line for line in lines if line.get("uri", "").startswith("/notifications/stream")]
     assert ended["level"] == "INFO" and ended["ended_by"] == "shutdown"
+    warnings = [line["message"] for line in lines if line["level"] == "WARNING"]
+    assert warnings == ["some streams had not ended within 5 s"]
+    assert left == [], "the stream's connection was not closed, or it did not deregister once it was"
