@@ -247,6 +247,8 @@ class WakeupHub:
         self._announcements: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
         self._failed_attempts = 0
+        # The eviction settings last warned about, so that a Redis coming back warns only of a change.
+        self._eviction_warned: frozenset[str] = frozenset()
         self.outages = 0
         # Moves on each time the subscription comes back after a loss: Redis may have restarted
         # or dropped what it queued meanwhile, so streams compare it to know they must recover.
@@ -363,10 +365,42 @@ class WakeupHub:
         self._failed_attempts = 0
         self._subscribed.set()
 
+    async def _warn_if_evicting(self) -> None:
+        """Warn if Redis may evict keys: it would drop queued entries and registrations without an error.
+
+        With `noeviction` (or no `maxmemory`), a full Redis refuses the observer's write with OOM and
+        the user's streams recover from MongoDB (`announce_recovery`); an evicted inbox or registration
+        would instead lose the live delivery silently (MongoDB, the list and a reconnect still have it).
+        Checked each time the subscription is made, so a Redis restarted with other settings is noticed.
+        """
+        try:
+            if isinstance(self._redis, RedisCluster):
+                replies = await self._redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+                memories = list(replies.values())
+            else:
+                memories = [await self._redis.info("memory")]
+        except (RedisError, RedisClusterException) as error:  # INFO refused by an ACL, or Redis gone again
+            log.debug("Redis's eviction policy not checked (%s)", error)
+            return
+        evicting = frozenset(
+            f"{memory.get('maxmemory_policy')} (maxmemory {memory.get('maxmemory')})"
+            for memory in memories
+            if memory.get("maxmemory") and memory.get("maxmemory_policy") != "noeviction"
+        )
+        if evicting and evicting != self._eviction_warned:
+            log.warning(
+                "Redis may evict keys (maxmemory-policy %s): a notification whose queued entry or whose "
+                "user's registration is evicted reaches no open stream until it reconnects; "
+                "set maxmemory-policy noeviction",
+                ", ".join(sorted(evicting)),
+            )
+        self._eviction_warned = evicting
+
     async def _read(self, redis: Redis) -> None:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(WAKEUP_CHANNEL, RECOVERY_CHANNEL)
+            await self._warn_if_evicting()
             self._on_subscribed()
             while True:
                 message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)
@@ -387,6 +421,7 @@ class WakeupHub:
             unwatched = [node.name for node in redis.get_primaries() if node.name not in nodes]
             if unwatched:
                 log.warning("no wake-up channel on %s: streams notice its restart only by their own scans", unwatched)
+            await self._warn_if_evicting()
             self._on_subscribed()
             readers = [asyncio.ensure_future(self._read_shard(pubsub, node)) for node in nodes.values()]
             done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)

@@ -228,3 +228,41 @@ async def test_a_recovery_announced_by_one_process_reaches_the_streams_of_every_
             await batcher.close()
         for client in [*clients, *batch_clients]:
             await client.aclose()
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_the_hub_warns_when_redis_may_evict_what_it_queues_and_only_then(redis_url, redis_cluster, caplog):
+    """An evicted inbox or registration loses a live delivery without an error, unlike a full Redis
+    that refuses (and so has the streams recover): bellcast says so when it subscribes."""
+    admin = connect_redis(redis_url, redis_cluster)
+    every_node = on_every_node(admin)
+
+    async def warnings_of_a_new_hub() -> list[str]:
+        caplog.clear()
+        client = connect_redis(redis_url, redis_cluster)
+        batcher = CommandBatcher(client)
+        hub = WakeupHub(client, batcher)
+        hub.start()
+        try:
+            await hub.wait_subscribed()
+        finally:
+            await hub.close()
+            await batcher.close()
+            await client.aclose()
+        return [r.message for r in caplog.records if r.name == "bellcast.delivery" and r.levelname == "WARNING"]
+
+    try:
+        assert await warnings_of_a_new_hub() == []  # noeviction, the default
+        await admin.config_set("maxmemory-policy", "volatile-lru", **every_node)
+        assert await warnings_of_a_new_hub() == []  # without a maxmemory, nothing is evicted
+        await admin.config_set("maxmemory", "1gb", **every_node)
+        [warning] = await warnings_of_a_new_hub()
+        assert "maxmemory-policy volatile-lru (maxmemory 1073741824)" in warning
+        await admin.config_set("maxmemory-policy", "noeviction", **every_node)
+        assert await warnings_of_a_new_hub() == []  # a limit, but a full Redis refuses rather than evicts
+    finally:
+        try:
+            await admin.config_set("maxmemory", "0", "maxmemory-policy", "noeviction", **every_node)
+        finally:
+            await admin.aclose()
