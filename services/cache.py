@@ -91,11 +91,16 @@ return #connections
 # returns no more than about 8,000 values.)
 SAFETY_SCAN = """
 local inboxes = tonumber(ARGV[1])
-for i = inboxes + 1, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', ARGV[2], ARGV[3 + i - inboxes])
-  redis.call('EXPIRE', KEYS[i], ARGV[3])
-end
 local holding = {}
+for i = inboxes + 1, #KEYS do
+  local connection = ARGV[3 + i - inboxes]
+  if redis.call('ZSCORE', KEYS[i], connection) then
+    redis.call('ZADD', KEYS[i], 'XX', ARGV[2], connection)
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+  else
+    holding[#holding + 1] = i  -- no registration to renew
+  end
+end
 for first = 1, inboxes, 1000 do
   local last = math.min(first + 999, inboxes)
   if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
@@ -182,18 +187,27 @@ class DeliveryCache:
     async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
         """Which of these inboxes hold entries, asked together with renewing the registrations due.
 
-        Streams whose inboxes hold something then scan them themselves. A single Redis gets one
-        command for all of them (SAFETY_SCAN); a cluster, whose keys lie in many slots, one
-        pipeline of an EXISTS per inbox and the renewals. Raises StoreUnavailable when Redis
-        does not answer.
+        Streams whose inboxes hold something then scan them themselves. A renewal that finds its
+        registration gone (Redis evicted it, or was flushed) marks the inbox `registration_lost`
+        and counts as holding something: the stream's scan registers again and catches up from
+        MongoDB. A single Redis gets one command for all of them (SAFETY_SCAN); a cluster, whose
+        keys lie in many slots, one pipeline of an EXISTS per inbox and the renewals. Raises
+        StoreUnavailable when Redis does not answer.
         """
         if not inboxes:
             return []
         keys = [inbox.key for inbox in inboxes]
         if isinstance(self._redis, RedisCluster):
-            renewals = [command for inbox in inboxes for command in inbox.refresh_commands_if_due()]
+            renewing = [(inbox, inbox.refresh_commands_if_due()) for inbox in inboxes]
+            renewing = [(inbox, commands) for inbox, commands in renewing if commands]
+            renewals = [command for _, commands in renewing for command in commands]
             replies = await self._batcher.execute_many([*(("EXISTS", key) for key in keys), *renewals])
-            return [bool(reply) for reply in replies[: len(keys)]]
+            position = len(keys)
+            for inbox, commands in renewing:
+                inbox.registration_lost = inbox.registration_lost or replies[position] is None  # the ZSCORE's
+                position += len(commands)
+            exists = replies[: len(keys)]
+            return [bool(reply) or inbox.registration_lost for reply, inbox in zip(exists, inboxes, strict=True)]
         due = [inbox for inbox in inboxes if inbox.renewal_due()]
         holding = await self._batcher.execute(
             "EVAL",
@@ -208,8 +222,11 @@ class DeliveryCache:
         )
         found = [False] * len(keys)
         for position in holding:
-            found[position - 1] = True
-        return found
+            if position <= len(keys):
+                found[position - 1] = True
+            else:  # a renewal with no registration to renew
+                due[position - len(keys) - 1].registration_lost = True
+        return [holds or inbox.registration_lost for holds, inbox in zip(found, inboxes, strict=True)]
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""
@@ -261,6 +278,7 @@ class ConnectionInbox:
         "_registration",
         "_sent",
         "connection_id",
+        "registration_lost",
         "user_id",
     )
 
@@ -272,6 +290,9 @@ class ConnectionInbox:
         self._inbox_key = inbox_key(user_id, connection_id)
         self._refresh_due = 0.0
         self._registered_at = 0.0
+        # A renewal found the registration gone (evicted, or flushed): observers queue nothing for
+        # this connection until it registers again.
+        self.registration_lost = False
         self._registration: asyncio.Future[list[Any]] | None = None
         # Ids already sent on this connection whose inbox entry may still exist: sent by the
         # catch-up while the observer also queued them, or sent when the delete that follows failed.
@@ -294,6 +315,7 @@ class ConnectionInbox:
             if registration.done():
                 self._registration = None
         self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
+        self.registration_lost = False
         return int(replies[-1])
 
     @property
@@ -302,10 +324,11 @@ class ConnectionInbox:
         return self._inbox_key
 
     async def refresh_if_due(self) -> None:
-        """Renew the registration's TTL when a third of it has passed."""
+        """Renew the registration's TTL when a third of it has passed; note if it was gone."""
         commands = self.refresh_commands_if_due()
         if commands:
-            await self._batcher.execute_many(commands)
+            registered, *_ = await self._batcher.execute_many(commands)
+            self.registration_lost = self.registration_lost or registered is None
 
     @property
     def connections_key(self) -> str:
@@ -331,7 +354,8 @@ class ConnectionInbox:
         # XX: a renewal only extends a registration. Queued before the stream closed, it may reach
         # Redis after the deregistration (safety scans go out a sweep later, on another connection),
         # and must not bring the connection back to be written to for ten minutes. (SAFETY_SCAN too.)
-        return self._registration_commands("XX")
+        # The ZSCORE before says whether there was a registration to renew (None: Redis lost it).
+        return [("ZSCORE", self._connections_key, self.connection_id), *self._registration_commands("XX")]
 
     def _registration_commands(self, *flags: str) -> list[tuple[object, ...]]:
         return [

@@ -369,9 +369,10 @@ class WakeupHub:
         """Warn if Redis may evict keys: it would drop queued entries and registrations without an error.
 
         With `noeviction` (or no `maxmemory`), a full Redis refuses the observer's write with OOM and
-        the user's streams recover from MongoDB (`announce_recovery`); an evicted inbox or registration
-        would instead lose the live delivery silently (MongoDB, the list and a reconnect still have it).
-        Checked each time the subscription is made, so a Redis restarted with other settings is noticed.
+        the user's streams recover from MongoDB (`announce_recovery`). An evicted entry is instead a
+        live delivery lost (MongoDB, the list and a reconnect still have it), and an evicted
+        registration one delayed until its renewal notices. Checked each time the subscription is
+        made, so a Redis restarted with other settings is noticed.
         """
         try:
             if isinstance(self._redis, RedisCluster):
@@ -389,9 +390,9 @@ class WakeupHub:
         )
         if evicting and evicting != self._eviction_warned:
             log.warning(
-                "Redis may evict keys (maxmemory-policy %s): a notification whose queued entry or whose "
-                "user's registration is evicted reaches no open stream until it reconnects; "
-                "set maxmemory-policy noeviction",
+                "Redis may evict keys (maxmemory-policy %s): a notification whose queued entry is evicted "
+                "reaches no open stream, and one created while its user's registration is gone arrives "
+                "only once the registration's renewal notices (minutes later); set maxmemory-policy noeviction",
                 ", ".join(sorted(evicting)),
             )
         self._eviction_warned = evicting

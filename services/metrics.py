@@ -161,14 +161,16 @@ class Metrics:
         ).labels(process)
         safety_scans = Counter(
             "safety_scans",
-            "Inboxes looked at by the streams' safety scans, by what they held: nothing, or entries that "
-            "no wake-up hint had announced yet (a hint lost, or still on its way).",
+            "Inboxes looked at by the streams' safety scans, by what they held: nothing, entries that "
+            "no wake-up hint had announced yet (a hint lost, or still on its way), or no registration "
+            "(Redis evicted or lost it: the stream registers again and catches up from MongoDB).",
             (*label, "found"),
             namespace=NAMESPACE,
             registry=own,
         )
         self.safety_scans_empty = safety_scans.labels(process, "nothing")
         self.safety_scans_found = safety_scans.labels(process, "entries")
+        self.safety_scans_unregistered = safety_scans.labels(process, "no_registration")
         self._observer_failures = Counter(
             "observer_failures",
             "Observers that raised on a stored notification.",

@@ -139,7 +139,7 @@ class StreamSession:
             self._epoch_seen = self._cache.epoch
             self._recovering = True
         entries: list[Entry] = []
-        if self._recovering:
+        if self._recovering or self._inbox.registration_lost:
             await self._inbox.register()
             resume_from = self._newest_sent or str(ObjectId.from_datetime(_utc(self._opened_at - 1)))
             async for batch in self._notifications.since(self.user_id, resume_from):
@@ -429,9 +429,11 @@ class StreamRegistry:
             found = [True] * len(registered)  # each stream's own scan meets the outage and backs off
         else:
             if self._metrics is not None:
-                holding = sum(found)
+                unregistered = sum(inbox.registration_lost for _, inbox in registered)
+                holding = sum(found) - unregistered
+                self._metrics.safety_scans_unregistered.inc(unregistered)
                 self._metrics.safety_scans_found.inc(holding)
-                self._metrics.safety_scans_empty.inc(len(found) - holding)
+                self._metrics.safety_scans_empty.inc(len(found) - holding - unregistered)
         for (stream, _), holds_entries in zip(registered, found, strict=True):
             if holds_entries:
                 stream.wake()

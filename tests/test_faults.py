@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 
 import psutil
 import pytest
 from redis.asyncio import Redis
 from tornado.iostream import IOStream
 
+from services import cache
+from services.cache import connections_key
 from tests.support import SSEStream, cache_keys, eventually
 
 
@@ -210,3 +213,26 @@ async def test_a_notification_redis_refused_to_queue_reaches_the_open_streams_fr
         assert event.id == queued["id"], "the recovered notification came twice"
     finally:
         await admin.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stream_whose_registration_redis_lost_registers_again_and_misses_nothing(
+    api, open_stream, runtime, settings, app, monkeypatch
+):
+    """Redis dropped the stream's registration (an evicting `maxmemory-policy`; FLUSHALL does the
+    same) while answering everything: observers then queue nothing for it, and no error says so.
+    The registration's next renewal finds it gone: the stream registers again and catches up
+    from MongoDB. (Without that, it received nothing until it reconnected: its heartbeats went on.)"""
+    monkeypatch.setattr(cache, "REGISTRATION_REFRESH_INTERVAL", 0.5)
+    app.settings["stream_timing"] = replace(settings.stream_timing, safety_scan_interval=0.2)
+    stream = await open_stream("alice")
+    await stream.next_event()
+    assert await runtime.redis.delete(connections_key("alice")) == 1
+    unqueued = await api.create("alice", "queued nowhere")
+    [event] = await stream.notifications(1, timeout=10)
+    assert event.id == unqueued["id"]
+    assert await runtime.redis.exists(connections_key("alice")), "the stream did not register again"
+    queued = await api.create("alice", "queued again")
+    [event] = await stream.notifications(1)
+    assert event.id == queued["id"], "the recovered notification came twice"
+    await stream.assert_silent(0.3)

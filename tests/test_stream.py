@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -205,7 +206,8 @@ async def test_cache_entries_carry_a_ttl(runtime):
 @pytest.mark.gen_test
 @pytest.mark.also_on_cluster
 async def test_a_safety_scan_finds_the_inboxes_holding_entries_and_renews_the_registrations_due(runtime, monkeypatch):
-    """A registration is renewed when due, and never brought back once deregistered."""
+    """A registration is renewed when due, and never brought back once deregistered: a renewal that
+    finds none marks the inbox `registration_lost` (a live stream then registers again)."""
     from services.notifications import utc_now, validate_new_notification
 
     delivery_cache = runtime.delivery_cache
@@ -222,7 +224,8 @@ async def test_a_safety_scan_finds_the_inboxes_holding_entries_and_renews_the_re
     notification = validate_new_notification({"user_id": "alice", "title": "t"}, now=utc_now())
     assert await delivery_cache.enqueue(notification) == 2
 
-    assert await delivery_cache.safety_scan([alice, bob, carol, alice_too]) == [True, False, False, True]
+    assert await delivery_cache.safety_scan([alice, bob, carol, alice_too]) == [True, True, False, True]
+    assert [inbox.registration_lost for inbox in (alice, bob, carol, alice_too)] == [False, True, False, False]
 
     assert await runtime.redis.ttl(connections_key("alice")) <= 5  # not due
     assert await runtime.redis.ttl(connections_key("carol")) > REGISTRATION_TTL - 5
@@ -259,6 +262,7 @@ async def test_a_create_queues_for_each_live_registration_and_drops_the_expired_
 @pytest.mark.also_on_cluster
 async def test_a_safety_scan_of_thousands_of_inboxes_answers_for_each(runtime):
     inboxes = [runtime.delivery_cache.open_inbox("dave") for _ in range(2500)]
+    await asyncio.gather(*(inbox.register() for inbox in inboxes))
     holding = {0, 1999, 2000, 2499}
     for position in holding:
         await runtime.redis.hset(inboxes[position].key, "id", "{}")
