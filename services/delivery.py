@@ -347,11 +347,17 @@ class WakeupHub:
                     await self._read_shards(self._redis)
                 else:
                     await self._read(self._redis)
-            except (RedisError, RedisClusterException, OSError) as error:
+            except Exception as error:
+                # Anything else is a client's bug met on the way (redis-py's connection losing its
+                # writer while a cluster node restarts): ended by it, the hub would wake no stream
+                # again and notice no outage, so it subscribes again as after an outage.
                 self._subscribed.clear()
                 if self._failed_attempts == 0:
                     self.outages += 1
-                    log.warning("Redis unreachable (%s); streams stay open and recover when it is back", error)
+                    if isinstance(error, RedisError | RedisClusterException | OSError):
+                        log.warning("Redis unreachable (%s); streams stay open and recover when it is back", error)
+                    else:
+                        log.error("wake-up subscription failed; subscribing again", exc_info=error)
                 delay = RECONNECT_BACKOFF_SECONDS[min(self._failed_attempts, len(RECONNECT_BACKOFF_SECONDS) - 1)]
                 self._failed_attempts += 1
                 await asyncio.sleep(delay)

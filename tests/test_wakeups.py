@@ -10,7 +10,7 @@ import pytest
 
 from services import cache
 from services.cache import ConnectionInbox, DeliveryCache
-from services.delivery import CommandBatcher, WakeupHub
+from services.delivery import WAKEUP_CHANNEL, CommandBatcher, WakeupHub
 from services.notifications import utc_now, validate_new_notification
 from services.stores import connect_redis
 from tests.support import cache_keys, command_calls, eventually, on_every_node
@@ -268,3 +268,39 @@ async def test_the_hub_warns_when_redis_may_evict_what_it_queues_and_only_then(r
             await admin.config_set("maxmemory", "0", "maxmemory-policy", "noeviction", **every_node)
         finally:
             await admin.aclose()
+
+
+@pytest.mark.gen_test
+async def test_the_hub_subscribes_again_after_an_unexpected_error_and_wakes_streams(redis_url, caplog, monkeypatch):
+    """An error no outage explains (a client's bug, such as the AttributeError redis-py raised once in
+    a CI run when its connection lost its writer during a resubscription) must not end the hub."""
+    client = connect_redis(redis_url)
+    batcher = CommandBatcher(client)
+    hub = WakeupHub(client, batcher)
+    subscribe = WakeupHub._read
+    failures: list[int] = []
+
+    async def fails_once(self, redis):
+        if not failures:
+            failures.append(1)
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        await subscribe(self, redis)
+
+    monkeypatch.setattr(WakeupHub, "_read", fails_once)
+    alice = RecordingStream()
+    hub.listen("alice", alice)
+    hub.start()
+    try:
+        await hub.wait_subscribed()
+        await client.publish(WAKEUP_CHANNEL, "alice")
+
+        async def woken() -> bool:
+            return alice.woken == 1
+
+        await eventually(woken)
+        [error] = [r for r in caplog.records if r.name == "bellcast.delivery" and r.levelname == "ERROR"]
+        assert "subscribing again" in error.message and error.exc_info is not None
+    finally:
+        await hub.close()
+        await batcher.close()
+        await client.aclose()
