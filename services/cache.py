@@ -204,7 +204,7 @@ class DeliveryCache:
             replies = await self._batcher.execute_many([*(("EXISTS", key) for key in keys), *renewals])
             position = len(keys)
             for inbox, commands in renewing:
-                inbox.registration_lost = inbox.registration_lost or replies[position] is None  # the ZSCORE's
+                inbox.note_renewal(replies[position : position + len(commands)])
                 position += len(commands)
             exists = replies[: len(keys)]
             return [bool(reply) or inbox.registration_lost for reply, inbox in zip(exists, inboxes, strict=True)]
@@ -327,8 +327,7 @@ class ConnectionInbox:
         """Renew the registration's TTL when a third of it has passed; note if it was gone."""
         commands = self.refresh_commands_if_due()
         if commands:
-            registered, *_ = await self._batcher.execute_many(commands)
-            self.registration_lost = self.registration_lost or registered is None
+            self.note_renewal(await self._batcher.execute_many(commands))
 
     @property
     def connections_key(self) -> str:
@@ -356,6 +355,11 @@ class ConnectionInbox:
         # and must not bring the connection back to be written to for ten minutes. (SAFETY_SCAN too.)
         # The ZSCORE before says whether there was a registration to renew (None: Redis lost it).
         return [("ZSCORE", self._connections_key, self.connection_id), *self._registration_commands("XX")]
+
+    def note_renewal(self, replies: Sequence[Any]) -> None:
+        """Take the replies to `refresh_commands_if_due`'s commands: note if the registration was gone."""
+        if replies[0] is None:  # the ZSCORE's
+            self.registration_lost = True
 
     def _registration_commands(self, *flags: str) -> list[tuple[object, ...]]:
         return [

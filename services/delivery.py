@@ -362,7 +362,9 @@ class WakeupHub:
                 self._failed_attempts += 1
                 await asyncio.sleep(delay)
 
-    def _on_subscribed(self) -> None:
+    async def _on_subscribed(self) -> None:
+        """The subscription is in place: check how Redis evicts, and after an outage have every stream recover."""
+        await self._warn_if_evicting()
         if self._failed_attempts:
             log.warning("Redis is back after %d attempts; every stream recovers what it missed", self._failed_attempts)
             # Hints, registrations and queued entries may be lost: let every stream recover.
@@ -407,8 +409,7 @@ class WakeupHub:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(WAKEUP_CHANNEL, RECOVERY_CHANNEL)
-            await self._warn_if_evicting()
-            self._on_subscribed()
+            await self._on_subscribed()
             while True:
                 message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)
                 if message is not None and message["type"] == "message":
@@ -428,8 +429,7 @@ class WakeupHub:
             unwatched = [node.name for node in redis.get_primaries() if node.name not in nodes]
             if unwatched:
                 log.warning("no wake-up channel on %s: streams notice its restart only by their own scans", unwatched)
-            await self._warn_if_evicting()
-            self._on_subscribed()
+            await self._on_subscribed()
             readers = [asyncio.ensure_future(self._read_shard(pubsub, node)) for node in nodes.values()]
             done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)
             for reader in done:
