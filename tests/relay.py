@@ -16,6 +16,7 @@ class StoreRelay:
         self._server: asyncio.Server | None = None
         self._hanging = False
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[None]] = set()
         self._lose_reply_to: bytes | None = None
         self.replies_lost = 0
         self.port = 0
@@ -42,11 +43,14 @@ class StoreRelay:
         self._drop_all()
 
     async def close(self) -> None:
-        """Stop listening and drop every connection."""
-        self._drop_all()
+        """Stop listening, drop every connection and wait until each relayed connection has closed
+        its sockets (Python 3.11's `wait_closed` does not wait for the connections' handlers: one
+        still pending when the loop closes leaves its sockets unclosed)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        self._drop_all()
+        await asyncio.gather(*self._connections)
 
     def _drop_all(self) -> None:
         for writer in list(self._writers):
@@ -56,6 +60,9 @@ class StoreRelay:
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         writers = {client_writer}
         self._writers |= writers
+        connection = asyncio.current_task()
+        assert connection is not None
+        self._connections.add(connection)
         try:
             if self._hanging:
                 await client_reader.read()  # until the client gives up or recover() drops it
@@ -75,6 +82,10 @@ class StoreRelay:
             for writer in writers:
                 self._writers.discard(writer)
                 writer.close()
+            for writer in writers:
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            self._connections.discard(connection)
 
     def _arm_if_marked(self, data: bytes, answer_lost: asyncio.Event) -> None:
         if self._lose_reply_to is not None and self._lose_reply_to in data:
