@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.package-lock.json
 VUE_RUNTIME := static/vendor/vue.runtime.esm-browser.prod.js
 
-.PHONY: run test bench lint typecheck lock clean
+.PHONY: run test bench lint typecheck lock dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ run: $(STAMP) $(VUE_RUNTIME)
 test: $(STAMP) $(VUE_RUNTIME)
 	$(BIN)/python -m pytest
 
+# The production wheel, in dist/: the server and everything it serves (install it with constraints.txt).
+dist: $(STAMP) $(VUE_RUNTIME)
+	rm -rf build dist/*.whl
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
 # Not part of `make test`: minutes long, and it wants a quiet machine. BENCH_FLAGS=--quick for a short run.
 bench: $(STAMP)
 	bash bench/install-nchan.sh
@@ -51,4 +56,4 @@ lock: $(BIN)/python
 	  $(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(-e|pip==)' ) > constraints.txt
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info node_modules static/vendor test-artifacts
+	rm -rf $(VENV) var build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info node_modules static/vendor test-artifacts

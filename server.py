@@ -23,6 +23,12 @@ from typing import Any
 from tornado import httpserver, web
 from tornado.netutil import bind_sockets
 
+if __package__:
+    # Installed from the wheel, this is `bellcast.server`, and the modules it imports sit beside it in
+    # site-packages/bellcast/: first on the path, so that no other distribution's `handlers` or `services`
+    # (nor a folder of that name where the command runs) is taken for them.
+    sys.path.insert(0, os.path.dirname(__file__))
+
 import handlers
 from handlers.proxy import Network, TrustedProxyHTTPServer
 from services.auth import Authenticator, mint_user_token

@@ -284,16 +284,28 @@ class RestartableRedis:
 class ServerProcess:
     """`python server.py` on the test session's stores, with a database of its own; output in `log`."""
 
-    def __init__(self, store_urls: tuple[str, str], log: Path, **settings: str | None) -> None:
-        """`settings` are environment variables; None removes one the test run may have set."""
-        mongodb_url, redis_url = store_urls
+    def __init__(
+        self,
+        store_urls: tuple[str, str] | None,
+        log: Path,
+        *,
+        command: tuple[str, ...] = (sys.executable, "server.py"),
+        cwd: Path = ROOT,
+        **settings: str | None,
+    ) -> None:
+        """`settings` are environment variables; None removes one the test run may have set.
+
+        Without `store_urls` the server starts its own embedded stores, as `make run` does.
+        """
         self.port = free_port()
         self.log = log
+        self.command = command
+        self.cwd = cwd
         environ: dict[str, str | None] = {
             **os.environ,
             "PORT": str(self.port),
-            "MONGODB_URL": mongodb_url,
-            "REDIS_URL": redis_url,
+            "MONGODB_URL": store_urls[0] if store_urls else None,
+            "REDIS_URL": store_urls[1] if store_urls else None,
             "MONGODB_DB": f"bellcast_test_{uuid.uuid4().hex[:12]}",
             **settings,
         }
@@ -302,9 +314,7 @@ class ServerProcess:
 
     def _launch(self) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as output:
-            return subprocess.Popen(
-                [sys.executable, "server.py"], cwd=ROOT, env=self.environ, stdout=output, stderr=output
-            )
+            return subprocess.Popen(self.command, cwd=self.cwd, env=self.environ, stdout=output, stderr=output)
 
     def output(self) -> str:
         """What the server has logged so far."""
