@@ -7,6 +7,7 @@ import hmac
 import jwt
 
 from services.errors import Forbidden, Unauthorized
+from services.notifications import is_valid_user_id
 
 USER_TOKEN_ALGORITHM = "HS256"
 
@@ -44,7 +45,9 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise Unauthorized("the token is invalid") from None
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject:
+        # A `sub` no notification could be created for (a lone surrogate, say) would fail later, in BSON,
+        # in a Redis key or in the log's pseudonym: refuse it here, like any other invalid token.
+        if not is_valid_user_id(subject):
             raise Unauthorized("the token is invalid")
         return subject
 

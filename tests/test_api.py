@@ -9,6 +9,9 @@ import jwt
 import pytest
 from pymongo.asynchronous.collection import AsyncCollection
 
+from services.errors import Invalid
+from services.notifications import utc_now, validate_new_notification
+
 
 def _error(response) -> dict:
     assert response.headers["Content-Type"].startswith("application/json")
@@ -125,6 +128,13 @@ BAD_BODIES = [
     ('{"user_id": "a", "title": "t", "data": [1]}', "invalid"),
     ('{"user_id": "a", "title": "t", "url": "javascript:alert(1)"}', "invalid"),
     ('{"user_id": "a", "title": "t", "url": "/path\\n"}', "invalid"),
+    # Links a browser opens as another site: protocol-relative, a backslash read as a slash, a tab it drops.
+    ('{"user_id": "a", "title": "t", "url": "//evil.example"}', "invalid"),
+    ('{"user_id": "a", "title": "t", "url": "/\\\\evil.example"}', "invalid"),
+    ('{"user_id": "a", "title": "t", "url": "\\\\\\\\evil.example"}', "invalid"),
+    ('{"user_id": "a", "title": "t", "url": "/\\t/evil.example"}', "invalid"),
+    ('{"user_id": "a", "title": "t", "url": "https:///evil.example"}', "invalid"),
+    ('{"user_id": "a", "title": "t", "url": "https://good.example\\\\@evil.example"}', "invalid"),
     ('{"user_id": "a", "title": "t", "type": "has space"}', "invalid"),
     ('{"user_id": "a", "title": "t", "titel": "typo"}', "invalid"),
     ('{"user_id": "a", "title": "' + "x" * 201 + '"}', "invalid"),
@@ -257,3 +267,26 @@ async def test_healthz_reports_both_stores(api):
     response = await api.request("GET", "/healthz")
     assert response.code == 200
     assert json.loads(response.body) == {"status": "ok", "checks": {"mongodb": "ok", "redis": "ok"}}
+
+
+def _cpu_seconds_to_check(url: str, repeats: int = 5) -> float:
+    """The least process CPU time, over `repeats` tries, that validating a create with `url` takes."""
+    fields = {"user_id": "a", "title": "t", "url": url}
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        with pytest.raises(Invalid):
+            validate_new_notification(fields, utc_now())
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def test_checking_a_url_costs_time_linear_in_its_length():
+    """A URL that makes a backtracking check quadratic: ten times longer costs about ten times more, not a hundred.
+
+    A ratio of two measurements taken together, so the machine's speed cancels out; the bound sits between
+    the linear (about 10x, less where fixed costs dominate) and the quadratic (about 100x) growth.
+    """
+    short = _cpu_seconds_to_check("http://" + "a" * 200 + " ", repeats=50)
+    long = _cpu_seconds_to_check("http://" + "a" * 2000 + " ", repeats=50)
+    assert long < 30 * max(short, 1e-6)

@@ -186,3 +186,24 @@ async def test_tokens_appear_in_no_log_record_whether_accepted_or_refused(api, s
             leaking = [r for r in caplog.records if secret_part in r.getMessage() or secret_part in str(r.args)]
             assert not leaking, (kind, [r.getMessage() for r in leaking])
         assert token not in caplog.text
+
+
+ODD_SUBJECTS = {
+    "a lone surrogate": "\ud800",
+    "a lone surrogate inside a name": "al\udfffice",
+    "empty": "",
+    "blank": "   ",
+    "longer than any user id": "u" * 201,
+    "a number": 42,
+    "a list": ["alice"],
+    "an object": {"id": "alice"},
+}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("kind", list(ODD_SUBJECTS))
+async def test_a_correctly_signed_token_whose_sub_no_user_id_could_have_answers_401_everywhere(
+    api, settings, open_stream, kind
+):
+    token = _signed({"alg": "HS256", "typ": "JWT"}, _claims(sub=ODD_SUBJECTS[kind]), settings.jwt_secret)
+    assert await _status_everywhere(api, open_stream, token) == {401}
