@@ -51,7 +51,7 @@ async def test_service_layer_creates_without_http(runtime):
 
 
 class EmailObserver:
-    """The README's example observer: mails each notification of type "billing"."""
+    """The example observer of docs/api.md: mails each notification of type "billing"."""
 
     def __init__(self, send_mail) -> None:
         self._send_mail = send_mail
@@ -67,7 +67,7 @@ class EmailObserver:
 async def test_a_producers_own_service_with_an_email_observer_reaches_the_open_streams(
     settings, store_urls, open_stream
 ):
-    """As the README shows: a worker wires its own services on bellcast's stores, registers an observer, creates."""
+    """As docs/api.md shows: a worker wires its own services on bellcast's stores, registers an observer, creates."""
     sent: list[dict[str, str]] = []
 
     async def send_mail(**message: str) -> None:

@@ -2,7 +2,7 @@
 
 Property-based (hypothesis), through real sockets against the real stores. Example counts are
 kept modest so that `make test` stays short on two shared cores; raise EXAMPLES locally when a
-change warrants a longer hunt (the README's Reliability section reports the counts).
+change warrants a longer hunt (docs/reliability.md reports the counts).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from handlers.sse import encode_event
 
-# The counts the README's Reliability section reports; each example is one to four requests.
+# The counts docs/reliability.md reports; each example is one to four requests.
 EXAMPLES = 150
 STREAM_EXAMPLES = 50
 PROPERTY = hypothesis.settings(
