@@ -118,3 +118,22 @@ def test_bellcast_serve_from_any_folder_serves_the_bell_the_pages_and_the_openap
     assert status == 200
     assert json.loads(document) == json.loads((ROOT / "handlers" / "openapi.json").read_text())
     assert "Traceback" not in served_from_elsewhere.output()
+
+
+def test_the_service_layer_imports_from_the_installed_wheel_as_the_api_docs_show(installed: Path, tmp_path: Path):
+    imports = (
+        "from bellcast.server import parse_settings, start_runtime\n"
+        "from services.notifications import Notification, NotificationService\n"
+        "import services\n"
+        "print(services.__file__)\n"
+    )
+    done = subprocess.run([str(installed / "python"), "-c", imports], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (
+        Path(done.stdout.strip()).parent.parent
+        == installed.parent
+        / "lib"
+        / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        / "site-packages"
+        / "bellcast"
+    )
