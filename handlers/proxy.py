@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from typing import Any
 
 from tornado import httpserver, httputil
@@ -42,5 +42,20 @@ class TrustedProxyHTTPServer(httpserver.HTTPServer):
         context = getattr(request_conn, "context", None)
         if self.trusted_proxies and is_trusted(getattr(context, "remote_ip", ""), self.trusted_proxies):
             # The adapter `xheaders=True` uses: rewrites remote_ip and protocol for this request only.
-            delegate = httpserver._ProxyAdapter(delegate, request_conn)
+            delegate = ForwardedHeadersAdapter(delegate, request_conn)
         return delegate
+
+
+class ForwardedHeadersAdapter(httpserver._ProxyAdapter):
+    """Tornado's forwarded-headers adapter, believing X-Forwarded-Proto and never X-Scheme.
+
+    Tornado prefers X-Scheme, which proxies (nginx included) pass on from the client unless told
+    otherwise: a client could then claim https over plain http, and get cookies marked Secure.
+    """
+
+    def headers_received(
+        self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
+    ) -> Awaitable[None] | None:
+        """Drop X-Scheme before Tornado reads the forwarded headers."""
+        headers.pop("X-Scheme", None)
+        return super().headers_received(start_line, headers)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from dataclasses import replace
+from http.cookies import SimpleCookie
+from urllib.parse import urlencode
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
+from handlers.observability import STATUS_COOKIE
 from handlers.proxy import TrustedProxyHTTPServer, is_trusted
-from server import parse_settings
+from server import Settings, parse_settings
 from tests.support import status_of_get
 
 
@@ -17,6 +22,17 @@ from tests.support import status_of_get
 def wakeup_hints() -> bool:
     """Streams play no part here: one delivery mode is enough."""
     return True
+
+
+@pytest.fixture
+def metrics_token() -> str | None:
+    return None
+
+
+@pytest.fixture
+def settings(settings: Settings, metrics_token: str | None) -> Settings:
+    """The status page's token, for the tests that sign in to it."""
+    return replace(settings, metrics_token=metrics_token)
 
 
 def _networks(*specs: str) -> tuple:
@@ -70,3 +86,45 @@ async def test_forwarded_client_address_is_believed_only_from_trusted_proxies(
         server.stop()
     [line] = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
     assert f"GET /healthz ({logged_ip})" in line
+
+
+STATUS_TOKEN = "forwarded-status-token-" + "q" * 16
+
+
+async def _status_cookie_is_secure(app, trusted: list[str], headers: dict[str, str]) -> bool:
+    """Sign in to the status page through a TrustedProxyHTTPServer over plain http: is the cookie Secure?"""
+    sock, port = bind_unused_port()
+    server = TrustedProxyHTTPServer(app, trusted_proxies=_networks(*trusted))
+    server.add_sockets([sock])
+    try:
+        response = await AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{port}/status",
+            method="POST",
+            body=urlencode({"token": STATUS_TOKEN}),
+            headers={"Content-Type": "application/x-www-form-urlencoded", **headers},
+            follow_redirects=False,
+            raise_error=False,
+        )
+    finally:
+        server.stop()
+    assert response.code == 303
+    [set_cookie] = response.headers.get_list("Set-Cookie")
+    return bool(SimpleCookie(set_cookie)[STATUS_COOKIE]["secure"])
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("metrics_token", [STATUS_TOKEN])
+@pytest.mark.parametrize(
+    ("trusted", "headers", "secure"),
+    [
+        (["127.0.0.1"], {"X-Forwarded-Proto": "https"}, True),
+        (["127.0.0.1"], {"X-Forwarded-Proto": "http", "X-Scheme": "https"}, False),
+        (["127.0.0.1"], {"X-Scheme": "https"}, False),
+        ([], {"X-Forwarded-Proto": "https"}, False),
+    ],
+    ids=["proxy-says-https", "client-adds-x-scheme", "x-scheme-alone", "untrusted-peer"],
+)
+async def test_the_scheme_is_believed_from_a_trusted_proxys_x_forwarded_proto_and_never_from_x_scheme(
+    app, trusted, headers, secure
+):
+    assert await _status_cookie_is_secure(app, trusted, headers) is secure

@@ -45,7 +45,8 @@ PRIVATE_USES = (
         "tornado.httpserver:_ProxyAdapter",
         "handlers/proxy.py",
         "httpserver._ProxyAdapter",
-        "the forwarded-headers adapter of xheaders=True, applied only to connections from trusted proxies",
+        "the forwarded-headers adapter of xheaders=True, applied only to connections from trusted proxies, "
+        "less X-Scheme (its headers_received is overridden)",
     ),
     PrivateUse(
         "python",

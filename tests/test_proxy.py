@@ -92,13 +92,19 @@ class Nginx:
         """Write the configuration and start nginx on a free loopback port."""
         self._directory.mkdir(parents=True)
         self.port = free_port()
-        site = site_config(self.port, upstream_port, read_timeout, edits)
+        access_log = ("/var/log/nginx/bellcast.access.log", str(self.access_log))
+        site = site_config(self.port, upstream_port, read_timeout, [access_log, *edits])
         (self._directory / "bellcast.conf").write_text(site)
         config = self._directory / "nginx.conf"
         config.write_text(self._main_config())
         log = self._directory / "error.log"
         command = [self._executable, "-p", str(self._directory), "-c", str(config), "-e", str(log)]
         self._process = subprocess.Popen([*command, "-g", "daemon off;"], stderr=subprocess.STDOUT)
+
+    @property
+    def access_log(self) -> Path:
+        """The site's access log, in the shipped format."""
+        return self._directory / "bellcast.access.log"
 
     async def wait_until_listening(self) -> Nginx:
         """Return once nginx accepts connections; fail with its error log if it exits or takes too long."""
@@ -259,3 +265,20 @@ async def test_bellcast_sees_the_client_address_nginx_saw_not_the_one_the_client
     assert await status_of_get(nginx.port, "/healthz", "127.0.0.2", spoofed) == 200
     [line] = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
     assert "GET /healthz (127.0.0.2)" in line
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_shipped_access_log_keeps_the_paths_and_leaves_tokens_in_query_strings_out(behind_nginx, api):
+    nginx = await behind_nginx()
+    token = api.token("alice")
+    async with stream_through(nginx, token):
+        pass
+    listed = await api.client.fetch(
+        f"http://127.0.0.1:{nginx.port}/api/notifications?access_token={token}", raise_error=False
+    )
+    assert listed.code == 200
+    nginx.stop()  # flushes and closes the log
+    logged = nginx.access_log.read_text()
+    assert '"GET /notifications/stream HTTP/1.1" 200' in logged
+    assert '"GET /api/notifications HTTP/1.1" 200' in logged
+    assert token not in logged and "access_token" not in logged
