@@ -127,8 +127,10 @@ class RequestIdentified(web.RequestHandler):
         return self._request_id
 
     def set_default_headers(self) -> None:
-        """Echo the request id, on errors too."""
+        """Echo the request id, on errors too; and forbid browsers to guess another type than the one sent."""
         self.set_header(REQUEST_ID_HEADER, self.request_id)
+        # A JSON answer echoing a producer's text must never be run as a script or rendered as a page.
+        self.set_header("X-Content-Type-Options", "nosniff")
 
     def log_fields(self) -> dict[str, Any]:
         """What the log lines of this request carry besides the access line's own fields."""

@@ -290,3 +290,25 @@ def test_checking_a_url_costs_time_linear_in_its_length():
     short = _cpu_seconds_to_check("http://" + "a" * 200 + " ", repeats=50)
     long = _cpu_seconds_to_check("http://" + "a" * 2000 + " ", repeats=50)
     assert long < 30 * max(short, 1e-6)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("method", "path", "as_user"),
+    [
+        ("GET", "/api/notifications", True),
+        ("GET", "/api/notifications", False),
+        ("POST", "/api/notifications/read-all", True),
+        ("GET", "/api/no-such-route", False),
+        ("GET", "/api/openapi.json", False),
+        ("GET", "/healthz", False),
+        ("GET", "/static/notification-bell.js", False),
+        ("GET", "/", False),
+    ],
+)
+async def test_every_answer_forbids_content_type_sniffing(api, method, path, as_user):
+    if as_user:
+        response = await api.as_user("alice", method, path, b"" if method == "POST" else None)
+    else:
+        response = await api.request(method, path, None, {})
+    assert response.headers.get("X-Content-Type-Options") == "nosniff", (response.code, path)
