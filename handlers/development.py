@@ -6,6 +6,7 @@ stand in for them. Neither exists when JWT_SECRET or API_KEY is configured.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import Any
 
@@ -16,8 +17,28 @@ DEMO_USER_ID = "demo"
 DEMO_TOKEN_LIFETIME_SECONDS = 3600
 
 
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and for loopback addresses (127.0.0.0/8, ::1), bracketed or not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class DevelopmentHandler(BaseHandler):
-    """Development routes take JSON only, so a page of another origin cannot post to them without CORS."""
+    """Development routes take JSON only, so a page of another origin cannot post to them without CORS.
+
+    They answer only a client on this machine that names it: its address is loopback (so HOST=0.0.0.0,
+    or a proxy forwarding another machine's request, does not mint tokens for the network), and so is
+    the Host it asked for (so a page whose own name was rebound to 127.0.0.1 cannot reach them).
+    """
+
+    def prepare(self) -> None:
+        """403 unless both the client's address and the requested Host are loopback."""
+        if not (is_loopback(self.request.remote_ip or "") and is_loopback(self.request.host_name)):
+            raise APIError(403, "forbidden", "development routes answer only on this machine, at localhost")
 
     def json_object(self) -> dict[str, Any]:
         """The JSON object body; 415 unless sent as application/json."""

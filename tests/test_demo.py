@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import ipaddress
 import json
 
 import pytest
+from tornado.testing import bind_unused_port
 
+from handlers.proxy import TrustedProxyHTTPServer
 from server import make_app, parse_settings
 from services.auth import Authenticator
 
@@ -123,3 +128,54 @@ async def test_without_cors_origins_the_api_sends_no_cors_headers(api):
     assert "Access-Control-Allow-Origin" not in response.headers and "Vary" not in response.headers
     preflight = await api.request("OPTIONS", "/api/notifications", headers={"Origin": "https://app.example.com"})
     assert preflight.code == 403
+
+
+def _development_post(port: int, path: str, headers: dict[str, str], source_ip: str = "127.0.0.1"):
+    """A JSON post to a development route from `source_ip`, with the Host the page asked for."""
+    body = json.dumps({"user_id": "alice", "title": "Hi"}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source_ip, 0))
+    try:
+        connection.request("POST", path, body, {"Content-Type": "application/json", **headers})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("development", [True])
+@pytest.mark.parametrize("path", ["/dev/token", "/dev/notifications"])
+@pytest.mark.parametrize(
+    ("host", "forwarded_for", "allowed"),
+    [
+        ("localhost:8888", None, True),
+        ("127.0.0.1:8888", None, True),
+        ("[::1]:8888", None, True),
+        ("attacker.example", None, False),
+        ("attacker.example:8888", None, False),
+        ("localhost.attacker.example", None, False),
+        ("localhost:8888", "198.51.100.7", False),
+    ],
+    ids=["localhost", "ipv4-loopback", "ipv6-loopback", "rebound-name", "rebound-name-port", "lookalike", "proxied"],
+)
+async def test_development_routes_answer_only_a_client_on_this_machine_that_asked_for_localhost(
+    app, runtime, development, path, host, forwarded_for, allowed
+):
+    """DNS rebinding (another site's name resolving to 127.0.0.1) and a client elsewhere behind a proxy on
+    this machine are refused; nothing is minted or created for them."""
+    sock, port = bind_unused_port()
+    server = TrustedProxyHTTPServer(app, trusted_proxies=[ipaddress.ip_network("127.0.0.1/32")])
+    server.add_sockets([sock])
+    headers = {"Host": host, **({"X-Real-IP": forwarded_for} if forwarded_for else {})}
+    try:
+        status, body = await asyncio.get_running_loop().run_in_executor(None, _development_post, port, path, headers)
+    finally:
+        server.stop()
+    if allowed:
+        assert status in (200, 201), body
+    else:
+        assert status == 403, body
+        assert json.loads(body)["error"]["code"] == "forbidden"
+        assert b"token" not in body.replace(b"development routes", b"")
+        stored = await runtime.notifications.list_recent("alice", 10)
+        assert stored.notifications == []
