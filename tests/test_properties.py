@@ -434,7 +434,8 @@ injected_fields = st.fixed_dictionaries(
     optional={
         "body": injection_texts,
         "data": st.dictionaries(injection_texts, injection_texts, max_size=3),
-        "url": injection_texts.map(lambda t: "/x" + "".join(c for c in t if not c.isspace())[:100]),
+        # A valid link: no white space, no backslash (is_safe_link).
+        "url": injection_texts.map(lambda t: "/x" + "".join(c for c in t if not c.isspace() and c != "\\")[:100]),
     },
 )
 
