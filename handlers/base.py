@@ -238,9 +238,31 @@ class BaseHandler(RequestIdentified):
         header = self.request.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
         token = credentials.strip() if scheme.lower() == "bearer" else None
-        token = token or self.get_cookie(TOKEN_COOKIE) or self.get_query_argument(TOKEN_QUERY_ARGUMENT, None)
+        if not token and (cookie := self.get_cookie(TOKEN_COOKIE)):
+            self._check_cookie_write_is_from_an_allowed_page()
+            token = cookie
+        token = token or self.get_query_argument(TOKEN_QUERY_ARGUMENT, None)
         self._user_id = self.authenticator.user_id(token)
         return self._user_id
+
+    def _check_cookie_write_is_from_an_allowed_page(self) -> None:
+        """A browser sends the cookie with any site's form: a write it authenticates must prove its page.
+
+        JSON needs a CORS preflight from another site, and Origin names the page that sent it: this
+        server's own origin or one of CORS_ORIGINS. Reads stay open to the cookie (CORS keeps their
+        answers from other sites' pages).
+        """
+        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        origin = self.request.headers.get("Origin")
+        own_origin = f"{self.request.protocol}://{self.request.host}".lower()
+        if content_type != "application/json" or (origin != own_origin and origin not in self.cors_origins):
+            raise APIError(
+                403,
+                "forbidden",
+                "a write authenticated by the cookie must be sent as application/json from an allowed page (Origin)",
+            )
 
     def log_fields(self) -> dict[str, Any]:
         """The request id, and the user's pseudonym (never the id itself) once authenticated."""

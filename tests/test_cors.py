@@ -94,3 +94,54 @@ async def test_the_stream_answers_an_allowed_origin(open_stream):
     assert stream.status == 200
     assert stream.headers["access-control-allow-origin"] == ALLOWED
     assert stream.headers["content-type"].startswith("text/event-stream")
+
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("write", ["read-all", "read"])
+@pytest.mark.parametrize(
+    ("content_type", "origin", "allowed"),
+    [
+        (FORM, OTHER, False),  # another site's auto-submitting form
+        ("text/plain", OTHER, False),  # the other content type a form or a no-preflight fetch can send
+        (JSON, OTHER, False),
+        (JSON, None, False),
+        (FORM, "own", False),
+        (JSON, "own", True),  # the bell on bellcast's own origin
+        (JSON, ALLOWED, True),  # a page of CORS_ORIGINS
+    ],
+    ids=["cross-site-form", "cross-site-text", "cross-site-json", "no-origin", "own-page-form", "own-page", "allowed"],
+)
+async def test_a_write_authenticated_by_the_cookie_must_come_as_json_from_an_allowed_page(
+    api, base_url, write, content_type, origin, allowed
+):
+    created = await api.create("alice", "Unread until alice reads it")
+    path = "/api/notifications/" + ("read-all" if write == "read-all" else f"{created['id']}/read")
+    headers = {"Cookie": f"bellcast_token={api.token('alice')}", "Content-Type": content_type}
+    if origin is not None:
+        headers["Origin"] = base_url if origin == "own" else origin
+    response = await api.request("POST", path, "{}" if content_type == JSON else "x=1", headers)
+    listed = json.loads((await api.as_user("alice", "GET", "/api/notifications")).body)
+    if allowed:
+        assert response.code == 200, response.body
+        assert listed["unread_count"] == 0
+    else:
+        assert response.code == 403
+        assert json.loads(response.body)["error"]["code"] == "forbidden"
+        assert listed["unread_count"] == 1
+
+
+@pytest.mark.gen_test
+async def test_a_token_in_a_header_or_the_query_writes_from_any_page_and_the_cookie_still_reads(api):
+    """Only the cookie rides along unasked: a token the page itself sends proves nothing is forged."""
+    token = api.token("alice")
+    await api.create("alice", "One")
+    by_header = await api.request(
+        "POST", "/api/notifications/read-all", "", {"Authorization": f"Bearer {token}", "Origin": OTHER}
+    )
+    by_query = await api.request("POST", f"/api/notifications/read-all?access_token={token}", "", {"Origin": OTHER})
+    read = await api.request("GET", "/api/notifications", None, {"Cookie": f"bellcast_token={token}", "Origin": OTHER})
+    assert (by_header.code, by_query.code, read.code) == (200, 200, 200)
