@@ -26,6 +26,7 @@ from tornado.tcpclient import TCPClient
 from services.auth import Authenticator
 from services.cache import connections_key
 from services.embedded import EmbeddedRedis, free_port
+from services.metrics import NAMESPACE, Metrics
 
 
 @dataclass
@@ -191,6 +192,12 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
+    """The value of bellcast's metric `name` (without the namespace) for this process; 0 before it is first counted."""
+    value = metrics.registry.get_sample_value(f"{NAMESPACE}_{name}", {"process": metrics.process, **labels})
+    return 0.0 if value is None else value
 
 
 async def status_of_get(port: int, path: str, source_ip: str, headers: dict[str, str]) -> int:

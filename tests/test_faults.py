@@ -13,7 +13,7 @@ from tornado.iostream import IOStream
 
 from services import cache
 from services.cache import connections_key
-from tests.support import SSEStream, cache_keys, eventually
+from tests.support import SSEStream, cache_keys, eventually, metric_value
 
 
 @pytest.fixture
@@ -68,12 +68,6 @@ async def test_a_stream_opened_while_redis_is_down_receives_everything_once_it_i
         await asyncio.sleep(0.1)  # deregistered before the fixture stops Redis
 
 
-def _redis_errors(runtime) -> float:
-    """Redis operations that failed so far, as /metrics counts them."""
-    found = runtime.metrics.registry.get_sample_value("bellcast_store_errors_total", {"process": "0", "store": "redis"})
-    return found or 0.0
-
-
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("wakeup_hints", [False], ids=["polling"])
 async def test_while_redis_is_down_a_polling_stream_retries_with_backoff_not_at_every_poll(
@@ -82,10 +76,10 @@ async def test_while_redis_is_down_a_polling_stream_retries_with_backoff_not_at_
     stream = await open_stream("alice")
     await stream.next_event()
     private_redis.stop()
-    failed_before = _redis_errors(runtime)
+    failed_before = metric_value(runtime.metrics, "store_errors_total", store="redis")
     await asyncio.sleep(3.0)
     # A try at every poll (POLL_INTERVAL, 50 ms here) would be about 60; the backoff (0.5 s, doubling) makes 4.
-    assert _redis_errors(runtime) - failed_before <= 6
+    assert metric_value(runtime.metrics, "store_errors_total", store="redis") - failed_before <= 6
     private_redis.start()
     try:
         after = await api.create("alice", "after the outage")
@@ -110,14 +104,14 @@ async def test_a_client_that_stops_reading_is_dropped_and_counted(api, base_url,
     payload = {"blob": "x" * 30000}
     for i in range(250):  # about 7.5 MB, more than the kernel buffers on both sides
         await api.create("sleepy", f"n{i}", data=payload)
-        if runtime.streams.slow_clients_dropped:
+        if metric_value(runtime.metrics, "slow_clients_dropped_total"):
             break
 
     async def dropped() -> bool:
-        return runtime.streams.slow_clients_dropped == 1 and len(runtime.streams) == 0
+        return metric_value(runtime.metrics, "slow_clients_dropped_total") == 1 and len(runtime.streams) == 0
 
     await eventually(dropped, timeout=15)
-    assert runtime.metrics.registry.get_sample_value("bellcast_slow_clients_dropped_total", {"process": "0"}) == 1
+    assert metric_value(runtime.metrics, "slow_clients_dropped_total") == 1
     stream.close()
 
 
