@@ -10,14 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
+import pymongo
 from redis.asyncio.cluster import RedisCluster
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.iostream import IOStream, StreamClosedError
@@ -288,53 +291,115 @@ class RestartableRedis:
         raise LookupError(f"no process of this test run listens on port {self.port}")
 
 
-class ServerProcess:
-    """`python server.py` on the test session's stores, with a database of its own; output in `log`."""
+# `python server.py`, as a checkout runs bellcast.
+SERVER_PY = (sys.executable, "server.py")
 
-    def __init__(self, store_urls: tuple[str, str], log: Path, **settings: str | None) -> None:
+
+class ServerProcess:
+    """bellcast as a process of its own, started at once: `python server.py` unless `command` says otherwise.
+
+    It runs on `store_urls` (MONGODB_URL, REDIS_URL: the test session's stores, as the fixtures give
+    them) with a database of its own, or with `store_urls` None on embedded stores it starts itself.
+    Its port is PORT; stdout and stderr go to `log`.
+    """
+
+    def __init__(
+        self,
+        store_urls: tuple[str, str] | None,
+        log: Path,
+        command: Sequence[str] = SERVER_PY,
+        **settings: str | None,
+    ) -> None:
         """`settings` are environment variables; None removes one the test run may have set."""
-        mongodb_url, redis_url = store_urls
         self.port = free_port()
         self.log = log
+        self.command = list(command)
+        stores: dict[str, str | None] = {"MONGODB_URL": None, "REDIS_URL": None}
+        if store_urls is not None:
+            stores = dict(zip(("MONGODB_URL", "REDIS_URL"), store_urls, strict=True))
         environ: dict[str, str | None] = {
             **os.environ,
             "PORT": str(self.port),
-            "MONGODB_URL": mongodb_url,
-            "REDIS_URL": redis_url,
+            **stores,
             "MONGODB_DB": f"bellcast_test_{uuid.uuid4().hex[:12]}",
             **settings,
         }
         self.environ = {name: value for name, value in environ.items() if value is not None}
+        self.database = self.environ["MONGODB_DB"]
         self.process = self._launch()
 
     def _launch(self) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as output:
-            return subprocess.Popen(
-                [sys.executable, "server.py"], cwd=ROOT, env=self.environ, stdout=output, stderr=output
-            )
+            return subprocess.Popen(self.command, cwd=ROOT, env=self.environ, stdout=output, stderr=output)
+
+    @property
+    def base_url(self) -> str:
+        """Where it serves."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self) -> API:
+        """Its HTTP API, with the JWT_SECRET and API_KEY it was given (call it inside the test's event loop)."""
+        secret, api_key = self.environ["JWT_SECRET"], self.environ["API_KEY"]
+        return API(AsyncHTTPClient(), self.base_url, api_key, Authenticator(secret, api_key))
 
     def output(self) -> str:
         """What the server has logged so far."""
         return self.log.read_text(errors="replace")
 
     def wait_until_ready(self, path: str = "/healthz", workers: int = 0, timeout: float = 30) -> None:
-        """Wait until `path` answers 200 (and `workers` worker processes run); fail with the log if it dies."""
+        """Wait until `path` answers 200 (and `workers` worker processes run); fail with the log if it does not."""
         deadline = time.monotonic() + timeout
-        while not self._answers(path) or len(psutil.Process(self.process.pid).children()) < workers:
-            assert self.process.poll() is None and time.monotonic() < deadline, (
-                "bellcast did not start:\n" + self.output()
-            )
+        while not self.answers(path) or len(self.workers()) < workers:
+            self._fail_if_down_or_late(deadline)
             time.sleep(0.1)
 
-    def _answers(self, path: str) -> bool:
+    def first_answer(self, path: str, timeout: float = 30) -> tuple[int, Any]:
+        """The status and JSON body of the first answer to `path`, whatever its status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.base_url + path, timeout=5) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+            except OSError:
+                self._fail_if_down_or_late(deadline)
+                time.sleep(0.1)
+
+    def _fail_if_down_or_late(self, deadline: float) -> None:
+        if self.process.poll() is None and time.monotonic() < deadline:
+            return
+        self.kill()
+        raise AssertionError("bellcast did not start:\n" + self.output()[-3000:])
+
+    def answers(self, path: str) -> bool:
+        """True if `path` answers 200 now."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
+            with urllib.request.urlopen(self.base_url + path, timeout=2) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
 
+    def workers(self) -> list[psutil.Process]:
+        """Its worker processes (with PROCESSES=N), or the embedded stores it started."""
+        return list(psutil.Process(self.process.pid).children())
+
+    def worker_holding(self, client_port: int, server_port: int | None = None) -> int | None:
+        """The pid of the worker holding the server side of the connection from `client_port` to
+        `server_port` (by default its PORT)."""
+        for worker in self.workers():
+            try:
+                connections = worker.net_connections("tcp")
+            except psutil.NoSuchProcess:  # a killed worker, gone between the listing and the look
+                continue
+            for connection in connections:
+                served = connection.laddr.port == (server_port or self.port)
+                if served and connection.raddr and connection.raddr.port == client_port:
+                    return worker.pid
+        return None
+
     def restart(self) -> None:
-        """Start it again, same port, same database (after `stop`)."""
+        """Start it again, same port, same database (after `stop` or `kill`)."""
         self.process = self._launch()
 
     def stop(self) -> int:
@@ -342,11 +407,22 @@ class ServerProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.wait()
 
+    def kill(self) -> None:
+        """SIGKILL, as when the machine dies: every connection drops at once."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
     def wait(self) -> int:
         """The exit status; a server still running 30 s later is killed and the test fails."""
         try:
             return self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.kill()
             raise AssertionError("no exit within 30 s of SIGTERM:\n" + self.output()[-3000:]) from None
+
+    def drop_database(self) -> None:
+        """Remove what it stored in MongoDB."""
+        client: Any = pymongo.MongoClient(self.environ["MONGODB_URL"])
+        with client:
+            client.drop_database(self.database)

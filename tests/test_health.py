@@ -6,18 +6,13 @@ import asyncio
 import json
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 from tornado.iostream import StreamClosedError
 
 from server import make_app, start_runtime
-from services.auth import Authenticator
 from services.embedded import free_port
-from tests.support import API, ServerProcess, SSEStream
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ServerProcess, SSEStream
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -63,19 +58,17 @@ def delayed_shutdown_server(store_urls, tmp_path):
         store_urls, tmp_path / "bellcast.log", JWT_SECRET=JWT_SECRET, API_KEY=API_KEY, SHUTDOWN_DELAY="3"
     )
     server.wait_until_ready("/readyz")
-    yield server.process, server.port, server.log
-    if server.process.poll() is None:
-        server.process.kill()
-    server.process.wait()
+    yield server
+    server.kill()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_on_sigterm_readyz_turns_503_first_while_streams_are_still_served(delayed_shutdown_server):
     """SHUTDOWN_DELAY: not ready at once, but still serving; then the streams are told to end."""
-    process, port, log = delayed_shutdown_server
-    base_url = f"http://127.0.0.1:{port}"
-    api = API(AsyncHTTPClient(), base_url, API_KEY, Authenticator(JWT_SECRET, API_KEY))
-    stream = await SSEStream.open(base_url, api.token("frank"))
+    server = delayed_shutdown_server
+    process = server.process
+    api = server.api()
+    stream = await SSEStream.open(server.base_url, api.token("frank"))
     await stream.next_event()
     process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 2
@@ -97,7 +90,7 @@ async def test_on_sigterm_readyz_turns_503_first_while_streams_are_still_served(
         assert time.monotonic() < deadline, "no exit after the streams ended"
         await asyncio.sleep(0.1)
     assert process.returncode == 0
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = [json.loads(line) for line in server.output().splitlines()]
     shutting_down = next(i for i, line in enumerate(lines) if line["message"].startswith("shutting down"))
     stream_ended = next(i for i, line in enumerate(lines) if line.get("ended_by") == "shutdown")
     assert shutting_down < stream_ended
