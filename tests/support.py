@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -13,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,20 @@ from urllib.parse import urlsplit
 
 import psutil
 import pymongo
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.cluster import RedisCluster
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
+from tornado.testing import bind_unused_port
+from tornado.web import Application
 
 from services.auth import Authenticator
 from services.cache import connections_key
 from services.embedded import EmbeddedRedis, free_port
 from services.metrics import NAMESPACE, Metrics
+from services.notifications import Notification
 
 
 @dataclass
@@ -195,6 +201,57 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+def error_of(response: HTTPResponse) -> dict[str, Any]:
+    """The `error` of a JSON error answer, checking its shape: only a code and a message, no traceback."""
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = json.loads(response.body)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert "Traceback" not in response.body.decode()
+    return dict(body["error"])
+
+
+def b64url(raw: bytes) -> str:
+    """Base64url without padding, as JWTs encode their parts."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class FailingObserver:
+    """An observer that always raises, as one whose mail server is down."""
+
+    async def created(self, notification: Notification) -> None:
+        raise RuntimeError("mail server down")
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Application) -> AsyncIterator[str]:
+    """Serve `app` on a port of its own; yields its base URL."""
+    sock, port = bind_unused_port()
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_exposition(text: str) -> Samples:
+    """Every sample of a /metrics answer, by name and labels."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def sample(found: Samples, name: str, process: str = "0", **labels: str) -> float:
+    """Metric `name` (without the namespace) of `process` in a parsed exposition; 0 if absent."""
+    return found.get((f"{NAMESPACE}_{name}", frozenset({"process": process, **labels}.items())), 0.0)
 
 
 def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
@@ -397,6 +454,22 @@ class ServerProcess:
                 if served and connection.raddr and connection.raddr.port == client_port:
                     return worker.pid
         return None
+
+    async def open_streams_on_every_worker(
+        self, token: str, opened: list[SSEStream], workers: int = 2, at_least: int = 1
+    ) -> dict[int, list[SSEStream]]:
+        """Open streams until each of `workers` worker processes holds one and `at_least` are open; the
+        streams by the pid of the worker holding them. Each is appended to `opened`, which the caller closes."""
+        by_worker: dict[int, list[SSEStream]] = {}
+        while len(by_worker) < workers or len(opened) < at_least:
+            assert len(opened) < 60, "the kernel never handed a stream to every worker"
+            stream = await SSEStream.open(self.base_url, token)
+            opened.append(stream)
+            await stream.next_event()
+            owner = self.worker_holding(stream._stream.socket.getsockname()[1])
+            assert owner is not None
+            by_worker.setdefault(owner, []).append(stream)
+        return by_worker
 
     def restart(self) -> None:
         """Start it again, same port, same database (after `stop` or `kill`)."""

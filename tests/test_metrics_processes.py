@@ -12,8 +12,7 @@ import pytest
 from tornado.tcpclient import TCPClient
 
 from services.embedded import free_port
-from tests.support import ServerProcess, SSEStream
-from tests.test_metrics import parse
+from tests.support import Samples, ServerProcess, SSEStream, parse_exposition, sample
 
 JWT_SECRET = "metered-secret-" + "x" * 20
 API_KEY = "metered-api-key-" + "y" * 10
@@ -51,7 +50,7 @@ def workers(store_urls, tmp_path):
     assert list(temporary.iterdir()) == [], "the shared metrics directory outlived bellcast"
 
 
-async def scrape(workers: ServerProcess, port: int) -> tuple[int | None, dict]:
+async def scrape(workers: ServerProcess, port: int) -> tuple[int | None, Samples]:
     """One scrape on a connection of its own: which worker answered, and what it said."""
     stream = await TCPClient().connect("127.0.0.1", port)
     try:
@@ -62,47 +61,31 @@ async def scrape(workers: ServerProcess, port: int) -> tuple[int | None, dict]:
         length = int(re.search(r"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
         body = await stream.read_bytes(length)
         # Kept open until now, so the worker still holds its side.
-        return workers.worker_holding(stream.socket.getsockname()[1], port), parse(body.decode())
+        return workers.worker_holding(stream.socket.getsockname()[1], port), parse_exposition(body.decode())
     finally:
         stream.close()
 
 
-def streams_open(found: dict, process: str) -> float:
-    return found.get(("bellcast_streams_open", frozenset({("process", process)})), 0.0)
-
-
-def opened(found: dict, process: str) -> float:
-    return found.get(("bellcast_streams_opened_total", frozenset({("process", process)})), 0.0)
-
-
 @pytest.mark.gen_test(timeout=90)
 async def test_any_worker_answers_a_scrape_for_every_worker_and_a_dead_one_leaves_the_open_streams(workers):
-    base_url = workers.base_url
     api = workers.api()
     pids = _first_worker_pids(workers)
-    by_worker: dict[int, list[SSEStream]] = {pid: [] for pid in pids}
     opened_streams: list[SSEStream] = []
     try:
-        while not all(by_worker.values()) or len(opened_streams) < 3:
-            assert len(opened_streams) < 60, "the kernel never handed a stream to the second worker"
-            stream = await SSEStream.open(base_url, api.token("erin"))
-            await stream.next_event()
-            opened_streams.append(stream)
-            owner = workers.worker_holding(stream._stream.socket.getsockname()[1])
-            assert owner in by_worker
-            by_worker[owner].append(stream)
+        by_worker = await workers.open_streams_on_every_worker(api.token("erin"), opened_streams, at_least=3)
+        assert set(by_worker) == set(pids)
         expected = {str(index): len(by_worker[pid]) for index, pid in enumerate(pids)}
 
         answered_by: set[int | None] = set()
         for _ in range(40):
             owner, found = await scrape(workers, workers.port)
             answered_by.add(owner)
-            assert {p: streams_open(found, p) for p in expected} == expected, f"scrape answered by {owner}"
+            assert {p: sample(found, "streams_open", p) for p in expected} == expected, f"scrape answered by {owner}"
             if answered_by >= set(pids):
                 break
         assert answered_by >= set(pids), "every scrape landed on one worker"
         _, found = await scrape(workers, int(workers.environ["METRICS_PORT"]))
-        assert {p: streams_open(found, p) for p in expected} == expected
+        assert {p: sample(found, "streams_open", p) for p in expected} == expected
 
         victim_index = next(index for index, pid in enumerate(pids) if by_worker[pid])
         victim = pids[victim_index]
@@ -111,13 +94,13 @@ async def test_any_worker_answers_a_scrape_for_every_worker_and_a_dead_one_leave
         deadline = time.monotonic() + 20
         while True:
             _, found = await scrape(workers, workers.port)
-            if streams_open(found, str(victim_index)) == 0:
+            if sample(found, "streams_open", str(victim_index)) == 0:
                 break
             assert time.monotonic() < deadline, "the dead worker's streams are still counted as open"
             await asyncio.sleep(0.2)
-        assert streams_open(found, survivor) == expected[survivor]
+        assert sample(found, "streams_open", survivor) == expected[survivor]
         # Counters of the dead worker stay in the sums: its replacement's go on from them.
-        assert opened(found, str(victim_index)) == expected[str(victim_index)]
+        assert sample(found, "streams_opened_total", str(victim_index)) == expected[str(victim_index)]
     finally:
         for stream in opened_streams:
             stream.close()

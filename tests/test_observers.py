@@ -9,12 +9,7 @@ import pytest
 from server import start_runtime
 from services.errors import StoreUnavailable
 from services.notifications import Notification
-from tests.support import metric_value
-
-
-class FailingObserver:
-    async def created(self, notification: Notification) -> None:
-        raise RuntimeError("mail server down")
+from tests.support import FailingObserver, metric_value
 
 
 class UnavailableStoreObserver:

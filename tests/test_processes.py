@@ -40,20 +40,10 @@ def two_process_server(store_urls, process_environ, tmp_path):
 @pytest.mark.gen_test(timeout=60)
 async def test_streams_of_one_user_on_two_processes_each_receive_a_notification_once(two_process_server):
     server = two_process_server
-    base_url = server.base_url
     api = server.api()
     streams: list[SSEStream] = []
-    owners: set[int] = set()
     try:
-        while len(owners) < 2:
-            assert len(streams) < 60, "the kernel never handed a stream to the second worker"
-            stream = await SSEStream.open(base_url, api.token("alice"))
-            await stream.next_event()
-            streams.append(stream)
-            client_port = stream._stream.socket.getsockname()[1]
-            owner = server.worker_holding(client_port)
-            assert owner is not None
-            owners.add(owner)
+        await server.open_streams_on_every_worker(api.token("alice"), streams)
         created = await api.create("alice", "to every tab on every process")
         for stream in streams:
             [event] = await stream.notifications(1)
@@ -72,19 +62,10 @@ async def test_killing_one_worker_loses_nothing_for_streams_on_the_other(two_pro
     from services.cache import REGISTRATION_TTL, connections_key
 
     server = two_process_server
-    base_url = server.base_url
     api = server.api()
-    by_owner: dict[int, list[SSEStream]] = {}
     opened: list[SSEStream] = []
     try:
-        while len(by_owner) < 2:
-            assert len(opened) < 60, "the kernel never handed a stream to the second worker"
-            stream = await SSEStream.open(base_url, api.token("bob"))
-            await stream.next_event()
-            opened.append(stream)
-            owner = server.worker_holding(stream._stream.socket.getsockname()[1])
-            assert owner is not None
-            by_owner.setdefault(owner, []).append(stream)
+        by_owner = await server.open_streams_on_every_worker(api.token("bob"), opened)
         victim, survivor = list(by_owner)
         os.kill(victim, signal.SIGKILL)
         for stream in by_owner[victim]:
