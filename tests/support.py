@@ -1,4 +1,5 @@
-"""Clients the tests talk to bellcast with: the JSON API, an SSE reader on a raw socket, `server.py` as a process."""
+"""What the tests talk to bellcast with: the JSON API, an SSE reader on a raw socket, bellcast as a process; and
+readers of its metrics and error answers shared by several test modules."""
 
 from __future__ import annotations
 
