@@ -191,7 +191,6 @@ class NotificationService:
         self._inserts = InsertBatcher(self._collection)
         self._observers: list[NotificationObserver] = []
         self._metrics = metrics
-        self.observer_failures = 0
 
     def register_observer(self, observer: NotificationObserver) -> None:
         """Add an observer; done once at start-up, in the order observers should run."""
@@ -219,7 +218,8 @@ class NotificationService:
             except StoreUnavailable as error:
                 # An outage, logged once by whoever watches that store: no traceback per notification,
                 # but what the store said, which tells a refusal (NOPERM, READONLY, OOM) from silence.
-                self.observer_failures += 1
+                if self._metrics is not None:
+                    self._metrics.observer_failed(type(observer).__name__)
                 cause = error.__cause__ or error
                 log.warning(
                     "observer %s: store unavailable for notification %s (%s: %s)",
@@ -229,7 +229,6 @@ class NotificationService:
                     cause,
                 )
             except Exception:
-                self.observer_failures += 1
                 if self._metrics is not None:
                     self._metrics.observer_failed(type(observer).__name__)
                 log.exception("observer %s failed for notification %s", type(observer).__name__, notification.id)

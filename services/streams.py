@@ -299,7 +299,6 @@ class StreamRegistry:
         self._waiting_to_release: collections.deque[asyncio.Future[None]] = collections.deque()
         self._releases_renewed = False
         self._ending = False
-        self.slow_clients_dropped = 0
 
     def add(self, stream: OpenStream) -> None:
         """Track an opened stream; its first heartbeat is due a heartbeat interval from now.
@@ -385,7 +384,6 @@ class StreamRegistry:
 
     def count_slow_client(self) -> None:
         """Count a stream closed because its client left a write unread or unacknowledged for the write timeout."""
-        self.slow_clients_dropped += 1
         if self._metrics is not None:
             self._metrics.slow_clients_dropped.inc()
 

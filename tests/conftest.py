@@ -11,6 +11,7 @@
 * ``stream_write_timeout``, ``max_streams``, ``heartbeat_interval``: what a test may parametrize.
 * ``settings``: test settings — fast polling, a fresh database name per test.
 * ``runtime``: the services on the real stores, with a clean database and cache.
+* ``runtime_without_redis``: the services on the session's MongoDB and a Redis URL where nothing listens.
 * ``app``: the Tornado application pytest-tornado's ``http_server`` serves.
 * ``api``: the JSON API as a producer and as users (``tests.support.API``).
 * ``open_stream``: opens SSE streams on raw sockets, closed after the test.
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 import pytest
 
 from server import Runtime, Settings, make_app, start_runtime
-from services.embedded import EmbeddedMongo, EmbeddedRedis, EmbeddedRedisCluster
+from services.embedded import EmbeddedMongo, EmbeddedRedis, EmbeddedRedisCluster, free_port
 from tests.support import API, RestartableRedis, SSEStream
 
 
@@ -152,6 +153,19 @@ def runtime(io_loop, settings: Settings, store_urls: tuple[str, str], redis_url:
         return started
 
     started = io_loop.run_sync(start)
+    yield started
+
+    async def stop() -> None:
+        await started.mongo.client.drop_database(settings.mongodb_db)
+        await started.close()
+
+    io_loop.run_sync(stop)
+
+
+@pytest.fixture
+def runtime_without_redis(io_loop, settings: Settings, store_urls: tuple[str, str]) -> Iterator[Runtime]:
+    mongodb_url, _ = store_urls
+    started = io_loop.run_sync(lambda: start_runtime(settings, mongodb_url, f"redis://127.0.0.1:{free_port()}/0"))
     yield started
 
     async def stop() -> None:

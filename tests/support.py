@@ -1,8 +1,10 @@
-"""Clients the tests talk to bellcast with: the JSON API, an SSE reader on a raw socket, `server.py` as a process."""
+"""What the tests talk to bellcast with: the JSON API, an SSE reader on a raw socket, bellcast as a process; and
+readers of its metrics and error answers shared by several test modules."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -10,22 +12,31 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
+import pymongo
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.cluster import RedisCluster
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
+from tornado.testing import bind_unused_port
+from tornado.web import Application
 
 from services.auth import Authenticator
 from services.cache import connections_key
 from services.embedded import EmbeddedRedis, free_port
+from services.metrics import NAMESPACE, Metrics
+from services.notifications import Notification
 
 
 @dataclass
@@ -193,6 +204,63 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         await asyncio.sleep(interval)
 
 
+def error_of(response: HTTPResponse) -> dict[str, Any]:
+    """The `error` of a JSON error answer, checking its shape: only a code and a message, no traceback."""
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = json.loads(response.body)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert "Traceback" not in response.body.decode()
+    return dict(body["error"])
+
+
+def b64url(raw: bytes) -> str:
+    """Base64url without padding, as JWTs encode their parts."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class FailingObserver:
+    """An observer that always raises, as one whose mail server is down."""
+
+    async def created(self, notification: Notification) -> None:
+        raise RuntimeError("mail server down")
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Application) -> AsyncIterator[str]:
+    """Serve `app` on a port of its own; yields its base URL."""
+    sock, port = bind_unused_port()
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_exposition(text: str) -> Samples:
+    """Every sample of a /metrics answer, by name and labels."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def sample(found: Samples, name: str, process: str = "0", **labels: str) -> float:
+    """Metric `name` (without the namespace) of `process` in a parsed exposition; 0 if absent."""
+    return found.get((f"{NAMESPACE}_{name}", frozenset({"process": process, **labels}.items())), 0.0)
+
+
+def metric_value(metrics: Metrics, name: str, **labels: str) -> float:
+    """The value of bellcast's metric `name` (without the namespace) for this process; 0 before it is first counted."""
+    value = metrics.registry.get_sample_value(f"{NAMESPACE}_{name}", {"process": metrics.process, **labels})
+    return 0.0 if value is None else value
+
+
 async def status_of_get(port: int, path: str, source_ip: str, headers: dict[str, str]) -> int:
     """GET `path` from 127.0.0.1:`port` over a connection from `source_ip` (any 127.x.y.z): the status."""
     stream = await TCPClient().connect("127.0.0.1", port, source_ip=source_ip)
@@ -281,63 +349,136 @@ class RestartableRedis:
         raise LookupError(f"no process of this test run listens on port {self.port}")
 
 
+# `python server.py`, as a checkout runs bellcast.
+SERVER_PY = (sys.executable, "server.py")
+
+
 class ServerProcess:
-    """`python server.py` on the test session's stores, with a database of its own; output in `log`."""
+    """bellcast as a process of its own, started at once: `python server.py` unless `command` says otherwise.
+
+    It runs on `store_urls` (MONGODB_URL, REDIS_URL: the test session's stores, as the fixtures give
+    them) with a database of its own, or with `store_urls` None on embedded stores it starts itself.
+    Its port is PORT; stdout and stderr go to `log`.
+    """
 
     def __init__(
         self,
         store_urls: tuple[str, str] | None,
         log: Path,
-        *,
-        command: tuple[str, ...] = (sys.executable, "server.py"),
-        cwd: Path = ROOT,
+        command: Sequence[str] = SERVER_PY,
+        cwd: Path | str | None = None,
         **settings: str | None,
     ) -> None:
         """`settings` are environment variables; None removes one the test run may have set.
 
-        Without `store_urls` the server starts its own embedded stores, as `make run` does.
+        `cwd`: the folder it runs in (the checkout unless given).
         """
         self.port = free_port()
         self.log = log
-        self.command = command
-        self.cwd = cwd
+        self.command = list(command)
+        self.cwd = Path(cwd) if cwd is not None else ROOT
+        stores: dict[str, str | None] = {"MONGODB_URL": None, "REDIS_URL": None}
+        if store_urls is not None:
+            stores = dict(zip(("MONGODB_URL", "REDIS_URL"), store_urls, strict=True))
         environ: dict[str, str | None] = {
             **os.environ,
             "PORT": str(self.port),
-            "MONGODB_URL": store_urls[0] if store_urls else None,
-            "REDIS_URL": store_urls[1] if store_urls else None,
+            **stores,
             "MONGODB_DB": f"bellcast_test_{uuid.uuid4().hex[:12]}",
             **settings,
         }
         self.environ = {name: value for name, value in environ.items() if value is not None}
+        self.database = self.environ["MONGODB_DB"]
         self.process = self._launch()
 
     def _launch(self) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as output:
             return subprocess.Popen(self.command, cwd=self.cwd, env=self.environ, stdout=output, stderr=output)
 
+    @property
+    def base_url(self) -> str:
+        """Where it serves."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self) -> API:
+        """Its HTTP API, with the JWT_SECRET and API_KEY it was given (call it inside the test's event loop)."""
+        secret, api_key = self.environ["JWT_SECRET"], self.environ["API_KEY"]
+        return API(AsyncHTTPClient(), self.base_url, api_key, Authenticator(secret, api_key))
+
     def output(self) -> str:
         """What the server has logged so far."""
         return self.log.read_text(errors="replace")
 
     def wait_until_ready(self, path: str = "/healthz", workers: int = 0, timeout: float = 30) -> None:
-        """Wait until `path` answers 200 (and `workers` worker processes run); fail with the log if it dies."""
+        """Wait until `path` answers 200 (and `workers` worker processes run); fail with the log if it does not."""
         deadline = time.monotonic() + timeout
-        while not self._answers(path) or len(psutil.Process(self.process.pid).children()) < workers:
-            assert self.process.poll() is None and time.monotonic() < deadline, (
-                "bellcast did not start:\n" + self.output()
-            )
+        while not self.answers(path) or len(self.workers()) < workers:
+            self._fail_if_down_or_late(deadline)
             time.sleep(0.1)
 
-    def _answers(self, path: str) -> bool:
+    def first_answer(self, path: str, timeout: float = 30) -> tuple[int, Any]:
+        """The status and JSON body of the first answer to `path`, whatever its status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.base_url + path, timeout=5) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+            except OSError:
+                self._fail_if_down_or_late(deadline)
+                time.sleep(0.1)
+
+    def _fail_if_down_or_late(self, deadline: float) -> None:
+        if self.process.poll() is None and time.monotonic() < deadline:
+            return
+        self.kill()
+        raise AssertionError("bellcast did not start:\n" + self.output()[-3000:])
+
+    def answers(self, path: str) -> bool:
+        """True if `path` answers 200 now."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
+            with urllib.request.urlopen(self.base_url + path, timeout=2) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
 
+    def workers(self) -> list[psutil.Process]:
+        """Its worker processes (with PROCESSES=N), or the embedded stores it started."""
+        return list(psutil.Process(self.process.pid).children())
+
+    def worker_holding(self, client_port: int, server_port: int | None = None) -> int | None:
+        """The pid of the worker holding the server side of the connection from `client_port` to
+        `server_port` (by default its PORT)."""
+        for worker in self.workers():
+            try:
+                connections = worker.net_connections("tcp")
+            except psutil.NoSuchProcess:  # a killed worker, gone between the listing and the look
+                continue
+            for connection in connections:
+                served = connection.laddr.port == (server_port or self.port)
+                if served and connection.raddr and connection.raddr.port == client_port:
+                    return worker.pid
+        return None
+
+    async def open_streams_on_every_worker(
+        self, token: str, opened: list[SSEStream], workers: int = 2, at_least: int = 1
+    ) -> dict[int, list[SSEStream]]:
+        """Open streams until each of `workers` worker processes holds one and `at_least` are open; the
+        streams by the pid of the worker holding them. Each is appended to `opened`, which the caller closes."""
+        by_worker: dict[int, list[SSEStream]] = {}
+        while len(by_worker) < workers or len(opened) < at_least:
+            assert len(opened) < 60, "the kernel never handed a stream to every worker"
+            stream = await SSEStream.open(self.base_url, token)
+            opened.append(stream)
+            await stream.next_event()
+            owner = self.worker_holding(stream._stream.socket.getsockname()[1])
+            assert owner is not None
+            by_worker.setdefault(owner, []).append(stream)
+        return by_worker
+
     def restart(self) -> None:
-        """Start it again, same port, same database (after `stop`)."""
+        """Start it again, same port, same database (after `stop` or `kill`)."""
         self.process = self._launch()
 
     def stop(self) -> int:
@@ -345,11 +486,22 @@ class ServerProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.wait()
 
+    def kill(self) -> None:
+        """SIGKILL, as when the machine dies: every connection drops at once."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
     def wait(self) -> int:
         """The exit status; a server still running 30 s later is killed and the test fails."""
         try:
             return self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.kill()
             raise AssertionError("no exit within 30 s of SIGTERM:\n" + self.output()[-3000:]) from None
+
+    def drop_database(self) -> None:
+        """Remove what it stored in MongoDB."""
+        client: Any = pymongo.MongoClient(self.environ["MONGODB_URL"])
+        with client:
+            client.drop_database(self.database)

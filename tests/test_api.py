@@ -11,14 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from services.errors import Invalid
 from services.notifications import utc_now, validate_new_notification
-
-
-def _error(response) -> dict:
-    assert response.headers["Content-Type"].startswith("application/json")
-    body = json.loads(response.body)
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    assert "Traceback" not in response.body.decode()
-    return body["error"]
+from tests.support import error_of
 
 
 @pytest.mark.gen_test
@@ -111,7 +104,7 @@ async def test_another_users_notification_cannot_be_marked_read(api):
     created = await api.create("alice")
     response = await api.as_user("bob", "POST", f"/api/notifications/{created['id']}/read")
     assert response.code == 404
-    assert _error(response)["code"] == "not_found"
+    assert error_of(response)["code"] == "not_found"
     listed = json.loads((await api.as_user("alice", "GET", "/api/notifications")).body)
     assert listed["notifications"][0]["read_at"] is None
 
@@ -150,7 +143,7 @@ BAD_BODIES = [
 async def test_bad_bodies_answer_a_json_4xx_and_store_nothing(api, runtime, body, code):
     response = await api.request("POST", "/api/notifications", body, {"X-API-Key": api.api_key})
     assert response.code == (413 if code == "payload_too_large" else 400)
-    assert _error(response)["code"] == code
+    assert error_of(response)["code"] == code
     assert await runtime.mongo.database["notifications"].count_documents({}) == 0
     health = await api.request("GET", "/healthz")
     assert health.code == 200
@@ -171,7 +164,7 @@ async def test_deeply_nested_json_is_a_400_not_a_crash(api):
 async def test_create_needs_the_api_key(api, headers, status):
     response = await api.request("POST", "/api/notifications", '{"user_id": "a", "title": "t"}', headers)
     assert response.code == status
-    _error(response)
+    error_of(response)
 
 
 def _tokens(secret: str) -> dict[str, str]:
@@ -205,7 +198,7 @@ async def test_bad_user_tokens_answer_401_everywhere(api, settings, open_stream,
     ]:
         response = await api.request(method, path, None, headers)
         assert response.code == 401, (method, path)
-        assert _error(response)["code"] == "unauthorized"
+        assert error_of(response)["code"] == "unauthorized"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     stream = await open_stream(None, token=token)
     assert stream.status == 401
@@ -237,7 +230,7 @@ async def test_token_is_accepted_from_header_cookie_and_query_parameter(api):
 async def test_bad_list_parameters_answer_400(api, path, code):
     response = await api.as_user("alice", "GET", path)
     assert response.code == 400
-    assert _error(response)["code"] == code
+    assert error_of(response)["code"] == code
 
 
 @pytest.mark.gen_test
@@ -245,7 +238,7 @@ async def test_bad_list_parameters_answer_400(api, path, code):
 async def test_bad_ids_answer_400(api, notification_id):
     response = await api.as_user("alice", "POST", f"/api/notifications/{notification_id}/read")
     assert response.code == 400
-    assert _error(response)["code"] == "invalid"
+    assert error_of(response)["code"] == "invalid"
 
 
 @pytest.mark.gen_test
@@ -259,7 +252,7 @@ async def test_unknown_id_answers_404(api):
 async def test_unknown_paths_and_methods_answer_json(api, method, path):
     response = await api.request(method, path)
     assert response.code in (404, 405)
-    _error(response)
+    error_of(response)
 
 
 @pytest.mark.gen_test

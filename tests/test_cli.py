@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import jwt
-import pymongo
 import pytest
 
 from server import SETTINGS, _development_secrets, main
-from services.embedded import free_port
+from tests.support import ServerProcess
 
 SECRET = "cli-test-secret-" + "s" * 32
 
@@ -101,48 +96,24 @@ def test_token_refuses_a_lifetime_that_is_not_a_positive_whole_number(environ, c
     assert "--ttl" in capsys.readouterr().err
 
 
-def _wait_for_health(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
-                assert response.status == 200
-                return
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, "bellcast serve did not start"
-            time.sleep(0.1)
-
-
-def test_console_script_serves_and_accepts_the_token_it_mints(store_urls):
-    mongodb_url, redis_url = store_urls
-    port = free_port()
-    database = f"bellcast_cli_{uuid.uuid4().hex[:12]}"
-    environ = {**os.environ, "JWT_SECRET": SECRET, "API_KEY": "cli-test-api-key-" + "k" * 16}
-    command = [_console_script(), "serve", "--port", str(port), "--mongodb-db", database]
-    command += ["--mongodb-url", mongodb_url, "--redis-url", redis_url]
-    process = subprocess.Popen(
-        command,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def test_console_script_serves_and_accepts_the_token_it_mints(store_urls, tmp_path):
+    api_key = "cli-test-api-key-" + "k" * 16
+    server = ServerProcess(
+        store_urls, tmp_path / "bellcast.log", [_console_script(), "serve"], JWT_SECRET=SECRET, API_KEY=api_key
     )
     try:
-        _wait_for_health(port, process)
+        server.wait_until_ready("/healthz")
         minted = subprocess.run(
-            [_console_script(), "token", "alice", "--ttl", "120"], env=environ, capture_output=True, text=True
+            [_console_script(), "token", "alice", "--ttl", "120"], env=server.environ, capture_output=True, text=True
         )
         assert minted.returncode == 0, minted.stderr
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/notifications", headers={"Authorization": f"Bearer {minted.stdout.strip()}"}
+            server.base_url + "/api/notifications", headers={"Authorization": f"Bearer {minted.stdout.strip()}"}
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert json.loads(response.read()) == {"notifications": [], "unread_count": 0, "next_before": None}
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-        client: pymongo.MongoClient = pymongo.MongoClient(mongodb_url)
-        with client:
-            client.drop_database(database)
-    assert process.returncode == 0, output
-    assert "bellcast stopped" in output
+        returncode = server.stop()
+        server.drop_database()
+    assert returncode == 0, server.output()
+    assert "bellcast stopped" in server.output()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import psutil
@@ -13,7 +15,7 @@ from tornado.iostream import IOStream
 
 from services import cache
 from services.cache import connections_key
-from tests.support import SSEStream, cache_keys, eventually
+from tests.support import RestartableRedis, SSEStream, cache_keys, eventually, metric_value
 
 
 @pytest.fixture
@@ -21,6 +23,18 @@ def store_urls(store_urls, private_redis):
     """The session's MongoDB, and the private Redis."""
     mongodb_url, _ = store_urls
     return mongodb_url, private_redis.url
+
+
+@contextlib.asynccontextmanager
+async def _redis_back(private_redis: RestartableRedis, stream: SSEStream) -> AsyncIterator[None]:
+    """Start the private Redis again for the block; then close the stream and let it deregister before the
+    fixture stops Redis."""
+    private_redis.start()
+    try:
+        yield
+    finally:
+        stream.close()
+        await asyncio.sleep(0.1)
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -38,17 +52,13 @@ async def test_streams_survive_a_redis_restart_and_receive_what_was_created_mean
     heartbeat = await stream.next_event(timeout=settings.heartbeat_interval * 4)
     assert heartbeat.comments == ["heartbeat"], "the stream went quiet during the outage"
 
-    private_redis.start()  # an empty Redis: registrations and inboxes are gone
-    try:
+    async with _redis_back(private_redis, stream):  # an empty Redis: registrations and inboxes are gone
         [event] = await stream.notifications(1, timeout=15)
         assert event.id == during["id"]
         after = await api.create("alice", "after the outage")
         [event] = await stream.notifications(1, timeout=5)
         assert event.id == after["id"]
         await stream.assert_silent(0.5)
-    finally:
-        stream.close()
-        await asyncio.sleep(0.1)  # deregistered before the fixture stops Redis
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -58,20 +68,10 @@ async def test_a_stream_opened_while_redis_is_down_receives_everything_once_it_i
     assert stream.status == 200
     await stream.next_event()
     during = await api.create("alice", "while Redis is down")
-    private_redis.start()
-    try:
+    async with _redis_back(private_redis, stream):
         [event] = await stream.notifications(1, timeout=15)
         assert event.id == during["id"]
         await stream.assert_silent(0.5)
-    finally:
-        stream.close()
-        await asyncio.sleep(0.1)  # deregistered before the fixture stops Redis
-
-
-def _redis_errors(runtime) -> float:
-    """Redis operations that failed so far, as /metrics counts them."""
-    found = runtime.metrics.registry.get_sample_value("bellcast_store_errors_total", {"process": "0", "store": "redis"})
-    return found or 0.0
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -82,19 +82,15 @@ async def test_while_redis_is_down_a_polling_stream_retries_with_backoff_not_at_
     stream = await open_stream("alice")
     await stream.next_event()
     private_redis.stop()
-    failed_before = _redis_errors(runtime)
+    failed_before = metric_value(runtime.metrics, "store_errors_total", store="redis")
     await asyncio.sleep(3.0)
     # A try at every poll (POLL_INTERVAL, 50 ms here) would be about 60; the backoff (0.5 s, doubling) makes 4.
-    assert _redis_errors(runtime) - failed_before <= 6
-    private_redis.start()
-    try:
+    assert metric_value(runtime.metrics, "store_errors_total", store="redis") - failed_before <= 6
+    async with _redis_back(private_redis, stream):
         after = await api.create("alice", "after the outage")
         [event] = await stream.notifications(1, timeout=15)
         assert event.id == after["id"]
         await stream.assert_silent(0.5)
-    finally:
-        stream.close()
-        await asyncio.sleep(0.1)  # deregistered before the fixture stops Redis
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -110,14 +106,14 @@ async def test_a_client_that_stops_reading_is_dropped_and_counted(api, base_url,
     payload = {"blob": "x" * 30000}
     for i in range(250):  # about 7.5 MB, more than the kernel buffers on both sides
         await api.create("sleepy", f"n{i}", data=payload)
-        if runtime.streams.slow_clients_dropped:
+        if metric_value(runtime.metrics, "slow_clients_dropped_total"):
             break
 
     async def dropped() -> bool:
-        return runtime.streams.slow_clients_dropped == 1 and len(runtime.streams) == 0
+        return metric_value(runtime.metrics, "slow_clients_dropped_total") == 1 and len(runtime.streams) == 0
 
     await eventually(dropped, timeout=15)
-    assert runtime.metrics.registry.get_sample_value("bellcast_slow_clients_dropped_total", {"process": "0"}) == 1
+    assert metric_value(runtime.metrics, "slow_clients_dropped_total") == 1
     stream.close()
 
 

@@ -6,41 +6,23 @@ import asyncio
 import json
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 from tornado.iostream import StreamClosedError
 
-from server import make_app, start_runtime
-from services.auth import Authenticator
-from services.embedded import free_port
-from tests.support import API, ServerProcess, SSEStream
-
-ROOT = Path(__file__).resolve().parent.parent
+from server import make_app
+from tests.support import ServerProcess, SSEStream, serving
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_healthz_answers_503_naming_an_unreachable_redis(http_client, settings, store_urls):
-    from tornado.httpserver import HTTPServer
-    from tornado.testing import bind_unused_port
-
-    mongodb_url, _ = store_urls
-    runtime = await start_runtime(settings, mongodb_url, f"redis://127.0.0.1:{free_port()}/0")
-    sock, port = bind_unused_port()
-    server = HTTPServer(make_app(runtime, settings))
-    server.add_sockets([sock])
-    try:
-        response = await http_client.fetch(f"http://127.0.0.1:{port}/healthz", raise_error=False)
-        assert response.code == 503
-        assert json.loads(response.body) == {
-            "status": "unavailable",
-            "checks": {"mongodb": "ok", "redis": "unreachable"},
-        }
-    finally:
-        server.stop()
-        await runtime.mongo.client.drop_database(settings.mongodb_db)
-        await runtime.close()
+async def test_healthz_answers_503_naming_an_unreachable_redis(http_client, settings, runtime_without_redis):
+    async with serving(make_app(runtime_without_redis, settings)) as base_url:
+        response = await http_client.fetch(base_url + "/healthz", raise_error=False)
+    assert response.code == 503
+    assert json.loads(response.body) == {
+        "status": "unavailable",
+        "checks": {"mongodb": "ok", "redis": "unreachable"},
+    }
 
 
 @pytest.mark.gen_test
@@ -63,19 +45,17 @@ def delayed_shutdown_server(store_urls, tmp_path):
         store_urls, tmp_path / "bellcast.log", JWT_SECRET=JWT_SECRET, API_KEY=API_KEY, SHUTDOWN_DELAY="3"
     )
     server.wait_until_ready("/readyz")
-    yield server.process, server.port, server.log
-    if server.process.poll() is None:
-        server.process.kill()
-    server.process.wait()
+    yield server
+    server.kill()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_on_sigterm_readyz_turns_503_first_while_streams_are_still_served(delayed_shutdown_server):
     """SHUTDOWN_DELAY: not ready at once, but still serving; then the streams are told to end."""
-    process, port, log = delayed_shutdown_server
-    base_url = f"http://127.0.0.1:{port}"
-    api = API(AsyncHTTPClient(), base_url, API_KEY, Authenticator(JWT_SECRET, API_KEY))
-    stream = await SSEStream.open(base_url, api.token("frank"))
+    server = delayed_shutdown_server
+    process = server.process
+    api = server.api()
+    stream = await SSEStream.open(server.base_url, api.token("frank"))
     await stream.next_event()
     process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 2
@@ -97,7 +77,7 @@ async def test_on_sigterm_readyz_turns_503_first_while_streams_are_still_served(
         assert time.monotonic() < deadline, "no exit after the streams ended"
         await asyncio.sleep(0.1)
     assert process.returncode == 0
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    lines = [json.loads(line) for line in server.output().splitlines()]
     shutting_down = next(i for i, line in enumerate(lines) if line["message"].startswith("shutting down"))
     stream_ended = next(i for i, line in enumerate(lines) if line.get("ended_by") == "shutdown")
     assert shutting_down < stream_ended

@@ -11,6 +11,7 @@ import pytest
 
 from server import SettingsError, parse_settings
 from services.ratelimit import KEY_PREFIX
+from tests.support import error_of
 
 
 @pytest.fixture
@@ -36,13 +37,6 @@ def settings(settings, producer_rate, max_body_bytes):
     return replace(settings, producer_rate_limit=rate, producer_rate_window=window, max_body_bytes=max_body_bytes)
 
 
-def _error(response) -> dict:
-    assert response.headers["Content-Type"].startswith("application/json")
-    body = json.loads(response.body)
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return body["error"]
-
-
 async def _post(api, title: str = "t", user_id: str = "alice"):
     body = json.dumps({"user_id": user_id, "title": title})
     return await api.request("POST", "/api/notifications", body, {"X-API-Key": api.api_key})
@@ -55,7 +49,7 @@ async def test_a_producer_past_its_rate_limit_gets_a_json_429_with_retry_after_a
     assert statuses == [201] * 5
     refused = await _post(api, "one too many")
     assert refused.code == 429
-    assert _error(refused)["code"] == "rate_limited"
+    assert error_of(refused)["code"] == "rate_limited"
     assert 1 <= int(refused.headers["Retry-After"]) <= 10
     assert await runtime.mongo.database["notifications"].count_documents({}) == 5
     assert runtime.rate_limiter.refused == 1
@@ -141,7 +135,7 @@ async def test_bodies_past_max_body_bytes_get_a_json_413(api):
     too_big = fits[:-2] + 'x"}'
     response = await api.request("POST", "/api/notifications", too_big, {"X-API-Key": api.api_key})
     assert response.code == 413
-    error = _error(response)
+    error = error_of(response)
     assert error["code"] == "payload_too_large" and "1024" in error["message"]
 
 
@@ -154,7 +148,7 @@ async def test_the_list_limit_takes_1_to_100(api):
         assert len(json.loads(response.body)["notifications"]) == shown
     for limit in (0, 101, -1):
         response = await api.as_user("alice", "GET", f"/api/notifications?limit={limit}")
-        assert response.code == 400 and "between 1 and 100" in _error(response)["message"]
+        assert response.code == 400 and "between 1 and 100" in error_of(response)["message"]
 
 
 @pytest.mark.parametrize(

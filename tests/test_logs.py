@@ -7,7 +7,6 @@ import datetime
 import json
 import logging
 import re
-import subprocess
 import sys
 import time
 import uuid
@@ -15,16 +14,13 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from tornado.httpclient import AsyncHTTPClient
 
 from handlers.base import request_id_from
 from server import Settings
-from services.auth import Authenticator
 from services.cache import connections_key
 from services.logs import JSONFormatter, TextFormatter, UserIdHasher, fields, redact
-from tests.support import API, ServerProcess, SSEStream
+from tests.support import ServerProcess, SSEStream
 
-ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "logs-secret-" + "x" * 20
 API_KEY = "logs-api-key-" + "y" * 10
 METRICS_TOKEN = "logs-metrics-token-" + "z" * 10
@@ -32,17 +28,15 @@ GENERATED_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class LoggedServer:
-    """`python server.py` with configured secrets, its output (the logs) in a file."""
+    """`python server.py` with configured secrets, read through its output (the logs)."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.process = process
-        self.port = port
-        self.log = log
-        self.api = API(AsyncHTTPClient(), f"http://127.0.0.1:{port}", API_KEY, Authenticator(JWT_SECRET, API_KEY))
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.api = server.api()
 
     def text(self) -> str:
         """Everything logged so far."""
-        return self.log.read_text()
+        return self.server.output()
 
     def json_lines(self) -> list[dict]:
         """Every line, parsed (fails if one is not a JSON object)."""
@@ -71,12 +65,11 @@ def _start(store_urls, directory: Path, log_format: str | None, log_level: str |
         LOG_LEVEL=log_level,
     )
     server.wait_until_ready("/readyz")
-    return LoggedServer(server.process, server.port, server.log)
+    return LoggedServer(server)
 
 
-def _stop(server: LoggedServer) -> None:
-    server.process.terminate()
-    server.process.wait(timeout=30)
+def _stop(logged: LoggedServer) -> None:
+    logged.server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
-from tornado.web import Application
 
 from server import Settings, SettingsError, make_app, make_metrics_app, parse_settings, start_runtime
 from services.embedded import EmbeddedMongo, free_port
 from services.metrics import created_at_of, quantile
-from services.notifications import Notification
-from tests.support import eventually
+from tests.support import FailingObserver, Samples, eventually, parse_exposition, sample, serving
 
 METRICS_TOKEN = "metrics-token-" + "z" * 20
 AUTHORIZED = {"Authorization": f"Bearer {METRICS_TOKEN}"}
@@ -29,41 +22,10 @@ def settings(settings: Settings) -> Settings:
     return replace(settings, metrics_token=METRICS_TOKEN)
 
 
-@contextlib.asynccontextmanager
-async def serving(app: Application) -> AsyncIterator[str]:
-    """Serve `app` on a port of its own; yields its base URL."""
-    sock, port = bind_unused_port()
-    server = HTTPServer(app)
-    server.add_sockets([sock])
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        await server.close_all_connections()
-
-
-def parse(text: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of an exposition, by name and labels."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return found
-
-
-async def scrape(api) -> dict[tuple[str, frozenset], float]:
+async def scrape(api) -> Samples:
     response = await api.request("GET", "/metrics", headers=AUTHORIZED)
     assert response.code == 200, response.body
-    return parse(response.body.decode())
-
-
-def value(found, name: str, **labels: str) -> float:
-    return found.get((f"bellcast_{name}", frozenset({"process": "0", **labels}.items())), 0.0)
-
-
-class FailingObserver:
-    async def created(self, notification: Notification) -> None:
-        raise RuntimeError("mail server down")
+    return parse_exposition(response.body.decode())
 
 
 @pytest.mark.gen_test
@@ -94,10 +56,10 @@ async def test_metrics_answer_in_prometheus_text_format_with_the_token(api):
     assert response.code == 200
     assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert response.headers["Cache-Control"] == "no-store"
-    found = parse(response.body.decode())
+    found = parse_exposition(response.body.decode())
     for name in ("streams_open", "streams_opened_total", "notifications_created_total", "slow_clients_dropped_total"):
         assert (f"bellcast_{name}", frozenset({("process", "0")})) in found, name
-    assert value(found, "store_errors_total", store="redis") == 0
+    assert sample(found, "store_errors_total", store="redis") == 0
     assert not any(name.endswith("_created") for name, _ in found), "no _created series"
 
 
@@ -119,22 +81,22 @@ async def test_streams_notifications_deliveries_and_lag_are_counted(api, open_st
     for stream in alice:
         assert [e.id for e in await stream.notifications(3)] == [c["id"] for c in created]
     found = await scrape(api)
-    assert value(found, "streams_open") == 3
-    assert value(found, "streams_opened_total") == 3
-    assert value(found, "streams_closed_total") == 0
-    assert value(found, "notifications_created_total") == 3
-    assert value(found, "entries_delivered_total", source="live") == 6
-    assert value(found, "entries_delivered_total", source="catch_up") == 0
-    assert value(found, "delivery_lag_seconds_count") == 6
-    assert 0 < value(found, "delivery_lag_seconds_sum") < 6 * 5
-    assert value(found, "delivery_lag_seconds_bucket", le="+Inf") == 6
-    assert value(found, "cache_scan_duration_seconds_count") >= 1
+    assert sample(found, "streams_open") == 3
+    assert sample(found, "streams_opened_total") == 3
+    assert sample(found, "streams_closed_total") == 0
+    assert sample(found, "notifications_created_total") == 3
+    assert sample(found, "entries_delivered_total", source="live") == 6
+    assert sample(found, "entries_delivered_total", source="catch_up") == 0
+    assert sample(found, "delivery_lag_seconds_count") == 6
+    assert 0 < sample(found, "delivery_lag_seconds_sum") < 6 * 5
+    assert sample(found, "delivery_lag_seconds_bucket", le="+Inf") == 6
+    assert sample(found, "cache_scan_duration_seconds_count") >= 1
 
     bob.close()
 
     async def closed() -> bool:
         found = await scrape(api)
-        return value(found, "streams_open") == 2 and value(found, "streams_closed_total") == 1
+        return sample(found, "streams_open") == 2 and sample(found, "streams_closed_total") == 1
 
     await eventually(closed)
 
@@ -145,9 +107,9 @@ async def test_catch_up_deliveries_are_counted_apart_and_left_out_of_the_lag(api
     stream = await open_stream("carol", last_event_id=first["id"])
     assert [e.id for e in await stream.notifications(2)] == [second["id"], third["id"]]
     found = await scrape(api)
-    assert value(found, "entries_delivered_total", source="catch_up") == 2
-    assert value(found, "entries_delivered_total", source="live") == 0
-    assert value(found, "delivery_lag_seconds_count") == 0
+    assert sample(found, "entries_delivered_total", source="catch_up") == 2
+    assert sample(found, "entries_delivered_total", source="live") == 0
+    assert sample(found, "delivery_lag_seconds_count") == 0
 
 
 @pytest.mark.gen_test
@@ -156,26 +118,20 @@ async def test_observer_failures_are_counted_by_observer(api, runtime):
     await api.create("dave", "one")
     await api.create("dave", "two")
     found = await scrape(api)
-    assert value(found, "observer_failures_total", observer="FailingObserver") == 2
-    assert value(found, "notifications_created_total") == 2
+    assert sample(found, "observer_failures_total", observer="FailingObserver") == 2
+    assert sample(found, "notifications_created_total") == 2
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_an_unreachable_redis_is_counted_as_store_errors(http_client, settings, store_urls):
-    mongodb_url, _ = store_urls
-    runtime = await start_runtime(settings, mongodb_url, f"redis://127.0.0.1:{free_port()}/0")
-    try:
-        async with serving(make_app(runtime, settings)) as base_url:
-            response = await http_client.fetch(base_url + "/readyz", raise_error=False)
-            assert response.code == 503
-            assert json.loads(response.body)["checks"]["redis"] == "unreachable"
-            response = await http_client.fetch(base_url + "/metrics", headers=AUTHORIZED)
-        found = parse(response.body.decode())
-        assert value(found, "store_errors_total", store="redis") >= 1
-        assert value(found, "store_errors_total", store="mongodb") == 0
-    finally:
-        await runtime.mongo.client.drop_database(settings.mongodb_db)
-        await runtime.close()
+async def test_an_unreachable_redis_is_counted_as_store_errors(http_client, settings, runtime_without_redis):
+    async with serving(make_app(runtime_without_redis, settings)) as base_url:
+        response = await http_client.fetch(base_url + "/readyz", raise_error=False)
+        assert response.code == 503
+        assert json.loads(response.body)["checks"]["redis"] == "unreachable"
+        response = await http_client.fetch(base_url + "/metrics", headers=AUTHORIZED)
+    found = parse_exposition(response.body.decode())
+    assert sample(found, "store_errors_total", store="redis") >= 1
+    assert sample(found, "store_errors_total", store="mongodb") == 0
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -190,7 +146,7 @@ async def test_a_mongodb_that_stops_answering_is_counted_as_store_errors(http_cl
             assert response.code == 503
             assert json.loads(response.body)["checks"]["mongodb"] in ("unreachable", "timed out")
             response = await http_client.fetch(base_url + "/metrics", headers=AUTHORIZED)
-        assert value(parse(response.body.decode()), "store_errors_total", store="mongodb") >= 1
+        assert sample(parse_exposition(response.body.decode()), "store_errors_total", store="mongodb") >= 1
     finally:
         # Close the client at rest: PyMongo 4.20 leaks the socket of a server check cancelled mid-connect.
         mongo.start()

@@ -6,107 +6,51 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-import uuid
-from pathlib import Path
 
-import psutil
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
-from services.auth import Authenticator
 from services.embedded import free_port
-from tests.support import API, SSEStream
-from tests.test_metrics import parse
+from tests.support import Samples, ServerProcess, SSEStream, parse_exposition, sample
 
-ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "metered-secret-" + "x" * 20
 API_KEY = "metered-api-key-" + "y" * 10
 METRICS_TOKEN = "metered-token-" + "z" * 20
 
 
-class Workers:
-    """`python server.py` with PROCESSES=2 and metrics, its output in a file."""
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int, metrics_port: int, log: Path) -> None:
-        self.process = process
-        self.port = port
-        self.metrics_port = metrics_port
-        self.log = log
-
-    def pids(self) -> list[int]:
-        """The first workers' pids, by index, from the supervisor's log."""
-        started = re.search(r"started 2 worker processes: (\d+), (\d+)", self.log.read_text())
-        assert started is not None
-        return [int(pid) for pid in started.groups()]
-
-    def owner(self, client_port: int) -> int | None:
-        """The pid of the worker holding the server side of a connection."""
-        for child in psutil.Process(self.process.pid).children():
-            try:
-                connections = child.net_connections("tcp")
-            except psutil.NoSuchProcess:  # a killed worker, gone between the listing and the look
-                continue
-            for connection in connections:
-                if connection.raddr and connection.raddr.port == client_port:
-                    return child.pid
-        return None
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+def _first_worker_pids(workers: ServerProcess) -> list[int]:
+    """The first workers' pids, by index, from the supervisor's log."""
+    started = re.search(r"started 2 worker processes: (\d+), (\d+)", workers.output())
+    assert started is not None
+    return [int(pid) for pid in started.groups()]
 
 
 @pytest.fixture
 def workers(store_urls, tmp_path):
-    mongodb_url, redis_url = store_urls
-    port, metrics_port = free_port(), free_port()
+    """`python server.py` with PROCESSES=2 and metrics, its output in a file."""
     temporary = tmp_path / "tmp"
     temporary.mkdir()
-    log = tmp_path / "bellcast.log"
-    environ = {
-        **os.environ,
-        "PORT": str(port),
-        "METRICS_PORT": str(metrics_port),
-        "PROCESSES": "2",
-        "MONGODB_URL": mongodb_url,
-        "REDIS_URL": redis_url,
-        "MONGODB_DB": f"bellcast_test_{uuid.uuid4().hex[:12]}",
-        "JWT_SECRET": JWT_SECRET,
-        "API_KEY": API_KEY,
-        "METRICS_TOKEN": METRICS_TOKEN,
-        "LOG_FORMAT": "text",
+    server = ServerProcess(
+        store_urls,
+        tmp_path / "bellcast.log",
+        METRICS_PORT=str(free_port()),
+        PROCESSES="2",
+        JWT_SECRET=JWT_SECRET,
+        API_KEY=API_KEY,
+        METRICS_TOKEN=METRICS_TOKEN,
+        LOG_FORMAT="text",
         # Where the supervisor makes the shared metrics directory, to see that it is gone afterwards.
-        "TMPDIR": str(temporary),
-    }
-    with open(log, "wb") as output:
-        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=environ, stdout=output, stderr=output)
-    deadline = time.monotonic() + 30
-    while len(psutil.Process(process.pid).children()) < 2 or not _ready(port):
-        assert process.poll() is None and time.monotonic() < deadline, "workers did not start:\n" + log.read_text()
-        time.sleep(0.1)
+        TMPDIR=str(temporary),
+    )
+    server.wait_until_ready("/readyz", workers=2)
     assert [p.name[:17] for p in temporary.iterdir()] == ["bellcast-metrics-"]
-    yield Workers(process, port, metrics_port, log)
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        pytest.fail("no exit within 30 s of SIGTERM:\n" + log.read_text()[-3000:])
-    assert process.returncode == 0, log.read_text()
+    yield server
+    assert server.stop() == 0, server.output()
     assert list(temporary.iterdir()) == [], "the shared metrics directory outlived bellcast"
 
 
-async def scrape(workers: Workers, port: int) -> tuple[int | None, dict]:
+async def scrape(workers: ServerProcess, port: int) -> tuple[int | None, Samples]:
     """One scrape on a connection of its own: which worker answered, and what it said."""
     stream = await TCPClient().connect("127.0.0.1", port)
     try:
@@ -117,47 +61,31 @@ async def scrape(workers: Workers, port: int) -> tuple[int | None, dict]:
         length = int(re.search(r"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
         body = await stream.read_bytes(length)
         # Kept open until now, so the worker still holds its side.
-        return workers.owner(stream.socket.getsockname()[1]), parse(body.decode())
+        return workers.worker_holding(stream.socket.getsockname()[1], port), parse_exposition(body.decode())
     finally:
         stream.close()
 
 
-def streams_open(found: dict, process: str) -> float:
-    return found.get(("bellcast_streams_open", frozenset({("process", process)})), 0.0)
-
-
-def opened(found: dict, process: str) -> float:
-    return found.get(("bellcast_streams_opened_total", frozenset({("process", process)})), 0.0)
-
-
 @pytest.mark.gen_test(timeout=90)
 async def test_any_worker_answers_a_scrape_for_every_worker_and_a_dead_one_leaves_the_open_streams(workers):
-    base_url = f"http://127.0.0.1:{workers.port}"
-    api = API(AsyncHTTPClient(), base_url, API_KEY, Authenticator(JWT_SECRET, API_KEY))
-    pids = workers.pids()
-    by_worker: dict[int, list[SSEStream]] = {pid: [] for pid in pids}
+    api = workers.api()
+    pids = _first_worker_pids(workers)
     opened_streams: list[SSEStream] = []
     try:
-        while not all(by_worker.values()) or len(opened_streams) < 3:
-            assert len(opened_streams) < 60, "the kernel never handed a stream to the second worker"
-            stream = await SSEStream.open(base_url, api.token("erin"))
-            await stream.next_event()
-            opened_streams.append(stream)
-            owner = workers.owner(stream._stream.socket.getsockname()[1])
-            assert owner in by_worker
-            by_worker[owner].append(stream)
+        by_worker = await workers.open_streams_on_every_worker(api.token("erin"), opened_streams, at_least=3)
+        assert set(by_worker) == set(pids)
         expected = {str(index): len(by_worker[pid]) for index, pid in enumerate(pids)}
 
         answered_by: set[int | None] = set()
         for _ in range(40):
             owner, found = await scrape(workers, workers.port)
             answered_by.add(owner)
-            assert {p: streams_open(found, p) for p in expected} == expected, f"scrape answered by {owner}"
+            assert {p: sample(found, "streams_open", p) for p in expected} == expected, f"scrape answered by {owner}"
             if answered_by >= set(pids):
                 break
         assert answered_by >= set(pids), "every scrape landed on one worker"
-        _, found = await scrape(workers, workers.metrics_port)
-        assert {p: streams_open(found, p) for p in expected} == expected
+        _, found = await scrape(workers, int(workers.environ["METRICS_PORT"]))
+        assert {p: sample(found, "streams_open", p) for p in expected} == expected
 
         victim_index = next(index for index, pid in enumerate(pids) if by_worker[pid])
         victim = pids[victim_index]
@@ -166,13 +94,13 @@ async def test_any_worker_answers_a_scrape_for_every_worker_and_a_dead_one_leave
         deadline = time.monotonic() + 20
         while True:
             _, found = await scrape(workers, workers.port)
-            if streams_open(found, str(victim_index)) == 0:
+            if sample(found, "streams_open", str(victim_index)) == 0:
                 break
             assert time.monotonic() < deadline, "the dead worker's streams are still counted as open"
             await asyncio.sleep(0.2)
-        assert streams_open(found, survivor) == expected[survivor]
+        assert sample(found, "streams_open", survivor) == expected[survivor]
         # Counters of the dead worker stay in the sums: its replacement's go on from them.
-        assert opened(found, str(victim_index)) == expected[str(victim_index)]
+        assert sample(found, "streams_opened_total", str(victim_index)) == expected[str(victim_index)]
     finally:
         for stream in opened_streams:
             stream.close()

@@ -7,12 +7,14 @@ import json
 import pytest
 
 from server import start_runtime
+from services.errors import StoreUnavailable
 from services.notifications import Notification
+from tests.support import FailingObserver, metric_value
 
 
-class FailingObserver:
+class UnavailableStoreObserver:
     async def created(self, notification: Notification) -> None:
-        raise RuntimeError("mail server down")
+        raise StoreUnavailable("redis")
 
 
 class RecordingObserver:
@@ -30,7 +32,7 @@ async def test_observer_that_raises_does_not_lose_the_insert_or_stop_the_others(
     runtime.notifications.register_observer(recorder)
     stream = await open_stream("alice")
     created = await api.create("alice", "still here")
-    assert runtime.notifications.observer_failures == 1
+    assert metric_value(runtime.metrics, "observer_failures_total", observer="FailingObserver") == 1
     assert [str(n.id) for n in recorder.seen] == [created["id"]]
     stored = await runtime.mongo.database["notifications"].find_one({"user_id": "alice"})
     assert str(stored["_id"]) == created["id"]
@@ -38,6 +40,17 @@ async def test_observer_that_raises_does_not_lose_the_insert_or_stop_the_others(
     assert event.id == created["id"]
     listed = json.loads((await api.as_user("alice", "GET", "/api/notifications")).body)
     assert [n["id"] for n in listed["notifications"]] == [created["id"]]
+
+
+@pytest.mark.gen_test
+async def test_an_observer_failing_for_want_of_its_store_is_counted_in_the_metric_too(api, runtime):
+    """A store outage is logged without a traceback, yet it is a failure like any other for the metric."""
+    runtime.notifications.register_observer(UnavailableStoreObserver())
+    runtime.notifications.register_observer(FailingObserver())
+    await api.create("alice", "one")
+    await api.create("alice", "two")
+    assert metric_value(runtime.metrics, "observer_failures_total", observer="UnavailableStoreObserver") == 2
+    assert metric_value(runtime.metrics, "observer_failures_total", observer="FailingObserver") == 2
 
 
 @pytest.mark.gen_test

@@ -8,19 +8,13 @@ import os
 import re
 import signal
 import time
-import urllib.request
-from pathlib import Path
 
-import psutil
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
-from services.auth import Authenticator
-from tests.support import API, ServerProcess, SSEStream
+from tests.support import ServerProcess, SSEStream
 
-ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "processes-secret-" + "x" * 20
 API_KEY = "processes-api-key-" + "y" * 10
 
@@ -39,45 +33,17 @@ def two_process_server(store_urls, process_environ, tmp_path):
         **{"PROCESSES": "2", "JWT_SECRET": JWT_SECRET, "API_KEY": API_KEY, **process_environ},
     )
     server.wait_until_ready(workers=2)
-    yield server.process, server.port
+    yield server
     assert server.stop() == 0, server.output()[-3000:]
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _owner(children: list[psutil.Process], port: int, client_port: int) -> int | None:
-    for child in children:
-        for connection in child.net_connections("tcp"):
-            if connection.laddr.port == port and connection.raddr and connection.raddr.port == client_port:
-                return child.pid
-    return None
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_streams_of_one_user_on_two_processes_each_receive_a_notification_once(two_process_server):
-    process, port = two_process_server
-    base_url = f"http://127.0.0.1:{port}"
-    authenticator = Authenticator(JWT_SECRET, API_KEY)
-    api = API(AsyncHTTPClient(), base_url, API_KEY, authenticator)
-    children = psutil.Process(process.pid).children()
+    server = two_process_server
+    api = server.api()
     streams: list[SSEStream] = []
-    owners: set[int] = set()
     try:
-        while len(owners) < 2:
-            assert len(streams) < 60, "the kernel never handed a stream to the second worker"
-            stream = await SSEStream.open(base_url, api.token("alice"))
-            await stream.next_event()
-            streams.append(stream)
-            client_port = stream._stream.socket.getsockname()[1]
-            owner = _owner(children, port, client_port)
-            assert owner is not None
-            owners.add(owner)
+        await server.open_streams_on_every_worker(api.token("alice"), streams)
         created = await api.create("alice", "to every tab on every process")
         for stream in streams:
             [event] = await stream.notifications(1)
@@ -95,21 +61,11 @@ async def test_killing_one_worker_loses_nothing_for_streams_on_the_other(two_pro
 
     from services.cache import REGISTRATION_TTL, connections_key
 
-    process, port = two_process_server
-    base_url = f"http://127.0.0.1:{port}"
-    api = API(AsyncHTTPClient(), base_url, API_KEY, Authenticator(JWT_SECRET, API_KEY))
-    children = psutil.Process(process.pid).children()
-    by_owner: dict[int, list[SSEStream]] = {}
+    server = two_process_server
+    api = server.api()
     opened: list[SSEStream] = []
     try:
-        while len(by_owner) < 2:
-            assert len(opened) < 60, "the kernel never handed a stream to the second worker"
-            stream = await SSEStream.open(base_url, api.token("bob"))
-            await stream.next_event()
-            opened.append(stream)
-            owner = _owner(children, port, stream._stream.socket.getsockname()[1])
-            assert owner is not None
-            by_owner.setdefault(owner, []).append(stream)
+        by_owner = await server.open_streams_on_every_worker(api.token("bob"), opened)
         victim, survivor = list(by_owner)
         os.kill(victim, signal.SIGKILL)
         for stream in by_owner[victim]:
@@ -129,7 +85,7 @@ async def test_killing_one_worker_loses_nothing_for_streams_on_the_other(two_pro
             await client.aclose()
         # The supervisor replaces the dead worker.
         deadline = time.monotonic() + 15
-        while len(psutil.Process(process.pid).children()) < 2 or not _healthy(port):
+        while len(server.workers()) < 2 or not server.answers("/healthz"):
             assert time.monotonic() < deadline, "no replacement worker"
             await asyncio.sleep(0.1)
     finally:
@@ -162,17 +118,16 @@ async def _create_on(connection: IOStream, user_id: str) -> int:
     [{"API_KEY": RATE_LIMITED_KEY, "PRODUCER_RATE_LIMIT": "0.1", "PRODUCER_RATE_WINDOW": "60"}],
 )
 async def test_the_producer_rate_limit_is_shared_by_the_worker_processes(two_process_server):
-    process, port = two_process_server
-    children = psutil.Process(process.pid).children()
+    server = two_process_server
     by_owner: dict[int, IOStream] = {}
     spare: list[IOStream] = []
     try:
         while len(by_owner) < 2:
             assert len(spare) < 60, "the kernel never handed a connection to the second worker"
-            connection = await TCPClient().connect("127.0.0.1", port)
+            connection = await TCPClient().connect("127.0.0.1", server.port)
             client_port = connection.socket.getsockname()[1]
             deadline = time.monotonic() + 5
-            while (owner := _owner(children, port, client_port)) is None:
+            while (owner := server.worker_holding(client_port)) is None:
                 assert time.monotonic() < deadline, "no worker accepted the connection"
                 await asyncio.sleep(0.02)
             if owner in by_owner:

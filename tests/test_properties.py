@@ -7,7 +7,6 @@ change warrants a longer hunt (docs/reliability.md reports the counts).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -22,6 +21,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from handlers.sse import encode_event
+from tests.support import b64url
 
 # The counts docs/reliability.md reports; each example is one to four requests.
 EXAMPLES = 150
@@ -307,10 +307,6 @@ def test_any_id_to_mark_read_answers_a_json_400_or_404(io_loop, api, notificatio
     io_loop.run_sync(check, timeout=REQUEST_TIMEOUT)
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 @st.composite
 def tokens(draw: st.DrawFn, secret: str) -> str:
     """JWT-shaped strings: any header and claims, signed with the right secret or not, or no JWT at all."""
@@ -320,8 +316,8 @@ def tokens(draw: st.DrawFn, secret: str) -> str:
         return draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=200))
     if shape == 1:
         valid = {"sub": draw(st.sampled_from(["alice", "bob"])), "exp": now + 600}
-        signing_input = _b64(b'{"alg":"HS256","typ":"JWT"}') + "." + _b64(json.dumps(valid).encode())
-        signature = _b64(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())
+        signing_input = b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + b64url(json.dumps(valid).encode())
+        signature = b64url(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())
         return f"{signing_input}.{signature}"
     header = draw(
         st.one_of(
@@ -346,12 +342,12 @@ def tokens(draw: st.DrawFn, secret: str) -> str:
         )
     )
     signing_input = (
-        _b64(json.dumps(header, allow_nan=True).encode("utf-8", "surrogatepass"))
+        b64url(json.dumps(header, allow_nan=True).encode("utf-8", "surrogatepass"))
         + "."
-        + _b64(json.dumps(claims, allow_nan=True).encode("utf-8", "surrogatepass"))
+        + b64url(json.dumps(claims, allow_nan=True).encode("utf-8", "surrogatepass"))
     )
     key = secret if draw(st.booleans()) else "not-the-secret-" + "z" * 20
-    signature = _b64(hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest())
+    signature = b64url(hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest())
     return f"{signing_input}.{signature}"
 
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 
-from services.auth import Authenticator
-from tests.support import API, ServerProcess, SSEStream
+from tests.support import ServerProcess, SSEStream
 
-ROOT = Path(__file__).resolve().parent.parent
 JWT_SECRET = "restart-secret-" + "x" * 20
 API_KEY = "restart-api-key-" + "y" * 10
 CREATED = 20
@@ -21,8 +17,8 @@ CREATED = 20
 async def test_what_was_created_before_sigterm_is_listed_and_streamed_once_after_a_restart(store_urls, tmp_path):
     server = ServerProcess(store_urls, tmp_path / "bellcast.log", JWT_SECRET=JWT_SECRET, API_KEY=API_KEY)
     server.wait_until_ready()
-    base_url = f"http://127.0.0.1:{server.port}"
-    api = API(AsyncHTTPClient(), base_url, API_KEY, Authenticator(JWT_SECRET, API_KEY))
+    base_url = server.base_url
+    api = server.api()
     try:
         stream = await SSEStream.open(base_url, api.token("carol"))
         await stream.next_event()

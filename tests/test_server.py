@@ -7,19 +7,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 
 from server import Settings, SettingsError, parse_settings
 from services.auth import Authenticator
-from services.embedded import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, SERVER_PY, ServerProcess
 
 
 @pytest.mark.parametrize(
@@ -58,69 +53,50 @@ def test_flags_override_environment_which_overrides_defaults():
 
 
 def test_server_refuses_to_start_on_an_invalid_setting():
-    result = subprocess.run(
-        [sys.executable, "server.py"], cwd=ROOT, env={**os.environ, "PORT": "x"}, capture_output=True, text=True
-    )
+    # Run to its end rather than served (ServerProcess): what it says must go to stderr.
+    result = subprocess.run([*SERVER_PY], cwd=ROOT, env={**os.environ, "PORT": "x"}, capture_output=True, text=True)
     assert result.returncode == 2
     assert "invalid setting PORT='x'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def _get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def _start_healthy_server(data_dir: Path, environ: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    """`python server.py` on a free port with its data in `data_dir`, once /healthz finds both stores ok."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "server.py", "--port", str(port), "--data-dir", str(data_dir)],
-        cwd=ROOT,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def _start_healthy_server(data_dir: Path, store_urls: tuple[str, str] | None, **settings: str | None) -> ServerProcess:
+    """`python server.py` with its data in `data_dir` and no secrets, once /healthz finds both stores ok."""
+    server = ServerProcess(
+        store_urls,
+        data_dir / "bellcast.log",
+        [*SERVER_PY, "--data-dir", str(data_dir)],
+        JWT_SECRET=None,
+        API_KEY=None,
+        **settings,
     )
-    deadline = time.monotonic() + 30
-    health: tuple[int, dict] | None = None
-    while health is None and process.poll() is None and time.monotonic() < deadline:
-        try:
-            health = _get(f"http://127.0.0.1:{port}/healthz")
-        except OSError:
-            time.sleep(0.1)
-    stores_ok = {"mongodb": "ok", "redis": "ok"}
-    if health is None or health[0] != 200 or health[1].get("checks") != stores_ok:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-        raise AssertionError(f"server did not start healthy ({health}):\n{output}")
-    return process, port
+    health = server.first_answer("/healthz")
+    if health != (200, {"status": "ok", "checks": {"mongodb": "ok", "redis": "ok"}}):
+        server.stop()
+        raise AssertionError(f"server did not start healthy ({health}):\n{server.output()}")
+    return server
 
 
 def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path):
     """Also the shutdown order: open streams get a retry hint and a clean end before the stores close."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "REDIS_URL", "JWT_SECRET", "API_KEY")}
-    process, port = _start_healthy_server(tmp_path, environ)
+    server = _start_healthy_server(tmp_path, None)
     try:
         secrets = json.loads((tmp_path / "development-secrets.json").read_text())
         assert set(secrets) == {"jwt_secret", "api_key"}
         token = Authenticator(secrets["jwt_secret"], secrets["api_key"]).mint_user_token("demo", 60, time.time())
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         connection.request("GET", f"/notifications/stream?access_token={token}")
         stream = connection.getresponse()
         assert stream.status == 200
         assert stream.readline() == b"retry: 2000\n"
-        process.send_signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         rest = stream.read()  # raises IncompleteRead unless the chunked stream ends properly
         connection.close()
         assert b"retry: 2000\n" in rest
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
+        returncode = server.stop()
+    output = server.output()
+    assert returncode == 0, output
     assert "embedded SecantusDB" in output and "embedded valkey-server" in output
     assert 'token for user "demo"' in output
     assert "bellcast stopped" in output
@@ -129,15 +105,12 @@ def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path
 
 
 def test_redis_cluster_without_url_starts_an_embedded_three_node_cluster_and_stops_it(tmp_path, store_urls):
-    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JWT_SECRET", "API_KEY")}
-    environ.update(MONGODB_URL=store_urls[0], REDIS_CLUSTER="1")
-    process, _ = _start_healthy_server(tmp_path, environ)
+    server = _start_healthy_server(tmp_path, None, MONGODB_URL=store_urls[0], REDIS_CLUSTER="1")
     try:
-        nodes = [child for child in psutil.Process(process.pid).children() if "valkey" in child.name()]
+        nodes = [child for child in server.workers() if "valkey" in child.name()]
         assert len(nodes) == 3
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert "embedded three-node valkey cluster" in output
+        returncode = server.stop()
+    assert returncode == 0, server.output()
+    assert "embedded three-node valkey cluster" in server.output()
     assert not any(node.is_running() for node in nodes), "a node of the embedded cluster outlived bellcast"

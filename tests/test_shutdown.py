@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from tornado.httpclient import AsyncHTTPClient
 from tornado.iostream import IOStream
 
 from services.auth import Authenticator
 from services.cache import user_tag
 from services.streams import RELEASES_PER_ITERATION
-from tests.support import API, ServerProcess, SSEStream
+from tests.support import ServerProcess, SSEStream
 
 JWT_SECRET = "shutdown-secret-" + "x" * 20
 API_KEY = "shutdown-api-key-" + "y" * 10
@@ -42,7 +41,7 @@ async def test_shutdown_right_after_a_mass_disconnect_deregisters_every_stream(s
         store_urls, tmp_path / "bellcast.log", JWT_SECRET=JWT_SECRET, API_KEY=API_KEY, LOG_FORMAT="json"
     )
     server.wait_until_ready()
-    base_url = f"http://127.0.0.1:{server.port}"
+    base_url = server.base_url
     authenticator = Authenticator(JWT_SECRET, API_KEY)
     prefix = f"leaving-{uuid.uuid4().hex[:8]}-"
     users = [f"{prefix}{index}" for index in range(STREAMS)]
@@ -94,7 +93,7 @@ async def test_a_stream_still_writing_when_the_shutdown_grace_runs_out_is_closed
         STREAM_WRITE_TIMEOUT="120",  # the sweep must not drop the client first
     )
     server.wait_until_ready()
-    api = API(AsyncHTTPClient(), f"http://127.0.0.1:{server.port}", API_KEY, Authenticator(JWT_SECRET, API_KEY))
+    api = server.api()
     user = f"sleepy-{uuid.uuid4().hex[:8]}"
     redis = Redis.from_url(store_urls[1])
     sock = socket.socket()

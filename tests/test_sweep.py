@@ -16,7 +16,9 @@ from tornado.ioloop import IOLoop
 
 from handlers.stream import AlignedPeriodicCallback
 from services.cache import ConnectionInbox
+from services.metrics import Metrics
 from services.streams import RELEASES_PER_ITERATION, StreamRegistry
+from tests.support import metric_value
 
 
 class _NoScans:
@@ -56,8 +58,8 @@ class _Stream:
         pass
 
 
-def _registry(write_timeout: float = 30.0) -> StreamRegistry:
-    return StreamRegistry(heartbeat_interval=30.0, write_timeout=write_timeout, scanner=_NoScans())
+def _registry(write_timeout: float = 30.0, metrics: Metrics | None = None) -> StreamRegistry:
+    return StreamRegistry(heartbeat_interval=30.0, write_timeout=write_timeout, scanner=_NoScans(), metrics=metrics)
 
 
 def _added_now(registry: StreamRegistry, *streams: _Stream) -> float:
@@ -104,14 +106,15 @@ async def test_a_stream_that_keeps_writing_gets_no_heartbeat_and_one_visit_per_i
 
 @pytest.mark.gen_test
 async def test_a_stream_whose_write_stalls_is_dropped_once_past_the_write_timeout():
-    registry, stalled, healthy = _registry(write_timeout=20.0), _Stream(), _Stream()
+    metrics = Metrics()
+    registry, stalled, healthy = _registry(write_timeout=20.0, metrics=metrics), _Stream(), _Stream()
     start = _added_now(registry, stalled, healthy)
     _sweep_every_second(registry, start, range(1, 26))
     stalled.write_started = start + 25.2
     _sweep_every_second(registry, start, range(26, 46))
     assert not stalled.dropped
     _sweep_every_second(registry, start, range(46, 48))
-    assert stalled.dropped and registry.slow_clients_dropped == 1
+    assert stalled.dropped and metric_value(metrics, "slow_clients_dropped_total") == 1
     assert not healthy.dropped and len(healthy.heartbeats) == 1
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -14,6 +13,8 @@ from typing import Any
 
 import jwt
 import pytest
+
+from tests.support import b64url
 
 ENDPOINTS = [
     ("GET", "/api/notifications"),
@@ -59,14 +60,10 @@ def settings(settings, expected_claims):
     return replace(settings, **expected_claims)
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def _signed(header: dict[str, Any], claims: dict[str, Any], key: str, digest: Any = hashlib.sha256) -> str:
     """A JWT signed with HMAC as given, whatever the header says (PyJWT refuses to make the odd ones)."""
-    signing_input = _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())
-    return signing_input + "." + _b64(hmac.new(key.encode(), signing_input.encode(), digest).digest())
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    return signing_input + "." + b64url(hmac.new(key.encode(), signing_input.encode(), digest).digest())
 
 
 def _claims(**extra: Any) -> dict[str, Any]:
@@ -104,7 +101,7 @@ def _confused_tokens(secret: str) -> dict[str, str]:
         "HS256 with a space": _signed({"alg": "HS256 "}, claims, secret),
         "no alg": _signed({"typ": "JWT"}, claims, secret),
         "alg as a list": _signed({"alg": ["HS256"]}, claims, secret),
-        "None": _b64(b'{"alg":"None"}') + "." + _b64(json.dumps(claims).encode()) + ".",
+        "None": b64url(b'{"alg":"None"}') + "." + b64url(json.dumps(claims).encode()) + ".",
         "NONE with a signature": _signed({"alg": "NONE"}, claims, secret),
     }
 

@@ -13,7 +13,7 @@ from services.cache import ConnectionInbox, DeliveryCache
 from services.delivery import WAKEUP_CHANNEL, CommandBatcher, WakeupHub
 from services.notifications import utc_now, validate_new_notification
 from services.stores import connect_redis
-from tests.support import cache_keys, command_calls, eventually, on_every_node
+from tests.support import cache_keys, command_calls, eventually, metric_value, on_every_node
 
 
 async def _hgetall_calls(redis) -> int:
@@ -90,7 +90,7 @@ async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, run
     assert await silent_cache.enqueue(notification) == 1
     [event] = await stream.notifications(1, timeout=5)
     assert event.id == str(notification.id)
-    assert _safety_scans(runtime, "entries") >= 1
+    assert metric_value(runtime.metrics, "safety_scans_total", found="entries") >= 1
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -106,15 +106,18 @@ async def test_safety_scans_that_fall_due_within_a_sweep_share_one_pipeline(open
     streams = [await open_stream(f"user{i}") for i in range(40)]
     for stream in streams:
         await stream.next_event()
-    scans_before, pipelines_before = _safety_scans(runtime, "nothing"), _pipelines(runtime)
+    scans_before, pipelines_before = (
+        metric_value(runtime.metrics, "safety_scans_total", found="nothing"),
+        metric_value(runtime.metrics, "redis_pipeline_commands_count"),
+    )
     exists_before, reads_before = await command_calls(runtime.redis, "exists"), await _hgetall_calls(runtime.redis)
     await asyncio.sleep(3.5)
-    scans = _safety_scans(runtime, "nothing") - scans_before
+    scans = metric_value(runtime.metrics, "safety_scans_total", found="nothing") - scans_before
     assert scans >= 2 * len(streams), "the streams did not scan on their own"
-    assert _pipelines(runtime) - pipelines_before <= scans / 10
+    assert metric_value(runtime.metrics, "redis_pipeline_commands_count") - pipelines_before <= scans / 10
     assert await command_calls(runtime.redis, "exists") - exists_before <= scans / 10
     assert await _hgetall_calls(runtime.redis) == reads_before
-    assert _safety_scans(runtime, "entries") == 0
+    assert metric_value(runtime.metrics, "safety_scans_total", found="entries") == 0
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -132,7 +135,7 @@ async def test_renewals_queued_before_streams_close_do_not_register_them_again(
         await stream.next_event()
     await asyncio.sleep(0.5)  # scans and renewals under way
     # Renewals of open streams, several in one scan at times, find every registration there.
-    assert _safety_scans(runtime, "no_registration") == 0
+    assert metric_value(runtime.metrics, "safety_scans_total", found="no_registration") == 0
     for stream in streams:
         stream.close()
 
@@ -174,14 +177,6 @@ async def test_a_deregistration_goes_out_only_once_a_registration_under_way_has_
     assert batcher.sent[1:] == [["ZREM", "DEL"]]
     batcher.replies[1].set_result([1, 0])
     await deregistering
-
-
-def _safety_scans(runtime, found: str) -> float:
-    return runtime.metrics.registry.get_sample_value("bellcast_safety_scans_total", {"process": "0", "found": found})
-
-
-def _pipelines(runtime) -> float:
-    return runtime.metrics.registry.get_sample_value("bellcast_redis_pipeline_commands_count", {"process": "0"})
 
 
 class RecordingStream:

@@ -66,16 +66,16 @@ def host_pages() -> Iterator[HostPages]:
 
 
 def _bellcast(directory: Path, store_urls: tuple[str, str], cors: str) -> BellcastProcess:
-    mongodb_url, redis_url = store_urls
-    database = f"bellcast_browser_{uuid.uuid4().hex[:12]}"
-    return BellcastProcess(directory, free_port(), mongodb_url, redis_url, database, cors)
+    process = BellcastProcess(directory, store_urls, cors)
+    process.wait_until_ready()
+    return process
 
 
 @pytest.fixture(scope="package")
 def bellcast(
     browser: Browser, tmp_path_factory: pytest.TempPathFactory, store_urls: tuple[str, str], host_pages: HostPages
 ) -> Iterator[BellcastProcess]:
-    process = _bellcast(tmp_path_factory.mktemp("bellcast"), store_urls, host_pages.origin).start()
+    process = _bellcast(tmp_path_factory.mktemp("bellcast"), store_urls, host_pages.origin)
     yield process
     process.stop()
     process.drop_database()
@@ -85,7 +85,7 @@ def bellcast(
 def restartable_bellcast(
     browser: Browser, tmp_path: Path, store_urls: tuple[str, str], host_pages: HostPages
 ) -> Iterator[BellcastProcess]:
-    process = _bellcast(tmp_path, store_urls, host_pages.origin).start()
+    process = _bellcast(tmp_path, store_urls, host_pages.origin)
     yield process
     process.stop()
     process.drop_database()

@@ -7,24 +7,21 @@ import http.server
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pymongo
 
 from services.auth import Authenticator
 from services.notifications import utc_now, validate_new_notification
+from tests.support import SERVER_PY, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-STARTUP_TIMEOUT = 30.0
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -45,82 +42,18 @@ def find_chromium() -> str | None:
     return None
 
 
-class BellcastProcess:
+class BellcastProcess(ServerProcess):
     """`python server.py` in development mode (generated secrets) on the session's stores."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        port: int,
-        mongodb_url: str,
-        redis_url: str,
-        database: str,
-        cors: str,
-        extra_args: Sequence[str] = (),
-    ) -> None:
+    def __init__(self, data_dir: Path, store_urls: tuple[str, str], cors: str, flags: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
-        self.extra_args = list(extra_args)
-        self.port = port
-        self.mongodb_url = mongodb_url
-        self.redis_url = redis_url
-        self.database = database
-        self.cors = cors
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        """Where it serves."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> BellcastProcess:
-        """Start (or restart on the same port) and wait until /healthz answers 200."""
-        environ = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "API_KEY")}
-        self._log = open(self.data_dir / "bellcast.log", "ab")  # noqa: SIM115 - closed in stop()
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "server.py",
-                *("--port", str(self.port), "--data-dir", str(self.data_dir)),
-                *("--mongodb-url", self.mongodb_url, "--redis-url", self.redis_url, "--mongodb-db", self.database),
-                *("--poll-interval", "0.1", "--cors-origins", self.cors),
-                *self.extra_args,
-            ],
-            cwd=ROOT,
-            env=environ,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            store_urls,
+            data_dir / "bellcast.log",
+            [*SERVER_PY, "--data-dir", str(data_dir), "--poll-interval", "0.1", "--cors-origins", cors, *flags],
+            JWT_SECRET=None,
+            API_KEY=None,
         )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(self.base_url + "/healthz", timeout=2) as answer:
-                if answer.status == 200:
-                    return self
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self._end(signal.SIGKILL)
-                raise RuntimeError(f"bellcast did not start; see {self.data_dir / 'bellcast.log'}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL: every stream drops at once, as when the machine dies."""
-        self._end(signal.SIGKILL)
-
-    def stop(self) -> None:
-        """SIGTERM, as a deploy does."""
-        self._end(signal.SIGTERM)
-
-    def _end(self, signum: int) -> None:
-        if self._process is not None:
-            self._process.send_signal(signum)
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def _secrets(self) -> dict[str, str]:
         return dict(json.loads((self.data_dir / "development-secrets.json").read_text()))
@@ -159,14 +92,9 @@ class BellcastProcess:
                 time.sleep(0.002)  # distinct created_at, in order
             client[self.database]["notifications"].insert_many(documents)
 
-    def drop_database(self) -> None:
-        """Remove what the tests stored."""
-        with self._mongo() as client:
-            client.drop_database(self.database)
-
     @contextlib.contextmanager
     def _mongo(self) -> Iterator[Any]:
-        client: Any = pymongo.MongoClient(self.mongodb_url, tz_aware=True)
+        client: Any = pymongo.MongoClient(self.environ["MONGODB_URL"], tz_aware=True)
         try:
             yield client
         finally:

@@ -205,7 +205,8 @@ def test_after_a_server_restart_the_bell_reconnects_and_shows_what_was_created_m
     expect(state(page)).to_have_text(re.compile(r"Reconnecting…|Offline"))
     shot(page, "reconnecting")
     server.store_quietly(user, "While down 1", "While down 2")
-    server.start()
+    server.restart()
+    server.wait_until_ready()
 
     expect(state(page)).to_have_text("Live", timeout=RECONNECT_MS)
     expect(items(page)).to_have_count(3, timeout=LIVE_MS)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import http.client
 import re
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from services.embedded import free_port
 from tests.browser.harness import BellcastProcess
 
 METRICS_TOKEN = "browser-metrics-token-" + "z" * 10
@@ -21,16 +19,13 @@ MOVES_MS = 10_000
 
 @pytest.fixture(scope="module")
 def metered_bellcast(browser: Browser, tmp_path_factory: pytest.TempPathFactory, store_urls: tuple[str, str]):
-    mongodb_url, redis_url = store_urls
     process = BellcastProcess(
         tmp_path_factory.mktemp("metered"),
-        free_port(),
-        mongodb_url,
-        redis_url,
-        f"bellcast_browser_{uuid.uuid4().hex[:12]}",
+        store_urls,
         "",
         ["--metrics-token", METRICS_TOKEN, "--status-interval", str(SAMPLE_SECONDS)],
-    ).start()
+    )
+    process.wait_until_ready()
     yield process
     process.stop()
     process.drop_database()
