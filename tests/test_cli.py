@@ -17,8 +17,10 @@ import jwt
 import pymongo
 import pytest
 
-from server import SETTINGS, _development_secrets, main
+from server import main
+from services.development import generated_secrets
 from services.embedded import free_port
+from services.settings import SETTINGS
 
 SECRET = "cli-test-secret-" + "s" * 32
 
@@ -81,7 +83,7 @@ def test_token_flag_wins_over_the_environment(environ, monkeypatch, capsys):
 
 
 def test_token_uses_the_development_secret_that_serve_keeps_in_data_dir(environ, capsys):
-    generated = _development_secrets(environ)
+    generated = generated_secrets(environ)
     assert main(["token", "bob"]) == 0
     claims = jwt.decode(capsys.readouterr().out.strip(), generated["jwt_secret"], algorithms=["HS256"])
     assert claims["sub"] == "bob"
