@@ -1,5 +1,8 @@
-"""bellcast's entry point and wiring: read the settings, start the stores' clients, build the services, serve,
-shut down in order."""
+"""bellcast's entry point and wiring: read the settings, start the stores' clients, build the services, serve.
+
+Shutdown runs in order: readiness off, stop accepting, end the streams, close the connections, then the stores.
+The command line, the process supervisor and the development set-up live in `services/` beside the rest.
+"""
 
 from __future__ import annotations
 

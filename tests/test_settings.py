@@ -33,3 +33,17 @@ def test_every_default_is_what_its_parser_accepts():
         assert setting.value(None, {}) == setting.default
         if isinstance(setting.default, (int, float)) and not isinstance(setting.default, bool):
             assert setting.value(None, {setting.env: str(setting.default)}) == setting.default, setting.env
+
+
+def test_no_module_but_the_settings_reads_the_environment():
+    # The supervisor sets PROMETHEUS_MULTIPROC_DIR for prometheus-client's multiprocess mode, which reads it there.
+    allowed = {"services/settings.py", "services/supervisor.py"}
+    root = README.parent
+    modules = [root / "server.py", *sorted((root / "handlers").glob("*.py")), *sorted((root / "services").glob("*.py"))]
+    readers = [
+        str(path.relative_to(root))
+        for path in modules
+        if ("os.environ" in path.read_text() or "getenv" in path.read_text())
+        and str(path.relative_to(root)) not in allowed
+    ]
+    assert readers == []
