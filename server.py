@@ -37,7 +37,7 @@ from services.settings import Settings, SettingsError, settings_from
 from services.status import StatusHistory
 from services.stores import MongoConnection, connect_redis
 from services.streams import StreamRegistry
-from services.supervisor import metrics_shared_by_workers, run_processes
+from services.supervisor import metrics_shared_by_workers, run_event_loop, run_processes
 
 log = logging.getLogger("bellcast")
 
@@ -125,15 +125,15 @@ async def start_runtime(
     return runtime
 
 
-def make_app(runtime: Runtime, settings: Settings, demo_routes: bool = False) -> web.Application:
+def make_app(runtime: Runtime, settings: Settings, development_routes: bool = False) -> web.Application:
     """The Tornado application: routes, and the services handed to handlers through its settings.
 
-    `demo_routes` (`Settings.demo_routes` before any secret was generated) adds the demo page's token and
-    test-notification routes.
+    `development_routes` (`Settings.development_routes`, taken before any secret was generated) adds the demo
+    page's token and test-notification routes.
     """
-    routes = handlers.default_handlers + (handlers.demo_handlers if demo_routes else [])
+    routes = handlers.default_handlers + (handlers.development_handlers if development_routes else [])
     metrics_access = handlers.ACCESS_TOKEN if settings.metrics_token is not None else handlers.ACCESS_OFF
-    return _application(runtime, settings, routes, metrics_access, demo_routes)
+    return _application(runtime, settings, routes, metrics_access, development_routes)
 
 
 def make_metrics_app(runtime: Runtime, settings: Settings) -> web.Application:
@@ -146,7 +146,7 @@ def make_metrics_app(runtime: Runtime, settings: Settings) -> web.Application:
 
 
 def _application(
-    runtime: Runtime, settings: Settings, routes: list[Any], metrics_access: str, demo_routes: bool
+    runtime: Runtime, settings: Settings, routes: list[Any], metrics_access: str, development_routes: bool
 ) -> web.Application:
     return web.Application(
         routes,
@@ -170,14 +170,14 @@ def _application(
         # Apart from `config`: a test may give one application's streams other timing.
         stream_timing=settings.stream_timing,
         stream_limits=settings.stream_limits,
-        demo_routes=demo_routes,
+        development_routes=development_routes,
     )
 
 
 async def serve(
     settings: Settings,
     sockets: list[socket.socket],
-    demo_routes: bool = False,
+    development_routes: bool = False,
     *,
     metrics_sockets: Sequence[socket.socket] = (),
     process: int = 0,
@@ -190,7 +190,7 @@ async def serve(
     assert settings.mongodb_url is not None and settings.redis_url is not None
     metrics = Metrics(str(process), metrics_directory)
     runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url, metrics)
-    app = make_app(runtime, settings, demo_routes)
+    app = make_app(runtime, settings, development_routes)
     server = TrustedProxyHTTPServer(
         app, trusted_proxies=settings.trusted_proxies, max_body_size=settings.request_body_cutoff
     )
@@ -241,16 +241,6 @@ async def _within_grace(step: Coroutine[Any, Any, None], warning: str) -> bool:
     return True
 
 
-def run_loop(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` on a new event loop of the chosen kind (EVENT_LOOP)."""
-    if event_loop == "uvloop":
-        import uvloop
-
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python server.py` and the `bellcast` command: `serve` (the default) or `token`."""
     arguments = parse_command(sys.argv[1:] if argv is None else argv)
@@ -263,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging("json" if settings.json_logs else "text", LOG_LEVELS[settings.log_level])
     generates_secrets = settings.generates_secrets
-    demo_routes = settings.demo_routes
+    development_routes = settings.development_routes
     if generates_secrets:
         settings = with_generated_secrets(settings)
     try:
@@ -287,9 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         def worker(index: int) -> None:
             shared = metrics_directory.path if metrics_directory else None
             serving = serve(
-                settings, sockets, demo_routes, metrics_sockets=metrics_sockets, process=index, metrics_directory=shared
+                settings,
+                sockets,
+                development_routes,
+                metrics_sockets=metrics_sockets,
+                process=index,
+                metrics_directory=shared,
             )
-            run_loop(settings.event_loop, serving)
+            run_event_loop(settings.event_loop, serving)
 
         if processes == 1:
             worker(0)

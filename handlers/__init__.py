@@ -1,6 +1,6 @@
 """HTTP in and out: every route of bellcast, joined from each module's `default_handlers`."""
 
-from handlers import demo, health, notifications, observability, openapi, stream, widget
+from handlers import development, health, notifications, observability, openapi, stream, widget
 from handlers.access_log import log_request
 from handlers.base import NotFoundHandler
 from handlers.observability import ACCESS_OFF, ACCESS_OPEN, ACCESS_TOKEN
@@ -15,8 +15,8 @@ default_handlers = [
     *openapi.default_handlers,
 ]
 
-# Only when neither JWT_SECRET nor API_KEY is configured (Settings.demo_routes).
-demo_handlers = [*demo.default_handlers]
+# Only when neither JWT_SECRET nor API_KEY is configured (Settings.development_routes).
+development_handlers = [*development.default_handlers]
 
 # The METRICS_PORT listener: what an operator's tools ask, nothing a browser of a user does.
 metrics_port_handlers = [*health.default_handlers, *observability.default_handlers]
@@ -28,7 +28,7 @@ __all__ = [
     "NotFoundHandler",
     "WidgetStaticFileHandler",
     "default_handlers",
-    "demo_handlers",
+    "development_handlers",
     "log_request",
     "metrics_port_handlers",
 ]

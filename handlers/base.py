@@ -203,9 +203,9 @@ class BaseHandler(RequestIdentified):
         return self.settings["user_hasher"]
 
     @property
-    def demo_routes(self) -> bool:
+    def development_routes(self) -> bool:
         """True when neither secret is configured (`make run`): the demo page signs in a demo user."""
-        return bool(self.settings["demo_routes"])
+        return bool(self.settings["development_routes"])
 
     def set_default_headers(self) -> None:
         """The request id, and CORS: an allowed origin is echoed back (never a wildcard) on every answer."""

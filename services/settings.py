@@ -399,7 +399,7 @@ class Settings:
         return self.jwt_secret is None or self.api_key is None
 
     @property
-    def demo_routes(self) -> bool:
+    def development_routes(self) -> bool:
         """True when neither secret is configured: only then may the demo page mint tokens and send notifications.
 
         A configured JWT_SECRET beside a generated API key must never be used to mint demo tokens.

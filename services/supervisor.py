@@ -1,13 +1,15 @@
-"""The pre-fork supervisor: worker processes sharing the listening sockets, restarted when one dies on its own."""
+"""Running the server: on an event loop, and in worker processes sharing the listening sockets (pre-fork)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 from services.embedded import die_with_parent
 from services.metrics import MetricsDirectory
@@ -69,6 +71,16 @@ def run_processes(count: int, work: Callable[[int], None], on_ended: Callable[[i
             if not stopping:  # a signal during the delay: no worker left to forward it to
                 spawn(index)
     return 0
+
+
+def run_event_loop(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on a new event loop of the kind EVENT_LOOP names: uvloop or asyncio's own."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ async def test_demo_page_in_development_signs_in_and_offers_the_test_form(api, d
 )
 def test_development_routes_only_when_neither_secret_is_configured(environ, routes):
     # A configured JWT_SECRET beside a generated API key must never be used to mint demo tokens.
-    assert parse_settings([], environ).demo_routes is routes
+    assert parse_settings([], environ).development_routes is routes
 
 
 @pytest.mark.gen_test

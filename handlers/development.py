@@ -1,7 +1,7 @@
-"""The demo routes, only when neither secret is configured (`make run`): what the demo page needs to be tried alone.
+"""Development only, when `make run` generated the secrets: what the demo page needs to be tried alone.
 
-A host app mints its users' tokens and producers hold the API key; on a laptop these two routes
-stand in for them. Neither exists when JWT_SECRET or API_KEY is configured (`Settings.demo_routes`).
+A host app mints its users' tokens and producers hold the API key; in development these two routes
+stand in for them. Neither exists when JWT_SECRET or API_KEY is configured.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ DEMO_USER_ID = "demo"
 DEMO_TOKEN_LIFETIME_SECONDS = 3600
 
 
-class DemoRouteHandler(BaseHandler):
-    """Demo routes take JSON only, so a page of another origin cannot post to them without CORS."""
+class DevelopmentHandler(BaseHandler):
+    """Development routes take JSON only, so a page of another origin cannot post to them without CORS."""
 
     def json_object(self) -> dict[str, Any]:
         """The JSON object body; 415 unless sent as application/json."""
@@ -29,7 +29,7 @@ class DemoRouteHandler(BaseHandler):
         return body
 
 
-class DemoTokenHandler(DemoRouteHandler):
+class DemoTokenHandler(DevelopmentHandler):
     """`/dev/token`: a host app's token endpoint, for the demo."""
 
     def post(self) -> None:
@@ -42,7 +42,7 @@ class DemoTokenHandler(DemoRouteHandler):
         self.write_json({"token": token, "user_id": user_id, "expires_in": DEMO_TOKEN_LIFETIME_SECONDS})
 
 
-class SendTestNotificationHandler(DemoRouteHandler):
+class SendTestNotificationHandler(DevelopmentHandler):
     """`/dev/notifications`: the demo page's "send a test notification" form."""
 
     async def post(self) -> None:
