@@ -33,11 +33,14 @@ from services.memory import ScheduledFullCollections
 from services.metrics import Metrics, MetricsDirectory
 from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter
-from services.settings import Settings, SettingsError, settings_from
+from services.settings import Settings, SettingsError, parse_settings, settings_from
 from services.status import StatusHistory
 from services.stores import MongoConnection, connect_redis
 from services.streams import StreamRegistry
 from services.supervisor import metrics_shared_by_workers, run_event_loop, run_processes
+
+# What a program using bellcast's service layer imports from here (docs/api.md), settings included.
+__all__ = ["Runtime", "Settings", "SettingsError", "make_app", "make_metrics_app", "parse_settings", "start_runtime"]
 
 log = logging.getLogger("bellcast")
 

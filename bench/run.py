@@ -31,9 +31,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from server import Settings  # noqa: E402
 from services.auth import Authenticator  # noqa: E402
 from services.embedded import EmbeddedMongo, EmbeddedRedis, free_port  # noqa: E402
-from services.settings import Settings  # noqa: E402
 
 JWT_SECRET = "bench-secret-" + "s" * 32
 API_KEY = "bench-api-key-" + "k" * 16

@@ -24,9 +24,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from server import Runtime, make_app, start_runtime
+from server import Runtime, Settings, make_app, start_runtime
 from services.embedded import EmbeddedMongo, EmbeddedRedis, EmbeddedRedisCluster
-from services.settings import Settings
 from tests.support import API, RestartableRedis, SSEStream
 
 

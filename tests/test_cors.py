@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from services.settings import Settings, SettingsError, parse_settings
+from server import Settings, SettingsError, parse_settings
 
 ALLOWED = "https://app.example.com"
 OTHER = "https://evil.example.net"

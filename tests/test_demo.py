@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from server import make_app
+from server import make_app, parse_settings
 from services.auth import Authenticator
-from services.settings import parse_settings
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from tornado.testing import bind_unused_port
 
 from handlers.proxy import TrustedProxyHTTPServer, is_trusted
-from services.settings import parse_settings
+from server import parse_settings
 from tests.support import status_of_get
 
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
+from server import SettingsError, parse_settings
 from services.ratelimit import KEY_PREFIX
-from services.settings import SettingsError, parse_settings
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 from tornado.httpclient import AsyncHTTPClient
 
 from handlers.base import request_id_from
+from server import Settings
 from services.auth import Authenticator
 from services.cache import connections_key
 from services.logs import JSONFormatter, TextFormatter, UserIdHasher, fields, redact
-from services.settings import Settings
 from tests.support import API, ServerProcess, SSEStream
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,11 +14,10 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application
 
-from server import make_app, make_metrics_app, start_runtime
+from server import Settings, SettingsError, make_app, make_metrics_app, parse_settings, start_runtime
 from services.embedded import EmbeddedMongo, free_port
 from services.metrics import created_at_of, quantile
 from services.notifications import Notification
-from services.settings import Settings, SettingsError, parse_settings
 from tests.support import eventually
 
 METRICS_TOKEN = "metrics-token-" + "z" * 20

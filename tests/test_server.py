@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from server import Settings, SettingsError, parse_settings
 from services.auth import Authenticator
 from services.embedded import free_port
-from services.settings import Settings, SettingsError, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 import pytest
 
 from handlers.observability import STATUS_COOKIE, status_cookie_valid, status_cookie_value
+from server import Settings
 from services.metrics import Snapshot
-from services.settings import Settings
 from services.status import lag_quantiles
 from tests.support import eventually
 

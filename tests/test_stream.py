@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from server import Settings, SettingsError
 from services import cache
 from services.cache import INBOX_TTL, REGISTRATION_TTL, connections_key, inbox_key
-from services.settings import Settings, SettingsError
 from tests.support import SSEStream, cache_keys, eventually
 
 
