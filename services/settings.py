@@ -188,7 +188,8 @@ class Declaration:
     parse: Callable[[str], Any]
     # Markdown, as README's table shows it; the command line shows it without the backticks.
     help: str
-    # How the table names a default of None ("unset") or an empty one ("empty").
+    # What the table and the help show instead of the default's value ("generated"); by default the value,
+    # "unset" for None and "empty" for an empty tuple.
     shown_default: str | None = None
     # Never echoed in an error message.
     hidden: bool = False
