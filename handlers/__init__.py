@@ -1,7 +1,8 @@
 """HTTP in and out: every route of bellcast, joined from each module's `default_handlers`."""
 
 from handlers import development, health, notifications, observability, openapi, stream, widget
-from handlers.base import NotFoundHandler, RequestIdentified, redacted_uri
+from handlers.access_log import log_request
+from handlers.base import NotFoundHandler
 from handlers.observability import ACCESS_OFF, ACCESS_OPEN, ACCESS_TOKEN
 from handlers.widget import WidgetStaticFileHandler
 
@@ -14,7 +15,7 @@ default_handlers = [
     *openapi.default_handlers,
 ]
 
-# Only when the secrets were generated for development, never with JWT_SECRET and API_KEY configured.
+# Only when neither JWT_SECRET nor API_KEY is configured (Settings.development_routes).
 development_handlers = [*development.default_handlers]
 
 # The METRICS_PORT listener: what an operator's tools ask, nothing a browser of a user does.
@@ -25,10 +26,9 @@ __all__ = [
     "ACCESS_OPEN",
     "ACCESS_TOKEN",
     "NotFoundHandler",
-    "RequestIdentified",
     "WidgetStaticFileHandler",
     "default_handlers",
     "development_handlers",
+    "log_request",
     "metrics_port_handlers",
-    "redacted_uri",
 ]

@@ -31,6 +31,7 @@ from services.logs import UserIdHasher, fields
 from services.metrics import Metrics
 from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter
+from services.settings import Settings
 from services.streams import StreamLimits, StreamRegistry
 
 log = logging.getLogger("bellcast.handlers")
@@ -144,6 +145,11 @@ class BaseHandler(RequestIdentified):
     _user_id: str | None = None
 
     @property
+    def config(self) -> Settings:
+        """bellcast's settings (Tornado's own `self.settings` is the Application's dict that holds them)."""
+        return self.settings["config"]
+
+    @property
     def notifications(self) -> NotificationService:
         """The notification service."""
         return self.settings["notifications"]
@@ -162,11 +168,6 @@ class BaseHandler(RequestIdentified):
     def producer_rate_limiter(self) -> ProducerRateLimiter:
         """Counts producers' requests per API key across every process."""
         return self.settings["producer_rate_limiter"]
-
-    @property
-    def max_body_bytes(self) -> int:
-        """The largest JSON body the API reads (MAX_BODY_BYTES)."""
-        return int(self.settings["max_body_bytes"])
 
     @property
     def health(self) -> HealthService:
@@ -204,28 +205,23 @@ class BaseHandler(RequestIdentified):
         return self.settings["user_hasher"]
 
     @property
-    def cors_origins(self) -> frozenset[str]:
-        """The exact origins (CORS_ORIGINS) whose pages may read bellcast's answers."""
-        return self.settings["cors_origins"]
-
-    @property
-    def development(self) -> bool:
+    def development_routes(self) -> bool:
         """True when neither secret is configured (`make run`): the demo page signs in a demo user."""
-        return bool(self.settings["development"])
+        return bool(self.settings["development_routes"])
 
     def set_default_headers(self) -> None:
         """The request id, and CORS: an allowed origin is echoed back (never a wildcard) on every answer."""
         super().set_default_headers()
-        if not self.cors_origins:
+        if not self.config.cors_origins:
             return
         self.set_header("Vary", "Origin")
         origin = self.request.headers.get("Origin")
-        if origin in self.cors_origins:
+        if origin in self.config.cors_origins:
             self.set_header("Access-Control-Allow-Origin", origin)
 
     def options(self, *args: str, **kwargs: str) -> None:
         """CORS preflight: 204 with the methods and headers an allowed origin may use, else 403."""
-        if self.request.headers.get("Origin") not in self.cors_origins:
+        if self.request.headers.get("Origin") not in self.config.cors_origins:
             raise APIError(403, "forbidden", "this origin is not allowed (CORS_ORIGINS)")
         self.set_header("Access-Control-Allow-Methods", CORS_ALLOW_METHODS)
         self.set_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
@@ -257,7 +253,7 @@ class BaseHandler(RequestIdentified):
         content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         origin = self.request.headers.get("Origin")
         own_origin = f"{self.request.protocol}://{self.request.host}".lower()
-        if content_type != "application/json" or (origin != own_origin and origin not in self.cors_origins):
+        if content_type != "application/json" or (origin != own_origin and origin not in self.config.cors_origins):
             raise APIError(
                 403,
                 "forbidden",
@@ -280,8 +276,9 @@ class BaseHandler(RequestIdentified):
 
     def get_json_body(self) -> Any:
         """The request body as JSON: 413 past MAX_BODY_BYTES, 400 when it is not JSON (NaN and 1e400 included)."""
-        if len(self.request.body) > self.max_body_bytes:
-            raise APIError(413, "payload_too_large", f"the body must be at most {self.max_body_bytes} bytes")
+        limit = self.config.max_body_bytes
+        if len(self.request.body) > limit:
+            raise APIError(413, "payload_too_large", f"the body must be at most {limit} bytes")
         try:
             return json.loads(self.request.body, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):

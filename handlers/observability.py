@@ -51,11 +51,6 @@ class ObservabilityHandler(BaseHandler):
     quiet_access_log = True
 
     @property
-    def metrics_token(self) -> str | None:
-        """METRICS_TOKEN, if configured."""
-        return self.settings["metrics_token"]
-
-    @property
     def status_history(self) -> StatusHistory:
         """The metrics sampled for the status page."""
         return self.settings["status_history"]
@@ -67,7 +62,7 @@ class ObservabilityHandler(BaseHandler):
 
     def authorized(self, cookie: bool = False) -> bool:
         """The Bearer token (or, for the status pages, their cookie) matches METRICS_TOKEN; always on an open port."""
-        token = self.metrics_token
+        token = self.config.metrics_token
         if token is None:
             return bool(self.settings["metrics_access"] == ACCESS_OPEN)
         scheme, _, credentials = self.request.headers.get("Authorization", "").partition(" ")
@@ -106,7 +101,7 @@ class StatusPageHandler(ObservabilityHandler):
     def post(self) -> None:
         """The form: a right token sets the HttpOnly cookie and goes back to the page (303); a wrong one, 401."""
         typed = self.get_body_argument("token", "")
-        token = self.metrics_token
+        token = self.config.metrics_token
         if token is None or not hmac.compare_digest(typed.encode(), token.encode()):
             self.page(signed_in=False, status=401, error="That is not the metrics token.")
             return

@@ -8,7 +8,7 @@ from typing import Any
 
 from tornado import httpserver, httputil
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from services.settings import Network
 
 
 def is_trusted(remote_ip: str, trusted_proxies: Collection[Network]) -> bool:

@@ -11,8 +11,8 @@ class DemoPageHandler(BaseHandler):
     """`/`: a host page with the bell embedded, as an app would embed it."""
 
     def get(self) -> None:
-        """The demo page; in development it signs in a demo user and can send test notifications."""
-        self.render("demo.html", development=self.development)
+        """The demo page; with the development routes it signs in a demo user and can send test notifications."""
+        self.render("demo.html", development_routes=self.development_routes)
 
 
 class WidgetStaticFileHandler(RequestIdentified, web.StaticFileHandler):

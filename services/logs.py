@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 LOG_FORMATS = ("auto", "json", "text")
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 FIELDS_ATTRIBUTE = "fields"
 ACCESS_LOGGER = "tornado.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"

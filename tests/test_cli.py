@@ -12,7 +12,9 @@ from pathlib import Path
 import jwt
 import pytest
 
-from server import SETTINGS, _development_secrets, main
+from server import main
+from services.development import generated_secrets
+from services.settings import SETTINGS
 from tests.support import ServerProcess
 
 SECRET = "cli-test-secret-" + "s" * 32
@@ -76,7 +78,7 @@ def test_token_flag_wins_over_the_environment(environ, monkeypatch, capsys):
 
 
 def test_token_uses_the_development_secret_that_serve_keeps_in_data_dir(environ, capsys):
-    generated = _development_secrets(environ)
+    generated = generated_secrets(environ)
     assert main(["token", "bob"]) == 0
     claims = jwt.decode(capsys.readouterr().out.strip(), generated["jwt_secret"], algorithms=["HS256"])
     assert claims["sub"] == "bob"
