@@ -79,6 +79,7 @@ export class BellStore {
     this.key = null;
   }
 
+  /** The listed notification of this id, if any. */
   find(id) {
     return this.state.items.find((item) => item.id === id);
   }
@@ -180,6 +181,7 @@ export class BellStore {
     this.state.unread = 0;
   }
 
+  /** Tell the other tabs of this user. */
   publish(message) {
     if (this.stream) this.stream.publish(message);
   }

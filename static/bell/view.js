@@ -161,6 +161,9 @@ function useClock() {
   return now;
 }
 
+// The render functions below take the element's `view`: { store (a BellStore), panel (usePanel's),
+// now (a ref of the time shown), announcement (a ref of what screen readers are told) }.
+
 function textButton(name, label, disabled, onClick) {
   return h("button", { type: "button", class: "link-button " + name, disabled: disabled, onClick: onClick }, label);
 }
