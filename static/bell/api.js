@@ -3,8 +3,8 @@
  * three requests the bell makes (a page of the list, mark one read, mark all read).
  */
 
-export const LIST_PATH = "/api/notifications";
-export const PAGE_SIZE = 20;
+const LIST_PATH = "/api/notifications";
+const PAGE_SIZE = 20;
 
 /**
  * The server and the user's token, read from the element's current attributes and properties.
