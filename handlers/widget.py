@@ -16,15 +16,19 @@ class DemoPageHandler(BaseHandler):
 
 
 class WidgetStaticFileHandler(RequestIdentified, web.StaticFileHandler):
-    """Static files, the widget and its Vue runtime, readable from any origin.
+    """Static files, the widget, its modules and its Vue runtime, readable from any origin.
 
-    Host pages on other origins import the runtime as a module, which browsers fetch with CORS.
+    Host pages on other origins import the bell's modules and the runtime, which browsers fetch with CORS.
     These files are public and sent without credentials, so a wildcard exposes nothing.
     """
 
     def set_extra_headers(self, path: str) -> None:
-        """Let pages of any origin import the file."""
+        """Let pages of any origin import the file; have browsers revalidate a URL without `?v=`."""
         self.set_header("Access-Control-Allow-Origin", "*")
+        # The embed snippet's script and the modules it imports carry no version: a copy kept by the
+        # browser's heuristics could pair this deploy's script with the last one's modules.
+        if "v" not in self.request.arguments:
+            self.set_header("Cache-Control", "no-cache")
 
 
 default_handlers = [(r"/", DemoPageHandler)]

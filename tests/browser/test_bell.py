@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -12,7 +13,7 @@ import redis
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from services.cache import connections_key
-from tests.browser.harness import BellcastProcess, HostPages
+from tests.browser.harness import ROOT, BellcastProcess, HostPages
 
 # "Appears within a few seconds": the server scans every 0.1 s here.
 LIVE_MS = 5_000
@@ -380,3 +381,146 @@ def test_keyboard_focus_and_reduced_motion(bellcast, browser: Browser, user):
         expect(panel).to_have_count(0)
     finally:
         context.close()
+
+
+def test_the_bells_modules_are_served_to_any_origin_and_revalidated(bellcast):
+    # The loader imports its modules from beside itself; without ?v=, browsers must ask again after a deploy.
+    modules = sorted(path.relative_to(ROOT / "static").as_posix() for path in (ROOT / "static" / "bell").glob("*.js"))
+    assert {"bell/api.js", "bell/store.js", "bell/stream.js", "bell/view.js"} <= set(modules)
+    for path in ("notification-bell.js", *modules):
+        request = urllib.request.Request(
+            f"{bellcast.base_url}/static/{path}", headers={"Origin": "https://host.example"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.headers["Content-Type"] in ("application/javascript", "text/javascript"), path
+            assert answer.headers["Access-Control-Allow-Origin"] == "*", path
+            assert answer.headers["Cache-Control"] == "no-cache", path
+
+
+# The store alone, in a page of another origin, with an API that answers when the scenario says;
+# each scenario's body runs after this and returns what the test compares.
+STORE_SETUP = """
+  const { BellStore } = await import(storeUrl);
+  const announced = [];
+  const store = new BellStore(null, (notification) => announced.push(notification.id));
+  const pages = [];
+  store.api = { list: (before) => new Promise((resolve) => pages.push({ before, resolve })) };
+  store.key = "server|alice";
+  const item = (id, read_at = null) => ({ id, title: "n" + id, read_at, created_at: "2026-01-01T00:00:00Z" });
+  const snapshot = () => ({
+    ids: store.state.items.map((n) => n.id),
+    unread: store.state.unread,
+    nextBefore: store.state.nextBefore,
+    announced: announced.slice(),
+  });
+"""
+
+STORE_SCENARIOS = {
+    # A live event that the page predates stays; one the page has is listed once.
+    "live_during_refresh": """{
+      const refreshed = store.refresh();
+      store.receive(item("0000000000000000000000c3"));
+      store.receive(item("0000000000000000000000b2"));
+      pages[0].resolve({
+        notifications: [item("0000000000000000000000b2"), item("0000000000000000000000a1", "2026-01-01T00:00:01Z")],
+        unread_count: 1,
+        next_before: "0000000000000000000000a1",
+      });
+      await refreshed;
+      return snapshot();
+    }""",
+    # Each id once, however many times (and from however many tabs) it arrives.
+    "duplicates": """{
+      store.receive(item("0000000000000000000000a1"));
+      store.receive(item("0000000000000000000000a1"));
+      store.receive({ title: "no id" });
+      store.receive(null);
+      return snapshot();
+    }""",
+    # Reads from another tab: a listed item once, an unlisted unread one counted, a read one not.
+    "reads_from_another_tab": """{
+      store.receive(item("0000000000000000000000a1"));
+      store.receive(item("0000000000000000000000b2"));
+      store.state.unread = 5;
+      store.applyRead("0000000000000000000000a1", "2026-01-01T00:00:02Z", true);
+      store.applyRead("0000000000000000000000a1", "2026-01-01T00:00:02Z", true);
+      store.applyRead("0000000000000000000000ff", "2026-01-01T00:00:02Z", true);
+      store.applyRead("0000000000000000000000fe", "2026-01-01T00:00:02Z", false);
+      const afterReads = snapshot();
+      store.applyReadAll("2026-01-01T00:00:03Z");
+      return { afterReads, afterAll: snapshot(), readAt: store.state.items.map((n) => n.read_at) };
+    }""",
+    # A page asked for one user and answered after the bell switched to another is dropped.
+    "answer_for_a_previous_user": """{
+      const refreshed = store.refresh();
+      store.key = "server|bob";
+      pages[0].resolve({ notifications: [item("0000000000000000000000a1")], unread_count: 1, next_before: null });
+      await refreshed;
+      return { ...snapshot(), loading: store.state.loading };
+    }""",
+    # Load more appends the older page, skipping what is listed already, and follows its cursor.
+    "load_more": """{
+      store.state.nextBefore = "0000000000000000000000b2";
+      store.receive(item("0000000000000000000000b2"));
+      const more = store.loadMore();
+      store.loadMore(); // a second click while the first is loading asks nothing more
+      pages[0].resolve({
+        notifications: [item("0000000000000000000000b2"), item("0000000000000000000000a1")],
+        unread_count: 9,
+        next_before: null,
+      });
+      await more;
+      return { ...snapshot(), requests: pages.map((p) => p.before) };
+    }""",
+}
+
+STORE_EXPECTED = {
+    "live_during_refresh": {
+        "ids": ["0000000000000000000000c3", "0000000000000000000000b2", "0000000000000000000000a1"],
+        "unread": 2,
+        "nextBefore": "0000000000000000000000a1",
+        "announced": ["0000000000000000000000c3", "0000000000000000000000b2"],
+    },
+    "duplicates": {
+        "ids": ["0000000000000000000000a1"],
+        "unread": 1,
+        "nextBefore": None,
+        "announced": ["0000000000000000000000a1"],
+    },
+    "reads_from_another_tab": {
+        "afterReads": {
+            "ids": ["0000000000000000000000b2", "0000000000000000000000a1"],
+            "unread": 3,
+            "nextBefore": None,
+            "announced": ["0000000000000000000000a1", "0000000000000000000000b2"],
+        },
+        "afterAll": {
+            "ids": ["0000000000000000000000b2", "0000000000000000000000a1"],
+            "unread": 0,
+            "nextBefore": None,
+            "announced": ["0000000000000000000000a1", "0000000000000000000000b2"],
+        },
+        "readAt": ["2026-01-01T00:00:03Z", "2026-01-01T00:00:02Z"],
+    },
+    "answer_for_a_previous_user": {
+        "ids": [],
+        "unread": 0,
+        "nextBefore": None,
+        "announced": [],
+        "loading": False,
+    },
+    "load_more": {
+        "ids": ["0000000000000000000000b2", "0000000000000000000000a1"],
+        "unread": 1,
+        "nextBefore": None,
+        "announced": ["0000000000000000000000b2"],
+        "requests": ["0000000000000000000000b2"],
+    },
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(STORE_SCENARIOS))
+def test_the_store_merges_live_events_pages_and_reads(bellcast, host_pages: HostPages, open_page, scenario):
+    page = open_page(host_pages.serve("/store.html", "<!doctype html><title>The bell's store</title>"))
+    function = f"async (storeUrl) => {{ {STORE_SETUP} {STORE_SCENARIOS[scenario]} }}"
+    assert page.evaluate(function, f"{bellcast.base_url}/static/bell/store.js") == STORE_EXPECTED[scenario]

@@ -1,0 +1,89 @@
+/**
+ * The bell's client of bellcast's user API: where the server is, which token to send, and the
+ * three requests the bell makes (a page of the list, mark one read, mark all read).
+ */
+
+const LIST_PATH = "/api/notifications";
+const PAGE_SIZE = 20;
+
+/**
+ * The server and the user's token, read from the element's current attributes and properties.
+ *
+ * `source()` returns `{ server, token, tokenProvider }` as they are now; a token the provider
+ * renewed is kept until the host sets another `token`.
+ */
+export class Credentials {
+  constructor(source) {
+    this.source = source;
+    this.renewedToken = null;
+  }
+
+  /** The server's origin without a trailing slash; the page's own origin when none is given. */
+  server() {
+    return (this.source().server || window.location.origin).replace(/\/+$/, "");
+  }
+
+  /** Whether a refused token can be replaced (the host gave a token provider). */
+  canRenew() {
+    return Boolean(this.source().tokenProvider);
+  }
+
+  /** The token to send; asks the host's token provider when told to renew, or when there is none yet. */
+  async token(renew) {
+    const { token, tokenProvider } = this.source();
+    if (tokenProvider && (renew || !(this.renewedToken || token))) {
+      this.renewedToken = await tokenProvider();
+      return this.renewedToken;
+    }
+    return this.renewedToken || token || null;
+  }
+
+  /** The host set a token of its own: it wins over one renewed earlier. */
+  forgetRenewedToken() {
+    this.renewedToken = null;
+  }
+}
+
+/** The user API's requests; each answers the parsed JSON body or throws an Error whose message can be shown. */
+export class ApiClient {
+  constructor(credentials) {
+    this.credentials = credentials;
+  }
+
+  /** One page of the list, newest first: `{ notifications, unread_count, next_before }`. */
+  list(before) {
+    const query = "?limit=" + PAGE_SIZE + (before ? "&before=" + encodeURIComponent(before) : "");
+    return this.request("GET", LIST_PATH + query);
+  }
+
+  /** Mark one notification read; answers the notification with its `read_at`. */
+  markRead(id, options) {
+    return this.request("POST", LIST_PATH + "/" + encodeURIComponent(id) + "/read", options);
+  }
+
+  /** Mark every notification of the user read. */
+  markAllRead() {
+    return this.request("POST", LIST_PATH + "/read-all");
+  }
+
+  /** `options.keepalive`: let the request outlive the page (a link that navigates away). */
+  async request(method, path, options) {
+    for (let attempt = 0; ; attempt++) {
+      const token = await this.credentials.token(attempt > 0);
+      if (!token) throw new Error("not signed in");
+      const response = await fetch(this.credentials.server() + path, {
+        method: method,
+        headers: { Authorization: "Bearer " + token },
+        credentials: "omit",
+        keepalive: Boolean(options && options.keepalive),
+      });
+      // An expired token: ask the host app for a new one, once.
+      if (response.status === 401 && attempt === 0 && this.credentials.canRenew()) continue;
+      if (!response.ok) {
+        const body = await response.json().catch(() => null);
+        throw new Error((body && body.error && body.error.message) || "HTTP " + response.status);
+      }
+      return response.json();
+    }
+  }
+}

@@ -1,0 +1,201 @@
+/**
+ * The event stream of one user, shared by all tabs of this origin.
+ *
+ * The tab holding a Web Lock opens the EventSource and passes events on over a BroadcastChannel;
+ * when it closes, the lock and the stream move to another tab. Without those APIs, each tab opens
+ * its own stream.
+ */
+
+const STREAM_PATH = "/notifications/stream";
+// Consecutive failed attempts after which the bell says "offline" rather than "reconnecting".
+const OFFLINE_AFTER_FAILURES = 3;
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30000;
+
+/** The `sub` of a JWT, to key the shared stream by user; null when the token is not a JWT. */
+function tokenSubject(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const subject = JSON.parse(atob(payload)).sub;
+    return typeof subject === "string" ? subject : null;
+  } catch (error) {
+    return null;
+  }
+}
+
+/** What tells one user's stream on one server from another's: tabs with the same key share a stream. */
+export function streamKey(server, token) {
+  return server + "|" + (tokenSubject(token) || token);
+}
+
+/**
+ * The event stream of one user, shared by the tabs of this origin.
+ *
+ * `handlers` receives what every tab must apply: notification(n), read(message), readAll(message),
+ * resync() (the stream was opened anew, so something may have been missed), state(name).
+ */
+export class SharedStream {
+  constructor(server, key, getToken, handlers) {
+    this.server = server;
+    this.key = key;
+    this.getToken = getToken;
+    this.handlers = handlers;
+    this.state = "connecting";
+    this.leader = false;
+    this.failures = 0;
+    this.source = null;
+    this.timer = null;
+    this.channel = null;
+    this.stopped = false;
+    this.abort = null; // aborts the pending request for the lock
+    this.release = null; // releases the lock once held
+    this.onOnline = () => this.reconnectNow();
+    this.onOffline = () => this.setState("offline");
+  }
+
+  /** Open the stream, or wait for the tab that holds it to pass its events on. */
+  start() {
+    window.addEventListener("online", this.onOnline);
+    window.addEventListener("offline", this.onOffline);
+    const shared = typeof BroadcastChannel === "function" && navigator.locks && navigator.locks.request;
+    if (!shared) {
+      this.lead();
+      return;
+    }
+    this.channel = new BroadcastChannel("bellcast:" + this.key);
+    this.channel.onmessage = (event) => this.receive(event.data);
+    this.abort = new AbortController();
+    // Granted to one tab at a time; held until that tab closes or the bell is removed.
+    navigator.locks
+      .request("bellcast:" + this.key, { signal: this.abort.signal }, () => this.lead())
+      .catch(() => {});
+    this.channel.postMessage({ type: "hello" });
+  }
+
+  /** Close the stream and give up the lock, so that another tab takes over. */
+  stop() {
+    this.stopped = true;
+    window.removeEventListener("online", this.onOnline);
+    window.removeEventListener("offline", this.onOffline);
+    clearTimeout(this.timer);
+    if (this.source) this.source.close();
+    if (this.release) this.release();
+    if (this.abort) this.abort.abort();
+    if (this.channel) this.channel.close();
+  }
+
+  /** Tell the other tabs (a read, a read-all). */
+  publish(message) {
+    if (this.channel && !this.stopped) this.channel.postMessage(message);
+  }
+
+  lead() {
+    if (this.stopped) return undefined;
+    this.leader = true;
+    // Taking over from a tab that closed: its stream is gone until this one opens.
+    if (this.state !== "connecting") this.setState("reconnecting");
+    this.connect(false);
+    return new Promise((resolve) => {
+      this.release = resolve;
+    });
+  }
+
+  receive(message) {
+    if (this.stopped || !message) return;
+    if (message.type === "hello") {
+      if (this.leader) this.publish({ type: "state", state: this.state });
+    } else if (message.type === "state") {
+      if (!this.leader) this.setState(message.state);
+    } else if (message.type === "notification") {
+      this.handlers.notification(message.notification);
+    } else if (message.type === "resync") {
+      this.handlers.resync();
+    } else if (message.type === "read") {
+      this.handlers.read(message);
+    } else if (message.type === "read-all") {
+      this.handlers.readAll(message);
+    }
+  }
+
+  setState(state) {
+    this.state = state;
+    this.handlers.state(state);
+    if (this.leader) this.publish({ type: "state", state: state });
+  }
+
+  async connect(renewToken) {
+    let token = null;
+    try {
+      token = await this.getToken(renewToken);
+    } catch (error) {
+      console.warn("bellcast: the token provider failed", error);
+    }
+    if (this.stopped) return;
+    if (!token) {
+      this.failed();
+      this.retryLater();
+      return;
+    }
+    const source = new EventSource(this.server + STREAM_PATH + "?access_token=" + encodeURIComponent(token));
+    // EventSource resumes with Last-Event-ID only once it has seen an id; until then, and on any
+    // stream opened anew, the tabs reload the list instead so that nothing created meanwhile is lost.
+    let resumable = false;
+    this.source = source;
+    source.addEventListener("open", () => {
+      this.failures = 0;
+      this.setState("live");
+      if (!resumable) this.resync();
+    });
+    source.addEventListener("notification", (event) => {
+      let notification;
+      try {
+        notification = JSON.parse(event.data);
+      } catch (error) {
+        return;
+      }
+      resumable = resumable || Boolean(event.lastEventId);
+      this.handlers.notification(notification);
+      this.publish({ type: "notification", notification: notification });
+    });
+    source.addEventListener("error", () => {
+      if (source !== this.source) return;
+      this.failed();
+      if (source.readyState === EventSource.CLOSED) {
+        // Refused (an expired token, the server busy): EventSource gives up, so retry with a fresh token.
+        source.close();
+        this.source = null;
+        this.retryLater();
+      }
+      // Otherwise the browser reconnects by itself after the server's retry delay, with Last-Event-ID.
+    });
+  }
+
+  failed() {
+    this.failures += 1;
+    this.setState(this.failures >= OFFLINE_AFTER_FAILURES || !navigator.onLine ? "offline" : "reconnecting");
+  }
+
+  resync() {
+    this.handlers.resync();
+    this.publish({ type: "resync" });
+  }
+
+  retryLater() {
+    clearTimeout(this.timer);
+    const delay = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * Math.pow(2, Math.max(0, this.failures - 1)));
+    this.timer = setTimeout(() => this.connect(true), delay * (0.5 + Math.random() / 2));
+  }
+
+  /** Back online: say so if the stream survived, else open it now rather than after the backoff. */
+  reconnectNow() {
+    if (!this.leader || this.stopped) return;
+    if (this.source && this.source.readyState === EventSource.OPEN) {
+      this.setState("live");
+    } else if (!this.source || this.source.readyState === EventSource.CLOSED) {
+      clearTimeout(this.timer);
+      this.connect(true);
+    } else {
+      this.setState("reconnecting");
+    }
+  }
+}
