@@ -27,12 +27,12 @@ if __package__:
     sys.path.insert(0, os.path.dirname(__file__))
 
 import handlers
-from handlers.proxy import TrustedProxyHTTPServer
+from handlers.connections import BoundedHTTPServer
 from services.auth import Authenticator
 from services.cache import CacheObserver, DeliveryCache
 from services.command_line import parse_command, print_token
 from services.delivery import CommandBatcher, WakeupHub
-from services.development import EmbeddedStores, print_how_to_try, with_generated_secrets
+from services.development import EmbeddedStores, UnsafeSecretsFile, print_how_to_try, with_generated_secrets
 from services.health import HealthService
 from services.logs import LOG_LEVELS, UserIdHasher, configure_logging
 from services.memory import ScheduledFullCollections
@@ -113,7 +113,13 @@ async def start_runtime(
         wakeups=wakeups,
         notifications=notifications,
         delivery_cache=delivery_cache,
-        authenticator=Authenticator(settings.jwt_secret, settings.api_key, settings.jwt_audience, settings.jwt_issuer),
+        authenticator=Authenticator(
+            settings.jwt_secret,
+            settings.api_key,
+            settings.jwt_audience,
+            settings.jwt_issuer,
+            max_lifetime=settings.max_token_lifetime,
+        ),
         health=HealthService({"mongodb": notifications.ping, "redis": delivery_cache.ping}, metrics),
         streams=StreamRegistry(settings.heartbeat_interval, settings.stream_write_timeout, delivery_cache, metrics),
         metrics=metrics,
@@ -137,7 +143,7 @@ async def start_runtime(
 def make_app(runtime: Runtime, settings: Settings, development_routes: bool = False) -> web.Application:
     """The Tornado application: routes, and the services handed to handlers through its settings.
 
-    `development_routes` (`Settings.development_routes`, taken before any secret was generated) adds the demo
+    `development_routes` (`Settings.generates_secrets`, taken before the secrets were generated) adds the demo
     page's token and test-notification routes.
     """
     routes = handlers.default_handlers + (handlers.development_handlers if development_routes else [])
@@ -200,8 +206,15 @@ async def serve(
     metrics = Metrics(str(process), metrics_directory)
     runtime = await start_runtime(settings, settings.mongodb_url, settings.redis_url, metrics)
     app = make_app(runtime, settings, development_routes)
-    server = TrustedProxyHTTPServer(
-        app, trusted_proxies=settings.trusted_proxies, max_body_size=settings.request_body_cutoff
+    server = BoundedHTTPServer(
+        app,
+        trusted_proxies=settings.trusted_proxies,
+        max_body_size=settings.request_body_cutoff,
+        max_connections=settings.max_connections or None,
+        max_connections_per_client=settings.max_connections_per_client,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        on_refused=metrics.count_refused_connection,
     )
     server.add_sockets(sockets)
     servers: list[httpserver.HTTPServer] = [server]
@@ -257,14 +270,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments["command"] == "token":
             return print_token(arguments)
         settings = settings_from(arguments)
+        generates_secrets = settings.generates_secrets
+        if generates_secrets:
+            settings = with_generated_secrets(settings)
+    except UnsafeSecretsFile as error:
+        print(f"bellcast: {error}", file=sys.stderr)
+        return 2
     except SettingsError as error:
         print(f"bellcast: invalid setting {error}", file=sys.stderr)
         return 2
     configure_logging("json" if settings.json_logs else "text", LOG_LEVELS[settings.log_level])
-    generates_secrets = settings.generates_secrets
-    development_routes = settings.development_routes
-    if generates_secrets:
-        settings = with_generated_secrets(settings)
     try:
         sockets = bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG)
         metrics_sockets = [] if settings.metrics_port is None else bind_sockets(settings.metrics_port, settings.host)
@@ -288,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serving = serve(
                 settings,
                 sockets,
-                development_routes,
+                generates_secrets,
                 metrics_sockets=metrics_sockets,
                 process=index,
                 metrics_directory=shared,

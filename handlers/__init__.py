@@ -15,7 +15,7 @@ default_handlers = [
     *openapi.default_handlers,
 ]
 
-# Only when neither JWT_SECRET nor API_KEY is configured (Settings.development_routes).
+# Only when neither JWT_SECRET nor API_KEY is configured (Settings.generates_secrets).
 development_handlers = [*development.default_handlers]
 
 # The METRICS_PORT listener: what an operator's tools ask, nothing a browser of a user does.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import time
+from typing import Any
 
 import jwt
 
@@ -19,11 +21,20 @@ class Authenticator:
     A token that names an audience is refused when no `audience` is set: it was meant for another service.
     """
 
-    def __init__(self, jwt_secret: str, api_key: str, audience: str | None = None, issuer: str | None = None) -> None:
+    def __init__(
+        self,
+        jwt_secret: str,
+        api_key: str,
+        audience: str | None = None,
+        issuer: str | None = None,
+        max_lifetime: float = 0,
+    ) -> None:
+        """`max_lifetime`: seconds a token may be valid for at most (0: any)."""
         self._jwt_secret = jwt_secret
         self._api_key = api_key.encode()
         self._audience = audience
         self._issuer = issuer
+        self._max_lifetime = max_lifetime
 
     def user_id(self, token: str | None) -> str:
         """The user a token belongs to, or Unauthorized."""
@@ -44,12 +55,22 @@ class Authenticator:
             raise Unauthorized("the token has expired") from None
         except jwt.InvalidTokenError:
             raise Unauthorized("the token is invalid") from None
+        if self._max_lifetime and self._lifetime(claims) > self._max_lifetime:
+            raise Unauthorized("the token is valid for longer than this server accepts")
         subject = claims["sub"]
         # A `sub` no notification could be created for (a lone surrogate, say) would fail later, in BSON,
         # in a Redis key or in the log's pseudonym: refuse it here, like any other invalid token.
         if not is_valid_user_id(subject):
             raise Unauthorized("the token is invalid")
         return subject
+
+    @staticmethod
+    def _lifetime(claims: dict[str, Any]) -> float:
+        """From when it was issued, or from now if later (an `iat` in the future must not stretch it), to `exp`."""
+        now = time.time()
+        issued = claims.get("iat")
+        start = min(issued, now) if isinstance(issued, int | float) and not isinstance(issued, bool) else now
+        return float(claims["exp"]) - start
 
     def check_api_key(self, key: str | None) -> None:
         """Unauthorized without a key, Forbidden with a wrong one."""

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from services.auth import mint_user_token
-from services.settings import Settings
+from services.settings import Settings, SettingsError
 
 log = logging.getLogger("bellcast")
 
@@ -26,10 +28,27 @@ GENERATED_SECRETS_FILE = "development-secrets.json"
 TRY_IT_TOKEN_LIFETIME = 24 * 3600
 
 
+class UnsafeSecretsFile(SettingsError):
+    """The generated secrets' file could have been read or written by someone else: its secrets are not secret."""
+
+
 def stored_generated_secrets(data_dir: Path) -> dict[str, str] | None:
-    """The secrets kept in DATA_DIR, if `serve` generated them there."""
+    """The secrets kept in DATA_DIR, if `serve` generated them there; UnsafeSecretsFile if others could touch them.
+
+    A file another user owns, or one its group or anyone may read or write, may hold secrets someone else
+    knows or chose: a token minted with them would be anyone's.
+    """
     path = data_dir / GENERATED_SECRETS_FILE
-    return dict(json.loads(path.read_text())) if path.exists() else None
+    try:
+        status = path.lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(status.st_mode) or status.st_uid != os.getuid() or status.st_mode & 0o077:
+        raise UnsafeSecretsFile(
+            f"{path} is not a file of this user's that only it can read and write (mode "
+            f"{stat.S_IMODE(status.st_mode):o}): delete it to have new secrets generated, or chmod 600 it"
+        )
+    return dict(json.loads(path.read_text()))
 
 
 def generated_secrets(data_dir: Path) -> dict[str, str]:
@@ -40,8 +59,10 @@ def generated_secrets(data_dir: Path) -> dict[str, str]:
     path = data_dir / GENERATED_SECRETS_FILE
     generated = {"jwt_secret": secrets.token_urlsafe(32), "api_key": secrets.token_urlsafe(24)}
     data_dir.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(json.dumps(generated))
+    # Created readable by its owner only, and never through a link someone left in its place.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(json.dumps(generated))
     return generated
 
 
@@ -80,14 +101,18 @@ class EmbeddedStores:
                 log.info("MongoDB: embedded SecantusDB at %s, data in %s", settings.mongodb_url, data_dir / "mongodb")
             else:
                 log.info("MongoDB: %s", without_password(settings.mongodb_url))
+            # Any process of the machine can reach the port: only bellcast gets more than PING.
+            password = secrets.token_urlsafe(24)
             if settings.redis_url is None and settings.redis_cluster:
-                self._started.append(EmbeddedRedisCluster(data_dir).start())
-                settings = replace(settings, redis_url=self._started[-1].url)
-                log.info("Redis: embedded three-node valkey cluster, one node at %s", settings.redis_url)
+                self._started.append(EmbeddedRedisCluster(data_dir, password=password).start())
+                redis_url = self._started[-1].url
+                settings = replace(settings, redis_url=redis_url)
+                log.info("Redis: embedded three-node valkey cluster, one node at %s", without_password(redis_url))
             elif settings.redis_url is None:
-                self._started.append(EmbeddedRedis(data_dir).start())
-                settings = replace(settings, redis_url=self._started[-1].url)
-                log.info("Redis: embedded valkey-server at %s", settings.redis_url)
+                self._started.append(EmbeddedRedis(data_dir, password=password).start())
+                redis_url = self._started[-1].url
+                settings = replace(settings, redis_url=redis_url)
+                log.info("Redis: embedded valkey-server at %s", without_password(redis_url))
             else:
                 kind = "Redis Cluster" if settings.redis_cluster else "Redis"
                 log.info("%s: %s", kind, without_password(settings.redis_url))

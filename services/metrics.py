@@ -185,6 +185,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=own,
         ).labels(process)
+        self._connections_refused = Counter(
+            "connections_refused",
+            "Client connections closed as soon as accepted: their address held MAX_CONNECTIONS_PER_CLIENT "
+            "(per_client), or the process MAX_CONNECTIONS (total).",
+            (*label, "reason"),
+            namespace=NAMESPACE,
+            registry=own,
+        )
         store_errors = Counter(
             "store_errors",
             "Store operations that failed because the store was unreachable or too slow.",
@@ -210,6 +218,10 @@ class Metrics:
     def observer_failed(self, observer: str) -> None:
         """An observer raised."""
         self._observer_failures.labels(self.process, observer).inc()
+
+    def count_refused_connection(self, reason: str) -> None:
+        """A client connection was closed at accept ("per_client" or "total")."""
+        self._connections_refused.labels(self.process, reason).inc()
 
     def store_error(self, store: str) -> None:
         """An operation on `store` ("mongodb" or "redis") failed for want of the store."""

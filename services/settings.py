@@ -72,6 +72,14 @@ def positive_integer(value: str) -> int:
     return number
 
 
+def non_negative_integer(value: str) -> int:
+    """A whole number of at least 0."""
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return number
+
+
 def boolean(value: str) -> bool:
     """true, yes, on or 1; false, no, off or 0."""
     lowered = value.strip().lower()
@@ -291,6 +299,31 @@ class Settings:
         positive_integer,
         "largest JSON request body the API reads, in bytes; larger ones get 413",
     )
+    max_token_lifetime: float = setting(
+        7 * 24 * 3600.0,
+        non_negative_number,
+        "seconds a user token may be valid for (`exp` less `iat`, or less now without `iat`); longer ones are "
+        "refused; `0` accepts any",
+    )
+    header_timeout: float = setting(
+        20.0,
+        positive_number,
+        "seconds a client may take to send a request's headers, and a kept-alive connection may wait for its "
+        "next request (keep a proxy's upstream keep-alive timeout below it)",
+    )
+    body_timeout: float = setting(30.0, positive_number, "seconds a client may take to send a request's body")
+    max_connections: int = setting(
+        0,
+        non_negative_integer,
+        "client connections one process holds at most; past it a new one is closed at once; `0`: the open-file "
+        "limit less 512 kept for the stores",
+    )
+    max_connections_per_client: int = setting(
+        1000,
+        non_negative_integer,
+        "connections one client address may hold at once (trusted proxies excepted); `0` turns the cap off, as "
+        "behind a proxy that caps them itself",
+    )
     producer_rate_limit: float = setting(
         500.0,
         non_negative_number,
@@ -355,6 +388,9 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if (self.jwt_secret is None) != (self.api_key is None):
+            # Half configured is a deployment's mistake: never generate the other, nor print either.
+            raise SettingsError("JWT_SECRET and API_KEY go together: set both, or neither for development")
         if self.heartbeat_interval < self.poll_interval:
             raise SettingsError("HEARTBEAT_INTERVAL must be at least POLL_INTERVAL")
         if self.safety_scan_interval > REGISTRATION_REFRESH_INTERVAL:
@@ -396,15 +432,8 @@ class Settings:
 
     @property
     def generates_secrets(self) -> bool:
-        """True when JWT_SECRET or API_KEY is unset: bellcast generates it, keeps it in DATA_DIR, prints how to try."""
-        return self.jwt_secret is None or self.api_key is None
-
-    @property
-    def development_routes(self) -> bool:
-        """True when neither secret is configured: only then may the demo page mint tokens and send notifications.
-
-        A configured JWT_SECRET beside a generated API key must never be used to mint demo tokens.
-        """
+        """True when neither JWT_SECRET nor API_KEY is set (development): bellcast generates both, keeps them in
+        DATA_DIR, prints how to try them, and serves the demo page's token and test-notification routes."""
         return self.jwt_secret is None and self.api_key is None
 
     @property

@@ -11,7 +11,7 @@ import pytest
 from tornado.testing import bind_unused_port
 
 from handlers.proxy import TrustedProxyHTTPServer
-from server import make_app, parse_settings
+from server import SettingsError, make_app, parse_settings
 from services.auth import Authenticator
 
 
@@ -48,18 +48,18 @@ async def test_demo_page_in_development_signs_in_and_offers_the_test_form(api, d
     assert "/dev/token" in page and "Send a test notification" in page
 
 
-@pytest.mark.parametrize(
-    ("environ", "routes"),
-    [
-        ({}, True),
-        ({"JWT_SECRET": "configured-" + "s" * 32}, False),
-        ({"API_KEY": "configured-" + "k" * 16}, False),
-        ({"JWT_SECRET": "configured-" + "s" * 32, "API_KEY": "configured-" + "k" * 16}, False),
-    ],
-)
-def test_development_routes_only_when_neither_secret_is_configured(environ, routes):
-    # A configured JWT_SECRET beside a generated API key must never be used to mint demo tokens.
-    assert parse_settings([], environ).development_routes is routes
+def test_development_routes_and_generated_secrets_only_when_neither_secret_is_configured():
+    assert parse_settings([], {}).generates_secrets
+    both = {"JWT_SECRET": "configured-" + "s" * 32, "API_KEY": "configured-" + "k" * 16}
+    assert not parse_settings([], both).generates_secrets
+
+
+@pytest.mark.parametrize("configured", ["JWT_SECRET", "API_KEY"])
+def test_one_secret_without_the_other_is_refused_rather_than_the_other_generated(configured):
+    # A configured JWT_SECRET beside a generated API key must never mint demo tokens, nor be printed.
+    value = {"JWT_SECRET": "configured-" + "s" * 32, "API_KEY": "configured-" + "k" * 16}[configured]
+    with pytest.raises(SettingsError, match="JWT_SECRET and API_KEY go together"):
+        parse_settings([], {configured: value})
 
 
 @pytest.mark.gen_test

@@ -5,12 +5,15 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import redis
+from redis.exceptions import NoPermissionError
 
 from server import Settings, SettingsError, parse_settings
 from services.auth import Authenticator
@@ -60,6 +63,40 @@ def test_server_refuses_to_start_on_an_invalid_setting():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("configured", ["JWT_SECRET", "API_KEY"])
+def test_a_half_configured_start_is_refused_and_prints_no_secret(tmp_path, configured):
+    value = "configured-secret-" + "s" * 32
+    environ = {**os.environ, "PORT": "0", "DATA_DIR": str(tmp_path), configured: value}
+    environ.pop({"JWT_SECRET": "API_KEY", "API_KEY": "JWT_SECRET"}[configured], None)
+    result = subprocess.run([*SERVER_PY], cwd=ROOT, env=environ, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "JWT_SECRET and API_KEY go together" in result.stderr
+    assert value not in result.stdout + result.stderr
+    assert not (tmp_path / "development-secrets.json").exists()
+
+
+@pytest.mark.parametrize("unsafe", ["group-readable", "world-writable", "a link"])
+def test_generated_secrets_that_others_could_read_or_write_are_refused(tmp_path, unsafe):
+    stored = tmp_path / "development-secrets.json"
+    secrets = {"jwt_secret": "planted-" + "j" * 40, "api_key": "planted-" + "k" * 30}
+    if unsafe == "a link":
+        elsewhere = tmp_path / "elsewhere.json"
+        elsewhere.write_text(json.dumps(secrets))
+        elsewhere.chmod(0o600)
+        stored.symlink_to(elsewhere)
+    else:
+        stored.write_text(json.dumps(secrets))
+        stored.chmod(0o640 if unsafe == "group-readable" else 0o602)
+    environ = {**os.environ, "PORT": "0", "DATA_DIR": str(tmp_path)}
+    environ.pop("JWT_SECRET", None)
+    environ.pop("API_KEY", None)
+    result = subprocess.run([*SERVER_PY], cwd=ROOT, env=environ, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "delete it to have new secrets generated, or chmod 600 it" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert secrets["api_key"] not in result.stdout + result.stderr
+
+
 def _start_healthy_server(data_dir: Path, store_urls: tuple[str, str] | None, **settings: str | None) -> ServerProcess:
     """`python server.py` with its data in `data_dir` and no secrets, once /healthz finds both stores ok."""
     server = ServerProcess(
@@ -83,6 +120,16 @@ def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path
     try:
         secrets = json.loads((tmp_path / "development-secrets.json").read_text())
         assert set(secrets) == {"jwt_secret", "api_key"}
+        # The embedded Redis answers another process of the machine nothing but PING.
+        logged = re.search(r"embedded valkey-server at redis://bellcast:\*\*\*@127\.0\.0\.1:(\d+)", server.output())
+        assert logged is not None, server.output()
+        stranger = redis.Redis(port=int(logged.group(1)))
+        try:
+            assert stranger.ping()
+            with pytest.raises(NoPermissionError):
+                stranger.set("planted", "1")
+        finally:
+            stranger.close()
         token = Authenticator(secrets["jwt_secret"], secrets["api_key"]).mint_user_token("demo", 60, time.time())
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         connection.request("GET", f"/notifications/stream?access_token={token}")
@@ -98,6 +145,7 @@ def test_server_starts_embedded_stores_serves_and_stops_them_on_sigterm(tmp_path
     output = server.output()
     assert returncode == 0, output
     assert "embedded SecantusDB" in output and "embedded valkey-server" in output
+    assert (tmp_path / "development-secrets.json").stat().st_mode & 0o777 == 0o600
     assert 'token for user "demo"' in output
     assert "bellcast stopped" in output
     children = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -13,7 +15,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
 from handlers.connections import BoundedHTTPServer, connection_limit_from_open_files
-from tests.support import eventually
+from tests.support import ServerProcess, eventually
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
@@ -22,6 +24,7 @@ ATTACKERS = 200
 # How long a test waits for what must happen "at once" or "at the timeout": a bound for the test to end,
 # generous for a loaded machine, not a claim about speed.
 PATIENCE = 10.0
+METRICS_TOKEN = "slow-clients-metrics-" + "m" * 16
 # The clients' connections a test opened, closed when its server stops.
 _OPENED: list[asyncio.StreamWriter] = []
 
@@ -147,3 +150,46 @@ def test_by_default_the_process_keeps_files_for_its_stores_below_its_open_file_l
 
     soft_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert connection_limit_from_open_files() == max(64, soft_limit - 512)
+
+
+def test_the_served_process_applies_the_caps_and_timeouts_of_its_settings_and_counts_refusals(store_urls, tmp_path):
+    server = ServerProcess(
+        store_urls,
+        tmp_path / "bellcast.log",
+        JWT_SECRET="slow-clients-secret-" + "s" * 32,
+        API_KEY="slow-clients-key-" + "k" * 16,
+        METRICS_TOKEN=METRICS_TOKEN,
+        MAX_CONNECTIONS_PER_CLIENT="3",
+        HEADER_TIMEOUT="1",
+    )
+    held: list[socket.socket] = []
+    try:
+        server.wait_until_ready()
+        for _ in range(5):
+            connection = socket.create_connection(
+                ("127.0.0.1", server.port), timeout=PATIENCE, source_address=("127.0.0.6", 0)
+            )
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            held.append(connection)
+        # The last two are closed at once; the first three once HEADER_TIMEOUT has passed.
+        assert all(_closed_by_peer(connection) for connection in held)
+        request = urllib.request.Request(
+            f"{server.base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=PATIENCE) as response:
+            exposition = response.read().decode()
+        assert 'bellcast_connections_refused_total{process="0",reason="per_client"} 2.0' in exposition
+    finally:
+        for connection in held:
+            connection.close()
+        server.stop()
+
+
+def _closed_by_peer(connection: socket.socket) -> bool:
+    """True once the server closed the connection (end of file or reset); False if it stays silent past PATIENCE."""
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False

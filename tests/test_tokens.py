@@ -204,3 +204,30 @@ async def test_a_correctly_signed_token_whose_sub_no_user_id_could_have_answers_
 ):
     token = _signed({"alg": "HS256", "typ": "JWT"}, _claims(sub=ODD_SUBJECTS[kind]), settings.jwt_secret)
     assert await _status_everywhere(api, open_stream, token) == {401}
+
+
+WEEK = 7 * 24 * 3600
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("claims", "status"),
+    [
+        ({"iat": 0, "exp": WEEK}, 200),  # exactly MAX_TOKEN_LIFETIME (the default, a week)
+        ({"iat": 0, "exp": WEEK + 60}, 401),
+        ({"exp": WEEK - 60}, 200),  # no iat: counted from now
+        ({"exp": WEEK + 60}, 401),
+        ({"iat": 365 * 24 * 3600, "exp": 365 * 24 * 3600 + 60}, 401),  # an iat in the future stretches nothing
+        ({"iat": True, "exp": WEEK + 60}, 401),
+    ],
+    ids=["a-week", "a-week-and-a-minute", "no-iat-within", "no-iat-beyond", "future-iat", "iat-not-a-number"],
+)
+async def test_a_token_valid_for_longer_than_max_token_lifetime_answers_401_everywhere(
+    api, settings, open_stream, claims, status
+):
+    assert settings.max_token_lifetime == WEEK
+    now = int(time.time())
+    relative = {name: value if isinstance(value, bool) else now + value for name, value in claims.items()}
+    token = _signed({"alg": "HS256", "typ": "JWT"}, {"sub": "alice", **relative}, settings.jwt_secret)
+    expected = {status} if status == 401 else {200, 404}  # the read of a notification that is not there: 404
+    assert await _status_everywhere(api, open_stream, token) == expected
