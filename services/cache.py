@@ -198,7 +198,7 @@ class DeliveryCache:
             return []
         keys = [inbox.key for inbox in inboxes]
         if isinstance(self._redis, RedisCluster):
-            renewing = [(inbox, inbox.refresh_commands_if_due()) for inbox in inboxes]
+            renewing = [(inbox, inbox.renewal_commands_if_due()) for inbox in inboxes]
             renewing = [(inbox, commands) for inbox, commands in renewing if commands]
             renewals = [command for _, commands in renewing for command in commands]
             replies = await self._batcher.execute_many([*(("EXISTS", key) for key in keys), *renewals])
@@ -273,10 +273,9 @@ class ConnectionInbox:
         "_batcher",
         "_connections_key",
         "_inbox_key",
-        "_refresh_due",
         "_registered_at",
         "_registration",
-        "_sent",
+        "_renewal_due_at",
         "connection_id",
         "registration_lost",
         "user_id",
@@ -288,15 +287,12 @@ class ConnectionInbox:
         self.connection_id = connection_id
         self._connections_key = connections_key(user_id)
         self._inbox_key = inbox_key(user_id, connection_id)
-        self._refresh_due = 0.0
+        self._renewal_due_at = 0.0
         self._registered_at = 0.0
         # A renewal found the registration gone (evicted, or flushed): observers queue nothing for
         # this connection until it registers again.
         self.registration_lost = False
         self._registration: asyncio.Future[list[Any]] | None = None
-        # Ids already sent on this connection whose inbox entry may still exist: sent by the
-        # catch-up while the observer also queued them, or sent when the delete that follows failed.
-        self._sent: set[str] | None = None  # made on first use: most streams never need it
 
     async def register(self) -> int:
         """Announce the connection so that observers queue the user's notifications for it.
@@ -314,18 +310,23 @@ class ConnectionInbox:
         finally:
             if registration.done():
                 self._registration = None
-        self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
+        self._renewal_due_at = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
         self.registration_lost = False
         return int(replies[-1])
+
+    @property
+    def registered_at(self) -> float:
+        """When the connection last registered (time.time()): observers may queue what was created shortly before."""
+        return self._registered_at
 
     @property
     def key(self) -> str:
         """The inbox's key in Redis."""
         return self._inbox_key
 
-    async def refresh_if_due(self) -> None:
+    async def renew_if_due(self) -> None:
         """Renew the registration's TTL when a third of it has passed; note if it was gone."""
-        commands = self.refresh_commands_if_due()
+        commands = self.renewal_commands_if_due()
         if commands:
             self.note_renewal(await self._batcher.execute_many(commands))
 
@@ -341,12 +342,12 @@ class ConnectionInbox:
         a safety scan interval, well inside INBOX_TTL.
         """
         now = time.monotonic()
-        if now < self._refresh_due:
+        if now < self._renewal_due_at:
             return False
-        self._refresh_due = now + REGISTRATION_REFRESH_INTERVAL
+        self._renewal_due_at = now + REGISTRATION_REFRESH_INTERVAL
         return True
 
-    def refresh_commands_if_due(self) -> list[tuple[object, ...]]:
+    def renewal_commands_if_due(self) -> list[tuple[object, ...]]:
         """The commands that renew the registration's TTL, if due (`renewal_due`)."""
         if not self.renewal_due():
             return []
@@ -357,7 +358,7 @@ class ConnectionInbox:
         return [("ZSCORE", self._connections_key, self.connection_id), *self._registration_commands("XX")]
 
     def note_renewal(self, replies: Sequence[Any]) -> None:
-        """Take the replies to `refresh_commands_if_due`'s commands: note if the registration was gone."""
+        """Take the replies to `renewal_commands_if_due`'s commands: note if the registration was gone."""
         if replies[0] is None:  # the ZSCORE's
             self.registration_lost = True
 
@@ -368,38 +369,15 @@ class ConnectionInbox:
             ("EXPIRE", self._connections_key, REGISTRATION_TTL),
         ]
 
-    def note_caught_up(self, notification: Notification) -> None:
-        """Remember a notification the catch-up sent, if the observer may also have queued it."""
-        if notification.created_at.timestamp() >= self._registered_at - OBSERVER_GRACE:
-            self._sent = self._sent or set()
-            self._sent.add(str(notification.id))
-
     async def pending(self) -> list[tuple[str, bytes]]:
-        """The queued (notification id, JSON) pairs not yet sent on this connection, in id order."""
+        """The queued (notification id, JSON) pairs, in id order."""
         entries: dict[bytes, bytes] = await self._batcher.execute("HGETALL", self._inbox_key)
-        if not entries:
-            return []
-        fresh, already_sent = [], []
-        for key, value in entries.items():
-            notification_id = key.decode()
-            if self._sent and notification_id in self._sent:
-                already_sent.append(notification_id)
-            else:
-                fresh.append((notification_id, value))
-        if already_sent:
-            await self.remove(already_sent)
-        return sorted(fresh)
+        return sorted((key.decode(), value) for key, value in entries.items()) if entries else []
 
     async def remove(self, notification_ids: Collection[str]) -> None:
-        """Delete exactly these entries once they have been sent; never send them again."""
-        if not notification_ids:
-            return
-        self._sent = self._sent or set()
-        self._sent.update(notification_ids)
-        await self._batcher.execute("HDEL", self._inbox_key, *notification_ids)
-        self._sent.difference_update(notification_ids)
-        if not self._sent:
-            self._sent = None
+        """Delete exactly these entries, once they have been sent."""
+        if notification_ids:
+            await self._batcher.execute("HDEL", self._inbox_key, *notification_ids)
 
     async def deregister(self) -> None:
         """Forget the connection and drop whatever it had not sent."""

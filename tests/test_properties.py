@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from handlers.sse import encode_event
+from services.sse import encode_event
 
 # The counts the README's Reliability section reports; each example is one to four requests.
 EXAMPLES = 150
