@@ -35,8 +35,9 @@ from services.memory import ScheduledFullCollections
 from services.metrics import Metrics, MetricsDirectory
 from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter, RateLimit
+from services.redis_backend import RedisBackend, connect_redis_backend
 from services.status import StatusHistory
-from services.stores import MONGO_DRIVERS, MongoConnection, connect_redis
+from services.stores import MONGO_DRIVERS, MongoConnection
 from services.streams import StreamLimits, StreamRegistry
 
 log = logging.getLogger("bellcast")
@@ -483,8 +484,8 @@ class Runtime:
 
     mongo: MongoConnection
     redis: Any
-    # The streams' pipelines have a client of their own: bounded per pipeline, not per reply.
-    batch_redis: Any
+    # One Redis server or a cluster, chosen once here: the delivery path asks it what differs.
+    redis_backend: RedisBackend
     batcher: CommandBatcher
     wakeups: WakeupHub
     notifications: NotificationService
@@ -504,8 +505,7 @@ class Runtime:
         await self.wakeups.close()
         await self.batcher.close()
         await self.mongo.close()
-        await self.batch_redis.aclose()
-        await self.redis.aclose()
+        await self.redis_backend.aclose()
 
 
 async def start_runtime(
@@ -518,18 +518,18 @@ async def start_runtime(
     if metrics is None:
         metrics = Metrics()
     mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver, settings.store_timeout)
-    redis = connect_redis(redis_url, cluster=settings.redis_cluster, timeout=settings.store_timeout)
+    redis_backend = connect_redis_backend(redis_url, settings.redis_cluster, settings.store_timeout)
+    redis = redis_backend.client
     notifications = NotificationService(mongo.database, metrics)
-    batch_redis = connect_redis(redis_url, cluster=settings.redis_cluster, timeout=settings.store_timeout, batches=True)
-    batcher = CommandBatcher(batch_redis, settings.store_timeout, metrics)
-    wakeups = WakeupHub(redis, batcher)
-    delivery_cache = DeliveryCache(redis, batcher, publish_hints=settings.wakeup_hints, metrics=metrics)
+    batcher = CommandBatcher(redis_backend, settings.store_timeout, metrics)
+    wakeups = WakeupHub(redis_backend, batcher)
+    delivery_cache = DeliveryCache(redis_backend, batcher, publish_hints=settings.wakeup_hints, metrics=metrics)
     notifications.register_observer(CacheObserver(delivery_cache, wakeups))
     assert settings.jwt_secret is not None and settings.api_key is not None
     runtime = Runtime(
         mongo=mongo,
         redis=redis,
-        batch_redis=batch_redis,
+        redis_backend=redis_backend,
         batcher=batcher,
         wakeups=wakeups,
         notifications=notifications,

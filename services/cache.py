@@ -13,11 +13,9 @@ so a connection whose process died leaves nothing behind for long.
 The registration TTL is long because renewing it is per-stream work at idle: thousands of
 streams renewing every few seconds would cost more than everything else an idle stream does.
 
-In a Redis Cluster every command names keys of one user only, so none spans hash slots, and a
-pipeline of many users' commands is split by node; on a single Redis the observer's one script
-names the inboxes it writes itself (QUEUE_FOR_LIVE_CONNECTIONS). Wake-up hints go to
-``bellcast:wakeups`` (PUBLISH), or in a cluster to the sharded channel nearest the user's
-slot (SPUBLISH; see `services.delivery`).
+Every command names keys of one user only, so none spans a Redis Cluster's hash slots. How
+the commands and hints go out on one server or a cluster is the `RedisBackend`'s business
+(services/redis_backend.py).
 """
 
 from __future__ import annotations
@@ -31,14 +29,14 @@ from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.delivery import WAKEUP_CHANNEL, CommandBatcher, WakeupHub, wakeup_shard_channel
+from services.delivery import CommandBatcher, WakeupHub
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.notifications import Notification
-from services.stores import RedisClient, redis_unavailable
+from services.redis_backend import RedisBackend
+from services.stores import redis_unavailable
 
 log = logging.getLogger("bellcast.cache")
 
@@ -50,67 +48,6 @@ REGISTRATION_REFRESH_INTERVAL = REGISTRATION_TTL / 3
 INBOX_TTL = REGISTRATION_TTL
 # How long after its insert an observer may still be queueing a notification.
 OBSERVER_GRACE = 30.0
-# Queues one notification in each inbox named (KEYS) and renews their TTL: one command for all of a
-# user's connections instead of two per connection, which is what the observer's pipeline cost most
-# in a fan-out. The keys share the user's hash tag, so a cluster runs it on one node. Sent with EVAL,
-# not EVALSHA: Redis caches the script by its digest, and a restarted Redis needs nothing loaded again.
-# (A cluster's observer; on a single Redis, QUEUE_FOR_LIVE_CONNECTIONS does it all in one command.)
-QUEUE_IN_INBOXES = """
-for _, inbox in ipairs(KEYS) do
-  redis.call('HSET', inbox, ARGV[1], ARGV[2])
-  redis.call('EXPIRE', inbox, ARGV[3])
-end
-return #KEYS
-"""
-
-# The observer's one command on a single Redis: drops the user's expired registrations (KEYS[1]), queues
-# the notification (ARGV[3], ARGV[4]) in the inbox of each live one (ARGV[2] and the connection id),
-# renews the inboxes' TTL (ARGV[5]) and, if any was written, publishes the hint (ARGV[7] on channel
-# ARGV[6]; none if empty). One round trip and one command per create where a cluster's observer needs
-# two pipelines: the inboxes' names are made here, which only a single Redis allows (a cluster must
-# be told every key a script touches, to route it).
-QUEUE_FOR_LIVE_CONNECTIONS = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
-for _, connection in ipairs(connections) do
-  local inbox = ARGV[2] .. connection
-  redis.call('HSET', inbox, ARGV[3], ARGV[4])
-  redis.call('EXPIRE', inbox, ARGV[5])
-end
-if #connections > 0 and ARGV[6] ~= '' then
-  redis.call('PUBLISH', ARGV[6], ARGV[7])
-end
-return #connections
-"""
-
-
-# A safety scan on a single Redis, one command however many streams it covers: renews the due
-# registrations (the KEYS after the ARGV[1] inboxes; their connection ids from ARGV[4]), then answers
-# which inboxes hold entries, by position. One EXISTS per thousand inboxes settles the usual answer,
-# none; only a thousand of which some hold entries is asked key by key. (Thousands: Lua's unpack
-# returns no more than about 8,000 values.)
-SAFETY_SCAN = """
-local inboxes = tonumber(ARGV[1])
-local holding = {}
-for i = inboxes + 1, #KEYS do
-  local connection = ARGV[3 + i - inboxes]
-  if redis.call('ZSCORE', KEYS[i], connection) then
-    redis.call('ZADD', KEYS[i], 'XX', ARGV[2], connection)
-    redis.call('EXPIRE', KEYS[i], ARGV[3])
-  else
-    holding[#holding + 1] = i  -- no registration to renew
-  end
-end
-for first = 1, inboxes, 1000 do
-  local last = math.min(first + 999, inboxes)
-  if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
-    for i = first, last do
-      if redis.call('EXISTS', KEYS[i]) == 1 then holding[#holding + 1] = i end
-    end
-  end
-end
-return holding
-"""
 
 
 def user_tag(user_id: str) -> str:
@@ -132,7 +69,7 @@ class DeliveryCache:
     """Registers live connections and queues notifications for them in Redis."""
 
     def __init__(
-        self, redis: RedisClient, batcher: CommandBatcher, publish_hints: bool = True, metrics: Metrics | None = None
+        self, redis: RedisBackend, batcher: CommandBatcher, publish_hints: bool = True, metrics: Metrics | None = None
     ) -> None:
         self._redis = redis
         self._batcher = batcher
@@ -153,36 +90,14 @@ class DeliveryCache:
 
         Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
         """
-        key = connections_key(notification.user_id)
-        now = time.time()
-        if not isinstance(self._redis, RedisCluster):
-            queued: int = await self._batcher.execute(
-                "EVAL",
-                QUEUE_FOR_LIVE_CONNECTIONS,
-                1,
-                key,
-                now,
-                inbox_key(notification.user_id, ""),
-                str(notification.id),
-                notification.to_json(),
-                INBOX_TTL,
-                WAKEUP_CHANNEL if self._publish_hints else "",
-                notification.user_id,
-            )
-            return queued
-        _, connection_ids = await self._batcher.execute_many(
-            [("ZREMRANGEBYSCORE", key, "-inf", now), ("ZRANGEBYSCORE", key, now, "+inf")]
+        return await self._redis.queue_for_live_connections(
+            self._batcher.execute_many,
+            connections_key(notification.user_id),
+            inbox_key(notification.user_id, ""),
+            (str(notification.id), notification.to_json()),
+            INBOX_TTL,
+            notification.user_id if self._publish_hints else None,
         )
-        if not connection_ids:
-            return 0
-        inboxes = [inbox_key(notification.user_id, connection_id.decode()) for connection_id in connection_ids]
-        commands: list[tuple[object, ...]] = [
-            ("EVAL", QUEUE_IN_INBOXES, len(inboxes), *inboxes, str(notification.id), notification.to_json(), INBOX_TTL)
-        ]
-        if self._publish_hints:
-            commands.append(("SPUBLISH", wakeup_shard_channel(key), notification.user_id))
-        await self._batcher.execute_many(commands)
-        return len(connection_ids)
 
     async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
         """Which of these inboxes hold entries, asked together with renewing the registrations due.
@@ -190,51 +105,17 @@ class DeliveryCache:
         Streams whose inboxes hold something then scan them themselves. A renewal that finds its
         registration gone (Redis evicted it, or was flushed) marks the inbox `registration_lost`
         and counts as holding something: the stream's scan registers again and catches up from
-        MongoDB. A single Redis gets one command for all of them (SAFETY_SCAN); a cluster, whose
-        keys lie in many slots, one pipeline of an EXISTS per inbox and the renewals. Raises
-        StoreUnavailable when Redis does not answer.
+        MongoDB. Raises StoreUnavailable when Redis does not answer.
         """
         if not inboxes:
             return []
-        keys = [inbox.key for inbox in inboxes]
-        if isinstance(self._redis, RedisCluster):
-            renewing = [(inbox, inbox.renewal_commands_if_due()) for inbox in inboxes]
-            renewing = [(inbox, commands) for inbox, commands in renewing if commands]
-            renewals = [command for _, commands in renewing for command in commands]
-            replies = await self._batcher.execute_many([*(("EXISTS", key) for key in keys), *renewals])
-            position = len(keys)
-            for inbox, commands in renewing:
-                inbox.note_renewal(replies[position : position + len(commands)])
-                position += len(commands)
-            exists = replies[: len(keys)]
-            return [bool(reply) or inbox.registration_lost for reply, inbox in zip(exists, inboxes, strict=True)]
-        due = [inbox for inbox in inboxes if inbox.renewal_due()]
-        holding = await self._batcher.execute(
-            "EVAL",
-            SAFETY_SCAN,
-            len(keys) + len(due),
-            *keys,
-            *(inbox.connections_key for inbox in due),
-            len(keys),
-            time.time() + REGISTRATION_TTL,
-            REGISTRATION_TTL,
-            *(inbox.connection_id for inbox in due),
-        )
-        found = [False] * len(keys)
-        for position in holding:
-            if position <= len(keys):
-                found[position - 1] = True
-            else:  # a renewal with no registration to renew
-                due[position - len(keys) - 1].registration_lost = True
+        found = await self._redis.safety_scan(self._batcher.execute_many, inboxes, REGISTRATION_TTL)
         return [holds or inbox.registration_lost for holds, inbox in zip(found, inboxes, strict=True)]
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""
         try:
-            if isinstance(self._redis, RedisCluster):
-                await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
-            else:
-                await self._redis.ping()
+            await self._redis.ping()
         except (RedisError, RedisClusterException) as error:
             if not redis_unavailable(error):
                 raise
@@ -353,7 +234,8 @@ class ConnectionInbox:
             return []
         # XX: a renewal only extends a registration. Queued before the stream closed, it may reach
         # Redis after the deregistration (safety scans go out a sweep later, on another connection),
-        # and must not bring the connection back to be written to for ten minutes. (SAFETY_SCAN too.)
+        # and must not bring the connection back to be written to for ten minutes (the single Redis's
+        # safety scan script too).
         # The ZSCORE before says whether there was a registration to renew (None: Redis lost it).
         return [("ZSCORE", self._connections_key, self.connection_id), *self._registration_commands("XX")]
 

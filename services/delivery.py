@@ -9,12 +9,7 @@
   A notification Redis would not queue is announced on a second channel instead: its user's
   streams catch up from MongoDB.
 
-In a Redis Cluster, a pipeline's commands go to the nodes of their keys (redis-py's cluster
-pipeline splits it by node and sends the parts at once); no command names keys of two slots,
-and none is MULTI/EXEC. Hints travel on sharded channels (SPUBLISH/SSUBSCRIBE) spread over the
-slot space: a hint stays within one shard instead of being copied to every node as a classic
-PUBLISH is, it goes out in the same pipeline as the entries it announces (a cluster pipeline
-refuses PUBLISH), and the hub, subscribed on every primary, notices any of them going away.
+Whether Redis is one server or a cluster is the `RedisBackend`'s business (services/redis_backend.py).
 """
 
 from __future__ import annotations
@@ -26,54 +21,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import hiredis
-from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
-from redis.asyncio.connection import Connection
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, PubSubError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.batching import IterationBatches
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
-from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, RedisClient, redis_unavailable
+from services.redis_backend import RECOVERY_CHANNEL, RedisBackend
+from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, redis_unavailable
 
 log = logging.getLogger("bellcast.delivery")
 
-WAKEUP_CHANNEL = "bellcast:wakeups"
-# Where an observer that could not queue a notification asks every process to have that user's
-# streams catch up from MongoDB (see `WakeupHub.announce_recovery`). In a cluster it is one
-# sharded channel: announcements are rare, and a hub that loses its node recovers every stream.
-RECOVERY_CHANNEL = "bellcast:recoveries"
 RECOVERY_CHANNEL_BYTES = RECOVERY_CHANNEL.encode()
-# Sharded wake-up channels of a cluster, one per equal part of the slot space (256 slots):
-# every primary serving 511 or more consecutive slots holds one (any of up to 32 primaries
-# with evenly split slots), and so the hub's subscription watches it.
-WAKEUP_SHARDS = 64
 # The longest a pipeline grows; more commands in one loop iteration go in several.
 MAX_PIPELINE_COMMANDS = 2000
-SUBSCRIPTION_POLL_SECONDS = 1.0
 RECONNECT_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
-
-
-def _spread_channels(count: int) -> tuple[str, ...]:
-    channels = []
-    for part in range(count):
-        tag = 0
-        while key_slot(f"{{w{tag}}}".encode()) * count // REDIS_CLUSTER_HASH_SLOTS != part:
-            tag += 1
-        channels.append(f"{WAKEUP_CHANNEL}:{{w{tag}}}")
-    return tuple(channels)
-
-
-WAKEUP_SHARD_CHANNELS = _spread_channels(WAKEUP_SHARDS)
-
-
-def wakeup_shard_channel(key: str) -> str:
-    """The sharded channel for hints about the owner of `key`: the one in the same part of the
-    slot space, so usually on the same node, and the hint rides along with the entries."""
-    return WAKEUP_SHARD_CHANNELS[key_slot(key.encode()) * WAKEUP_SHARDS // REDIS_CLUSTER_HASH_SLOTS]
 
 
 @dataclass(frozen=True)
@@ -97,22 +58,17 @@ class StreamTiming:
 class CommandBatcher:
     """Queues Redis commands and sends those of one loop iteration together, without a transaction.
 
-    `redis` should be a client of its own, `connect_redis(..., batches=True)`: each pipeline is
-    bounded by `timeout` as a whole rather than each reply. On a single Redis the batcher keeps
-    the connections it took from the client's pool and writes and reads on them itself
-    (`_execute_on_connection`); a cluster's pipelines go through redis-py's cluster pipeline,
-    which splits them by node.
+    Each pipeline is bounded by `timeout` as a whole rather than each reply; the backend runs it
+    (`RedisBackend.execute_pipeline`).
     """
 
     def __init__(
-        self, redis: RedisClient, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS, metrics: Metrics | None = None
+        self, redis: RedisBackend, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS, metrics: Metrics | None = None
     ) -> None:
         self._redis = redis
         self._timeout = timeout
         self._metrics = metrics
         self._batches: IterationBatches[Sequence[Sequence[Any]], list[Any]] = IterationBatches(self._send_queued)
-        # A single Redis's connections between two pipelines: one each for the pipelines in flight at once.
-        self._idle_connections: list[Connection] = []
 
     async def execute(self, *command: Any) -> Any:
         """Run one command in the next pipeline; RedisError becomes StoreUnavailable."""
@@ -142,10 +98,7 @@ class CommandBatcher:
         flat = [command for commands, _ in batch for command in commands]
         try:
             async with asyncio.timeout(self._timeout):
-                if isinstance(self._redis, RedisCluster):
-                    results = await self._execute_pipeline(self._redis, flat)
-                else:
-                    results = await self._execute_on_connection(self._redis, flat)
+                results = await self._redis.execute_pipeline(flat)
         except (RedisError, RedisClusterException, OSError) as error:  # TimeoutError is an OSError
             results = [error] * len(flat)
             if self._metrics is not None:
@@ -166,60 +119,9 @@ class CommandBatcher:
             else:
                 future.set_result(replies)
 
-    @staticmethod
-    async def _execute_pipeline(redis: RedisCluster, commands: list[Sequence[Any]]) -> list[Any]:
-        async with redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute(raise_on_error=False))
-
-    async def _execute_on_connection(
-        self, redis: Redis, commands: list[Sequence[Any]], retry: bool = True
-    ) -> list[Any]:
-        """What redis-py's pipeline does on a single Redis, without what it costs around that.
-
-        A Pipeline object, the pool's lock and its observability hooks at each use cost more than
-        the commands: one HGETALL took 347 µs of CPU through the pipeline, 64 µs here (a pipeline
-        of ten: 423 and 136 µs). hiredis packs the commands, byte for byte as redis-py's own Python
-        packer does at a tenth of its cost (twenty: 87-124 µs, 8-17 µs). Replies are parsed by the
-        client, as the pipeline's are, and a command's error reply is its result, as with
-        `raise_on_error=False`.
-
-        A connection goes back to the idle ones only once every reply was read. redis-py closes one
-        that failed, or whose reading was cancelled (the batch timed out), so no late reply is ever
-        read as another command's. A connection Redis closed (it restarted) is retried once on a
-        new one, as the client's Retry does: every command the batcher sends may run twice.
-        """
-        try:
-            packed = b"".join([hiredis.pack_command(tuple(command)) for command in commands])
-        except TypeError as error:  # an argument of no Redis type: what redis-py's packer raises
-            raise DataError(str(error)) from error
-        pool = redis.connection_pool
-        connection = self._idle_connections.pop() if self._idle_connections else await pool.get_connection()
-        try:
-            await connection.send_packed_command(packed)
-            replies: list[Any] = []
-            for command in commands:
-                try:
-                    replies.append(await redis.parse_response(connection, command[0]))
-                except ResponseError as error:
-                    replies.append(error)
-        except BaseException as error:
-            await connection.disconnect(nowait=True)
-            await pool.release(connection)
-            if retry and isinstance(error, RedisConnectionError):
-                return await self._execute_on_connection(redis, commands, retry=False)
-            raise
-        self._idle_connections.append(connection)
-        return replies
-
     async def close(self) -> None:
-        """Wait for the pipelines already sent; give the connections kept back to the client's pool."""
+        """Wait for the pipelines already sent."""
         await self._batches.wait_sent()
-        if isinstance(self._redis, Redis):
-            for connection in self._idle_connections:
-                await self._redis.connection_pool.release(connection)
-        self._idle_connections.clear()
 
 
 class Wakeable(Protocol):
@@ -238,7 +140,7 @@ class WakeupHub:
     It also notices when Redis goes away and comes back, with or without hints.
     """
 
-    def __init__(self, redis: RedisClient, batcher: CommandBatcher) -> None:
+    def __init__(self, redis: RedisBackend, batcher: CommandBatcher) -> None:
         self._redis = redis
         self._batcher = batcher
         # A user's one stream is held as itself; only a user with several streams gets a set.
@@ -298,9 +200,8 @@ class WakeupHub:
         task.add_done_callback(self._announcements.discard)
 
     async def _announce_recovery(self, user_id: str) -> None:
-        publish = "SPUBLISH" if isinstance(self._redis, RedisCluster) else "PUBLISH"
         try:
-            if await self._batcher.execute(publish, RECOVERY_CHANNEL, user_id):
+            if await self._batcher.execute(self._redis.publish_command, RECOVERY_CHANNEL, user_id):
                 return  # heard, by this process's subscription too unless it is being replaced
         except StoreUnavailable as error:
             log.debug("recovery of %s's streams not announced (%s): this process's only", user_id, error.__cause__)
@@ -343,10 +244,7 @@ class WakeupHub:
     async def _read_forever(self) -> None:
         while True:
             try:
-                if isinstance(self._redis, RedisCluster):
-                    await self._read_shards(self._redis)
-                else:
-                    await self._read(self._redis)
+                await self._redis.read_hints(self._on_subscribed, self._on_message)
             except Exception as error:
                 # Anything else is a client's bug met on the way (redis-py's connection losing its
                 # writer while a cluster node restarts): ended by it, the hub would wake no stream
@@ -383,11 +281,7 @@ class WakeupHub:
         made, so a Redis restarted with other settings is noticed.
         """
         try:
-            if isinstance(self._redis, RedisCluster):
-                replies = await self._redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
-                memories = list(replies.values())
-            else:
-                memories = [await self._redis.info("memory")]
+            memories = await self._redis.memory_infos()
         except (RedisError, RedisClusterException) as error:  # INFO refused by an ACL, or Redis gone again
             log.debug("Redis's eviction policy not checked (%s)", error)
             return
@@ -404,49 +298,3 @@ class WakeupHub:
                 ", ".join(sorted(evicting)),
             )
         self._eviction_warned = evicting
-
-    async def _read(self, redis: Redis) -> None:
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(WAKEUP_CHANNEL, RECOVERY_CHANNEL)
-            await self._on_subscribed()
-            while True:
-                message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)
-                if message is not None and message["type"] == "message":
-                    self._on_message(message)
-        finally:
-            await pubsub.aclose()
-
-    async def _read_shards(self, redis: RedisCluster) -> None:
-        """Subscribe to every sharded channel, then read each node's part at once until one fails."""
-        await redis.initialize()
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        readers: list[asyncio.Task[None]] = []
-        channels = (*WAKEUP_SHARD_CHANNELS, RECOVERY_CHANNEL)
-        try:
-            await pubsub.ssubscribe(*channels)
-            nodes = {node.name: node for node in map(redis.get_node_from_key, channels) if node}
-            unwatched = [node.name for node in redis.get_primaries() if node.name not in nodes]
-            if unwatched:
-                log.warning("no wake-up channel on %s: streams notice its restart only by their own scans", unwatched)
-            await self._on_subscribed()
-            readers = [asyncio.ensure_future(self._read_shard(pubsub, node)) for node in nodes.values()]
-            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)
-            for reader in done:
-                reader.result()
-        finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
-            await pubsub.aclose()
-
-    async def _read_shard(self, pubsub: ClusterPubSub, node: ClusterNode) -> None:
-        while True:
-            if node.name not in pubsub.node_pubsub_mapping:
-                # redis-py moved the channels elsewhere after a change of the cluster's topology.
-                raise PubSubError(f"the wake-up channels left {node.name}")
-            message = await pubsub.get_sharded_message(
-                ignore_subscribe_messages=True, timeout=SUBSCRIPTION_POLL_SECONDS, target_node=node
-            )
-            if message is not None and message["type"] == "smessage":
-                self._on_message(message)
