@@ -26,8 +26,9 @@ from tornado.netutil import bind_sockets
 import handlers
 from handlers.proxy import Network, TrustedProxyHTTPServer
 from services.auth import Authenticator, mint_user_token
-from services.cache import REGISTRATION_REFRESH_INTERVAL, CacheObserver, DeliveryCache
-from services.delivery import CommandBatcher, StreamTiming, WakeupHub
+from services.cache import REGISTRATION_RENEWAL_INTERVAL, CacheObserver, DeliveryCache
+from services.command_batcher import CommandBatcher
+from services.connection import StreamTiming
 from services.embedded import die_with_parent
 from services.health import HealthService
 from services.logs import LOG_FORMATS, UserIdHasher, configure_logging, fields
@@ -39,6 +40,7 @@ from services.redis_backend import RedisBackend, connect_redis_backend
 from services.status import StatusHistory
 from services.stores import MONGO_DRIVERS, MongoConnection
 from services.streams import StreamLimits, StreamRegistry
+from services.wakeups import WakeupHub
 
 log = logging.getLogger("bellcast")
 
@@ -342,9 +344,9 @@ class Settings:
     def __post_init__(self) -> None:
         if self.heartbeat_interval < self.poll_interval:
             raise SettingsError("HEARTBEAT_INTERVAL must be at least POLL_INTERVAL")
-        if self.safety_scan_interval > REGISTRATION_REFRESH_INTERVAL:
+        if self.safety_scan_interval > REGISTRATION_RENEWAL_INTERVAL:
             # Streams renew their registration on these scans.
-            raise SettingsError(f"SAFETY_SCAN_INTERVAL must be at most {REGISTRATION_REFRESH_INTERVAL:.0f} seconds")
+            raise SettingsError(f"SAFETY_SCAN_INTERVAL must be at most {REGISTRATION_RENEWAL_INTERVAL:.0f} seconds")
         if (
             self.redis_cluster
             and self.redis_url is not None

@@ -1,5 +1,9 @@
 """The delivery cache in Redis: which connections each user has open, and what each still has to send.
 
+`CacheObserver` is the notification service's observer: it has `DeliveryCache` queue each new
+notification in the inbox of every live connection of its user. Each stream's `LiveConnection`
+(services/connection.py) reads and empties its own `ConnectionInbox`.
+
 Keys, all of one user inside one hash tag so they share a Redis Cluster slot:
 
 * ``bellcast:{u:<user>}:connections`` — sorted set of the user's live connection ids,
@@ -8,7 +12,7 @@ Keys, all of one user inside one hash tag so they share a Redis Cluster slot:
   not yet delivered on that connection.
 
 Both carry a TTL: a live connection renews its registration every
-``REGISTRATION_REFRESH_INTERVAL``, and an inbox lives ``INBOX_TTL`` after its last write,
+``REGISTRATION_RENEWAL_INTERVAL``, and an inbox lives ``INBOX_TTL`` after its last write,
 so a connection whose process died leaves nothing behind for long.
 The registration TTL is long because renewing it is per-stream work at idle: thousands of
 streams renewing every few seconds would cost more than everything else an idle stream does.
@@ -31,19 +35,20 @@ from urllib.parse import quote
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.delivery import CommandBatcher, WakeupHub
+from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.notifications import Notification
 from services.redis_backend import RedisBackend
 from services.stores import redis_unavailable
+from services.wakeups import WakeupHub
 
 log = logging.getLogger("bellcast.cache")
 
 KEY_PREFIX = "bellcast"
 REGISTRATION_TTL = 600
-REGISTRATION_REFRESH_INTERVAL = REGISTRATION_TTL / 3
-# Longer than the longest safety scan interval (REGISTRATION_REFRESH_INTERVAL), so that an entry
+REGISTRATION_RENEWAL_INTERVAL = REGISTRATION_TTL / 3
+# Longer than the longest safety scan interval (REGISTRATION_RENEWAL_INTERVAL), so that an entry
 # whose wake-up hint was lost still waits for the stream's own scan.
 INBOX_TTL = REGISTRATION_TTL
 # How long after its insert an observer may still be queueing a notification.
@@ -63,6 +68,26 @@ def connections_key(user_id: str) -> str:
 def inbox_key(user_id: str, connection_id: str) -> str:
     """The hash of notifications waiting to be sent on one connection."""
     return f"{KEY_PREFIX}:{user_tag(user_id)}:inbox:{connection_id}"
+
+
+class CacheObserver:
+    """The observer that puts each new notification in the inboxes of its user's live connections."""
+
+    def __init__(self, cache: DeliveryCache, wakeups: WakeupHub) -> None:
+        self._cache = cache
+        self._wakeups = wakeups
+
+    async def created(self, notification: Notification) -> None:
+        """Queue the notification for delivery on every open stream of its user.
+
+        If it cannot be queued, the user's streams catch up from MongoDB, which has it, and the
+        failure is raised for the service to log and count.
+        """
+        try:
+            await self._cache.enqueue(notification)
+        except Exception:
+            self._wakeups.announce_recovery(notification.user_id)
+            raise
 
 
 class DeliveryCache:
@@ -127,26 +152,6 @@ class DeliveryCache:
             self._metrics.store_error("redis")
 
 
-class CacheObserver:
-    """The observer that puts each new notification in the inboxes of its user's live connections."""
-
-    def __init__(self, cache: DeliveryCache, wakeups: WakeupHub) -> None:
-        self._cache = cache
-        self._wakeups = wakeups
-
-    async def created(self, notification: Notification) -> None:
-        """Queue the notification for delivery on every open stream of its user.
-
-        If it cannot be queued, the user's streams catch up from MongoDB, which has it, and the
-        failure is raised for the service to log and count.
-        """
-        try:
-            await self._cache.enqueue(notification)
-        except Exception:
-            self._wakeups.announce_recovery(notification.user_id)
-            raise
-
-
 class ConnectionInbox:
     """One stream's registration and queue of undelivered notifications; its commands go out pipelined."""
 
@@ -191,7 +196,7 @@ class ConnectionInbox:
         finally:
             if registration.done():
                 self._registration = None
-        self._renewal_due_at = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
+        self._renewal_due_at = time.monotonic() + REGISTRATION_RENEWAL_INTERVAL
         self.registration_lost = False
         return int(replies[-1])
 
@@ -225,7 +230,7 @@ class ConnectionInbox:
         now = time.monotonic()
         if now < self._renewal_due_at:
             return False
-        self._renewal_due_at = now + REGISTRATION_REFRESH_INTERVAL
+        self._renewal_due_at = now + REGISTRATION_RENEWAL_INTERVAL
         return True
 
     def renewal_commands_if_due(self) -> list[tuple[object, ...]]:

@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bson import ObjectId
@@ -31,8 +32,8 @@ from services.notifications import CATCH_UP_WINDOW, Notification, NotificationSe
 from services.sse import encode_comment, encode_event, encode_retry
 
 if TYPE_CHECKING:
-    from services.delivery import StreamTiming, WakeupHub
     from services.streams import StreamRegistry
+    from services.wakeups import WakeupHub
 
 log = logging.getLogger("bellcast.stream")
 
@@ -56,6 +57,24 @@ CATCH_UP_WINDOW_SECONDS = int(CATCH_UP_WINDOW.total_seconds())
 MAX_USER_TIMEOUT_MS = 2**31 - 1
 
 Entry = tuple[str, bytes | str]
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """How often streams act: heartbeats, and scans with or without wake-up hints."""
+
+    poll_interval: float
+    heartbeat_interval: float
+    safety_scan_interval: float
+    wakeup_hints: bool
+
+    @property
+    def tick_interval(self) -> float:
+        """A stream's PeriodicCallback period: every poll without hints; with them, the slow safety scan.
+
+        Heartbeats are not ticks: the registry sends them for all streams in one sweep.
+        """
+        return self.safety_scan_interval if self.wakeup_hints else self.poll_interval
 
 
 class EventStreamResponse(Protocol):

@@ -33,7 +33,7 @@ from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, connect_redis
 if TYPE_CHECKING:
     from services.cache import ConnectionInbox
 
-log = logging.getLogger("bellcast.delivery")
+log = logging.getLogger("bellcast.wakeups")
 
 WAKEUP_CHANNEL = "bellcast:wakeups"
 # Where an observer that could not queue a notification asks every process to have that user's

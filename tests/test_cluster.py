@@ -14,7 +14,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import RedisClusterException
 
 from services.cache import DeliveryCache, connections_key, inbox_key, user_tag
-from services.delivery import CommandBatcher
+from services.command_batcher import CommandBatcher
 from services.embedded import free_port
 from services.errors import StoreUnavailable
 from services.redis_backend import WAKEUP_SHARD_CHANNELS, WAKEUP_SHARDS, ClusterRedis, wakeup_shard_channel

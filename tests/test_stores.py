@@ -11,7 +11,7 @@ from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import DuplicateKeyError
 from redis.exceptions import DataError, ResponseError
 
-from services.delivery import CommandBatcher
+from services.command_batcher import CommandBatcher
 from services.embedded import EmbeddedMongo
 from services.errors import StoreUnavailable
 from services.notifications import COLLECTION, InsertBatcher, NotificationService

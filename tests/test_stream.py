@@ -214,7 +214,7 @@ async def test_a_safety_scan_finds_the_inboxes_holding_entries_and_renews_the_re
     alice, alice_too, bob, carol = (delivery_cache.open_inbox(user) for user in ("alice", "alice", "bob", "carol"))
     await alice.register()
     await alice_too.register()
-    monkeypatch.setattr(cache, "REGISTRATION_REFRESH_INTERVAL", 0.0)
+    monkeypatch.setattr(cache, "REGISTRATION_RENEWAL_INTERVAL", 0.0)
     await bob.register()  # renewals due at once from here on
     await carol.register()
     await bob.deregister()

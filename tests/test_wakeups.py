@@ -10,10 +10,11 @@ import pytest
 
 from services import cache
 from services.cache import ConnectionInbox, DeliveryCache
-from services.delivery import CommandBatcher, WakeupHub
+from services.command_batcher import CommandBatcher
 from services.notifications import utc_now, validate_new_notification
 from services.redis_backend import WAKEUP_CHANNEL, SingleRedis, connect_redis_backend
 from services.stores import connect_redis
+from services.wakeups import WakeupHub
 from tests.support import cache_keys, command_calls, eventually, on_every_node
 
 
@@ -126,7 +127,7 @@ async def test_renewals_queued_before_streams_close_do_not_register_them_again(
     """A stream's safety scan goes out with the next sweep and renews its registration if due; the
     stream may have closed and deregistered by then. The renewal must not bring it back (it did:
     Redis kept writing notifications for such connections until the registration expired)."""
-    monkeypatch.setattr(cache, "REGISTRATION_REFRESH_INTERVAL", 0.0)  # every scan renews
+    monkeypatch.setattr(cache, "REGISTRATION_RENEWAL_INTERVAL", 0.0)  # every scan renews
     app.settings["stream_timing"] = replace(settings.stream_timing, safety_scan_interval=0.1)
     streams = [await open_stream(f"user{i}") for i in range(40)]
     for stream in streams:
@@ -252,7 +253,7 @@ async def test_the_hub_warns_when_redis_may_evict_what_it_queues_and_only_then(r
             await hub.close()
             await batcher.close()
             await backend.aclose()
-        return [r.message for r in caplog.records if r.name == "bellcast.delivery" and r.levelname == "WARNING"]
+        return [r.message for r in caplog.records if r.name == "bellcast.wakeups" and r.levelname == "WARNING"]
 
     try:
         assert await warnings_of_a_new_hub() == []  # noeviction, the default
@@ -299,7 +300,7 @@ async def test_the_hub_subscribes_again_after_an_unexpected_error_and_wakes_stre
             return alice.woken == 1
 
         await eventually(woken)
-        [error] = [r for r in caplog.records if r.name == "bellcast.delivery" and r.levelname == "ERROR"]
+        [error] = [r for r in caplog.records if r.name == "bellcast.wakeups" and r.levelname == "ERROR"]
         assert "subscribing again" in error.message and error.exc_info is not None
     finally:
         await hub.close()

@@ -1,15 +1,10 @@
-"""What makes thousands of streams per process cheap: pipelined Redis commands and wake-up hints.
+"""This process's one subscription to wake-up hints, fanned out to its local streams.
 
-* `CommandBatcher` sends the Redis commands that streams issue during one event-loop
-  iteration (scans, registrations, removals) in one pipeline: one round trip for many streams.
-* `WakeupHub` holds this process's single pub/sub subscription. The cache observer publishes
-  the user id of each new notification; the hub wakes the local streams of that user so they
-  scan at once. Idle streams touch no network. Hints only make delivery fast: a stream also
-  scans on its own now and then, and after the subscription was lost every stream scans.
-  A notification Redis would not queue is announced on a second channel instead: its user's
-  streams catch up from MongoDB.
-
-Whether Redis is one server or a cluster is the `RedisBackend`'s business (services/redis_backend.py).
+The cache observer publishes the user id of each new notification; the `WakeupHub` wakes the
+local streams of that user so they scan at once, and idle streams touch no network. Hints only
+make delivery fast: a stream also scans on its own now and then, and after the subscription was
+lost every stream recovers. A notification Redis would not queue is announced on a second
+channel instead: its user's streams catch up from MongoDB.
 """
 
 from __future__ import annotations
@@ -17,111 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.batching import IterationBatches
+from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
-from services.metrics import Metrics
 from services.redis_backend import RECOVERY_CHANNEL, RedisBackend
-from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, redis_unavailable
 
-log = logging.getLogger("bellcast.delivery")
+log = logging.getLogger("bellcast.wakeups")
 
 RECOVERY_CHANNEL_BYTES = RECOVERY_CHANNEL.encode()
-# The longest a pipeline grows; more commands in one loop iteration go in several.
-MAX_PIPELINE_COMMANDS = 2000
 RECONNECT_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
-
-
-@dataclass(frozen=True)
-class StreamTiming:
-    """How often streams act: heartbeats, and scans with or without wake-up hints."""
-
-    poll_interval: float
-    heartbeat_interval: float
-    safety_scan_interval: float
-    wakeup_hints: bool
-
-    @property
-    def tick_interval(self) -> float:
-        """A stream's PeriodicCallback period: every poll without hints; with them, the slow safety scan.
-
-        Heartbeats are not ticks: the registry sends them for all streams in one sweep.
-        """
-        return self.safety_scan_interval if self.wakeup_hints else self.poll_interval
-
-
-class CommandBatcher:
-    """Queues Redis commands and sends those of one loop iteration together, without a transaction.
-
-    Each pipeline is bounded by `timeout` as a whole rather than each reply; the backend runs it
-    (`RedisBackend.execute_pipeline`).
-    """
-
-    def __init__(
-        self, redis: RedisBackend, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS, metrics: Metrics | None = None
-    ) -> None:
-        self._redis = redis
-        self._timeout = timeout
-        self._metrics = metrics
-        self._batches: IterationBatches[Sequence[Sequence[Any]], list[Any]] = IterationBatches(self._send_queued)
-
-    async def execute(self, *command: Any) -> Any:
-        """Run one command in the next pipeline; RedisError becomes StoreUnavailable."""
-        return (await self.execute_many([command]))[0]
-
-    def execute_many(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
-        """Run several commands, in order, in the next pipeline; the future has their replies."""
-        return self._batches.add(commands)
-
-    async def _send_queued(self, queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
-        batches: list[list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]] = [[]]
-        size = 0
-        for entry in queued:
-            if size >= MAX_PIPELINE_COMMANDS:
-                batches.append([])
-                size = 0
-            batches[-1].append(entry)
-            size += len(entry[0])
-        if len(batches) == 1:
-            await self._send(batches[0])  # the usual case, without a task more
-        else:
-            await asyncio.gather(*(self._send(batch) for batch in batches))
-
-    async def _send(self, batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
-        if self._metrics is not None:
-            self._metrics.redis_pipeline_commands.observe(sum(len(commands) for commands, _ in batch))
-        flat = [command for commands, _ in batch for command in commands]
-        try:
-            async with asyncio.timeout(self._timeout):
-                results = await self._redis.execute_pipeline(flat)
-        except (RedisError, RedisClusterException, OSError) as error:  # TimeoutError is an OSError
-            results = [error] * len(flat)
-            if self._metrics is not None:
-                self._metrics.store_error("redis")
-        position = 0
-        for commands, future in batch:
-            replies = results[position : position + len(commands)]
-            position += len(commands)
-            if future.done():
-                continue
-            failure = next((reply for reply in replies if isinstance(reply, Exception)), None)
-            if failure is not None and not redis_unavailable(failure):
-                future.set_exception(failure)  # a bug, such as keys of two slots: let it surface
-            elif failure is not None:
-                unavailable = StoreUnavailable("the delivery cache is unavailable")
-                unavailable.__cause__ = failure
-                future.set_exception(unavailable)
-            else:
-                future.set_result(replies)
-
-    async def close(self) -> None:
-        """Wait for the pipelines already sent."""
-        await self._batches.wait_sent()
 
 
 class Wakeable(Protocol):
