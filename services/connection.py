@@ -583,8 +583,7 @@ class LiveConnection:
             sent[notification_id] = True
         await self._inbox.remove(notification_ids)
         for notification_id in notification_ids:
-            sent[notification_id] = False
-        self._forget_old()
+            sent[notification_id] = False  # the next send forgets it once it is out of the window
 
     def _forget_old(self) -> None:
         """Drop from the ledger what neither the inbox nor a catch-up can return any more."""
