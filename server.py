@@ -542,7 +542,7 @@ async def start_runtime(
         metrics=metrics,
         status_history=StatusHistory(metrics, settings.status_interval),
         user_hasher=UserIdHasher(settings.jwt_secret),
-        rate_limiter=ProducerRateLimiter(redis, settings.producer_rate),
+        rate_limiter=ProducerRateLimiter(redis_backend, settings.producer_rate),
     )
     await notifications.ensure_indexes()
     # With or without hints, the subscription tells when Redis went away and came back.

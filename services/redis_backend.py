@@ -79,7 +79,10 @@ class RedisBackend(Protocol):
     def client(self) -> Redis | RedisCluster:
         """The client for everything but the batcher's pipelines (subscription, INFO, rate limits)."""
 
+    # PUBLISH on one server; SPUBLISH, which stays within a shard, on a cluster.
     publish_command: str
+    # Whether a pipeline of one key's commands may run as a MULTI/EXEC transaction.
+    transactions: bool
 
     async def execute_pipeline(self, commands: list[Sequence[Any]]) -> list[Any]:
         """Run `commands` in one round trip, without a transaction; a command's error reply is its result."""
@@ -123,6 +126,7 @@ class SingleRedis:
     """
 
     publish_command = "PUBLISH"
+    transactions = True
 
     # The observer's one command: drops the user's expired registrations (KEYS[1]), queues the
     # notification (ARGV[3], ARGV[4]) in the inbox of each live one (ARGV[2] and the connection id),
@@ -314,6 +318,7 @@ class ClusterRedis:
     """A Redis Cluster: every command names one user's keys, pipelines are split by node, hints go by SPUBLISH."""
 
     publish_command = "SPUBLISH"
+    transactions = False
 
     # Queues one notification in each inbox named (KEYS) and renews their TTL: one command for all of a
     # user's connections instead of two per connection. The keys share the user's hash tag, so the
