@@ -30,8 +30,8 @@ import handlers
 from handlers.connections import BoundedHTTPServer
 from services.auth import Authenticator
 from services.cache import CacheObserver, DeliveryCache
+from services.command_batcher import CommandBatcher
 from services.command_line import parse_command, print_token
-from services.delivery import CommandBatcher, WakeupHub
 from services.development import EmbeddedStores, UnsafeSecretsFile, print_how_to_try, with_generated_secrets
 from services.health import HealthService
 from services.logs import LOG_LEVELS, UserIdHasher, configure_logging
@@ -39,11 +39,13 @@ from services.memory import ScheduledFullCollections
 from services.metrics import Metrics, MetricsDirectory
 from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter
+from services.redis_backend import RedisBackend, connect_redis_backend
 from services.settings import Settings, SettingsError, parse_settings, settings_from
 from services.status import StatusHistory
-from services.stores import MongoConnection, connect_redis
+from services.stores import MongoConnection
 from services.streams import StreamRegistry
 from services.supervisor import metrics_shared_by_workers, run_event_loop, run_processes
+from services.wakeups import WakeupHub
 
 # What a program using bellcast's service layer imports from here (docs/api.md), settings included.
 __all__ = ["Runtime", "Settings", "SettingsError", "make_app", "make_metrics_app", "parse_settings", "start_runtime"]
@@ -62,8 +64,8 @@ class Runtime:
 
     mongo: MongoConnection
     redis: Any
-    # The streams' pipelines have a client of their own: bounded per pipeline, not per reply.
-    batch_redis: Any
+    # One Redis server or a cluster, chosen once here: the delivery path asks it what differs.
+    redis_backend: RedisBackend
     batcher: CommandBatcher
     wakeups: WakeupHub
     notifications: NotificationService
@@ -83,8 +85,7 @@ class Runtime:
         await self.wakeups.close()
         await self.batcher.close()
         await self.mongo.close()
-        await self.batch_redis.aclose()
-        await self.redis.aclose()
+        await self.redis_backend.aclose()
 
 
 async def start_runtime(
@@ -97,18 +98,18 @@ async def start_runtime(
     if metrics is None:
         metrics = Metrics()
     mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver, settings.store_timeout)
-    redis = connect_redis(redis_url, cluster=settings.redis_cluster, timeout=settings.store_timeout)
+    redis_backend = connect_redis_backend(redis_url, settings.redis_cluster, settings.store_timeout)
+    redis = redis_backend.client
     notifications = NotificationService(mongo.database, metrics)
-    batch_redis = connect_redis(redis_url, cluster=settings.redis_cluster, timeout=settings.store_timeout, batches=True)
-    batcher = CommandBatcher(batch_redis, settings.store_timeout, metrics)
-    wakeups = WakeupHub(redis, batcher)
-    delivery_cache = DeliveryCache(redis, batcher, publish_hints=settings.wakeup_hints, metrics=metrics)
+    batcher = CommandBatcher(redis_backend, settings.store_timeout, metrics)
+    wakeups = WakeupHub(redis_backend, batcher)
+    delivery_cache = DeliveryCache(redis_backend, batcher, publish_hints=settings.wakeup_hints, metrics=metrics)
     notifications.register_observer(CacheObserver(delivery_cache, wakeups))
     assert settings.jwt_secret is not None and settings.api_key is not None
     runtime = Runtime(
         mongo=mongo,
         redis=redis,
-        batch_redis=batch_redis,
+        redis_backend=redis_backend,
         batcher=batcher,
         wakeups=wakeups,
         notifications=notifications,
@@ -125,7 +126,7 @@ async def start_runtime(
         metrics=metrics,
         status_history=StatusHistory(metrics, settings.status_interval),
         user_hasher=UserIdHasher(settings.jwt_secret),
-        rate_limiter=ProducerRateLimiter(redis, settings.producer_rate),
+        rate_limiter=ProducerRateLimiter(redis_backend, settings.producer_rate),
     )
     await notifications.ensure_indexes()
     # With or without hints, the subscription tells when Redis went away and came back.

@@ -12,9 +12,9 @@ import subprocess
 import sys
 import timeit
 
-from handlers.sse import encode_event
 from services.metrics import Metrics, MetricsDirectory
 from services.notifications import utc_now, validate_new_notification
+from services.sse import encode_event
 
 ROUNDS = 20000
 

@@ -15,7 +15,7 @@ from tornado import httputil, web
 
 from services.auth import Authenticator
 from services.cache import DeliveryCache
-from services.delivery import StreamTiming, WakeupHub
+from services.connection import StreamTiming
 from services.errors import (
     DomainError,
     Forbidden,
@@ -33,6 +33,7 @@ from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter
 from services.settings import Settings
 from services.streams import StreamLimits, StreamRegistry
+from services.wakeups import WakeupHub
 
 log = logging.getLogger("bellcast.handlers")
 

@@ -1,5 +1,9 @@
 """The delivery cache in Redis: which connections each user has open, and what each still has to send.
 
+`CacheObserver` is the notification service's observer: it has `DeliveryCache` queue each new
+notification in the inbox of every live connection of its user. Each stream's `LiveConnection`
+(services/connection.py) reads and empties its own `ConnectionInbox`.
+
 Keys, all of one user inside one hash tag so they share a Redis Cluster slot:
 
 * ``bellcast:{u:<user>}:connections`` — sorted set of the user's live connection ids,
@@ -8,16 +12,14 @@ Keys, all of one user inside one hash tag so they share a Redis Cluster slot:
   not yet delivered on that connection.
 
 Both carry a TTL: a live connection renews its registration every
-``REGISTRATION_REFRESH_INTERVAL``, and an inbox lives ``INBOX_TTL`` after its last write,
+``REGISTRATION_RENEWAL_INTERVAL``, and an inbox lives ``INBOX_TTL`` after its last write,
 so a connection whose process died leaves nothing behind for long.
 The registration TTL is long because renewing it is per-stream work at idle: thousands of
 streams renewing every few seconds would cost more than everything else an idle stream does.
 
-In a Redis Cluster every command names keys of one user only, so none spans hash slots, and a
-pipeline of many users' commands is split by node; on a single Redis the observer's one script
-names the inboxes it writes itself (QUEUE_FOR_LIVE_CONNECTIONS). Wake-up hints go to
-``bellcast:wakeups`` (PUBLISH), or in a cluster to the sharded channel nearest the user's
-slot (SPUBLISH; see `services.delivery`).
+Every command names keys of one user only, so none spans a Redis Cluster's hash slots. How
+the commands and hints go out on one server or a cluster is the `RedisBackend`'s business
+(services/redis_backend.py).
 """
 
 from __future__ import annotations
@@ -31,86 +33,26 @@ from collections.abc import Collection, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.delivery import WAKEUP_CHANNEL, CommandBatcher, WakeupHub, wakeup_shard_channel
+from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.notifications import Notification
-from services.stores import RedisClient, redis_unavailable
+from services.redis_backend import RedisBackend
+from services.stores import redis_unavailable
+from services.wakeups import WakeupHub
 
 log = logging.getLogger("bellcast.cache")
 
 KEY_PREFIX = "bellcast"
 REGISTRATION_TTL = 600
-REGISTRATION_REFRESH_INTERVAL = REGISTRATION_TTL / 3
-# Longer than the longest safety scan interval (REGISTRATION_REFRESH_INTERVAL), so that an entry
+REGISTRATION_RENEWAL_INTERVAL = REGISTRATION_TTL / 3
+# Longer than the longest safety scan interval (REGISTRATION_RENEWAL_INTERVAL), so that an entry
 # whose wake-up hint was lost still waits for the stream's own scan.
 INBOX_TTL = REGISTRATION_TTL
 # How long after its insert an observer may still be queueing a notification.
 OBSERVER_GRACE = 30.0
-# Queues one notification in each inbox named (KEYS) and renews their TTL: one command for all of a
-# user's connections instead of two per connection, which is what the observer's pipeline cost most
-# in a fan-out. The keys share the user's hash tag, so a cluster runs it on one node. Sent with EVAL,
-# not EVALSHA: Redis caches the script by its digest, and a restarted Redis needs nothing loaded again.
-# (A cluster's observer; on a single Redis, QUEUE_FOR_LIVE_CONNECTIONS does it all in one command.)
-QUEUE_IN_INBOXES = """
-for _, inbox in ipairs(KEYS) do
-  redis.call('HSET', inbox, ARGV[1], ARGV[2])
-  redis.call('EXPIRE', inbox, ARGV[3])
-end
-return #KEYS
-"""
-
-# The observer's one command on a single Redis: drops the user's expired registrations (KEYS[1]), queues
-# the notification (ARGV[3], ARGV[4]) in the inbox of each live one (ARGV[2] and the connection id),
-# renews the inboxes' TTL (ARGV[5]) and, if any was written, publishes the hint (ARGV[7] on channel
-# ARGV[6]; none if empty). One round trip and one command per create where a cluster's observer needs
-# two pipelines: the inboxes' names are made here, which only a single Redis allows (a cluster must
-# be told every key a script touches, to route it).
-QUEUE_FOR_LIVE_CONNECTIONS = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
-for _, connection in ipairs(connections) do
-  local inbox = ARGV[2] .. connection
-  redis.call('HSET', inbox, ARGV[3], ARGV[4])
-  redis.call('EXPIRE', inbox, ARGV[5])
-end
-if #connections > 0 and ARGV[6] ~= '' then
-  redis.call('PUBLISH', ARGV[6], ARGV[7])
-end
-return #connections
-"""
-
-
-# A safety scan on a single Redis, one command however many streams it covers: renews the due
-# registrations (the KEYS after the ARGV[1] inboxes; their connection ids from ARGV[4]), then answers
-# which inboxes hold entries, by position. One EXISTS per thousand inboxes settles the usual answer,
-# none; only a thousand of which some hold entries is asked key by key. (Thousands: Lua's unpack
-# returns no more than about 8,000 values.)
-SAFETY_SCAN = """
-local inboxes = tonumber(ARGV[1])
-local holding = {}
-for i = inboxes + 1, #KEYS do
-  local connection = ARGV[3 + i - inboxes]
-  if redis.call('ZSCORE', KEYS[i], connection) then
-    redis.call('ZADD', KEYS[i], 'XX', ARGV[2], connection)
-    redis.call('EXPIRE', KEYS[i], ARGV[3])
-  else
-    holding[#holding + 1] = i  -- no registration to renew
-  end
-end
-for first = 1, inboxes, 1000 do
-  local last = math.min(first + 999, inboxes)
-  if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
-    for i = first, last do
-      if redis.call('EXISTS', KEYS[i]) == 1 then holding[#holding + 1] = i end
-    end
-  end
-end
-return holding
-"""
 
 
 def user_tag(user_id: str) -> str:
@@ -126,124 +68,6 @@ def connections_key(user_id: str) -> str:
 def inbox_key(user_id: str, connection_id: str) -> str:
     """The hash of notifications waiting to be sent on one connection."""
     return f"{KEY_PREFIX}:{user_tag(user_id)}:inbox:{connection_id}"
-
-
-class DeliveryCache:
-    """Registers live connections and queues notifications for them in Redis."""
-
-    def __init__(
-        self, redis: RedisClient, batcher: CommandBatcher, publish_hints: bool = True, metrics: Metrics | None = None
-    ) -> None:
-        self._redis = redis
-        self._batcher = batcher
-        self._publish_hints = publish_hints
-        self._metrics = metrics
-        # Connection ids: random per cache (so per process, made after any fork), then a serial number,
-        # which costs less per connect than a uuid4 each.
-        self._connection_prefix = uuid.uuid4().hex[:16]
-        self._connection_serial = itertools.count()
-
-    def open_inbox(self, user_id: str) -> ConnectionInbox:
-        """A new, not yet registered inbox for one stream of the user."""
-        connection_id = f"{self._connection_prefix}{next(self._connection_serial):x}"
-        return ConnectionInbox(self._batcher, user_id, connection_id)
-
-    async def enqueue(self, notification: Notification) -> int:
-        """Queue the notification for every live connection of its user and hint them; returns how many.
-
-        Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
-        """
-        key = connections_key(notification.user_id)
-        now = time.time()
-        if not isinstance(self._redis, RedisCluster):
-            queued: int = await self._batcher.execute(
-                "EVAL",
-                QUEUE_FOR_LIVE_CONNECTIONS,
-                1,
-                key,
-                now,
-                inbox_key(notification.user_id, ""),
-                str(notification.id),
-                notification.to_json(),
-                INBOX_TTL,
-                WAKEUP_CHANNEL if self._publish_hints else "",
-                notification.user_id,
-            )
-            return queued
-        _, connection_ids = await self._batcher.execute_many(
-            [("ZREMRANGEBYSCORE", key, "-inf", now), ("ZRANGEBYSCORE", key, now, "+inf")]
-        )
-        if not connection_ids:
-            return 0
-        inboxes = [inbox_key(notification.user_id, connection_id.decode()) for connection_id in connection_ids]
-        commands: list[tuple[object, ...]] = [
-            ("EVAL", QUEUE_IN_INBOXES, len(inboxes), *inboxes, str(notification.id), notification.to_json(), INBOX_TTL)
-        ]
-        if self._publish_hints:
-            commands.append(("SPUBLISH", wakeup_shard_channel(key), notification.user_id))
-        await self._batcher.execute_many(commands)
-        return len(connection_ids)
-
-    async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
-        """Which of these inboxes hold entries, asked together with renewing the registrations due.
-
-        Streams whose inboxes hold something then scan them themselves. A renewal that finds its
-        registration gone (Redis evicted it, or was flushed) marks the inbox `registration_lost`
-        and counts as holding something: the stream's scan registers again and catches up from
-        MongoDB. A single Redis gets one command for all of them (SAFETY_SCAN); a cluster, whose
-        keys lie in many slots, one pipeline of an EXISTS per inbox and the renewals. Raises
-        StoreUnavailable when Redis does not answer.
-        """
-        if not inboxes:
-            return []
-        keys = [inbox.key for inbox in inboxes]
-        if isinstance(self._redis, RedisCluster):
-            renewing = [(inbox, inbox.refresh_commands_if_due()) for inbox in inboxes]
-            renewing = [(inbox, commands) for inbox, commands in renewing if commands]
-            renewals = [command for _, commands in renewing for command in commands]
-            replies = await self._batcher.execute_many([*(("EXISTS", key) for key in keys), *renewals])
-            position = len(keys)
-            for inbox, commands in renewing:
-                inbox.note_renewal(replies[position : position + len(commands)])
-                position += len(commands)
-            exists = replies[: len(keys)]
-            return [bool(reply) or inbox.registration_lost for reply, inbox in zip(exists, inboxes, strict=True)]
-        due = [inbox for inbox in inboxes if inbox.renewal_due()]
-        holding = await self._batcher.execute(
-            "EVAL",
-            SAFETY_SCAN,
-            len(keys) + len(due),
-            *keys,
-            *(inbox.connections_key for inbox in due),
-            len(keys),
-            time.time() + REGISTRATION_TTL,
-            REGISTRATION_TTL,
-            *(inbox.connection_id for inbox in due),
-        )
-        found = [False] * len(keys)
-        for position in holding:
-            if position <= len(keys):
-                found[position - 1] = True
-            else:  # a renewal with no registration to renew
-                due[position - len(keys) - 1].registration_lost = True
-        return [holds or inbox.registration_lost for holds, inbox in zip(found, inboxes, strict=True)]
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""
-        try:
-            if isinstance(self._redis, RedisCluster):
-                await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
-            else:
-                await self._redis.ping()
-        except (RedisError, RedisClusterException) as error:
-            if not redis_unavailable(error):
-                raise
-            self._store_error()
-            raise StoreUnavailable("the delivery cache is unavailable") from error
-
-    def _store_error(self) -> None:
-        if self._metrics is not None:
-            self._metrics.store_error("redis")
 
 
 class CacheObserver:
@@ -266,6 +90,68 @@ class CacheObserver:
             raise
 
 
+class DeliveryCache:
+    """Registers live connections and queues notifications for them in Redis."""
+
+    def __init__(
+        self, redis: RedisBackend, batcher: CommandBatcher, publish_hints: bool = True, metrics: Metrics | None = None
+    ) -> None:
+        self._redis = redis
+        self._batcher = batcher
+        self._publish_hints = publish_hints
+        self._metrics = metrics
+        # Connection ids: random per cache (so per process, made after any fork), then a serial number,
+        # which costs less per connect than a uuid4 each.
+        self._connection_prefix = uuid.uuid4().hex[:16]
+        self._connection_serial = itertools.count()
+
+    def open_inbox(self, user_id: str) -> ConnectionInbox:
+        """A new, not yet registered inbox for one stream of the user."""
+        connection_id = f"{self._connection_prefix}{next(self._connection_serial):x}"
+        return ConnectionInbox(self._batcher, user_id, connection_id)
+
+    async def enqueue(self, notification: Notification) -> int:
+        """Queue the notification for every live connection of its user and hint them; returns how many.
+
+        Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
+        """
+        return await self._redis.queue_for_live_connections(
+            self._batcher.execute_many,
+            connections_key(notification.user_id),
+            inbox_key(notification.user_id, ""),
+            (str(notification.id), notification.to_json()),
+            INBOX_TTL,
+            notification.user_id if self._publish_hints else None,
+        )
+
+    async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
+        """Which of these inboxes hold entries, asked together with renewing the registrations due.
+
+        Streams whose inboxes hold something then scan them themselves. A renewal that finds its
+        registration gone (Redis evicted it, or was flushed) marks the inbox `registration_lost`
+        and counts as holding something: the stream's scan registers again and catches up from
+        MongoDB. Raises StoreUnavailable when Redis does not answer.
+        """
+        if not inboxes:
+            return []
+        found = await self._redis.safety_scan(self._batcher.execute_many, inboxes, REGISTRATION_TTL)
+        return [holds or inbox.registration_lost for holds, inbox in zip(found, inboxes, strict=True)]
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers: in a cluster, every primary."""
+        try:
+            await self._redis.ping()
+        except (RedisError, RedisClusterException) as error:
+            if not redis_unavailable(error):
+                raise
+            self._store_error()
+            raise StoreUnavailable("the delivery cache is unavailable") from error
+
+    def _store_error(self) -> None:
+        if self._metrics is not None:
+            self._metrics.store_error("redis")
+
+
 class ConnectionInbox:
     """One stream's registration and queue of undelivered notifications; its commands go out pipelined."""
 
@@ -273,10 +159,9 @@ class ConnectionInbox:
         "_batcher",
         "_connections_key",
         "_inbox_key",
-        "_refresh_due",
         "_registered_at",
         "_registration",
-        "_sent",
+        "_renewal_due_at",
         "connection_id",
         "registration_lost",
         "user_id",
@@ -288,15 +173,12 @@ class ConnectionInbox:
         self.connection_id = connection_id
         self._connections_key = connections_key(user_id)
         self._inbox_key = inbox_key(user_id, connection_id)
-        self._refresh_due = 0.0
+        self._renewal_due_at = 0.0
         self._registered_at = 0.0
         # A renewal found the registration gone (evicted, or flushed): observers queue nothing for
         # this connection until it registers again.
         self.registration_lost = False
         self._registration: asyncio.Future[list[Any]] | None = None
-        # Ids already sent on this connection whose inbox entry may still exist: sent by the
-        # catch-up while the observer also queued them, or sent when the delete that follows failed.
-        self._sent: set[str] | None = None  # made on first use: most streams never need it
 
     async def register(self) -> int:
         """Announce the connection so that observers queue the user's notifications for it.
@@ -314,18 +196,23 @@ class ConnectionInbox:
         finally:
             if registration.done():
                 self._registration = None
-        self._refresh_due = time.monotonic() + REGISTRATION_REFRESH_INTERVAL
+        self._renewal_due_at = time.monotonic() + REGISTRATION_RENEWAL_INTERVAL
         self.registration_lost = False
         return int(replies[-1])
+
+    @property
+    def registered_at(self) -> float:
+        """When the connection last registered (time.time()): observers may queue what was created shortly before."""
+        return self._registered_at
 
     @property
     def key(self) -> str:
         """The inbox's key in Redis."""
         return self._inbox_key
 
-    async def refresh_if_due(self) -> None:
+    async def renew_if_due(self) -> None:
         """Renew the registration's TTL when a third of it has passed; note if it was gone."""
-        commands = self.refresh_commands_if_due()
+        commands = self.renewal_commands_if_due()
         if commands:
             self.note_renewal(await self._batcher.execute_many(commands))
 
@@ -341,23 +228,24 @@ class ConnectionInbox:
         a safety scan interval, well inside INBOX_TTL.
         """
         now = time.monotonic()
-        if now < self._refresh_due:
+        if now < self._renewal_due_at:
             return False
-        self._refresh_due = now + REGISTRATION_REFRESH_INTERVAL
+        self._renewal_due_at = now + REGISTRATION_RENEWAL_INTERVAL
         return True
 
-    def refresh_commands_if_due(self) -> list[tuple[object, ...]]:
+    def renewal_commands_if_due(self) -> list[tuple[object, ...]]:
         """The commands that renew the registration's TTL, if due (`renewal_due`)."""
         if not self.renewal_due():
             return []
         # XX: a renewal only extends a registration. Queued before the stream closed, it may reach
         # Redis after the deregistration (safety scans go out a sweep later, on another connection),
-        # and must not bring the connection back to be written to for ten minutes. (SAFETY_SCAN too.)
+        # and must not bring the connection back to be written to for ten minutes (the single Redis's
+        # safety scan script too).
         # The ZSCORE before says whether there was a registration to renew (None: Redis lost it).
         return [("ZSCORE", self._connections_key, self.connection_id), *self._registration_commands("XX")]
 
     def note_renewal(self, replies: Sequence[Any]) -> None:
-        """Take the replies to `refresh_commands_if_due`'s commands: note if the registration was gone."""
+        """Take the replies to `renewal_commands_if_due`'s commands: note if the registration was gone."""
         if replies[0] is None:  # the ZSCORE's
             self.registration_lost = True
 
@@ -368,38 +256,15 @@ class ConnectionInbox:
             ("EXPIRE", self._connections_key, REGISTRATION_TTL),
         ]
 
-    def note_caught_up(self, notification: Notification) -> None:
-        """Remember a notification the catch-up sent, if the observer may also have queued it."""
-        if notification.created_at.timestamp() >= self._registered_at - OBSERVER_GRACE:
-            self._sent = self._sent or set()
-            self._sent.add(str(notification.id))
-
     async def pending(self) -> list[tuple[str, bytes]]:
-        """The queued (notification id, JSON) pairs not yet sent on this connection, in id order."""
+        """The queued (notification id, JSON) pairs, in id order."""
         entries: dict[bytes, bytes] = await self._batcher.execute("HGETALL", self._inbox_key)
-        if not entries:
-            return []
-        fresh, already_sent = [], []
-        for key, value in entries.items():
-            notification_id = key.decode()
-            if self._sent and notification_id in self._sent:
-                already_sent.append(notification_id)
-            else:
-                fresh.append((notification_id, value))
-        if already_sent:
-            await self.remove(already_sent)
-        return sorted(fresh)
+        return sorted((key.decode(), value) for key, value in entries.items()) if entries else []
 
     async def remove(self, notification_ids: Collection[str]) -> None:
-        """Delete exactly these entries once they have been sent; never send them again."""
-        if not notification_ids:
-            return
-        self._sent = self._sent or set()
-        self._sent.update(notification_ids)
-        await self._batcher.execute("HDEL", self._inbox_key, *notification_ids)
-        self._sent.difference_update(notification_ids)
-        if not self._sent:
-            self._sent = None
+        """Delete exactly these entries, once they have been sent."""
+        if notification_ids:
+            await self._batcher.execute("HDEL", self._inbox_key, *notification_ids)
 
     async def deregister(self) -> None:
         """Forget the connection and drop whatever it had not sent."""

@@ -18,11 +18,11 @@ import logging
 import math
 from dataclasses import dataclass
 
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.errors import RateLimited
-from services.stores import RedisClient, redis_unavailable
+from services.redis_backend import RedisBackend
+from services.stores import redis_unavailable
 
 log = logging.getLogger("bellcast.ratelimit")
 
@@ -61,8 +61,9 @@ def rate_key(api_key: str) -> str:
 class ProducerRateLimiter:
     """Counts each API key's requests in Redis and refuses those past the window's allowance."""
 
-    def __init__(self, redis: RedisClient, limit: RateLimit) -> None:
-        self._redis = redis
+    def __init__(self, redis: RedisBackend, limit: RateLimit) -> None:
+        self._redis = redis.client
+        self._transactions = redis.transactions
         self._limit = limit
         self._redis_down = False
         self.refused = 0
@@ -95,7 +96,7 @@ class ProducerRateLimiter:
         window_ms = self._limit.window_milliseconds
         # One key, so one slot: a transaction on a single Redis; a cluster pipeline without one, where a
         # counter that loses its TTL in between gets it back below.
-        async with self._redis.pipeline(transaction=not isinstance(self._redis, RedisCluster)) as pipe:
+        async with self._redis.pipeline(transaction=self._transactions) as pipe:
             pipe.set(key, 0, px=window_ms, nx=True)
             pipe.incr(key)
             pipe.pttl(key)

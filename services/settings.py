@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.cache import REGISTRATION_REFRESH_INTERVAL
-from services.delivery import StreamTiming
+from services.cache import REGISTRATION_RENEWAL_INTERVAL
+from services.connection import StreamTiming
 from services.logs import LOG_FORMATS, LOG_LEVELS
 from services.ratelimit import RateLimit
 from services.stores import MONGO_DRIVERS
@@ -393,9 +393,9 @@ class Settings:
             raise SettingsError("JWT_SECRET and API_KEY go together: set both, or neither for development")
         if self.heartbeat_interval < self.poll_interval:
             raise SettingsError("HEARTBEAT_INTERVAL must be at least POLL_INTERVAL")
-        if self.safety_scan_interval > REGISTRATION_REFRESH_INTERVAL:
+        if self.safety_scan_interval > REGISTRATION_RENEWAL_INTERVAL:
             # Streams renew their registration on these scans.
-            raise SettingsError(f"SAFETY_SCAN_INTERVAL must be at most {REGISTRATION_REFRESH_INTERVAL:.0f} seconds")
+            raise SettingsError(f"SAFETY_SCAN_INTERVAL must be at most {REGISTRATION_RENEWAL_INTERVAL:.0f} seconds")
         if (
             self.redis_cluster
             and self.redis_url is not None

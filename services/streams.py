@@ -1,32 +1,19 @@
-"""Open event streams: what each has to send, and the registry of this process's streams."""
+"""The registry of this process's open streams: one sweep heartbeats them, drops the stalled, batches safety scans."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
-import datetime
 import math
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bson import ObjectId
-from bson.errors import InvalidId
-
 from services.cache import ConnectionInbox
-from services.errors import StoreUnavailable, TooMany
+from services.errors import StoreUnavailable
 from services.metrics import Metrics
-from services.notifications import CATCH_UP_WINDOW, Notification, NotificationService
-
-CATCH_UP_WINDOW_SECONDS = int(CATCH_UP_WINDOW.total_seconds())
-
-# The most entries one scan sends, so that one write stays small however much is queued.
-MAX_ENTRIES_PER_SEND = 100
-
-Entry = tuple[str, bytes | str]
 
 
 @dataclass(frozen=True)
@@ -36,183 +23,6 @@ class StreamLimits:
     max_streams: int
     max_streams_per_user: int
     write_timeout: float
-
-
-class CacheWatch(Protocol):
-    """Knows when the cache came back after it was unreachable."""
-
-    @property
-    def epoch(self) -> int:
-        """Moves on each time the cache comes back."""
-
-
-def _parse_id(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return str(ObjectId(value))
-    except (InvalidId, TypeError):
-        return None
-
-
-class StreamSession:
-    """One stream's delivery: the catch-up from MongoDB, the inbox in Redis, and recovery after a cache outage.
-
-    It never hands out the same id twice. After the cache was unreachable or restarted (the
-    process's cache epoch moved on), it registers again and first sends from MongoDB what the
-    stream missed meanwhile, since MongoDB, not the cache, is the source of truth.
-    """
-
-    __slots__ = (
-        "_cache",
-        "_epoch_seen",
-        "_inbox",
-        "_newest_sent",
-        "_notifications",
-        "_opened_at",
-        "_recent",
-        "_recovering",
-        "user_id",
-    )
-
-    def __init__(
-        self,
-        inbox: ConnectionInbox,
-        notifications: NotificationService,
-        cache: CacheWatch,
-        last_event_id: str | None,
-    ) -> None:
-        self._inbox = inbox
-        self._notifications = notifications
-        self._cache = cache
-        self._epoch_seen = cache.epoch
-        self.user_id = inbox.user_id
-        self._newest_sent = _parse_id(last_event_id)
-        # Ids sent that a catch-up might return again: those within CATCH_UP_WINDOW of the newest.
-        self._recent: frozenset[str] | None = None
-        self._recovering = False
-        self._opened_at = time.time()
-
-    async def open(self, max_streams_per_user: int) -> None:
-        """Register the stream; TooMany past the user's limit. With the cache down it opens and recovers later."""
-        try:
-            streams_of_user = await self._inbox.register()
-        except StoreUnavailable:
-            self._recovering = True
-            return
-        if streams_of_user > max_streams_per_user:
-            await self._inbox.deregister()
-            raise TooMany(f"at most {max_streams_per_user} streams per user")
-
-    @property
-    def recovering(self) -> bool:
-        """True while the stream owes a recovery from MongoDB (it could not register, or a store failed)."""
-        return self._recovering
-
-    def recover(self) -> None:
-        """Something may have been created and not queued: the next `take` catches up from MongoDB first."""
-        self._recovering = True
-
-    @property
-    def inbox(self) -> ConnectionInbox:
-        """The stream's inbox in Redis."""
-        return self._inbox
-
-    async def catch_up(self) -> AsyncIterator[list[Entry]]:
-        """What a client resuming after its Last-Event-ID lacks, in batches; nothing for a new client."""
-        if self._newest_sent is None:
-            return
-        try:
-            async for batch in self._notifications.since(self.user_id, self._newest_sent):
-                yield self._unsent(batch)
-        except StoreUnavailable:
-            # MongoDB is down: the scans catch up from the newest id sent once it is back.
-            self._recovering = True
-            raise
-
-    async def take(self) -> list[Entry]:
-        """What to send now, in id order: after an outage first MongoDB's catch-up, then the inbox.
-
-        Raises StoreUnavailable while a store is unreachable; what is owed is kept for later.
-        """
-        if self._cache.epoch != self._epoch_seen:
-            self._epoch_seen = self._cache.epoch
-            self._recovering = True
-        entries: list[Entry] = []
-        if self._recovering or self._inbox.registration_lost:
-            await self._inbox.register()
-            resume_from = self._newest_sent or str(ObjectId.from_datetime(_utc(self._opened_at - 1)))
-            async for batch in self._notifications.since(self.user_id, resume_from):
-                entries.extend(self._unsent(batch))
-            self._recovering = False
-        try:
-            queued = await self._inbox.pending()
-        except StoreUnavailable:
-            self._recovering = True
-            raise
-        seen = {notification_id for notification_id, _ in entries}
-        recent = self._recent or frozenset()
-        entries.extend(entry for entry in queued if entry[0] not in recent and entry[0] not in seen)
-        entries.sort(key=lambda entry: entry[0])
-        return entries[:MAX_ENTRIES_PER_SEND]
-
-    def sent(self, notification_ids: list[str]) -> None:
-        """Remember what went out, so that no catch-up sends it again."""
-        newest = max(notification_ids, default=None)
-        if newest is not None and (self._newest_sent is None or newest > self._newest_sent):
-            self._newest_sent = newest
-        if self._newest_sent is not None:
-            # An ObjectId's hex starts with its creation second: the smallest id of that second less the window.
-            floor_second = max(0, int(self._newest_sent[:8], 16) - CATCH_UP_WINDOW_SECONDS)
-            floor = f"{floor_second:08x}{'0' * 16}"
-            self._recent = frozenset(i for i in (*(self._recent or ()), *notification_ids) if i >= floor) or None
-
-    async def refresh_if_due(self) -> None:
-        """Renew the registration's TTL when due."""
-        await self._inbox.refresh_if_due()
-
-    async def acknowledge(self, notification_ids: list[str]) -> None:
-        """Remove sent entries from the inbox; if that fails they are still never sent again."""
-        await self._inbox.remove(notification_ids)
-
-    async def close(self) -> None:
-        """Deregister; with the cache down the registration expires on its own."""
-        await self._inbox.deregister()
-
-    def _unsent(self, batch: list[Notification]) -> list[Entry]:
-        fresh: list[Entry] = []
-        for notification in batch:
-            self._inbox.note_caught_up(notification)
-            notification_id = str(notification.id)
-            if not self._recent or notification_id not in self._recent:
-                fresh.append((notification_id, notification.to_json()))
-        return fresh
-
-
-def _utc(timestamp: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-
-
-# TCP_USER_TIMEOUT is a C int of milliseconds: a longer STREAM_WRITE_TIMEOUT is cut to this (24 days).
-MAX_USER_TIMEOUT_MS = 2**31 - 1
-
-
-def abort_when_unacknowledged(sock: socket.socket | None, seconds: float) -> None:
-    """Have the kernel abort the connection once data it sent stays unacknowledged for `seconds`.
-
-    A client that vanished without FIN or RST (its host gone, the network cut) would otherwise
-    hold its stream until TCP gives up retransmitting, about 15 minutes later. Heartbeats keep
-    data in flight, so such a client is noticed within about the heartbeat interval plus
-    `seconds`. Linux's TCP_USER_TIMEOUT; elsewhere, and for a connection already closed (no
-    socket), nothing changes.
-    """
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    milliseconds = min(max(1, round(seconds * 1000)), MAX_USER_TIMEOUT_MS)
-    # A connection the client reset meanwhile may refuse options; it is ending anyway.
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
 
 
 class OpenStream(Protocol):
@@ -251,8 +61,7 @@ class InboxScanner(Protocol):
 
 # How many closed streams release their registration per loop iteration. Thousands of clients that
 # leave at once (a proxy restarting, a network cut) each deregister and write an access line, which
-# in one iteration stalled the event loop (18,000 closes: one iteration of 0.9 s; Tornado's handling
-# of their end-of-file, before this, still takes 0.4-0.8 s iterations).
+# done in one iteration would stall the event loop for every other stream.
 RELEASES_PER_ITERATION = 100
 
 # The sweep runs every SWEEP_PERIOD, and at least SWEEPS_PER_HEARTBEAT times per heartbeat interval

@@ -14,10 +14,10 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import RedisClusterException
 
 from services.cache import DeliveryCache, connections_key, inbox_key, user_tag
-from services.delivery import WAKEUP_SHARD_CHANNELS, WAKEUP_SHARDS, CommandBatcher, wakeup_shard_channel
+from services.command_batcher import CommandBatcher
 from services.embedded import free_port
 from services.errors import StoreUnavailable
-from services.stores import connect_redis
+from services.redis_backend import WAKEUP_SHARD_CHANNELS, WAKEUP_SHARDS, ClusterRedis, wakeup_shard_channel
 from tests.support import users_by_node
 
 
@@ -105,7 +105,7 @@ async def test_a_command_with_keys_in_two_slots_is_a_bug_that_surfaces_not_an_ou
 
 @pytest.mark.gen_test
 async def test_an_unreachable_cluster_is_an_outage_for_the_streams_and_the_health_check():
-    redis = connect_redis(f"redis://127.0.0.1:{free_port()}", cluster=True)
+    redis = ClusterRedis(f"redis://127.0.0.1:{free_port()}")
     cache = DeliveryCache(redis, CommandBatcher(redis))
     try:
         with pytest.raises(StoreUnavailable):

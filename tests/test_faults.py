@@ -219,7 +219,7 @@ async def test_a_stream_whose_registration_redis_lost_registers_again_and_misses
     same) while answering everything: observers then queue nothing for it, and no error says so.
     The registration's next renewal finds it gone: the stream registers again and catches up
     from MongoDB. (Without that, it received nothing until it reconnected: its heartbeats went on.)"""
-    monkeypatch.setattr(cache, "REGISTRATION_REFRESH_INTERVAL", 0.5)
+    monkeypatch.setattr(cache, "REGISTRATION_RENEWAL_INTERVAL", 0.5)
     app.settings["stream_timing"] = replace(settings.stream_timing, safety_scan_interval=0.2)
     stream = await open_stream("alice")
     await stream.next_event()

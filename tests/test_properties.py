@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from handlers.sse import encode_event
+from services.sse import encode_event
 from tests.support import b64url
 
 # The counts docs/reliability.md reports; each example is one to four requests.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.sse import encode_comment, encode_event, encode_retry
+from services.sse import encode_comment, encode_event, encode_retry
 
 
 @pytest.mark.parametrize(

@@ -11,16 +11,16 @@ from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import DuplicateKeyError
 from redis.exceptions import DataError, ResponseError
 
-from services.delivery import CommandBatcher
+from services.command_batcher import CommandBatcher
 from services.embedded import EmbeddedMongo
 from services.errors import StoreUnavailable
 from services.notifications import COLLECTION, InsertBatcher, NotificationService
+from services.redis_backend import SingleRedis
 from services.stores import (
     DEFAULT_MONGODB_MAX_IDLE_MS,
     DEFAULT_MONGODB_MIN_POOL_SIZE,
     MONGO_DRIVERS,
     MongoConnection,
-    connect_redis,
 )
 from tests.support import eventually
 
@@ -65,7 +65,7 @@ async def test_a_pipeline_cut_short_by_a_hung_redis_fails_in_time_and_leaves_no_
 ):
     """The batcher keeps its connections between pipelines: one whose replies never came must not be
     used again as it is, or the next pipeline would read the late reply as its own."""
-    redis = connect_redis(private_redis.url, batches=True)
+    redis = SingleRedis(private_redis.url)
     batcher = CommandBatcher(redis, timeout=0.5)
     try:
         assert await batcher.execute_many([("SET", "first", "1"), ("SET", "second", "2")]) == [True, True]
@@ -91,8 +91,9 @@ async def test_the_batcher_sends_every_argument_type_as_the_client_would_and_ref
     """Its commands are packed by hiredis, not by the client: text, bytes, ints and floats must reach
     Redis as the client's own commands send them, and an argument of no Redis type must fail its
     pipeline as the client's DataError, before anything is written, leaving the batcher usable."""
-    redis = connect_redis(redis_url, batches=True)
-    batcher = CommandBatcher(redis)
+    backend = SingleRedis(redis_url)
+    redis = backend.client
+    batcher = CommandBatcher(backend)
     key = f"bellcast-test:{uuid.uuid4().hex}"
     values = {"text": "caf\u00e9 {u:1}", "bytes": b"\x00\xff\r\n", "int": 12, "float": 1764643000.1234567}
     try:
@@ -110,7 +111,7 @@ async def test_the_batcher_sends_every_argument_type_as_the_client_would_and_ref
     finally:
         await redis.delete(key)
         await batcher.close()
-        await redis.aclose()
+        await backend.aclose()
 
 
 class InsertCommands(monitoring.CommandListener):

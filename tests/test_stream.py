@@ -214,7 +214,7 @@ async def test_a_safety_scan_finds_the_inboxes_holding_entries_and_renews_the_re
     alice, alice_too, bob, carol = (delivery_cache.open_inbox(user) for user in ("alice", "alice", "bob", "carol"))
     await alice.register()
     await alice_too.register()
-    monkeypatch.setattr(cache, "REGISTRATION_REFRESH_INTERVAL", 0.0)
+    monkeypatch.setattr(cache, "REGISTRATION_RENEWAL_INTERVAL", 0.0)
     await bob.register()  # renewals due at once from here on
     await carol.register()
     await bob.deregister()
@@ -282,6 +282,28 @@ async def test_delivered_entries_are_removed_from_the_cache(api, open_stream, ru
         return await runtime.redis.hlen(inbox_key("alice", connection_id.decode())) == 0
 
     await eventually(emptied)
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_an_entry_queued_again_for_what_a_stream_already_sent_is_deleted_not_sent(api, open_stream, runtime):
+    """The connection's ledger: an inbox entry for an id it sent (queued late, or its deletion failed)
+    never goes out a second time, and is deleted with the next delivery."""
+    stream = await open_stream("alice")
+    sent = await api.create("alice", "once")
+    assert [event.id for event in await stream.notifications(1)] == [sent["id"]]
+    [connection_id] = await runtime.redis.zrange(connections_key("alice"), 0, -1)
+    inbox = inbox_key("alice", connection_id.decode())
+
+    async def emptied() -> bool:
+        return await runtime.redis.hlen(inbox) == 0
+
+    await eventually(emptied)
+    await runtime.redis.hset(inbox, sent["id"], "{}")
+    later = await api.create("alice", "later")
+    assert [event.id for event in await stream.notifications(1)] == [later["id"]]
+    await eventually(emptied)
+    await stream.assert_silent(0.3)
 
 
 @pytest.mark.gen_test

@@ -14,8 +14,8 @@ from itertools import pairwise
 import pytest
 from tornado.ioloop import IOLoop
 
-from handlers.stream import AlignedPeriodicCallback
 from services.cache import ConnectionInbox
+from services.connection import AlignedPeriodicCallback
 from services.metrics import Metrics
 from services.streams import RELEASES_PER_ITERATION, StreamRegistry
 from tests.support import metric_value

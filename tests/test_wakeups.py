@@ -10,9 +10,11 @@ import pytest
 
 from services import cache
 from services.cache import ConnectionInbox, DeliveryCache
-from services.delivery import WAKEUP_CHANNEL, CommandBatcher, WakeupHub
+from services.command_batcher import CommandBatcher
 from services.notifications import utc_now, validate_new_notification
+from services.redis_backend import WAKEUP_CHANNEL, SingleRedis, connect_redis_backend
 from services.stores import connect_redis
+from services.wakeups import WakeupHub
 from tests.support import cache_keys, command_calls, eventually, metric_value, on_every_node
 
 
@@ -85,7 +87,7 @@ async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, run
     stream = await open_stream("alice")
     await stream.next_event()
     # Queue directly in the cache without publishing, as if the hint had been lost.
-    silent_cache = DeliveryCache(runtime.redis, runtime.batcher, publish_hints=False)
+    silent_cache = DeliveryCache(runtime.redis_backend, runtime.batcher, publish_hints=False)
     notification = validate_new_notification({"user_id": "alice", "title": "no hint"}, now=utc_now())
     assert await silent_cache.enqueue(notification) == 1
     [event] = await stream.notifications(1, timeout=5)
@@ -128,7 +130,7 @@ async def test_renewals_queued_before_streams_close_do_not_register_them_again(
     """A stream's safety scan goes out with the next sweep and renews its registration if due; the
     stream may have closed and deregistered by then. The renewal must not bring it back (it did:
     Redis kept writing notifications for such connections until the registration expired)."""
-    monkeypatch.setattr(cache, "REGISTRATION_REFRESH_INTERVAL", 0.0)  # every scan renews
+    monkeypatch.setattr(cache, "REGISTRATION_RENEWAL_INTERVAL", 0.0)  # every scan renews
     app.settings["stream_timing"] = replace(settings.stream_timing, safety_scan_interval=0.1)
     streams = [await open_stream(f"user{i}") for i in range(40)]
     for stream in streams:
@@ -198,10 +200,9 @@ class RecordingStream:
 async def test_a_recovery_announced_by_one_process_reaches_the_streams_of_every_process_once(redis_url, redis_cluster):
     """What an observer that could not queue a notification announces: each process's hub, its own
     included, has that user's streams recover, once, and wakes no one else."""
-    clients = [connect_redis(redis_url, redis_cluster), connect_redis(redis_url, redis_cluster)]
-    batch_clients = [connect_redis(redis_url, redis_cluster, batches=True) for _ in clients]
-    batchers = [CommandBatcher(client) for client in batch_clients]
-    hubs = [WakeupHub(client, batcher) for client, batcher in zip(clients, batchers, strict=True)]
+    backends = [connect_redis_backend(redis_url, redis_cluster) for _ in range(2)]
+    batchers = [CommandBatcher(backend) for backend in backends]
+    hubs = [WakeupHub(backend, batcher) for backend, batcher in zip(backends, batchers, strict=True)]
     alice, bob = [RecordingStream(), RecordingStream()], RecordingStream()
     try:
         for hub, stream in zip(hubs, alice, strict=True):
@@ -223,8 +224,8 @@ async def test_a_recovery_announced_by_one_process_reaches_the_streams_of_every_
         for hub, batcher in zip(hubs, batchers, strict=True):
             await hub.close()
             await batcher.close()
-        for client in [*clients, *batch_clients]:
-            await client.aclose()
+        for backend in backends:
+            await backend.aclose()
 
 
 @pytest.mark.gen_test
@@ -237,17 +238,17 @@ async def test_the_hub_warns_when_redis_may_evict_what_it_queues_and_only_then(r
 
     async def warnings_of_a_new_hub() -> list[str]:
         caplog.clear()
-        client = connect_redis(redis_url, redis_cluster)
-        batcher = CommandBatcher(client)
-        hub = WakeupHub(client, batcher)
+        backend = connect_redis_backend(redis_url, redis_cluster)
+        batcher = CommandBatcher(backend)
+        hub = WakeupHub(backend, batcher)
         hub.start()
         try:
             await hub.wait_subscribed()
         finally:
             await hub.close()
             await batcher.close()
-            await client.aclose()
-        return [r.message for r in caplog.records if r.name == "bellcast.delivery" and r.levelname == "WARNING"]
+            await backend.aclose()
+        return [r.message for r in caplog.records if r.name == "bellcast.wakeups" and r.levelname == "WARNING"]
 
     try:
         assert await warnings_of_a_new_hub() == []  # noeviction, the default
@@ -269,19 +270,20 @@ async def test_the_hub_warns_when_redis_may_evict_what_it_queues_and_only_then(r
 async def test_the_hub_subscribes_again_after_an_unexpected_error_and_wakes_streams(redis_url, caplog, monkeypatch):
     """An error no outage explains (a client's bug, such as the AttributeError redis-py raised once in
     a CI run when its connection lost its writer during a resubscription) must not end the hub."""
-    client = connect_redis(redis_url)
-    batcher = CommandBatcher(client)
-    hub = WakeupHub(client, batcher)
-    subscribe = WakeupHub._read
+    backend = SingleRedis(redis_url)
+    client = backend.client
+    batcher = CommandBatcher(backend)
+    hub = WakeupHub(backend, batcher)
+    subscribe = SingleRedis.read_hints
     failures: list[int] = []
 
-    async def fails_once(self, redis):
+    async def fails_once(self, on_subscribed, on_message):
         if not failures:
             failures.append(1)
             raise AttributeError("'NoneType' object has no attribute 'writelines'")
-        await subscribe(self, redis)
+        await subscribe(self, on_subscribed, on_message)
 
-    monkeypatch.setattr(WakeupHub, "_read", fails_once)
+    monkeypatch.setattr(SingleRedis, "read_hints", fails_once)
     alice = RecordingStream()
     hub.listen("alice", alice)
     hub.start()
@@ -293,9 +295,9 @@ async def test_the_hub_subscribes_again_after_an_unexpected_error_and_wakes_stre
             return alice.woken == 1
 
         await eventually(woken)
-        [error] = [r for r in caplog.records if r.name == "bellcast.delivery" and r.levelname == "ERROR"]
+        [error] = [r for r in caplog.records if r.name == "bellcast.wakeups" and r.levelname == "ERROR"]
         assert "subscribing again" in error.message and error.exc_info is not None
     finally:
         await hub.close()
         await batcher.close()
-        await client.aclose()
+        await backend.aclose()

@@ -1,0 +1,91 @@
+"""The Redis commands of one event-loop iteration, sent together: one round trip for many streams.
+
+Streams issue their scans, registrations and removals, and observers their queueing, through one
+`CommandBatcher`; each loop iteration's commands go out in one pipeline, without a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from services.batching import IterationBatches
+from services.errors import StoreUnavailable
+from services.metrics import Metrics
+from services.redis_backend import RedisBackend
+from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, redis_unavailable
+
+# The longest a pipeline grows; more commands in one loop iteration go in several.
+MAX_PIPELINE_COMMANDS = 2000
+
+
+class CommandBatcher:
+    """Queues Redis commands and sends those of one loop iteration together, without a transaction.
+
+    Each pipeline is bounded by `timeout` as a whole rather than each reply; the backend runs it
+    (`RedisBackend.execute_pipeline`).
+    """
+
+    def __init__(
+        self, redis: RedisBackend, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS, metrics: Metrics | None = None
+    ) -> None:
+        self._redis = redis
+        self._timeout = timeout
+        self._metrics = metrics
+        self._batches: IterationBatches[Sequence[Sequence[Any]], list[Any]] = IterationBatches(self._send_queued)
+
+    async def execute(self, *command: Any) -> Any:
+        """Run one command in the next pipeline; RedisError becomes StoreUnavailable."""
+        return (await self.execute_many([command]))[0]
+
+    def execute_many(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+        """Run several commands, in order, in the next pipeline; the future has their replies."""
+        return self._batches.add(commands)
+
+    async def _send_queued(self, queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
+        batches: list[list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]] = [[]]
+        size = 0
+        for entry in queued:
+            if size >= MAX_PIPELINE_COMMANDS:
+                batches.append([])
+                size = 0
+            batches[-1].append(entry)
+            size += len(entry[0])
+        if len(batches) == 1:
+            await self._send(batches[0])  # the usual case, without a task more
+        else:
+            await asyncio.gather(*(self._send(batch) for batch in batches))
+
+    async def _send(self, batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_pipeline_commands.observe(sum(len(commands) for commands, _ in batch))
+        flat = [command for commands, _ in batch for command in commands]
+        try:
+            async with asyncio.timeout(self._timeout):
+                results = await self._redis.execute_pipeline(flat)
+        except (RedisError, RedisClusterException, OSError) as error:  # TimeoutError is an OSError
+            results = [error] * len(flat)
+            if self._metrics is not None:
+                self._metrics.store_error("redis")
+        position = 0
+        for commands, future in batch:
+            replies = results[position : position + len(commands)]
+            position += len(commands)
+            if future.done():
+                continue
+            failure = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if failure is not None and not redis_unavailable(failure):
+                future.set_exception(failure)  # a bug, such as keys of two slots: let it surface
+            elif failure is not None:
+                unavailable = StoreUnavailable("the delivery cache is unavailable")
+                unavailable.__cause__ = failure
+                future.set_exception(unavailable)
+            else:
+                future.set_result(replies)
+
+    async def close(self) -> None:
+        """Wait for the pipelines already sent."""
+        await self._batches.wait_sent()

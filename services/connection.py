@@ -1,0 +1,609 @@
+"""One open event stream: its PeriodicCallback scans its inbox, writes what is owed, then deletes exactly that.
+
+`LiveConnection` is everything a stream does once its handler has accepted it: it registers its
+inbox in Redis, catches up from MongoDB after `Last-Event-ID`, scans the inbox when woken or on its
+PeriodicCallback, writes each batch (`await self.flush()`), and deletes what it delivered. It keeps
+the one ledger of what was sent on this connection, so nothing goes out twice, and is the one
+writer of its socket: heartbeats go through it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from tornado.ioloop import PeriodicCallback
+from tornado.iostream import IOStream, StreamClosedError
+
+from services.cache import OBSERVER_GRACE, ConnectionInbox
+from services.errors import StoreUnavailable, TooMany
+from services.logs import fields
+from services.metrics import Metrics
+from services.notifications import CATCH_UP_WINDOW, Notification, NotificationService
+from services.sse import encode_comment, encode_event, encode_retry
+
+if TYPE_CHECKING:
+    from services.streams import StreamRegistry
+    from services.wakeups import WakeupHub
+
+log = logging.getLogger("bellcast.stream")
+
+NOTIFICATION_EVENT = "notification"
+# What browsers wait before reconnecting after the stream drops.
+RECONNECT_DELAY_MS = 2000
+# Spread the ticks of streams opened together, so they do not all fall due at once.
+TICK_JITTER = 0.1
+# Ticks fall on the multiples of this many seconds, so that streams share wake-ups instead of one each.
+TICK_ALIGNMENT = 0.1
+HEARTBEAT = encode_comment("heartbeat")
+# The heartbeat as Tornado frames it on an HTTP/1.1 response (chunked), ready for the socket.
+HEARTBEAT_CHUNK = b"%x\r\n%s\r\n" % (len(HEARTBEAT), HEARTBEAT)
+# After a failed scan (a store unreachable), scan again after this long, doubling up to the maximum.
+SCAN_RETRY_FIRST_SECONDS = 0.5
+SCAN_RETRY_MAX_SECONDS = 10.0
+# The most entries one scan sends, so that one write stays small however much is queued.
+MAX_ENTRIES_PER_SEND = 100
+CATCH_UP_WINDOW_SECONDS = int(CATCH_UP_WINDOW.total_seconds())
+# TCP_USER_TIMEOUT is a C int of milliseconds: a longer STREAM_WRITE_TIMEOUT is cut to this (24 days).
+MAX_USER_TIMEOUT_MS = 2**31 - 1
+
+Entry = tuple[str, bytes | str]
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    """How often streams act: heartbeats, and scans with or without wake-up hints."""
+
+    poll_interval: float
+    heartbeat_interval: float
+    safety_scan_interval: float
+    wakeup_hints: bool
+
+    @property
+    def tick_interval(self) -> float:
+        """A stream's PeriodicCallback period: every poll without hints; with them, the slow safety scan.
+
+        Heartbeats are not ticks: the registry sends them for all streams in one sweep.
+        """
+        return self.safety_scan_interval if self.wakeup_hints else self.poll_interval
+
+
+class EventStreamResponse(Protocol):
+    """The HTTP response a connection writes its events to (the stream's RequestHandler)."""
+
+    def write(self, chunk: bytes) -> None:
+        """Buffer `chunk` for the next flush."""
+
+    def flush(self) -> asyncio.Future[None]:
+        """Send what was buffered; done once the socket took it."""
+
+    def finish(self) -> Awaitable[None]:
+        """End the response."""
+
+    def log_fields(self) -> dict[str, Any]:
+        """What this request's log lines carry."""
+
+
+class AlignedPeriodicCallback(PeriodicCallback):
+    """A PeriodicCallback whose runs fall on the multiples of `alignment` seconds (of its clock, `IOLoop.time`).
+
+    Thousands of streams' timers then fall due together, once per alignment step, instead of each
+    waking the event loop on its own millisecond, which costs context switches and CPU at idle.
+    Jitter still spreads the runs, in whole steps, and a step is short enough that none of them
+    runs many. Rounding moves a run by at most half a step.
+    """
+
+    def __init__(
+        self, callback: Callable[[], Awaitable[None] | None], callback_time: float, jitter: float, alignment: float
+    ) -> None:
+        super().__init__(callback, callback_time, jitter)
+        self._alignment = alignment
+
+    def _update_next(self, current_time: float) -> None:
+        super()._update_next(current_time)
+        aligned = round(self._next_timeout / self._alignment) * self._alignment
+        self._next_timeout = aligned if aligned > current_time else aligned + self._alignment
+
+
+def abort_when_unacknowledged(sock: socket.socket | None, seconds: float) -> None:
+    """Have the kernel abort the connection once data it sent stays unacknowledged for `seconds`.
+
+    A client that vanished without FIN or RST (its host gone, the network cut) would otherwise
+    hold its stream until TCP gives up retransmitting, about 15 minutes later. Heartbeats keep
+    data in flight, so such a client is noticed within about the heartbeat interval plus
+    `seconds`. Linux's TCP_USER_TIMEOUT; elsewhere, and for a connection already closed (no
+    socket), nothing changes.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    milliseconds = min(max(1, round(seconds * 1000)), MAX_USER_TIMEOUT_MS)
+    # A connection the client reset meanwhile may refuse options; it is ending anyway.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
+
+
+class LiveConnection:
+    """One browser's open stream: catch-up from MongoDB, then whatever its inbox in Redis receives.
+
+    Its PeriodicCallback scans the inbox every POLL_INTERVAL when wake-up hints are off; with
+    hints, the hub wakes it the moment something is queued and the PeriodicCallback only runs
+    the slow safety scan, so an idle stream costs almost no Redis traffic. Heartbeats come from
+    the registry's sweep, one timer for all streams, and go out through `heartbeat`.
+
+    After the cache was unreachable or restarted (the hub's epoch moved on), or a notification
+    could not be queued (`recover`), it registers again and first sends from MongoDB what the
+    stream missed meanwhile: MongoDB, not the cache, is the source of truth.
+    """
+
+    __slots__ = (
+        "__weakref__",  # so that a test can tell a closed stream was freed
+        "_closed",
+        "_ended_by",
+        "_ending",
+        "_epoch_seen",
+        "_events_sent",
+        "_failed_scans",
+        "_heartbeat",
+        "_inbox",
+        "_last_write",
+        "_metrics",
+        "_newest_sent",
+        "_notifications",
+        "_opened_at",
+        "_pending_write",
+        "_recovering",
+        "_registered",
+        "_registry",
+        "_response",
+        "_retry",
+        "_scanning",
+        "_sent",
+        "_socket",
+        "_wake_scan",
+        "_wakeups",
+        "_woken",
+        "_write_started",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        response: EventStreamResponse,
+        socket_stream: IOStream,
+        chunked: bool,
+        inbox: ConnectionInbox,
+        notifications: NotificationService,
+        wakeups: WakeupHub,
+        registry: StreamRegistry,
+        metrics: Metrics,
+        last_event_id: str | None,
+    ) -> None:
+        self._response = response
+        self._socket = socket_stream
+        self._heartbeat = HEARTBEAT_CHUNK if chunked else HEARTBEAT
+        self._inbox = inbox
+        self._notifications = notifications
+        self._wakeups = wakeups
+        self._registry = registry
+        self._metrics = metrics
+        self.user_id = inbox.user_id
+        self._epoch_seen = wakeups.epoch
+        self._opened_at = time.time()
+        self._newest_sent = _parse_id(last_event_id)
+        # The one ledger of what went out on this connection and could come back: id → whether its
+        # inbox entry may still exist (the observer queued it too, or its deletion failed). An id
+        # leaves once its entry is gone and it is older than CATCH_UP_WINDOW before the newest sent,
+        # the furthest back a catch-up looks. Made on first use: most streams never need it.
+        self._sent: dict[str, bool] | None = None
+        self._recovering = False
+        self._registered = False
+        # Done once the stream is over: a bare future costs less memory than an asyncio.Event.
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ending = False
+        self._ended_by = "client"
+        self._events_sent = 0
+        self._last_write = 0.0
+        self._write_started: float | None = None
+        self._pending_write: asyncio.Future[None] | None = None
+        # A scan is running (or the catch-up is): wakes are folded into it rather than started anew.
+        self._scanning = True
+        self._woken = False
+        self._wake_scan: asyncio.Future[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._failed_scans = 0
+
+    # -- opening and closing ------------------------------------------------------------------------
+
+    async def open(self, max_streams_per_user: int) -> None:
+        """Register the stream; TooMany past the user's limit. With the cache down it opens and recovers later."""
+        # Listen before registering: whatever is queued once the registration is visible comes with
+        # a hint that wakes this stream, so a new stream needs no scan of its own to start with.
+        self._wakeups.listen(self.user_id, self)
+        try:
+            streams_of_user = await self._inbox.register()
+        except StoreUnavailable:
+            self._recovering = True
+        else:
+            if streams_of_user > max_streams_per_user:
+                await self._inbox.deregister()
+                raise TooMany(f"at most {max_streams_per_user} streams per user")
+        self._registered = True
+        self._registry.add(self)
+
+    async def serve(self, timing: StreamTiming) -> None:
+        """Send the catch-up, then scan on every wake and tick until the client leaves or shutdown ends it."""
+        tick = self._queue_safety_scan if timing.wakeup_hints else self._poll
+        ticker = AlignedPeriodicCallback(
+            tick, timing.tick_interval * 1000, TICK_JITTER, min(TICK_ALIGNMENT, timing.tick_interval / 10)
+        )
+        try:
+            if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
+                await self._catch_up()
+            ticker.start()
+            if self._retry is None:  # else the catch-up failed, and its retry comes after a backoff
+                # Hints that came during the catch-up; a stream that could not register recovers now.
+                self._woken = self._woken or self._recovering
+                await self._drain()
+            self._scanning = False
+            await self._closed
+            if self._ending and await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("server restarting")):
+                # End the response ourselves, so its last chunk is sent before shutdown closes the connection.
+                with contextlib.suppress(StreamClosedError):
+                    await self._response.finish()
+        finally:
+            ticker.stop()
+
+    async def release(self) -> None:
+        """Stop everything under way and deregister; shutdown waits for this before it closes the stores."""
+        self.close()
+        self._count_if_unacknowledged()
+        if self._wake_scan is not None:
+            self._wake_scan.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+        self._wakeups.ignore(self.user_id, self)
+        if not self._registered:  # refused, or never opened
+            return
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Cancelled at exit, past shutdown's grace: the stores are closed, the registration expires by its TTL.
+            self._registry.discard(self)
+            return
+        try:
+            async with self._registry.releasing(self):
+                await self._inbox.deregister()
+        except StoreUnavailable:
+            log.debug(
+                "could not deregister a stream; its registration expires by itself",
+                extra=fields(**self._response.log_fields()),
+            )
+
+    def close(self) -> None:
+        """The client went away: wake `serve` so that everything is released now."""
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def end(self) -> None:
+        """Shutdown: tell the client to reconnect (elsewhere), then close the stream."""
+        self._ending = True
+        self._ended_by = "shutdown"
+        self.close()
+
+    def drop(self) -> None:
+        """The client stopped reading: close the connection; it will reconnect and catch up."""
+        log.info("dropping a stream whose client has not read for a while", extra=fields(**self._response.log_fields()))
+        self._ended_by = "slow_client"
+        self.close()
+        self._socket.close()
+
+    def _count_if_unacknowledged(self) -> None:
+        """If the kernel gave up on the connection, count it as a dropped slow client, as the sweep would have.
+
+        What was sent stayed unacknowledged for STREAM_WRITE_TIMEOUT (TCP_USER_TIMEOUT): the client
+        stopped reading, or vanished without FIN or RST. Whichever notices first, it counts once.
+        """
+        if self._ended_by == "client" and isinstance(self._socket.error, TimeoutError):
+            self._ended_by = "slow_client"
+            self._registry.count_slow_client()
+            log.info(
+                "a stream's client left its data unacknowledged: closed", extra=fields(**self._response.log_fields())
+            )
+
+    @property
+    def connection_id(self) -> str:
+        """The connection's id in Redis (its inbox's key ends with it)."""
+        return self._inbox.connection_id
+
+    @property
+    def inbox(self) -> ConnectionInbox | None:
+        """The stream's inbox in Redis, once registered (the registry's safety scans look into it)."""
+        return self._inbox if self._registered else None
+
+    def log_fields(self) -> dict[str, Any]:
+        """What the stream's log lines add once it is open: its connection, what it sent and why it ended."""
+        if not self._registered:
+            return {}
+        return {"connection": self._inbox.connection_id, "events_sent": self._events_sent, "ended_by": self._ended_by}
+
+    # -- the one writer of the socket ------------------------------------------------------------
+
+    async def send(self, chunk: bytes) -> bool:
+        """Write and flush, after any write under way; False once the client has gone."""
+        if self._closed.done() and not self._ending:
+            return False
+        if self._pending_write is not None:
+            await asyncio.wait([self._pending_write])
+        if self._closed.done() and not self._ending:
+            return False
+        self._response.write(chunk)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            return False
+        return True
+
+    def flush(self) -> asyncio.Future[None]:
+        """Flush what was written, as the write under way (the sweep and `heartbeat` look at it)."""
+        return self._track_write(self._response.flush())
+
+    def heartbeat(self, now: float) -> None:
+        """A comment, so that proxies do not close an idle stream; the registry's sweep calls it.
+
+        At thousands of idle streams heartbeats are most of the work, and Tornado's write path
+        (RequestHandler.flush, HTTP1Connection, IOStream and their futures) costs more than the
+        send itself: the heartbeat, framed as Tornado frames a chunk, goes straight to the socket.
+        Only with nothing in flight, so that bytes never interleave; a partial send hands the rest
+        to the IOStream as the write under way, which `send` waits for like any other.
+        """
+        stream = self._socket
+        if self._closed.done() or self._pending_write is not None or stream.closed() or stream.writing():
+            return  # gone, or bytes still queued: the sweep tries again a heartbeat interval later
+        framed = self._heartbeat
+        try:
+            sent = stream.socket.send(framed)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            # Reset, closed under us or given up by the kernel: the client has gone. Close with the
+            # error, as Tornado would, so that the stream's end says why (`_count_if_unacknowledged`).
+            stream.close(exc_info=error)
+            self.close()
+            return
+        if sent == len(framed):
+            self._last_write = now
+        else:
+            self._track_write(stream.write(framed[sent:]))
+
+    def stalled_since(self) -> float | None:
+        """When the write under way began (time.monotonic()), if one is."""
+        return self._write_started
+
+    @property
+    def last_write(self) -> float:
+        """When the last write completed (time.monotonic()): the registry's sweep heartbeats after silence."""
+        return self._last_write
+
+    def _track_write(self, future: asyncio.Future[None]) -> asyncio.Future[None]:
+        self._pending_write = future
+        self._write_started = time.monotonic()
+        future.add_done_callback(self._write_done)
+        return future
+
+    def _write_done(self, future: asyncio.Future[None]) -> None:
+        if self._pending_write is future:
+            self._pending_write = None
+            self._write_started = None
+        if future.cancelled() or future.exception() is not None:
+            self.close()  # the client has gone (StreamClosedError)
+        else:
+            self._last_write = time.monotonic()
+
+    async def _send_entries(self, entries: list[Entry], live: bool) -> bool:
+        chunk = b"".join(encode_event(i, NOTIFICATION_EVENT, data) for i, data in entries)
+        if not await self.send(chunk):
+            return False
+        self._events_sent += len(entries)
+        self._metrics.delivered(entries, live)
+        self._note_sent([notification_id for notification_id, _ in entries])
+        return True
+
+    # -- wakes, ticks and scans ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something was queued for this stream: scan now, or right after the scan under way."""
+        self._woken = True
+        if not self._scanning and not self._closed.done():
+            self._scanning = True
+            self._wake_scan = asyncio.ensure_future(self._scan_on_wake())
+
+    def recover(self) -> None:
+        """A notification for this user could not be queued: catch up from MongoDB, then scan as usual.
+
+        A stream backing off after a failed scan recovers with its next try; one still registering,
+        once it is registered.
+        """
+        self._recovering = True
+        if self._registered and self._retry is None:
+            self.wake()
+
+    async def _scan_on_wake(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self._scanning = False
+            self._wake_scan = None
+
+    def _queue_safety_scan(self) -> None:
+        """The PeriodicCallback with hints: its slow safety scan, at the registry's next sweep.
+
+        The scans that fall due within a sweep period then go to Redis in one pipeline instead of
+        one round trip each, which is most of what thousands of idle streams cost.
+        """
+        # After a failed scan its backoff says when to try the stores again (as in `_poll`).
+        if not self._closed.done() and self._retry is None:
+            self._registry.scan_soon(self)
+
+    async def _poll(self) -> None:
+        """The PeriodicCallback without hints: scan the inbox every POLL_INTERVAL."""
+        # After a failed scan its backoff says when to try the stores again, not every poll.
+        if self._scanning or self._retry is not None or self._closed.done():
+            return
+        self._scanning = True
+        try:
+            self._woken = True
+            await self._drain()
+        finally:
+            self._scanning = False
+
+    def _retry_later(self) -> None:
+        """A store did not answer: scan again soon, backing off, rather than wait for the next tick."""
+        self._woken = True
+        if self._retry is None and not self._closed.done():
+            delay = min(SCAN_RETRY_MAX_SECONDS, SCAN_RETRY_FIRST_SECONDS * 2**self._failed_scans)
+            self._failed_scans += 1
+            self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        self.wake()
+
+    async def _catch_up(self) -> None:
+        """What a client resuming after its Last-Event-ID lacks; nothing for a new client."""
+        if self._newest_sent is None:
+            return
+        try:
+            async for batch in self._notifications.since(self.user_id, self._newest_sent):
+                entries = self._unsent(batch)
+                if entries and not await self._send_entries(entries, live=False):
+                    return
+        except StoreUnavailable:
+            # MongoDB is down: the scans catch up from the newest id sent once it is back.
+            self._recovering = True
+            log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self._response.log_fields()))
+            self._retry_later()
+
+    async def _drain(self) -> None:
+        """While woken: send what is owed in id order, then delete exactly that from the inbox."""
+        while self._woken and not self._closed.done() and self._registered:
+            self._woken = False
+            try:
+                await self._inbox.renew_if_due()
+                scan_started = time.perf_counter()
+                entries, delivered_before = await self._take()
+            except StoreUnavailable:
+                self._retry_later()
+                return
+            self._failed_scans = 0
+            if entries:
+                self._metrics.cache_scan.observe(time.perf_counter() - scan_started)
+                if not await self._send_entries(entries, live=True):
+                    return
+                if len(entries) >= MAX_ENTRIES_PER_SEND:
+                    self._woken = True  # more is queued than one send takes
+            delivered = [*delivered_before, *(notification_id for notification_id, _ in entries)]
+            with contextlib.suppress(StoreUnavailable):
+                await self._delete(delivered)
+
+    async def _take(self) -> tuple[list[Entry], list[str]]:
+        """What to send now, in id order (after an outage first MongoDB's catch-up, then the inbox), and
+        the inbox's entries that were already sent on this connection, to delete.
+
+        Raises StoreUnavailable while a store is unreachable; what is owed is kept for later.
+        """
+        if self._wakeups.epoch != self._epoch_seen:
+            self._epoch_seen = self._wakeups.epoch
+            self._recovering = True
+        owed: dict[str, bytes | str] = {}
+        if self._recovering or self._inbox.registration_lost:
+            await self._inbox.register()
+            resume_from = self._newest_sent or str(ObjectId.from_datetime(_utc(self._opened_at - 1)))
+            async for batch in self._notifications.since(self.user_id, resume_from):
+                owed.update(self._unsent(batch))
+            self._recovering = False
+        try:
+            queued = await self._inbox.pending()
+        except StoreUnavailable:
+            self._recovering = True
+            raise
+        sent = self._sent or {}
+        delivered_before = [notification_id for notification_id, _ in queued if notification_id in sent]
+        for notification_id, data in queued:
+            if notification_id not in sent:
+                owed.setdefault(notification_id, data)
+        return sorted(owed.items())[:MAX_ENTRIES_PER_SEND], delivered_before
+
+    # -- the ledger of what was sent -------------------------------------------------------------
+
+    def _unsent(self, batch: list[Notification]) -> list[Entry]:
+        """The notifications of a catch-up this connection has not sent yet.
+
+        One the observer may also have queued (created since shortly before the registration) is
+        noted in the ledger as having an inbox entry, so that the inbox's copy is deleted, not sent.
+        """
+        sent = self._sent
+        fresh: list[Entry] = []
+        queued_since = self._inbox.registered_at - OBSERVER_GRACE
+        for notification in batch:
+            notification_id = str(notification.id)
+            if sent is not None and notification_id in sent:
+                continue
+            fresh.append((notification_id, notification.to_json()))
+            if notification.created_at.timestamp() >= queued_since:
+                sent = self._sent = sent if sent is not None else {}
+                sent[notification_id] = True
+        return fresh
+
+    def _note_sent(self, notification_ids: list[str]) -> None:
+        """Note what went out, so that no catch-up and no inbox sends it again."""
+        newest = max(notification_ids, default=None)
+        if newest is not None and (self._newest_sent is None or newest > self._newest_sent):
+            self._newest_sent = newest
+        sent = self._sent if self._sent is not None else {}
+        for notification_id in notification_ids:
+            sent.setdefault(notification_id, False)
+        self._sent = sent
+        self._forget_old()
+
+    async def _delete(self, notification_ids: list[str]) -> None:
+        """Delete exactly these entries from the inbox once they were sent; the ledger keeps them until done."""
+        if not notification_ids:
+            return
+        sent = self._sent = self._sent if self._sent is not None else {}
+        for notification_id in notification_ids:
+            sent[notification_id] = True
+        await self._inbox.remove(notification_ids)
+        for notification_id in notification_ids:
+            sent[notification_id] = False  # the next send forgets it once it is out of the window
+
+    def _forget_old(self) -> None:
+        """Drop from the ledger what neither the inbox nor a catch-up can return any more."""
+        if self._sent is None or self._newest_sent is None:
+            return
+        # An ObjectId's hex starts with its creation second: the smallest id of that second less the window.
+        floor_second = max(0, int(self._newest_sent[:8], 16) - CATCH_UP_WINDOW_SECONDS)
+        floor = f"{floor_second:08x}{'0' * 16}"
+        kept = {i: queued for i, queued in self._sent.items() if queued or i >= floor}
+        self._sent = kept or None
+
+
+def _parse_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(ObjectId(value))
+    except (InvalidId, TypeError):
+        return None
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)

@@ -1,0 +1,443 @@
+"""One Redis server or a Redis Cluster: what differs between them, chosen once at start-up.
+
+`RedisBackend` is what the delivery cache, the command batcher and the wake-up hub ask of Redis;
+`SingleRedis` and `ClusterRedis` answer it, each with its own scripts, publish command and
+subscription. `connect_redis_backend` picks one from the settings.
+
+In a cluster every command names keys of one user only, so none spans hash slots, and a
+pipeline of many users' commands is split by node (redis-py's cluster pipeline sends the parts at
+once; none is MULTI/EXEC). Hints travel on sharded channels (SPUBLISH/SSUBSCRIBE) spread over the
+slot space: a hint stays within one shard instead of being copied to every node as a classic
+PUBLISH is, it goes out in the same pipeline as the entries it announces (a cluster pipeline
+refuses PUBLISH), and the hub, subscribed on every primary, notices any of them going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import hiredis
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
+from redis.asyncio.connection import Connection
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, PubSubError, ResponseError
+
+from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, connect_redis
+
+if TYPE_CHECKING:
+    from services.cache import ConnectionInbox
+
+log = logging.getLogger("bellcast.wakeups")
+
+WAKEUP_CHANNEL = "bellcast:wakeups"
+# Where an observer that could not queue a notification asks every process to have that user's
+# streams catch up from MongoDB (see `WakeupHub.announce_recovery`). In a cluster it is one
+# sharded channel: announcements are rare, and a hub that loses its node recovers every stream.
+RECOVERY_CHANNEL = "bellcast:recoveries"
+# Sharded wake-up channels of a cluster, one per equal part of the slot space (256 slots):
+# every primary serving 511 or more consecutive slots holds one (any of up to 32 primaries
+# with evenly split slots), and so the hub's subscription watches it.
+WAKEUP_SHARDS = 64
+# How long one read of the subscription waits for a message before it looks again.
+SUBSCRIPTION_POLL_SECONDS = 1.0
+
+# Commands the batcher runs on behalf of one caller; the future has their replies.
+ExecuteMany = Callable[[Sequence[Sequence[Any]]], Awaitable[list[Any]]]
+# A hint or recovery message as redis-py hands it over.
+OnMessage = Callable[[dict[str, Any]], None]
+
+
+def _spread_channels(count: int) -> tuple[str, ...]:
+    channels = []
+    for part in range(count):
+        tag = 0
+        while key_slot(f"{{w{tag}}}".encode()) * count // REDIS_CLUSTER_HASH_SLOTS != part:
+            tag += 1
+        channels.append(f"{WAKEUP_CHANNEL}:{{w{tag}}}")
+    return tuple(channels)
+
+
+WAKEUP_SHARD_CHANNELS = _spread_channels(WAKEUP_SHARDS)
+
+
+def wakeup_shard_channel(key: str) -> str:
+    """The sharded channel for hints about the owner of `key`: the one in the same part of the
+    slot space, so usually on the same node, and the hint rides along with the entries."""
+    return WAKEUP_SHARD_CHANNELS[key_slot(key.encode()) * WAKEUP_SHARDS // REDIS_CLUSTER_HASH_SLOTS]
+
+
+class RedisBackend(Protocol):
+    """What bellcast asks of Redis where one server and a cluster differ."""
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The client for everything but the batcher's pipelines (subscription, INFO, rate limits)."""
+
+    # PUBLISH on one server; SPUBLISH, which stays within a shard, on a cluster.
+    publish_command: str
+    # Whether a pipeline of one key's commands may run as a MULTI/EXEC transaction.
+    transactions: bool
+
+    async def execute_pipeline(self, commands: list[Sequence[Any]]) -> list[Any]:
+        """Run `commands` in one round trip, without a transaction; a command's error reply is its result."""
+
+    async def queue_for_live_connections(
+        self,
+        execute_many: ExecuteMany,
+        connections_key: str,
+        inbox_prefix: str,
+        entry: tuple[str, str],
+        inbox_ttl: int,
+        hint: str | None,
+    ) -> int:
+        """Queue `entry` (id, JSON) in the inbox of each live connection in `connections_key`, publish `hint`
+        (a user id) if any was; returns how many were."""
+
+    async def safety_scan(
+        self, execute_many: ExecuteMany, inboxes: Sequence[ConnectionInbox], registration_ttl: int
+    ) -> list[bool]:
+        """Which inboxes hold entries, asked together with renewing the registrations due."""
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers: in a cluster, every primary."""
+
+    async def memory_infos(self) -> list[dict[str, Any]]:
+        """INFO memory of every server that holds data."""
+
+    async def read_hints(self, on_subscribed: Callable[[], Awaitable[None]], on_message: OnMessage) -> None:
+        """Subscribe to the hint and recovery channels and hand each message on, until the subscription fails."""
+
+    async def aclose(self) -> None:
+        """Close the clients' connections."""
+
+
+class SingleRedis:
+    """One Redis server: the observer and the safety scan each run as one script, hints go by PUBLISH.
+
+    The batcher's pipelines have a client of their own, bounded per pipeline, not per reply
+    (`connect_redis(..., batches=True)`); they are written and read on connections kept between
+    pipelines (`execute_pipeline`).
+    """
+
+    publish_command = "PUBLISH"
+    transactions = True
+
+    # The observer's one command: drops the user's expired registrations (KEYS[1]), queues the
+    # notification (ARGV[3], ARGV[4]) in the inbox of each live one (ARGV[2] and the connection id),
+    # renews the inboxes' TTL (ARGV[5]) and, if any was written, publishes the hint (ARGV[7] on channel
+    # ARGV[6]; none if empty). One round trip and one command per create where a cluster's observer
+    # needs two pipelines: the inboxes' names are made here, which only a single Redis allows (a
+    # cluster must be told every key a script touches, to route it). Sent with EVAL, not EVALSHA:
+    # Redis caches the script by its digest, and a restarted Redis needs nothing loaded again.
+    QUEUE_FOR_LIVE_CONNECTIONS = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+for _, connection in ipairs(connections) do
+  local inbox = ARGV[2] .. connection
+  redis.call('HSET', inbox, ARGV[3], ARGV[4])
+  redis.call('EXPIRE', inbox, ARGV[5])
+end
+if #connections > 0 and ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+end
+return #connections
+"""
+
+    # A safety scan, one command however many streams it covers: renews the due registrations (the
+    # KEYS after the ARGV[1] inboxes; their connection ids from ARGV[4]), then answers which inboxes
+    # hold entries, by position. One EXISTS per thousand inboxes settles the usual answer, none; only
+    # a thousand of which some hold entries is asked key by key. (Thousands: Lua's unpack returns no
+    # more than about 8,000 values.)
+    SAFETY_SCAN = """
+local inboxes = tonumber(ARGV[1])
+local holding = {}
+for i = inboxes + 1, #KEYS do
+  local connection = ARGV[3 + i - inboxes]
+  if redis.call('ZSCORE', KEYS[i], connection) then
+    redis.call('ZADD', KEYS[i], 'XX', ARGV[2], connection)
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+  else
+    holding[#holding + 1] = i  -- no registration to renew
+  end
+end
+for first = 1, inboxes, 1000 do
+  local last = math.min(first + 999, inboxes)
+  if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
+    for i = first, last do
+      if redis.call('EXISTS', KEYS[i]) == 1 then holding[#holding + 1] = i end
+    end
+  end
+end
+return holding
+"""
+
+    def __init__(self, url: str, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> None:
+        self._client: Redis = connect_redis(url, timeout=timeout)  # type: ignore[assignment]
+        self._batch_client: Redis = connect_redis(url, timeout=timeout, batches=True)  # type: ignore[assignment]
+        # Connections between two pipelines: one each for the pipelines in flight at once.
+        self._idle_connections: list[Connection] = []
+
+    @property
+    def client(self) -> Redis:
+        """The client for everything but the batcher's pipelines."""
+        return self._client
+
+    async def execute_pipeline(self, commands: list[Sequence[Any]], retry: bool = True) -> list[Any]:
+        """What redis-py's pipeline does, without what it costs around that.
+
+        A Pipeline object, the pool's lock and its observability hooks at each use cost more than
+        the commands. hiredis packs the commands, byte for byte as redis-py's own Python packer does
+        at a fraction of its cost. Replies are parsed by the client, as the pipeline's are, and a
+        command's error reply is its result, as with `raise_on_error=False`.
+
+        A connection goes back to the idle ones only once every reply was read. redis-py closes one
+        that failed, or whose reading was cancelled (the batch timed out), so no late reply is ever
+        read as another command's. A connection Redis closed (it restarted) is retried once on a
+        new one, as the client's Retry does: every command the batcher sends may run twice.
+        """
+        try:
+            packed = b"".join([hiredis.pack_command(tuple(command)) for command in commands])
+        except TypeError as error:  # an argument of no Redis type: what redis-py's packer raises
+            raise DataError(str(error)) from error
+        redis = self._batch_client
+        pool = redis.connection_pool
+        connection = self._idle_connections.pop() if self._idle_connections else await pool.get_connection()
+        try:
+            await connection.send_packed_command(packed)
+            replies: list[Any] = []
+            for command in commands:
+                try:
+                    replies.append(await redis.parse_response(connection, command[0]))
+                except ResponseError as error:
+                    replies.append(error)
+        except BaseException as error:
+            await connection.disconnect(nowait=True)
+            await pool.release(connection)
+            if retry and isinstance(error, RedisConnectionError):
+                return await self.execute_pipeline(commands, retry=False)
+            raise
+        self._idle_connections.append(connection)
+        return replies
+
+    async def queue_for_live_connections(
+        self,
+        execute_many: ExecuteMany,
+        connections_key: str,
+        inbox_prefix: str,
+        entry: tuple[str, str],
+        inbox_ttl: int,
+        hint: str | None,
+    ) -> int:
+        """One script queues the entry for every live connection and publishes the hint."""
+        notification_id, payload = entry
+        [queued] = await execute_many(
+            [
+                (
+                    "EVAL",
+                    self.QUEUE_FOR_LIVE_CONNECTIONS,
+                    1,
+                    connections_key,
+                    time.time(),
+                    inbox_prefix,
+                    notification_id,
+                    payload,
+                    inbox_ttl,
+                    WAKEUP_CHANNEL if hint is not None else "",
+                    hint or "",
+                )
+            ]
+        )
+        return int(queued)
+
+    async def safety_scan(
+        self, execute_many: ExecuteMany, inboxes: Sequence[ConnectionInbox], registration_ttl: int
+    ) -> list[bool]:
+        """One script for all the inboxes and the registrations due."""
+        keys = [inbox.key for inbox in inboxes]
+        due = [inbox for inbox in inboxes if inbox.renewal_due()]
+        [holding] = await execute_many(
+            [
+                (
+                    "EVAL",
+                    self.SAFETY_SCAN,
+                    len(keys) + len(due),
+                    *keys,
+                    *(inbox.connections_key for inbox in due),
+                    len(keys),
+                    time.time() + registration_ttl,
+                    registration_ttl,
+                    *(inbox.connection_id for inbox in due),
+                )
+            ]
+        )
+        found = [False] * len(keys)
+        for position in holding:
+            if position <= len(keys):
+                found[position - 1] = True
+            else:  # a renewal with no registration to renew
+                due[position - len(keys) - 1].registration_lost = True
+        return found
+
+    async def ping(self) -> None:
+        """Raise unless Redis answers."""
+        await self._client.ping()
+
+    async def memory_infos(self) -> list[dict[str, Any]]:
+        """INFO memory of the server."""
+        return [await self._client.info("memory")]
+
+    async def read_hints(self, on_subscribed: Callable[[], Awaitable[None]], on_message: OnMessage) -> None:
+        """One subscription to both channels."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(WAKEUP_CHANNEL, RECOVERY_CHANNEL)
+            await on_subscribed()
+            while True:
+                message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)
+                if message is not None and message["type"] == "message":
+                    on_message(message)
+        finally:
+            await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        """Give the batcher's kept connections back to their pool, then close both clients."""
+        for connection in self._idle_connections:
+            await self._batch_client.connection_pool.release(connection)
+        self._idle_connections.clear()
+        await self._batch_client.aclose()
+        await self._client.aclose()
+
+
+class ClusterRedis:
+    """A Redis Cluster: every command names one user's keys, pipelines are split by node, hints go by SPUBLISH."""
+
+    publish_command = "SPUBLISH"
+    transactions = False
+
+    # Queues one notification in each inbox named (KEYS) and renews their TTL: one command for all of a
+    # user's connections instead of two per connection. The keys share the user's hash tag, so the
+    # cluster runs it on one node.
+    QUEUE_IN_INBOXES = """
+for _, inbox in ipairs(KEYS) do
+  redis.call('HSET', inbox, ARGV[1], ARGV[2])
+  redis.call('EXPIRE', inbox, ARGV[3])
+end
+return #KEYS
+"""
+
+    def __init__(self, url: str, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> None:
+        self._client: RedisCluster = connect_redis(url, cluster=True, timeout=timeout)  # type: ignore[assignment]
+        self._batch_client: RedisCluster = connect_redis(url, cluster=True, timeout=timeout, batches=True)  # type: ignore[assignment]
+
+    @property
+    def client(self) -> RedisCluster:
+        """The client for everything but the batcher's pipelines."""
+        return self._client
+
+    async def execute_pipeline(self, commands: list[Sequence[Any]]) -> list[Any]:
+        """redis-py's cluster pipeline, which sends each node its part at once."""
+        async with self._batch_client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def queue_for_live_connections(
+        self,
+        execute_many: ExecuteMany,
+        connections_key: str,
+        inbox_prefix: str,
+        entry: tuple[str, str],
+        inbox_ttl: int,
+        hint: str | None,
+    ) -> int:
+        """Two pipelines: which connections are live, then the entry in each inbox and the hint."""
+        now = time.time()
+        _, connection_ids = await execute_many(
+            [("ZREMRANGEBYSCORE", connections_key, "-inf", now), ("ZRANGEBYSCORE", connections_key, now, "+inf")]
+        )
+        if not connection_ids:
+            return 0
+        inboxes = [inbox_prefix + connection_id.decode() for connection_id in connection_ids]
+        commands: list[tuple[object, ...]] = [
+            ("EVAL", self.QUEUE_IN_INBOXES, len(inboxes), *inboxes, *entry, inbox_ttl)
+        ]
+        if hint is not None:
+            commands.append(("SPUBLISH", wakeup_shard_channel(connections_key), hint))
+        await execute_many(commands)
+        return len(connection_ids)
+
+    async def safety_scan(
+        self, execute_many: ExecuteMany, inboxes: Sequence[ConnectionInbox], registration_ttl: int
+    ) -> list[bool]:
+        """One pipeline of an EXISTS per inbox and the renewals due: the keys lie in many slots."""
+        keys = [inbox.key for inbox in inboxes]
+        renewing = [(inbox, inbox.renewal_commands_if_due()) for inbox in inboxes]
+        renewing = [(inbox, commands) for inbox, commands in renewing if commands]
+        renewals = [command for _, commands in renewing for command in commands]
+        replies = await execute_many([*(("EXISTS", key) for key in keys), *renewals])
+        position = len(keys)
+        for inbox, commands in renewing:
+            inbox.note_renewal(replies[position : position + len(commands)])
+            position += len(commands)
+        return [bool(reply) for reply in replies[: len(keys)]]
+
+    async def ping(self) -> None:
+        """Raise unless every primary answers."""
+        await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
+
+    async def memory_infos(self) -> list[dict[str, Any]]:
+        """INFO memory of every primary."""
+        replies = await self._client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return list(replies.values())
+
+    async def read_hints(self, on_subscribed: Callable[[], Awaitable[None]], on_message: OnMessage) -> None:
+        """Subscribe to every sharded channel, then read each node's part at once until one fails."""
+        redis = self._client
+        await redis.initialize()
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        readers: list[asyncio.Task[None]] = []
+        channels = (*WAKEUP_SHARD_CHANNELS, RECOVERY_CHANNEL)
+        try:
+            await pubsub.ssubscribe(*channels)
+            nodes = {node.name: node for node in map(redis.get_node_from_key, channels) if node}
+            unwatched = [node.name for node in redis.get_primaries() if node.name not in nodes]
+            if unwatched:
+                log.warning("no wake-up channel on %s: streams notice its restart only by their own scans", unwatched)
+            await on_subscribed()
+            readers = [asyncio.ensure_future(self._read_shard(pubsub, node, on_message)) for node in nodes.values()]
+            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)
+            for reader in done:
+                reader.result()
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            await pubsub.aclose()
+
+    @staticmethod
+    async def _read_shard(pubsub: ClusterPubSub, node: ClusterNode, on_message: OnMessage) -> None:
+        while True:
+            if node.name not in pubsub.node_pubsub_mapping:
+                # redis-py moved the channels elsewhere after a change of the cluster's topology.
+                raise PubSubError(f"the wake-up channels left {node.name}")
+            message = await pubsub.get_sharded_message(
+                ignore_subscribe_messages=True, timeout=SUBSCRIPTION_POLL_SECONDS, target_node=node
+            )
+            if message is not None and message["type"] == "smessage":
+                on_message(message)
+
+    async def aclose(self) -> None:
+        """Close both clients."""
+        await self._batch_client.aclose()
+        await self._client.aclose()
+
+
+def connect_redis_backend(url: str, cluster: bool, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> RedisBackend:
+    """The backend for one Redis server, or with `cluster` for the Redis Cluster `url` names a node of."""
+    return ClusterRedis(url, timeout) if cluster else SingleRedis(url, timeout)
