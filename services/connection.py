@@ -524,12 +524,17 @@ class LiveConnection:
             self._epoch_seen = self._wakeups.epoch
             self._recovering = True
         owed: dict[str, bytes | str] = {}
+        # While MongoDB may owe more than one send takes: the highest id it has given so far.
+        recovered_up_to: str | None = None
         if self._recovering or self._inbox.registration_lost:
             await self._inbox.register()
             resume_from = self._newest_sent or str(ObjectId.from_datetime(_utc(self._opened_at - 1)))
-            async for batch in self._notifications.since(self.user_id, resume_from):
-                owed.update(self._unsent(batch))
-            self._recovering = False
+            recovered, recovered_up_to = await self._recovery_batch(resume_from)
+            owed.update(recovered)
+            if recovered_up_to is None:
+                self._recovering = False
+            else:
+                self._woken = True  # the next scan goes on from the newest id this one sends
         try:
             queued = await self._inbox.pending()
         except StoreUnavailable:
@@ -538,9 +543,25 @@ class LiveConnection:
         sent = self._sent or {}
         delivered_before = [notification_id for notification_id, _ in queued if notification_id in sent]
         for notification_id, data in queued:
-            if notification_id not in sent:
+            # An entry newer than what the recovery has reached waits for it: sent now, it would move the
+            # resume point past notifications MongoDB has not given yet.
+            if notification_id not in sent and (recovered_up_to is None or notification_id <= recovered_up_to):
                 owed.setdefault(notification_id, data)
         return sorted(owed.items())[:MAX_ENTRIES_PER_SEND], delivered_before
+
+    async def _recovery_batch(self, resume_from: str) -> tuple[dict[str, bytes | str], str | None]:
+        """At least a send's worth, if MongoDB holds that much, of what it has after `resume_from` that this
+        connection has not sent; and the highest id it gave while it may hold more (None once all is read).
+
+        A send at a time, so that a gap of any size costs one batch of memory, not the gap.
+        """
+        owed: dict[str, bytes | str] = {}
+        async with contextlib.aclosing(self._notifications.since(self.user_id, resume_from)) as batches:
+            async for batch in batches:
+                owed.update(self._unsent(batch))
+                if len(owed) >= MAX_ENTRIES_PER_SEND:
+                    return owed, str(batch[-1].id)
+        return owed, None
 
     # -- the ledger of what was sent -------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import datetime
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -299,7 +299,7 @@ class NotificationService:
             )
         return int(result.modified_count)
 
-    async def since(self, user_id: str, last_seen_id: str) -> AsyncIterator[list[Notification]]:
+    async def since(self, user_id: str, last_seen_id: str) -> AsyncGenerator[list[Notification], None]:
         """Batches, in id order, of the user's notifications a client that last saw `last_seen_id` lacks.
 
         That is every newer id, and, within `CATCH_UP_WINDOW` before it, any older id that

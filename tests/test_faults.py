@@ -15,6 +15,7 @@ from tornado.iostream import IOStream
 
 from services import cache
 from services.cache import connections_key
+from services.notifications import COLLECTION, utc_now, validate_new_notification
 from tests.support import RestartableRedis, SSEStream, cache_keys, eventually, metric_value
 
 
@@ -232,3 +233,29 @@ async def test_a_stream_whose_registration_redis_lost_registers_again_and_misses
     [event] = await stream.notifications(1)
     assert event.id == queued["id"], "the recovered notification came twice"
     await stream.assert_silent(0.3)
+
+
+OWED = 2500
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_recovery_owing_thousands_sends_every_one_to_every_tab_in_order_and_once(api, open_stream, runtime):
+    """More is owed than one send takes (100): the recovery goes on, a send at a time, until MongoDB has no
+    more; newer live entries wait for it, and nothing it owes is skipped when they move the stream on."""
+    tabs = [await open_stream("alice") for _ in range(2)]
+    for tab in tabs:
+        await tab.next_event()  # registered
+    owed = [validate_new_notification({"user_id": "alice", "title": f"owed {i}"}, utc_now()) for i in range(OWED)]
+    # Stored, but queued nowhere: as when Redis refused the observer, which then announces a recovery.
+    await runtime.mongo.database[COLLECTION].insert_many([notification.to_document() for notification in owed])
+    runtime.wakeups.announce_recovery("alice")
+    live = await api.create("alice", "queued while the recovery goes on")
+    expected = [str(notification.id) for notification in owed] + [live["id"]]
+    for tab in tabs:
+        events = await tab.notifications(OWED + 1, timeout=90)
+        assert [event.id for event in events] == expected
+    after = await api.create("alice", "after the recovery")
+    for tab in tabs:
+        [event] = await tab.notifications(1)
+        assert event.id == after["id"]
+        await tab.assert_silent(0.3)
