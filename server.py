@@ -28,6 +28,7 @@ if __package__:
 
 import handlers
 from handlers.connections import BoundedHTTPServer
+from services.attempts import FailedAttempts
 from services.auth import Authenticator
 from services.cache import CacheObserver, DeliveryCache
 from services.command_batcher import CommandBatcher
@@ -75,6 +76,7 @@ class Runtime:
     streams: StreamRegistry
     metrics: Metrics
     status_history: StatusHistory
+    status_sign_in_attempts: FailedAttempts
     user_hasher: UserIdHasher
     rate_limiter: ProducerRateLimiter
 
@@ -125,6 +127,7 @@ async def start_runtime(
         streams=StreamRegistry(settings.heartbeat_interval, settings.stream_write_timeout, delivery_cache, metrics),
         metrics=metrics,
         status_history=StatusHistory(metrics, settings.status_interval),
+        status_sign_in_attempts=FailedAttempts(),
         user_hasher=UserIdHasher(settings.jwt_secret),
         rate_limiter=ProducerRateLimiter(redis_backend, settings.producer_rate),
     )
@@ -181,6 +184,7 @@ def _application(
         wakeups=runtime.wakeups,
         metrics=runtime.metrics,
         status_history=runtime.status_history,
+        status_sign_in_attempts=runtime.status_sign_in_attempts,
         user_hasher=runtime.user_hasher,
         metrics_access=metrics_access,
         # Apart from `config`: a test may give one application's streams other timing.

@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import time
 
 from handlers.base import APIError, BaseHandler
+from services.attempts import FailedAttempts
 from services.status import StatusHistory
 
 STATUS_COOKIE = "bellcast_status"
@@ -54,6 +56,11 @@ class ObservabilityHandler(BaseHandler):
     def status_history(self) -> StatusHistory:
         """The metrics sampled for the status page."""
         return self.settings["status_history"]
+
+    @property
+    def sign_in_attempts(self) -> FailedAttempts:
+        """Wrong tokens typed into the status page's form, per address."""
+        return self.settings["status_sign_in_attempts"]
 
     def prepare(self) -> None:
         """Pretend not to exist where no protection is configured."""
@@ -99,10 +106,20 @@ class StatusPageHandler(ObservabilityHandler):
         self.page(signed_in=True)
 
     def post(self) -> None:
-        """The form: a right token sets the HttpOnly cookie and goes back to the page (303); a wrong one, 401."""
+        """The form: a right token sets the HttpOnly cookie and goes back to the page (303); a wrong one, 401.
+
+        Past ten wrong tokens from one address within a minute, the form answers 429 until the minute ends.
+        """
+        address = self.request.remote_ip or ""
+        wait = self.sign_in_attempts.wait_for(address)
+        if wait:
+            self.set_header("Retry-After", str(math.ceil(wait)))
+            self.page(signed_in=False, status=429, error="Too many wrong tokens: try again in a minute.")
+            return
         typed = self.get_body_argument("token", "")
         token = self.config.metrics_token
         if token is None or not hmac.compare_digest(typed.encode(), token.encode()):
+            self.sign_in_attempts.failed(address)
             self.page(signed_in=False, status=401, error="That is not the metrics token.")
             return
         expires = int(time.time()) + STATUS_COOKIE_LIFETIME_SECONDS

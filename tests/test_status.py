@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from handlers.observability import STATUS_COOKIE, status_cookie_valid, status_cookie_value
 from server import Settings
+from services.attempts import FailedAttempts
 from services.metrics import Snapshot
 from services.status import lag_quantiles
 from tests.support import eventually
@@ -62,6 +64,32 @@ async def test_a_wrong_token_in_the_form_is_refused_without_a_cookie(api):
     assert response.code == 401
     assert "That is not the metrics token." in response.body.decode()
     assert "Set-Cookie" not in response.headers
+
+
+@pytest.mark.gen_test
+async def test_guessing_the_token_stops_after_ten_wrong_ones_from_an_address_until_its_minute_ends(api, app):
+    wrong = urlencode({"token": "not-it"})
+    for _ in range(10):
+        assert (await api.request("POST", "/status", body=wrong, headers=FORM)).code == 401
+    refused = await api.request("POST", "/status", body=urlencode({"token": METRICS_TOKEN}), headers=FORM)
+    assert refused.code == 429, "the right token still counted as a guess"
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert "Set-Cookie" not in refused.headers
+    # The same limit, with a window the test can wait out: the right token works again after it.
+    app.settings["status_sign_in_attempts"] = FailedAttempts(limit=2, window=0.5)
+    for _ in range(2):
+        assert (await api.request("POST", "/status", body=wrong, headers=FORM)).code == 401
+    assert (await api.request("POST", "/status", body=wrong, headers=FORM)).code == 429
+    await asyncio.sleep(0.6)
+    await sign_in(api)
+
+
+def test_failed_attempts_remember_a_bounded_number_of_addresses():
+    attempts = FailedAttempts(limit=1, window=60, max_addresses=100)
+    for index in range(1000):
+        attempts.failed(f"198.51.100.{index}", now=0)
+    assert attempts.wait_for("198.51.100.999", now=1) > 0
+    assert attempts.wait_for("198.51.100.0", now=1) == 0  # forgotten first: memory stays bounded
 
 
 @pytest.mark.gen_test
