@@ -22,9 +22,14 @@ const BELL_ICON =
   "M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22zm7-6V11a7 7 0 0 0-5.5-6.84V3.5" +
   "a1.5 1.5 0 0 0-3 0v.66A7 7 0 0 0 5 11v5l-2 2v1h18v-1l-2-2z";
 
-/** Only http(s) URLs and same-site paths become links (the server enforces this too). */
+/**
+ * Only http(s) URLs with a host and paths of this site become links, as the server checks them:
+ * browsers read a backslash as a slash and drop tabs and newlines, so "/\evil.example" or
+ * "/<tab>/evil.example" would open another site, as "//evil.example" does.
+ */
 function safeUrl(url) {
-  return typeof url === "string" && /^(https?:\/\/|\/(?!\/))/i.test(url) ? url : null;
+  if (typeof url !== "string" || /[\s\\]/.test(url)) return null;
+  return /^(https?:\/\/[^/]|\/(?!\/))/i.test(url) ? url : null;
 }
 
 let relativeTimeFormat = null;

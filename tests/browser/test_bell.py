@@ -8,11 +8,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 
+import pymongo
 import pytest
 import redis
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from services.cache import connections_key
+from services.notifications import COLLECTION, utc_now, validate_new_notification
 from tests.browser.harness import ROOT, BellcastProcess, HostPages
 
 # "Appears within a few seconds": the server scans every 0.1 s here.
@@ -524,3 +526,25 @@ def test_the_store_merges_live_events_pages_and_reads(bellcast, host_pages: Host
     page = open_page(host_pages.serve("/store.html", "<!doctype html><title>The bell's store</title>"))
     function = f"async (storeUrl) => {{ {STORE_SETUP} {STORE_SCENARIOS[scenario]} }}"
     assert page.evaluate(function, f"{bellcast.base_url}/static/bell/store.js") == STORE_EXPECTED[scenario]
+
+
+def test_a_stored_link_a_browser_would_open_as_another_site_is_shown_without_a_link(
+    bellcast, open_page, user, store_urls
+):
+    """Stored before bellcast refused such links, or by another writer: the bell checks them too."""
+    unsafe = ["/\\evil.example", "//evil.example", "/\t/evil.example", "https:///evil.example", "javascript:alert(1)"]
+    client: pymongo.MongoClient = pymongo.MongoClient(store_urls[0])
+    try:
+        collection = client[bellcast.environ["MONGODB_DB"]][COLLECTION]
+        for index, url in enumerate(unsafe):
+            document = validate_new_notification({"user_id": user, "title": f"link {index}"}, utc_now()).to_document()
+            collection.insert_one({**document, "url": url})
+    finally:
+        client.close()
+    bellcast.create(user, "a safe link", url="/builds/1")
+    page = open_page(demo_url(bellcast, user))
+    expect_live(page)
+    open_panel(page)
+    expect(items(page)).to_have_count(len(unsafe) + 1)
+    expect(items(page).first.get_by_role("link")).to_have_attribute("href", "/builds/1")
+    expect(page.get_by_role("link", name=re.compile("^Open: link"))).to_have_count(0)
