@@ -65,8 +65,8 @@ class EmbeddedMongo:
         """The connection string of the running server, without retryable writes.
 
         SecantusDB 0.7 keeps a record of each retryable write for 30 minutes and scans all of them
-        on every write (past 10,000, sorts them): its CPU per insert grew from 1.35 to 3.67 ms over
-        6,000 inserts at 200/s, against a flat 1.0-1.15 ms without. Creates retry by themselves
+        on every write, so its CPU per insert grows with the writes of the last half hour. Creates
+        retry by themselves
         (`NotificationService.create`), so a dropped connection stores a notification once still.
         """
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true&retryWrites=false"

@@ -1,14 +1,12 @@
 """Garbage collection for a process that holds thousands of long-lived streams.
 
 CPython runs a full collection whenever the objects that survived into its oldest generation
-have grown by a quarter, and a full collection traverses every tracked object: at 18,000
-streams (about 1.9 million objects) one takes about a second. Opening streams grows the oldest
-generation all the time, so a ramp of connects spent a third of its CPU in full collections
-(measured: 7.0 s of 19.7 s while 18,000 streams opened).
+have grown by a quarter, and a full collection traverses every tracked object: with thousands of
+streams, millions of objects. Opening streams grows the oldest generation all the time, so a ramp
+of connects would spend much of its CPU in full collections.
 
-A closed stream leaves no cycle behind: reference counting frees it (10,000 streams opened and
-closed, then a full collection found 50 objects; `tests/test_memory.py` checks it with the
-collector off). So here the objects of start-up are frozen out of collections, automatic full
+A closed stream leaves no cycle behind: reference counting frees it (`tests/test_memory.py` checks
+it with the collector off). So here the objects of start-up are frozen out of collections, automatic full
 collections are off, and one runs every `interval` for whatever cycles the rest of the process
 makes. The young generations are collected as usual.
 """

@@ -17,12 +17,11 @@ MONGO_DRIVERS = ("pymongo", "motor")
 # Every store call is bounded (STORE_TIMEOUT), so that a store that vanishes gives errors rather than hung requests.
 DEFAULT_STORE_TIMEOUT_SECONDS = 5.0
 # MongoDB connections the driver keeps open even when idle: it otherwise opens them when requests
-# first come together, two at a time, and those requests wait (the first inserts of a fresh
-# server's fan-out: up to 44 ms, against 2 ms at the median). Options in MONGODB_URL win.
+# first come together, two at a time, and those requests wait. Options in MONGODB_URL win.
 DEFAULT_MONGODB_MIN_POOL_SIZE = 10
 # ... replacing each once idle this long: servers, proxies and NATs close idle connections (the
-# embedded SecantusDB after about five minutes), and the driver only finds out when it uses one
-# (after 420 s idle, 8 inserts took 250 ms; after 330 s, a command failed).
+# embedded SecantusDB after about five minutes), and the driver only finds out when it uses one:
+# the request that does waits, or fails.
 DEFAULT_MONGODB_MAX_IDLE_MS = 60_000
 # Connections to one node of a Redis Cluster; redis-py's default of 100 is fewer than the
 # pipelines a busy process may have in flight, and a single Redis's pool has no limit.
