@@ -43,25 +43,34 @@ class EventStreamHandler(BaseHandler):
     async def _stream(self) -> None:
         user_id = self.current_user_id()
         limits = self.stream_limits
-        if len(self.streams) >= limits.max_streams:
-            raise APIError(
-                503, "server_busy", "this server holds as many streams as it may", retry_after=SERVER_BUSY_RETRY_SECONDS
+        # A place is held while the stream registers, so that streams opened together cannot pass MAX_STREAMS.
+        with self.streams.place(limits.max_streams) as admitted:
+            if not admitted:
+                raise APIError(
+                    503,
+                    "server_busy",
+                    "this server holds as many streams as it may",
+                    retry_after=SERVER_BUSY_RETRY_SECONDS,
+                )
+            socket_stream: IOStream = self.request.connection.stream  # type: ignore[union-attr]
+            connection = self._connection = LiveConnection(
+                self,
+                socket_stream,
+                self.request.version == "HTTP/1.1",
+                self.delivery_cache.open_inbox(user_id),
+                self.notifications,
+                self.wakeups,
+                self.streams,
+                self.metrics,
+                # A new EventSource cannot set the header: a page resuming with one passes the id in the query.
+                self.request.headers.get("Last-Event-ID") or self.get_query_argument("last_event_id", None),
             )
-        socket_stream: IOStream = self.request.connection.stream  # type: ignore[union-attr]
-        connection = self._connection = LiveConnection(
-            self,
-            socket_stream,
-            self.request.version == "HTTP/1.1",
-            self.delivery_cache.open_inbox(user_id),
-            self.notifications,
-            self.wakeups,
-            self.streams,
-            self.metrics,
-            # A new EventSource cannot set the header: a page resuming with one passes the id in the query.
-            self.request.headers.get("Last-Event-ID") or self.get_query_argument("last_event_id", None),
-        )
+            try:
+                await connection.open(limits.max_streams_per_user)
+            except BaseException:
+                await self._release(connection)
+                raise
         try:
-            await connection.open(limits.max_streams_per_user)
             log.info(
                 "stream opened",
                 # Not yet what it sent and why it ended (`log_fields`): those are for the access line.
@@ -79,10 +88,13 @@ class EventStreamHandler(BaseHandler):
             self.request.arguments = self.request.query_arguments = {}
             await connection.serve(self.stream_timing)
         finally:
-            await connection.release()
-            # Let go of the connection, which holds this handler: no cycle is left for the collector.
-            self._ended = connection.log_fields()
-            self._connection = None
+            await self._release(connection)
+
+    async def _release(self, connection: LiveConnection) -> None:
+        await connection.release()
+        # Let go of the connection, which holds this handler: no cycle is left for the collector.
+        self._ended = connection.log_fields()
+        self._connection = None
 
     def on_connection_close(self) -> None:
         """The client went away: wake the stream so that it releases everything now."""

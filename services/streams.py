@@ -108,6 +108,21 @@ class StreamRegistry:
         self._waiting_to_release: collections.deque[asyncio.Future[None]] = collections.deque()
         self._releases_renewed = False
         self._ending = False
+        # Places held for streams still registering, so that streams opened together cannot pass the limit.
+        self._reserved = 0
+
+    @contextlib.contextmanager
+    def place(self, max_streams: int) -> Iterator[bool]:
+        """Hold one of `max_streams` places while a stream opens: True if one was free (then `add` the stream
+        within), False if every place is taken or held by a stream still opening."""
+        if len(self._visit_of) + self._reserved >= max_streams:
+            yield False
+            return
+        self._reserved += 1
+        try:
+            yield True
+        finally:
+            self._reserved -= 1
 
     def add(self, stream: OpenStream) -> None:
         """Track an opened stream; its first heartbeat is due a heartbeat interval from now.

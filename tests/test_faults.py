@@ -181,6 +181,16 @@ async def test_a_full_server_answers_503_with_retry_after(open_stream):
 
 
 @pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("max_streams", [5])
+async def test_streams_opened_all_at_once_never_pass_max_streams(open_stream, runtime):
+    """Each stream awaits its registration in Redis: the limit must count the ones still registering."""
+    streams = await asyncio.gather(*(open_stream(f"crowd-{index}") for index in range(50)))
+    statuses = [stream.status for stream in streams]
+    assert statuses.count(200) == 5 and statuses.count(503) == 45
+    assert len(runtime.streams) == 5
+
+
+@pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("refused", [("-@scripting",), ("-@scripting", "-publish")], ids=["scripts", "and-publish"])
 async def test_a_notification_redis_refused_to_queue_reaches_the_open_streams_from_mongodb_once(
     api, open_stream, private_redis, refused, caplog
