@@ -83,6 +83,7 @@ class Runtime:
     async def close(self) -> None:
         """Stop sampling, listening for hints and watching streams, then close the stores' clients."""
         await self.status_history.close()
+        await self.health.close()
         await self.streams.close()
         await self.wakeups.close()
         await self.batcher.close()

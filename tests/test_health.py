@@ -9,9 +9,10 @@ import time
 
 import pytest
 from tornado.iostream import StreamClosedError
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from server import make_app
-from tests.support import ServerProcess, SSEStream, serving
+from tests.support import ServerProcess, SSEStream, command_calls, serving
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -36,6 +37,28 @@ async def test_readyz_answers_200_when_both_stores_answer(api):
 
 JWT_SECRET = "health-secret-" + "x" * 20
 API_KEY = "health-api-key-" + "y" * 10
+
+
+PROBES = 500
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_hundreds_of_concurrent_probes_share_one_ping_and_never_make_a_healthy_store_look_down(
+    api, base_url, runtime
+):
+    """A load balancer's probes, or anyone's: they must not take the stores' connections nor fake an outage."""
+    pings_before = await command_calls(runtime.redis, "ping")
+    client = SimpleAsyncHTTPClient(force_instance=True, max_clients=PROBES)
+    try:
+        answers = await asyncio.gather(
+            *(client.fetch(f"{base_url}/readyz", raise_error=False, request_timeout=30) for _ in range(PROBES))
+        )
+    finally:
+        client.close()
+    assert [answer.code for answer in answers] == [200] * PROBES
+    assert {json.loads(answer.body)["checks"]["redis"] for answer in answers} == {"ok"}
+    # One PING per wave of probes that arrive while none is under way, not one per probe.
+    assert await command_calls(runtime.redis, "ping") - pings_before < PROBES / 10
 
 
 @pytest.fixture
