@@ -10,7 +10,8 @@ from dataclasses import replace
 import pytest
 
 from server import SettingsError, parse_settings
-from services.ratelimit import KEY_PREFIX
+from services.ratelimit import KEY_PREFIX, ProducerRateLimiter
+from services.redis_backend import connect_redis_backend
 from tests.support import error_of
 
 
@@ -185,3 +186,26 @@ def test_limits_are_read_from_the_environment():
     assert not settings.producer_rate.enabled
     assert (settings.max_body_bytes, settings.store_timeout) == (1000, 1.5)
     assert (settings.jwt_audience, settings.jwt_issuer) == ("bellcast", "https://app.example.com")
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("producer_rate", [(0.2, 10.0)])
+async def test_a_redis_pool_with_every_connection_in_use_does_not_switch_the_rate_limit_off(
+    api, app, runtime, redis_url, settings, caplog
+):
+    """Load is no outage: a request whose count found no free connection answers 503, and no one passes the limit."""
+    crowded = connect_redis_backend(
+        redis_url + ("&" if "?" in redis_url else "?") + "max_connections=1",
+        settings.redis_cluster,
+        settings.store_timeout,
+    )
+    app.settings["producer_rate_limiter"] = ProducerRateLimiter(crowded, settings.producer_rate)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bellcast.ratelimit"):
+            responses = await asyncio.gather(*(_post(api, f"crowd {index}") for index in range(30)))
+    finally:
+        await crowded.aclose()
+    statuses = [response.code for response in responses]
+    assert statuses.count(201) <= 2 and 503 in statuses and set(statuses) <= {201, 429, 503}, statuses
+    assert await runtime.mongo.database["notifications"].count_documents({}) == statuses.count(201)
+    assert not [record for record in caplog.records if "not enforced" in record.getMessage()]
