@@ -6,9 +6,10 @@ One transaction (SET NX PX, INCR, PTTL) counts a request and tells how long the 
 still runs, so every process and node sharing the Redis counts against the same number,
 and no clock but Redis's decides when a window ends. The API key itself is never stored.
 
-When Redis cannot be asked, requests are let through (fail open) and that is logged once
-per outage: MongoDB still stores what producers send, and refusing them would turn a
-cache outage into lost notifications.
+When Redis cannot be reached, requests are let through (fail open) and that is logged once
+per outage: MongoDB still stores what producers send, and refusing them would turn a cache
+outage into lost notifications. A pool with every connection in use is no outage: that
+request answers 503, so that no load can switch the limit off.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import logging
 import math
 from dataclasses import dataclass
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
-from services.errors import RateLimited
+from services.errors import RateLimited, StoreUnavailable
 from services.redis_backend import RedisBackend
 from services.stores import redis_unavailable
 
@@ -77,6 +78,8 @@ class ProducerRateLimiter:
         except (RedisError, RedisClusterException, OSError) as error:
             if not redis_unavailable(error):
                 raise
+            if isinstance(error, MaxConnectionsError) or isinstance(error.__cause__, MaxConnectionsError):
+                raise StoreUnavailable("every connection to Redis is in use; try again") from error
             if not self._redis_down:
                 self._redis_down = True
                 log.warning("producer rate limit not enforced while Redis is unreachable (%s)", error)
