@@ -86,7 +86,7 @@ class EventStreamHandler(BaseHandler):
             abort_when_unacknowledged(socket_stream.socket, limits.write_timeout)
             # A stream may stay open for hours: drop the parsed query (two copies, the token in both).
             self.request.arguments = self.request.query_arguments = {}
-            await connection.serve(self.stream_timing)
+            await connection.serve(self.stream_timing, limits.max_replay)
         finally:
             await self._release(connection)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
 import socket
 import time
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("bellcast.stream")
 
 NOTIFICATION_EVENT = "notification"
+# Sent instead of a replay longer than MAX_REPLAY: the client reloads its list rather than receive the gap.
+RESYNC_EVENT = "resync"
+RESYNC_DATA = json.dumps({"reason": "gap_too_large"}, separators=(",", ":"))
 # What browsers wait before reconnecting after the stream drops.
 RECONNECT_DELAY_MS = 2000
 # Spread the ticks of streams opened together, so they do not all fall due at once.
@@ -240,15 +244,16 @@ class LiveConnection:
         self._registered = True
         self._registry.add(self)
 
-    async def serve(self, timing: StreamTiming) -> None:
-        """Send the catch-up, then scan on every wake and tick until the client leaves or shutdown ends it."""
+    async def serve(self, timing: StreamTiming, max_replay: int) -> None:
+        """Send the catch-up (at most `max_replay` notifications, else a `resync` event), then scan on every
+        wake and tick until the client leaves or shutdown ends it."""
         tick = self._queue_safety_scan if timing.wakeup_hints else self._poll
         ticker = AlignedPeriodicCallback(
             tick, timing.tick_interval * 1000, TICK_JITTER, min(TICK_ALIGNMENT, timing.tick_interval / 10)
         )
         try:
             if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
-                await self._catch_up()
+                await self._catch_up(max_replay)
             ticker.start()
             if self._retry is None:  # else the catch-up failed, and its retry comes after a backoff
                 # Hints that came during the catch-up; a stream that could not register recovers now.
@@ -477,11 +482,18 @@ class LiveConnection:
         self._retry = None
         self.wake()
 
-    async def _catch_up(self) -> None:
-        """What a client resuming after its Last-Event-ID lacks; nothing for a new client."""
+    async def _catch_up(self, max_replay: int) -> None:
+        """What a client resuming after its Last-Event-ID lacks; nothing for a new client.
+
+        A gap of more than `max_replay` is not replayed: one `resync` event tells the client to reload its
+        list instead, so that a reconnect costs bounded time and bytes however long the client was away.
+        """
         if self._newest_sent is None:
             return
         try:
+            if await self._notifications.count_since(self.user_id, self._newest_sent, max_replay + 1) > max_replay:
+                await self._send_resync()
+                return
             async for batch in self._notifications.since(self.user_id, self._newest_sent):
                 entries = self._unsent(batch)
                 if entries and not await self._send_entries(entries, live=False):
@@ -491,6 +503,17 @@ class LiveConnection:
             self._recovering = True
             log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self._response.log_fields()))
             self._retry_later()
+
+    async def _send_resync(self) -> None:
+        """Tell the client to reload its list; the event's id, the user's newest notification, becomes its
+        Last-Event-ID, so a reconnect resumes from there. What is queued meanwhile follows live."""
+        newest = await self._notifications.newest_id(self.user_id)
+        if newest is None:  # deleted meanwhile: nothing to replay either
+            return
+        if await self.send(encode_event(newest, RESYNC_EVENT, RESYNC_DATA)):
+            self._events_sent += 1
+            if self._newest_sent is None or newest > self._newest_sent:
+                self._newest_sent = newest
 
     async def _drain(self) -> None:
         """While woken: send what is owed in id order, then delete exactly that from the inbox."""

@@ -306,20 +306,9 @@ class NotificationService:
         was created after it (ObjectIds from different processes within one second, or an
         insert still in flight, are not ordered by creation). An unparseable id yields nothing.
         """
-        try:
-            last_seen = ObjectId(last_seen_id)
-        except (InvalidId, TypeError):
+        query = await self._since_query(user_id, last_seen_id)
+        if query is None:
             return
-        with _store_errors(self._metrics):
-            last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
-        newer: dict[str, Any] = {"_id": {"$gt": last_seen}}
-        branches: list[dict[str, Any]] = [newer]
-        if last is not None:
-            window_start = ObjectId.from_datetime(last_seen.generation_time - CATCH_UP_WINDOW)
-            branches.append(
-                {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
-            )
-        query = {"user_id": user_id, "$or": branches}
         with _store_errors(self._metrics):
             cursor = self._collection.find(query).sort("_id", ASCENDING).batch_size(CATCH_UP_BATCH)
             batch: list[Notification] = []
@@ -330,6 +319,42 @@ class NotificationService:
                     batch = []
         if batch:
             yield batch
+
+    async def count_since(self, user_id: str, last_seen_id: str, limit: int) -> int:
+        """How many notifications `since` would give, counting no further than `limit` (at least 1).
+
+        The server counts and stops at `limit`, so a gap of any size is measured without loading it.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")  # MongoDB reads a limit of 0 as none
+        query = await self._since_query(user_id, last_seen_id)
+        if query is None:
+            return 0
+        with _store_errors(self._metrics):
+            return int(await self._collection.count_documents(query, limit=limit))
+
+    async def newest_id(self, user_id: str) -> str | None:
+        """The id of the user's newest notification, None if the user has none."""
+        with _store_errors(self._metrics):
+            document = await self._collection.find_one({"user_id": user_id}, {"_id": 1}, sort=[("_id", DESCENDING)])
+        return str(document["_id"]) if document is not None else None
+
+    async def _since_query(self, user_id: str, last_seen_id: str) -> dict[str, Any] | None:
+        """The query of what `since` gives; None for an unparseable id."""
+        try:
+            last_seen = ObjectId(last_seen_id)
+        except (InvalidId, TypeError):
+            return None
+        with _store_errors(self._metrics):
+            last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
+        newer: dict[str, Any] = {"_id": {"$gt": last_seen}}
+        branches: list[dict[str, Any]] = [newer]
+        if last is not None:
+            window_start = ObjectId.from_datetime(last_seen.generation_time - CATCH_UP_WINDOW)
+            branches.append(
+                {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
+            )
+        return {"user_id": user_id, "$or": branches}
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless MongoDB answers."""

@@ -288,6 +288,12 @@ class Settings:
         "`TCP_USER_TIMEOUT` (Linux), so a client that vanished without closing is dropped within about "
         "`HEARTBEAT_INTERVAL` + this",
     )
+    max_replay: int = setting(
+        1000,
+        positive_integer,
+        "notifications a stream replays after a `Last-Event-ID`; past it the stream sends one `resync` event "
+        "instead and the bell reloads its list",
+    )
     processes: int = setting(1, process_count, "worker processes sharing the port; `0` starts one per core")
     event_loop: str = setting("uvloop", one_of(("uvloop", "asyncio")), "`uvloop` (less CPU per connect) or `asyncio`")
     jwt_audience: str | None = setting(
@@ -418,7 +424,7 @@ class Settings:
     @property
     def stream_limits(self) -> StreamLimits:
         """The limits every stream obeys."""
-        return StreamLimits(self.max_streams, self.max_streams_per_user, self.stream_write_timeout)
+        return StreamLimits(self.max_streams, self.max_streams_per_user, self.stream_write_timeout, self.max_replay)
 
     @property
     def producer_rate(self) -> RateLimit:

@@ -18,11 +18,13 @@ from services.metrics import Metrics
 
 @dataclass(frozen=True)
 class StreamLimits:
-    """How many streams a process and a user may hold, and how long a client may leave a write unread."""
+    """How many streams a process and a user may hold, how long a client may leave a write unread, and how
+    many notifications a stream replays on reconnect before it asks the client to reload instead."""
 
     max_streams: int
     max_streams_per_user: int
     write_timeout: float
+    max_replay: int
 
 
 class OpenStream(Protocol):

@@ -8,7 +8,7 @@
 * ``redis_url``: the session's Redis, or with ``redis_cluster`` its cluster.
 * ``mongo_driver``: "pymongo"; parametrize it to run a test on Motor too.
 * ``wakeup_hints``: every test that uses ``settings`` runs twice, with hints and with polling.
-* ``stream_write_timeout``, ``max_streams``, ``heartbeat_interval``: what a test may parametrize.
+* ``stream_write_timeout``, ``max_streams``, ``heartbeat_interval``, ``max_replay``: what a test may parametrize.
 * ``settings``: test settings — fast polling, a fresh database name per test.
 * ``runtime``: the services on the real stores, with a clean database and cache.
 * ``runtime_without_redis``: the services on the session's MongoDB and a Redis URL where nothing listens.
@@ -116,12 +116,18 @@ def heartbeat_interval() -> float:
 
 
 @pytest.fixture
+def max_replay() -> int:
+    return 1000
+
+
+@pytest.fixture
 def settings(
     mongo_driver: str,
     wakeup_hints: bool,
     stream_write_timeout: float,
     max_streams: int,
     heartbeat_interval: float,
+    max_replay: int,
     redis_cluster: bool,
 ) -> Settings:
     return Settings(
@@ -135,6 +141,7 @@ def settings(
         max_streams_per_user=5,
         max_streams=max_streams,
         stream_write_timeout=stream_write_timeout,
+        max_replay=max_replay,
         # Long enough that, with hints, a test passes only if the hint woke the stream.
         safety_scan_interval=30.0,
         redis_cluster=redis_cluster,

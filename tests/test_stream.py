@@ -144,6 +144,40 @@ async def test_notification_created_during_catch_up_is_sent_once(api, open_strea
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("max_replay", [5])
+async def test_a_gap_longer_than_max_replay_gets_one_resync_event_then_live_notifications(api, open_stream):
+    seen = await api.create("alice", "seen")
+    missed = [await api.create("alice", f"missed {i}") for i in range(6)]
+    stream = await open_stream("alice", last_event_id=seen["id"])
+    resync = await stream.next_event()
+    while resync.event is None:  # the retry hint and the "connected" comment
+        resync = await stream.next_event()
+    assert resync.event == "resync"
+    assert resync.id == missed[-1]["id"]
+    assert resync.json() == {"reason": "gap_too_large"}
+    live = await api.create("alice", "live")
+    [event] = await stream.notifications(1)
+    assert event.id == live["id"]
+    await stream.assert_silent(0.3)
+    assert stream.received.count(b"event: resync") == 1
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("max_replay", [5])
+async def test_a_gap_of_max_replay_is_replayed_in_full_in_order(api, open_stream):
+    seen = await api.create("alice", "seen")
+    missed = [await api.create("alice", f"missed {i}") for i in range(5)]
+    stream = await open_stream("alice", last_event_id=seen["id"])
+    events = await stream.notifications(5)
+    assert [e.id for e in events] == [c["id"] for c in missed]
+    live = await api.create("alice", "live")
+    [event] = await stream.notifications(1)
+    assert event.id == live["id"]
+    await stream.assert_silent(0.3)
+    assert b"event: resync" not in stream.received
+
+
+@pytest.mark.gen_test
 async def test_idle_stream_sends_heartbeat_comments(open_stream, settings):
     stream = await open_stream("alice")
     assert (await stream.next_event()).retry is not None

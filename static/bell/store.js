@@ -93,7 +93,7 @@ export class BellStore {
     this.onNew(notification);
   }
 
-  /** Replace the list with the server's newest page (Refresh, and after a stream was reopened). */
+  /** Replace the list with the server's newest page (Refresh, after a stream was reopened, and on `resync`). */
   async refresh() {
     this.arrivedDuringLoad = new Set();
     this.state.loading = true;

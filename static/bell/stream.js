@@ -32,7 +32,8 @@ export function streamKey(server, token) {
  * The event stream of one user, shared by the tabs of this origin.
  *
  * `handlers` receives what every tab must apply: notification(n), read(message), readAll(message),
- * resync() (the stream was opened anew, so something may have been missed), state(name).
+ * resync() (the stream was opened anew, or the server had more to replay than it will, so the list must be
+ * reloaded), state(name).
  */
 export class SharedStream {
   constructor(server, key, getToken, handlers) {
@@ -156,6 +157,12 @@ export class SharedStream {
       resumable = resumable || Boolean(event.lastEventId);
       this.handlers.notification(notification);
       this.publish({ type: "notification", notification: notification });
+    });
+    // The server had more to replay than it will (MAX_REPLAY): it skipped the gap, so the tabs reload the
+    // list. The event's id moves Last-Event-ID on to the newest notification.
+    source.addEventListener("resync", (event) => {
+      resumable = resumable || Boolean(event.lastEventId);
+      this.resync();
     });
     source.addEventListener("error", () => {
       if (source !== this.source) return;

@@ -223,6 +223,43 @@ def test_after_a_server_restart_the_bell_reconnects_and_shows_what_was_created_m
     shot(page, "reconnected")
 
 
+def test_a_resync_from_the_server_makes_every_tab_refetch_the_list(
+    browser, tmp_path, store_urls, host_pages: HostPages, open_page, user, shot
+):
+    # More is stored while the server is down than it replays (MAX_REPLAY 2): the stream that resumes
+    # with Last-Event-ID gets one `resync` event instead, and only a refetch of the list shows the rest.
+    server = BellcastProcess(tmp_path, store_urls, host_pages.origin, ["--max-replay", "2"])
+    try:
+        server.wait_until_ready()
+        first = open_page(demo_url(server, user))
+        expect_live(first)
+        second = open_page(demo_url(server, user))
+        expect_live(second)
+        server.create(user, "Before the gap")
+        for tab in (first, second):
+            expect(badge(tab)).to_have_text("1", timeout=LIVE_MS)
+            open_panel(tab)
+
+        server.kill()
+        server.store_quietly(user, "Missed 1", "Missed 2", "Missed 3")
+        server.restart()
+        server.wait_until_ready()
+
+        for tab in (first, second):
+            expect(state(tab)).to_have_text("Live", timeout=RECONNECT_MS)
+            expect(items(tab)).to_have_count(4, timeout=LIVE_MS)
+            assert sorted(titles(tab)) == ["Before the gap", "Missed 1", "Missed 2", "Missed 3"]
+            expect(badge(tab)).to_have_text("4")
+        shot(first, "resynced")
+        server.create(user, "After the resync")
+        for tab in (first, second):
+            expect(items(tab)).to_have_count(5, timeout=LIVE_MS)
+            assert titles(tab)[0] == "After the resync"
+    finally:
+        server.stop()
+        server.drop_database()
+
+
 def test_the_bell_shows_when_the_browser_is_offline_and_catches_up_when_back(bellcast, context, open_page, user, shot):
     page = open_page(demo_url(bellcast, user))
     expect_live(page)
