@@ -160,6 +160,7 @@ class LiveConnection:
         "_heartbeat",
         "_inbox",
         "_last_write",
+        "_max_streams_per_user",
         "_metrics",
         "_newest_sent",
         "_notifications",
@@ -233,6 +234,7 @@ class LiveConnection:
         # Listen before registering: whatever is queued once the registration is visible comes with
         # a hint that wakes this stream, so a new stream needs no scan of its own to start with.
         self._wakeups.listen(self.user_id, self)
+        self._max_streams_per_user = max_streams_per_user
         try:
             streams_of_user = await self._inbox.register()
         except StoreUnavailable:
@@ -550,7 +552,10 @@ class LiveConnection:
         # While MongoDB may owe more than one send takes: the highest id it has given so far.
         recovered_up_to: str | None = None
         if self._recovering or self._inbox.registration_lost:
-            await self._inbox.register()
+            if await self._inbox.register() > self._max_streams_per_user:
+                # Opened while Redis could not count it, or Redis forgot the user's streams: the cap holds now.
+                await self._end_over_user_limit()
+                return [], []
             resume_from = self._newest_sent or str(ObjectId.from_datetime(_utc(self._opened_at - 1)))
             recovered, recovered_up_to = await self._recovery_batch(resume_from)
             owed.update(recovered)
@@ -571,6 +576,17 @@ class LiveConnection:
             if notification_id not in sent and (recovered_up_to is None or notification_id <= recovered_up_to):
                 owed.setdefault(notification_id, data)
         return sorted(owed.items())[:MAX_ENTRIES_PER_SEND], delivered_before
+
+    async def _end_over_user_limit(self) -> None:
+        """Registering again, the stream found its user past MAX_STREAMS_PER_USER: it ends, and a reconnect is
+        refused (429) while the user's other streams hold the places."""
+        log.info(
+            "stream ended: its user holds MAX_STREAMS_PER_USER streams", extra=fields(**self._response.log_fields())
+        )
+        self._ended_by = "user_limit"
+        with contextlib.suppress(StoreUnavailable):
+            await self._inbox.deregister()
+        self.close()
 
     async def _recovery_batch(self, resume_from: str) -> tuple[dict[str, bytes | str], str | None]:
         """At least a send's worth, if MongoDB holds that much, of what it has after `resume_from` that this

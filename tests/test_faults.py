@@ -11,7 +11,7 @@ from dataclasses import replace
 import psutil
 import pytest
 from redis.asyncio import Redis
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, StreamClosedError
 
 from services import cache
 from services.cache import connections_key
@@ -269,3 +269,42 @@ async def test_a_recovery_owing_thousands_sends_every_one_to_every_tab_in_order_
         [event] = await tab.notifications(1)
         assert event.id == after["id"]
         await tab.assert_silent(0.3)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_streams_opened_while_redis_was_down_count_against_the_users_limit_once_it_is_back(
+    api, open_stream, private_redis, runtime, settings
+):
+    """Redis could not count them when they opened: when it is back they register again, and the user holds
+    MAX_STREAMS_PER_USER of them, not more; the others end, and a new one is refused."""
+    limit = settings.max_streams_per_user
+    private_redis.stop()
+    streams = [await open_stream("alice") for _ in range(limit + 3)]
+    assert [stream.status for stream in streams] == [200] * (limit + 3)
+    private_redis.start()
+
+    async def registered() -> bool:
+        return await runtime.redis.zcard(connections_key("alice")) == limit
+
+    await eventually(registered, timeout=30)
+    ended = await asyncio.gather(*(_falls_silent(stream) for stream in streams))
+    assert sum(ended) == 3, ended
+    assert (await open_stream("alice")).status == 429
+    created = await api.create("alice", "to the streams that stayed")
+    for stream, stream_ended in zip(streams, ended, strict=True):
+        if not stream_ended:
+            [event] = await stream.notifications(1, timeout=10)
+            assert event.id == created["id"]
+        stream.close()
+    await asyncio.sleep(0.1)
+
+
+async def _falls_silent(stream: SSEStream, silence: float = 2.0, within: float = 8.0) -> bool:
+    """True if the stream ends or sends nothing for `silence` seconds (an open one heartbeats every 0.5 s)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            await stream.next_event(timeout=silence)
+        except (TimeoutError, StreamClosedError):
+            return True
+    return False
