@@ -415,12 +415,10 @@ def is_safe_link(url: str) -> bool:
 
 
 def is_valid_user_id(value: object) -> bool:
-    """What a user id must be, in a create and in a token's `sub`: 1-200 characters, not blank, valid Unicode."""
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_USER_ID_LENGTH:
-        return False
+    """Whether `value` passes the rule a create's `user_id` must: for a token's `sub`."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+        _required_text({"user_id": value}, "user_id", max_length=MAX_USER_ID_LENGTH)
+    except Invalid:
         return False
     return True
 
