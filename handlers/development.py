@@ -11,20 +11,19 @@ import time
 from typing import Any
 
 from handlers.base import APIError, BaseHandler
+from handlers.proxy import is_trusted
 from services.notifications import MAX_USER_ID_LENGTH
 
 DEMO_USER_ID = "demo"
 DEMO_TOKEN_LIFETIME_SECONDS = 3600
 
 
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 def is_loopback(host: str) -> bool:
-    """True for `localhost` and for loopback addresses (127.0.0.0/8, ::1), bracketed or not."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """True for `localhost` and for loopback addresses (127.0.0.0/8, ::1, IPv4-mapped too), bracketed or not."""
+    return host == "localhost" or is_trusted(host.strip("[]"), LOOPBACK)
 
 
 class DevelopmentHandler(BaseHandler):

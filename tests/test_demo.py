@@ -10,6 +10,7 @@ import json
 import pytest
 from tornado.testing import bind_unused_port
 
+from handlers.development import is_loopback
 from handlers.proxy import TrustedProxyHTTPServer
 from server import SettingsError, make_app, parse_settings
 from services.auth import Authenticator
@@ -179,3 +180,21 @@ async def test_development_routes_answer_only_a_client_on_this_machine_that_aske
         assert b"token" not in body.replace(b"development routes", b"")
         stored = await runtime.notifications.list_recent("alice", 10)
         assert stored.notifications == []
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),  # a client on a dual-stack socket
+        ("::ffff:198.51.100.7", False),
+        ("localhost.attacker.example", False),
+        ("0.0.0.0", False),
+        ("", False),
+    ],
+)
+def test_only_this_machine_counts_as_loopback_for_the_development_routes(host, loopback):
+    assert is_loopback(host) is loopback
