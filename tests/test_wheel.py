@@ -4,6 +4,7 @@ virtual environment, serves from any folder everything a deployment serves."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +22,8 @@ METRICS_TOKEN = "wheel-test-metrics-token"
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel, built as `make dist` builds it."""
+    """The wheel, built as `make dist` builds it: from a clean build folder, which setuptools keeps in the checkout."""
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(ROOT)],
@@ -99,6 +101,9 @@ def test_the_wheel_installs_one_top_level_name_and_carries_every_served_file(whe
     expected |= {"bellcast/templates/status.html"}
     expected |= {f"bellcast/{path.relative_to(ROOT)}" for path in served_files()}
     assert expected <= set(names)
+    # Nothing shipped that the checkout no longer has (a module left over in a build folder, say).
+    shipped = [name.removeprefix("bellcast/") for name in names if name.startswith("bellcast/")]
+    assert [name for name in shipped if not (ROOT / name).is_file()] == []
 
 
 def test_bellcast_serve_from_any_folder_serves_the_bell_the_pages_and_the_openapi_document(
