@@ -29,7 +29,7 @@ from services.cache import OBSERVER_GRACE, ConnectionInbox
 from services.errors import StoreUnavailable, TooMany
 from services.logs import fields
 from services.metrics import Metrics
-from services.notifications import CATCH_UP_WINDOW, Notification, NotificationService
+from services.notifications import CATCH_UP_WINDOW, GapTooLarge, Notification, NotificationService
 from services.sse import encode_comment, encode_event, encode_retry
 
 if TYPE_CHECKING:
@@ -493,23 +493,21 @@ class LiveConnection:
         if self._newest_sent is None:
             return
         try:
-            if await self._notifications.count_since(self.user_id, self._newest_sent, max_replay + 1) > max_replay:
-                await self._send_resync()
-                return
-            async for batch in self._notifications.since(self.user_id, self._newest_sent):
+            async for batch in self._notifications.since(self.user_id, self._newest_sent, at_most=max_replay):
                 entries = self._unsent(batch)
                 if entries and not await self._send_entries(entries, live=False):
                     return
+        except GapTooLarge as gap:
+            await self._send_resync(gap.newest_id)
         except StoreUnavailable:
             # MongoDB is down: the scans catch up from the newest id sent once it is back.
             self._recovering = True
             log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self._response.log_fields()))
             self._retry_later()
 
-    async def _send_resync(self) -> None:
+    async def _send_resync(self, newest: str | None) -> None:
         """Tell the client to reload its list; the event's id, the user's newest notification, becomes its
         Last-Event-ID, so a reconnect resumes from there. What is queued meanwhile follows live."""
-        newest = await self._notifications.newest_id(self.user_id)
         if newest is None:  # deleted meanwhile: nothing to replay either
             return
         if await self.send(encode_event(newest, RESYNC_EVENT, RESYNC_DATA)):

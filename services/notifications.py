@@ -113,6 +113,14 @@ class Notification:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
+class GapTooLarge(Exception):
+    """More notifications are owed than a replay may send; `newest_id` is the user's newest (None: none left)."""
+
+    def __init__(self, newest_id: str | None) -> None:
+        super().__init__("more notifications are owed than a replay may send")
+        self.newest_id = newest_id
+
+
 @dataclass(frozen=True, slots=True)
 class NotificationPage:
     """One page of a user's notifications, newest first."""
@@ -299,16 +307,23 @@ class NotificationService:
             )
         return int(result.modified_count)
 
-    async def since(self, user_id: str, last_seen_id: str) -> AsyncGenerator[list[Notification], None]:
+    async def since(
+        self, user_id: str, last_seen_id: str, at_most: int | None = None
+    ) -> AsyncGenerator[list[Notification], None]:
         """Batches, in id order, of the user's notifications a client that last saw `last_seen_id` lacks.
 
         That is every newer id, and, within `CATCH_UP_WINDOW` before it, any older id that
         was created after it (ObjectIds from different processes within one second, or an
         insert still in flight, are not ordered by creation). An unparseable id yields nothing.
+
+        With `at_most`, MongoDB first counts them, stopping one past it: GapTooLarge, before any batch,
+        when there are more, so a gap of any size is measured without being loaded.
         """
         query = await self._since_query(user_id, last_seen_id)
         if query is None:
             return
+        if at_most is not None:
+            await self._refuse_more_than(query, user_id, at_most)
         with _store_errors(self._metrics):
             cursor = self._collection.find(query).sort("_id", ASCENDING).batch_size(CATCH_UP_BATCH)
             batch: list[Notification] = []
@@ -320,24 +335,14 @@ class NotificationService:
         if batch:
             yield batch
 
-    async def count_since(self, user_id: str, last_seen_id: str, limit: int) -> int:
-        """How many notifications `since` would give, counting no further than `limit` (at least 1).
-
-        The server counts and stops at `limit`, so a gap of any size is measured without loading it.
-        """
-        if limit < 1:
-            raise ValueError("limit must be at least 1")  # MongoDB reads a limit of 0 as none
-        query = await self._since_query(user_id, last_seen_id)
-        if query is None:
-            return 0
+    async def _refuse_more_than(self, query: dict[str, Any], user_id: str, at_most: int) -> None:
+        """GapTooLarge, naming the user's newest notification, if `query` matches more than `at_most`."""
         with _store_errors(self._metrics):
-            return int(await self._collection.count_documents(query, limit=limit))
-
-    async def newest_id(self, user_id: str) -> str | None:
-        """The id of the user's newest notification, None if the user has none."""
-        with _store_errors(self._metrics):
-            document = await self._collection.find_one({"user_id": user_id}, {"_id": 1}, sort=[("_id", DESCENDING)])
-        return str(document["_id"]) if document is not None else None
+            # A limit of 0 would count everything: at_most + 1 is at least 1.
+            if await self._collection.count_documents(query, limit=at_most + 1) <= at_most:
+                return
+            newest = await self._collection.find_one({"user_id": user_id}, {"_id": 1}, sort=[("_id", DESCENDING)])
+        raise GapTooLarge(str(newest["_id"]) if newest is not None else None)
 
     async def _since_query(self, user_id: str, last_seen_id: str) -> dict[str, Any] | None:
         """The query of what `since` gives; None for an unparseable id."""
