@@ -33,6 +33,7 @@ from services.auth import Authenticator
 from services.cache import CacheObserver, DeliveryCache
 from services.command_batcher import CommandBatcher
 from services.command_line import parse_command, print_token
+from services.connection import MAX_ENTRIES_PER_SEND
 from services.development import EmbeddedStores, UnsafeSecretsFile, print_how_to_try, with_generated_secrets
 from services.health import HealthService
 from services.logs import LOG_LEVELS, UserIdHasher, configure_logging
@@ -40,6 +41,7 @@ from services.memory import ScheduledFullCollections
 from services.metrics import Metrics, MetricsDirectory
 from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter
+from services.recovery import RECOVERY_JITTER_SECONDS, RecoveryReads
 from services.redis_backend import RedisBackend, connect_redis_backend
 from services.settings import Settings, SettingsError, parse_settings, settings_from
 from services.status import StatusHistory
@@ -70,6 +72,7 @@ class Runtime:
     batcher: CommandBatcher
     wakeups: WakeupHub
     notifications: NotificationService
+    recovery_reads: RecoveryReads
     delivery_cache: DeliveryCache
     authenticator: Authenticator
     health: HealthService
@@ -85,6 +88,7 @@ class Runtime:
         await self.status_history.close()
         await self.health.close()
         await self.streams.close()
+        await self.recovery_reads.close()
         await self.wakeups.close()
         await self.batcher.close()
         await self.mongo.close()
@@ -116,6 +120,9 @@ async def start_runtime(
         batcher=batcher,
         wakeups=wakeups,
         notifications=notifications,
+        recovery_reads=RecoveryReads(
+            notifications, metrics, settings.max_concurrent_recoveries, RECOVERY_JITTER_SECONDS, MAX_ENTRIES_PER_SEND
+        ),
         delivery_cache=delivery_cache,
         authenticator=Authenticator(
             settings.jwt_secret,
@@ -177,6 +184,7 @@ def _application(
         log_function=handlers.log_request,
         config=settings,
         notifications=runtime.notifications,
+        recovery_reads=runtime.recovery_reads,
         delivery_cache=runtime.delivery_cache,
         authenticator=runtime.authenticator,
         producer_rate_limiter=runtime.rate_limiter,

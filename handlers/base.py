@@ -31,6 +31,7 @@ from services.logs import UserIdHasher, fields
 from services.metrics import Metrics
 from services.notifications import NotificationService
 from services.ratelimit import ProducerRateLimiter
+from services.recovery import RecoveryReads
 from services.settings import Settings
 from services.streams import StreamLimits, StreamRegistry
 from services.wakeups import WakeupHub
@@ -174,6 +175,11 @@ class BaseHandler(RequestIdentified):
     def health(self) -> HealthService:
         """The store checks."""
         return self.settings["health"]
+
+    @property
+    def recovery_reads(self) -> RecoveryReads:
+        """MongoDB's reads of what streams missed, shared by the tabs of a user and bounded in number."""
+        return self.settings["recovery_reads"]
 
     @property
     def wakeups(self) -> WakeupHub:

@@ -58,7 +58,7 @@ class EventStreamHandler(BaseHandler):
                 socket_stream,
                 self.request.version == "HTTP/1.1",
                 self.delivery_cache.open_inbox(user_id),
-                self.notifications,
+                self.recovery_reads,
                 self.wakeups,
                 self.streams,
                 self.metrics,

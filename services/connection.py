@@ -29,7 +29,8 @@ from services.cache import OBSERVER_GRACE, ConnectionInbox
 from services.errors import StoreUnavailable, TooMany
 from services.logs import fields
 from services.metrics import Metrics
-from services.notifications import CATCH_UP_WINDOW, GapTooLarge, Notification, NotificationService
+from services.notifications import CATCH_UP_WINDOW, GapTooLarge, Notification
+from services.recovery import RecoveryReads
 from services.sse import encode_comment, encode_event, encode_retry
 
 if TYPE_CHECKING:
@@ -160,15 +161,18 @@ class LiveConnection:
         "_heartbeat",
         "_inbox",
         "_last_write",
+        "_max_replay",
         "_max_streams_per_user",
         "_metrics",
         "_newest_sent",
-        "_notifications",
         "_opened_at",
         "_pending_write",
+        "_reads",
         "_recovering",
+        "_recovery_cursor",
         "_registered",
         "_registry",
+        "_replay_owed",
         "_response",
         "_retry",
         "_scanning",
@@ -187,7 +191,7 @@ class LiveConnection:
         socket_stream: IOStream,
         chunked: bool,
         inbox: ConnectionInbox,
-        notifications: NotificationService,
+        reads: RecoveryReads,
         wakeups: WakeupHub,
         registry: StreamRegistry,
         metrics: Metrics,
@@ -197,7 +201,7 @@ class LiveConnection:
         self._socket = socket_stream
         self._heartbeat = HEARTBEAT_CHUNK if chunked else HEARTBEAT
         self._inbox = inbox
-        self._notifications = notifications
+        self._reads = reads
         self._wakeups = wakeups
         self._registry = registry
         self._metrics = metrics
@@ -210,7 +214,13 @@ class LiveConnection:
         # leaves once its entry is gone and it is older than CATCH_UP_WINDOW before the newest sent,
         # the furthest back a catch-up looks. Made on first use: most streams never need it.
         self._sent: dict[str, bool] | None = None
+        # Owed from MongoDB: the replay after Last-Event-ID (`_replay_owed`, until it is sent or refused), and
+        # what an outage or a lost registration kept from the inbox (`_recovering`, a page at a time from
+        # `_recovery_cursor`, the last id of the page before).
+        self._replay_owed = self._newest_sent is not None
+        self._max_replay = 0
         self._recovering = False
+        self._recovery_cursor: str | None = None
         self._registered = False
         # Done once the stream is over: a bare future costs less memory than an asyncio.Event.
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -253,9 +263,10 @@ class LiveConnection:
         ticker = AlignedPeriodicCallback(
             tick, timing.tick_interval * 1000, TICK_JITTER, min(TICK_ALIGNMENT, timing.tick_interval / 10)
         )
+        self._max_replay = max_replay
         try:
             if await self.send(encode_retry(RECONNECT_DELAY_MS) + encode_comment("connected")):
-                await self._catch_up(max_replay)
+                await self._catch_up()
             ticker.start()
             if self._retry is None:  # else the catch-up failed, and its retry comes after a backoff
                 # Hints that came during the catch-up; a stream that could not register recovers now.
@@ -439,7 +450,7 @@ class LiveConnection:
         A stream backing off after a failed scan recovers with its next try; one still registering,
         once it is registered.
         """
-        self._recovering = True
+        self._start_recovery()
         if self._registered and self._retry is None:
             self.wake()
 
@@ -484,26 +495,36 @@ class LiveConnection:
         self._retry = None
         self.wake()
 
-    async def _catch_up(self, max_replay: int) -> None:
-        """What a client resuming after its Last-Event-ID lacks; nothing for a new client.
+    async def _catch_up(self) -> bool:
+        """What a client resuming after its Last-Event-ID lacks, a page at a time; nothing for a new client.
 
-        A gap of more than `max_replay` is not replayed: one `resync` event tells the client to reload its
+        A gap of more than MAX_REPLAY is not replayed: one `resync` event tells the client to reload its
         list instead, so that a reconnect costs bounded time and bytes however long the client was away.
+        False when MongoDB did not answer: the replay is still owed, and a scan after a backoff tries
+        again (with the bound again) before it sends anything from the inbox.
         """
-        if self._newest_sent is None:
-            return
+        after = self._newest_sent
+        if not self._replay_owed or after is None:
+            self._replay_owed = False
+            return True
         try:
-            async for batch in self._notifications.since(self.user_id, self._newest_sent, at_most=max_replay):
-                entries = self._unsent(batch)
+            page, more = await self._reads.missed(self.user_id, after, look_back=True, at_most=self._max_replay)
+            while True:
+                entries = self._unsent(page)
                 if entries and not await self._send_entries(entries, live=False):
-                    return
+                    break  # the client has gone
+                if not more:
+                    break
+                after = max(after, str(page[-1].id))
+                page, more = await self._reads.missed(self.user_id, after, look_back=False)
         except GapTooLarge as gap:
             await self._send_resync(gap.newest_id)
         except StoreUnavailable:
-            # MongoDB is down: the scans catch up from the newest id sent once it is back.
-            self._recovering = True
             log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self._response.log_fields()))
             self._retry_later()
+            return False
+        self._replay_owed = False
+        return True
 
     async def _send_resync(self, newest: str | None) -> None:
         """Tell the client to reload its list; the event's id, the user's newest notification, becomes its
@@ -519,6 +540,8 @@ class LiveConnection:
         """While woken: send what is owed in id order, then delete exactly that from the inbox."""
         while self._woken and not self._closed.done() and self._registered:
             self._woken = False
+            if self._replay_owed and not await self._catch_up():
+                return
             try:
                 await self._inbox.renew_if_due()
                 scan_started = time.perf_counter()
@@ -545,26 +568,26 @@ class LiveConnection:
         """
         if self._wakeups.epoch != self._epoch_seen:
             self._epoch_seen = self._wakeups.epoch
-            self._recovering = True
+            self._start_recovery()
+        if self._inbox.registration_lost:
+            self._start_recovery()
         owed: dict[str, bytes | str] = {}
-        # While MongoDB may owe more than one send takes: the highest id it has given so far.
+        # While MongoDB may owe more than one page: the highest id it has given so far.
         recovered_up_to: str | None = None
-        if self._recovering or self._inbox.registration_lost:
-            if await self._inbox.register() > self._max_streams_per_user:
+        if self._recovering:
+            # A recovery starts by registering again: from then on the inbox receives what is created.
+            if self._recovery_cursor is None and await self._inbox.register() > self._max_streams_per_user:
                 # Opened while Redis could not count it, or Redis forgot the user's streams: the cap holds now.
                 await self._end_over_user_limit()
                 return [], []
-            resume_from = self._newest_sent or str(ObjectId.from_datetime(_utc(self._opened_at - 1)))
-            recovered, recovered_up_to = await self._recovery_batch(resume_from)
+            recovered, recovered_up_to = await self._recovery_page()
             owed.update(recovered)
-            if recovered_up_to is None:
-                self._recovering = False
-            else:
-                self._woken = True  # the next scan goes on from the newest id this one sends
+            if recovered_up_to is not None:
+                self._woken = True  # the next scan goes on from the last id of this page
         try:
             queued = await self._inbox.pending()
         except StoreUnavailable:
-            self._recovering = True
+            self._start_recovery()
             raise
         sent = self._sent or {}
         delivered_before = [notification_id for notification_id, _ in queued if notification_id in sent]
@@ -574,6 +597,11 @@ class LiveConnection:
             if notification_id not in sent and (recovered_up_to is None or notification_id <= recovered_up_to):
                 owed.setdefault(notification_id, data)
         return sorted(owed.items())[:MAX_ENTRIES_PER_SEND], delivered_before
+
+    def _start_recovery(self) -> None:
+        """The inbox may have missed notifications: register again and catch up from MongoDB, from the start."""
+        self._recovering = True
+        self._recovery_cursor = None
 
     async def _end_over_user_limit(self) -> None:
         """Registering again, the stream found its user past MAX_STREAMS_PER_USER: it ends, and a reconnect is
@@ -586,18 +614,33 @@ class LiveConnection:
             await self._inbox.deregister()
         self.close()
 
-    async def _recovery_batch(self, resume_from: str) -> tuple[dict[str, bytes | str], str | None]:
-        """At least a send's worth, if MongoDB holds that much, of what it has after `resume_from` that this
-        connection has not sent; and the highest id it gave while it may hold more (None once all is read).
+    async def _recovery_page(self) -> tuple[dict[str, bytes | str], str | None]:
+        """What a page of MongoDB's notifications holds that this connection has not sent, and the page's last
+        id while MongoDB may hold more (None once all is read).
 
-        A send at a time, so that a gap of any size costs one batch of memory, not the gap.
+        A page at a time, so that a gap of any size costs one page of memory; read once for all the tabs
+        of the user that ask the same (`RecoveryReads`).
         """
-        owed: dict[str, bytes | str] = {}
-        async with contextlib.aclosing(self._notifications.since(self.user_id, resume_from)) as batches:
-            async for batch in batches:
-                owed.update(self._unsent(batch))
-                if len(owed) >= MAX_ENTRIES_PER_SEND:
-                    return owed, str(batch[-1].id)
+        floor: str | None = None
+        if self._recovery_cursor is not None:
+            after, look_back = self._recovery_cursor, False
+        elif self._newest_sent is not None:
+            after, look_back = self._newest_sent, True
+        else:
+            # Nothing sent yet: owed is what was created since shortly before the stream opened. Read from
+            # the start of that minute, so that the user's tabs opened within it share one read.
+            floor = _id_at(self._opened_at - 1)
+            after, look_back = _id_at((self._opened_at - 1) // 60 * 60), False
+        page, more = await self._reads.missed(self.user_id, after, look_back)
+        last = str(page[-1].id) if page else after
+        if floor is not None:
+            page = [notification for notification in page if str(notification.id) > floor]
+        owed = dict(self._unsent(page))
+        if more:
+            self._recovery_cursor = max(after, last)
+            return owed, self._recovery_cursor
+        self._recovering = False
+        self._recovery_cursor = None
         return owed, None
 
     # -- the ledger of what was sent -------------------------------------------------------------
@@ -663,5 +706,6 @@ def _parse_id(value: str | None) -> str | None:
         return None
 
 
-def _utc(timestamp: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+def _id_at(timestamp: float) -> str:
+    """The smallest ObjectId of the second `timestamp` falls in: ids greater than it were made from then on."""
+    return str(ObjectId.from_datetime(datetime.datetime.fromtimestamp(timestamp, datetime.UTC)))

@@ -59,6 +59,30 @@ class UserIdHasher:
         return hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()[:USER_HASH_LENGTH]
 
 
+class OutageLog:
+    """One warning when something starts failing and one line when it works again, however many failures
+    come between: an outage under thousands of streams must not log thousands of lines."""
+
+    __slots__ = ("_failing", "_log", "_what")
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self._log = log
+        self._what = what
+        self._failing = False
+
+    def failed(self, message: str, *args: object) -> None:
+        """A failure: a warning if it is the first since the last success, else a debug line."""
+        level = logging.DEBUG if self._failing else logging.WARNING
+        self._failing = True
+        self._log.log(level, "%s: " + message, self._what, *args)
+
+    def succeeded(self) -> None:
+        """A success: if failures came before, say the outage is over."""
+        if self._failing:
+            self._failing = False
+            self._log.info("%s: works again", self._what)
+
+
 def fields(**values: Any) -> dict[str, Any]:
     """The `extra` of a log call with structured fields."""
     return {FIELDS_ATTRIBUTE: values}

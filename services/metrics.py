@@ -171,6 +171,16 @@ class Metrics:
         self.safety_scans_empty = safety_scans.labels(process, "nothing")
         self.safety_scans_found = safety_scans.labels(process, "entries")
         self.safety_scans_unregistered = safety_scans.labels(process, "no_registration")
+        recovery_reads = Counter(
+            "recovery_reads",
+            "Reads from MongoDB of what streams missed (after a Redis outage, a lost registration or a "
+            "Last-Event-ID): run, or shared with another stream of the same user that asked the same.",
+            (*label, "outcome"),
+            namespace=NAMESPACE,
+            registry=own,
+        )
+        self.recovery_reads = recovery_reads.labels(process, "run")
+        self.recovery_reads_shared = recovery_reads.labels(process, "shared")
         self._observer_failures = Counter(
             "observer_failures",
             "Observers that raised on a stored notification.",

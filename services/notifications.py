@@ -8,7 +8,7 @@ import datetime
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ from pymongo.errors import (
 
 from services.batching import IterationBatches
 from services.errors import Invalid, NotFound, StoreUnavailable
+from services.logs import OutageLog
 from services.metrics import Metrics
 
 log = logging.getLogger("bellcast.notifications")
@@ -41,7 +42,6 @@ MAX_DATA_DEPTH = 16
 MIN_LIST_LIMIT = 1
 MAX_LIST_LIMIT = 100
 DEFAULT_TYPE = "info"
-CATCH_UP_BATCH = 100
 # ObjectIds only order by the second they were made in, and by process within it:
 # on reconnect, look this far back for notifications created after the last one seen.
 CATCH_UP_WINDOW = datetime.timedelta(seconds=5)
@@ -198,14 +198,19 @@ class NotificationService:
         self._inserts = InsertBatcher(self._collection)
         self._observers: list[NotificationObserver] = []
         self._metrics = metrics
+        self._mongodb_outage = OutageLog(log, "MongoDB unavailable")
+        # Each observer's store outage, logged once however many notifications it could not take.
+        self._observer_outages: dict[str, OutageLog] = {}
 
     def register_observer(self, observer: NotificationObserver) -> None:
         """Add an observer; done once at start-up, in the order observers should run."""
         self._observers.append(observer)
+        name = type(observer).__name__
+        self._observer_outages[name] = OutageLog(log, f"observer {name}: store unavailable")
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the queries below rely on (idempotent)."""
-        with _store_errors(self._metrics):
+        with self._store_errors():
             await self._collection.create_index([("user_id", ASCENDING), ("_id", DESCENDING)])
             await self._collection.create_index([("user_id", ASCENDING), ("read_at", ASCENDING)])
 
@@ -215,30 +220,27 @@ class NotificationService:
         An observer's failure is logged and counted; the stored notification stands.
         """
         notification = validate_new_notification(fields, now=utc_now())
-        with _store_errors(self._metrics):
+        with self._store_errors():
             await self._insert_once(notification.to_document())
         if self._metrics is not None:
             self._metrics.notifications_created.inc()
         for observer in self._observers:
+            outage = self._observer_outages[type(observer).__name__]
             try:
                 await observer.created(notification)
             except StoreUnavailable as error:
-                # An outage, logged once by whoever watches that store: no traceback per notification,
-                # but what the store said, which tells a refusal (NOPERM, READONLY, OOM) from silence.
+                # An outage: a warning when it begins, with no traceback but what the store said, which
+                # tells a refusal (NOPERM, READONLY, OOM) from silence; every failure is counted.
                 if self._metrics is not None:
                     self._metrics.observer_failed(type(observer).__name__)
                 cause = error.__cause__ or error
-                log.warning(
-                    "observer %s: store unavailable for notification %s (%s: %s)",
-                    type(observer).__name__,
-                    notification.id,
-                    type(cause).__name__,
-                    cause,
-                )
+                outage.failed("notification %s (%s: %s)", notification.id, type(cause).__name__, cause)
             except Exception:
                 if self._metrics is not None:
                     self._metrics.observer_failed(type(observer).__name__)
                 log.exception("observer %s failed for notification %s", type(observer).__name__, notification.id)
+            else:
+                outage.succeeded()
         return notification
 
     async def _insert_once(self, document: dict[str, Any]) -> None:
@@ -269,7 +271,7 @@ class NotificationService:
         unread: dict[str, Any] = {"user_id": user_id, "read_at": None}
         if before is not None:
             query["_id"] = {"$lt": parse_id(before, field="before")}
-        with _store_errors(self._metrics):
+        with self._store_errors():
             cursor = self._collection.find(query).sort("_id", DESCENDING).limit(limit + 1)
             documents = [document async for document in cursor]
             notifications = [Notification.from_document(d) for d in documents[:limit]]
@@ -287,7 +289,7 @@ class NotificationService:
     async def mark_read(self, user_id: str, notification_id: str) -> Notification:
         """Mark one of the user's notifications read; a second call keeps the first `read_at`."""
         object_id = parse_id(notification_id, field="id")
-        with _store_errors(self._metrics):
+        with self._store_errors():
             document = await self._collection.find_one_and_update(
                 {"_id": object_id, "user_id": user_id, "read_at": None},
                 {"$set": {"read_at": utc_now()}},
@@ -301,58 +303,55 @@ class NotificationService:
 
     async def mark_all_read(self, user_id: str) -> int:
         """Mark every unread notification of the user read; returns how many changed."""
-        with _store_errors(self._metrics):
+        with self._store_errors():
             result = await self._collection.update_many(
                 {"user_id": user_id, "read_at": None}, {"$set": {"read_at": utc_now()}}
             )
         return int(result.modified_count)
 
-    async def since(
-        self, user_id: str, last_seen_id: str, at_most: int | None = None
-    ) -> AsyncGenerator[list[Notification], None]:
-        """Batches, in id order, of the user's notifications a client that last saw `last_seen_id` lacks.
+    async def missed(
+        self, user_id: str, after: str, limit: int, look_back: bool, at_most: int | None = None
+    ) -> tuple[list[Notification], bool]:
+        """Up to `limit` of the user's notifications a client that last saw `after` lacks, in id order, and
+        whether more may follow the last of them (then ask again after it, without `look_back`).
 
-        That is every newer id, and, within `CATCH_UP_WINDOW` before it, any older id that
-        was created after it (ObjectIds from different processes within one second, or an
-        insert still in flight, are not ordered by creation). An unparseable id yields nothing.
+        That is every newer id; with `look_back`, also any older id within `CATCH_UP_WINDOW` before `after`
+        that was created after it (ObjectIds from different processes within one second, or an insert
+        still in flight, are not ordered by creation). An unparseable id gives nothing.
 
-        With `at_most`, MongoDB first counts them, stopping one past it: GapTooLarge, before any batch,
-        when there are more, so a gap of any size is measured without being loaded.
+        With `at_most`, MongoDB first counts them, stopping one past it: GapTooLarge when there are more,
+        so a gap of any size is measured without being loaded.
         """
-        query = await self._since_query(user_id, last_seen_id)
+        query = await self._missed_query(user_id, after, look_back)
         if query is None:
-            return
+            return [], False
         if at_most is not None:
             await self._refuse_more_than(query, user_id, at_most)
-        with _store_errors(self._metrics):
-            cursor = self._collection.find(query).sort("_id", ASCENDING).batch_size(CATCH_UP_BATCH)
-            batch: list[Notification] = []
-            async for document in cursor:
-                batch.append(Notification.from_document(document))
-                if len(batch) == CATCH_UP_BATCH:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
+        with self._store_errors():
+            cursor = self._collection.find(query).sort("_id", ASCENDING).limit(limit + 1)
+            found = [Notification.from_document(document) async for document in cursor]
+        return found[:limit], len(found) > limit
 
     async def _refuse_more_than(self, query: dict[str, Any], user_id: str, at_most: int) -> None:
         """GapTooLarge, naming the user's newest notification, if `query` matches more than `at_most`."""
-        with _store_errors(self._metrics):
+        with self._store_errors():
             # A limit of 0 would count everything: at_most + 1 is at least 1.
             if await self._collection.count_documents(query, limit=at_most + 1) <= at_most:
                 return
             newest = await self._collection.find_one({"user_id": user_id}, {"_id": 1}, sort=[("_id", DESCENDING)])
         raise GapTooLarge(str(newest["_id"]) if newest is not None else None)
 
-    async def _since_query(self, user_id: str, last_seen_id: str) -> dict[str, Any] | None:
-        """The query of what `since` gives; None for an unparseable id."""
+    async def _missed_query(self, user_id: str, after: str, look_back: bool) -> dict[str, Any] | None:
+        """The query of what `missed` gives; None for an unparseable id."""
         try:
-            last_seen = ObjectId(last_seen_id)
+            last_seen = ObjectId(after)
         except (InvalidId, TypeError):
             return None
-        with _store_errors(self._metrics):
-            last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
         newer: dict[str, Any] = {"_id": {"$gt": last_seen}}
+        if not look_back:
+            return {"user_id": user_id, **newer}
+        with self._store_errors():
+            last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
         branches: list[dict[str, Any]] = [newer]
         if last is not None:
             window_start = ObjectId.from_datetime(last_seen.generation_time - CATCH_UP_WINDOW)
@@ -361,9 +360,25 @@ class NotificationService:
             )
         return {"user_id": user_id, "$or": branches}
 
+    @contextlib.contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """MongoDB's connection failures and timeouts (STORE_TIMEOUT) become StoreUnavailable, counted, and
+        logged once per outage; bugs stay."""
+        try:
+            yield
+        except PyMongoError as error:
+            # A server that answers "MaxTimeMSExpired" (ExecutionTimeout) is as unavailable as one that does not answer.
+            if not (isinstance(error, ConnectionFailure) or error.timeout or _is_transient(error)):
+                raise
+            if self._metrics is not None:
+                self._metrics.store_error("mongodb")
+            self._mongodb_outage.failed("%s", error)
+            raise StoreUnavailable("the notification store is unavailable") from error
+        self._mongodb_outage.succeeded()
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless MongoDB answers."""
-        with _store_errors(self._metrics):
+        with self._store_errors():
             await self._collection.database.command("ping")
 
 
@@ -491,21 +506,6 @@ def _check_unicode(value: str, name: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise Invalid(f"{name} contains an unpaired surrogate, which is not valid Unicode") from None
-
-
-@contextlib.contextmanager
-def _store_errors(metrics: Metrics | None) -> Iterator[None]:
-    """MongoDB's connection failures and timeouts (STORE_TIMEOUT) become StoreUnavailable (counted); bugs stay."""
-    try:
-        yield
-    except PyMongoError as error:
-        # A server that answers "MaxTimeMSExpired" (ExecutionTimeout) is as unavailable as one that does not answer.
-        if not (isinstance(error, ConnectionFailure) or error.timeout or _is_transient(error)):
-            raise
-        if metrics is not None:
-            metrics.store_error("mongodb")
-        log.warning("MongoDB unavailable: %s", error)
-        raise StoreUnavailable("the notification store is unavailable") from error
 
 
 def _is_transient(error: PyMongoError) -> bool:

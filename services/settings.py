@@ -294,6 +294,12 @@ class Settings:
         "notifications a stream replays after a `Last-Event-ID`; past it the stream sends one `resync` event "
         "instead and the bell reloads its list",
     )
+    max_concurrent_recoveries: int = setting(
+        8,
+        positive_integer,
+        "MongoDB reads of what streams missed (after a Redis outage or a `Last-Event-ID`) one process runs at "
+        "once; the tabs of a user share one, and the rest wait, so creates and lists keep their connections",
+    )
     processes: int = setting(1, process_count, "worker processes sharing the port; `0` starts one per core")
     event_loop: str = setting("uvloop", one_of(("uvloop", "asyncio")), "`uvloop` (less CPU per connect) or `asyncio`")
     jwt_audience: str | None = setting(

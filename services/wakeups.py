@@ -23,7 +23,8 @@ from services.redis_backend import RECOVERY_CHANNEL, RedisBackend
 log = logging.getLogger("bellcast.wakeups")
 
 RECOVERY_CHANNEL_BYTES = RECOVERY_CHANNEL.encode()
-RECONNECT_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+# Every stream's recovery waits for the subscription to notice Redis is back: try often (a connect is cheap).
+RECONNECT_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0)
 
 
 class Wakeable(Protocol):
@@ -166,7 +167,8 @@ class WakeupHub:
         """The subscription is in place: check how Redis evicts, and after an outage have every stream recover."""
         await self._warn_if_evicting()
         if self._failed_attempts:
-            log.warning("Redis is back after %d attempts; every stream recovers what it missed", self._failed_attempts)
+            # The end of the outage its first failure warned of: information, not a second warning.
+            log.info("Redis is back after %d attempts; every stream recovers what it missed", self._failed_attempts)
             # Hints, registrations and queued entries may be lost: let every stream recover.
             self.epoch += 1
             self._wake_everyone()

@@ -8,7 +8,9 @@ import base64
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -313,12 +315,26 @@ def users_by_node(redis: RedisCluster, count_per_node: int) -> dict[str, list[st
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def port_below_the_ephemeral_range() -> int:
+    """A free port below the kernel's ephemeral range, which neither `free_port()` (port 0) nor an outgoing
+    connection is given: nothing else of a busy machine takes it while its server is stopped."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(max(1024, low - 10000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 class RestartableRedis:
     """A Redis of one test's own, on a fixed port, that the test may stop and start again (empty, as
     after a restart without persistence). Stopping it twice is harmless."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = port_below_the_ephemeral_range()
         self._server: EmbeddedRedis | None = EmbeddedRedis(None, port=self.port).start()
         self.url = self._server.url
 
