@@ -528,13 +528,13 @@ class LiveConnection:
 
     async def _send_resync(self, newest: str | None) -> None:
         """Tell the client to reload its list; the event's id, the user's newest notification, becomes its
-        Last-Event-ID, so a reconnect resumes from there. What is queued meanwhile follows live."""
+        Last-Event-ID, so a reconnect resumes from there. What is queued meanwhile follows live, but not that
+        newest one: the reloaded list has it."""
         if newest is None:  # deleted meanwhile: nothing to replay either
             return
         if await self.send(encode_event(newest, RESYNC_EVENT, RESYNC_DATA)):
             self._events_sent += 1
-            if self._newest_sent is None or newest > self._newest_sent:
-                self._newest_sent = newest
+            self._note_sent([newest])
 
     async def _drain(self) -> None:
         """While woken: send what is owed in id order, then delete exactly that from the inbox."""

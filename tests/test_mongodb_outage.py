@@ -166,6 +166,37 @@ async def test_a_stream_resuming_while_mongodb_is_down_keeps_its_heartbeats_and_
     await resumed.assert_silent(0.3)
 
 
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("max_replay", [5])
+async def test_a_stream_resuming_while_mongodb_is_down_gets_a_resync_once_it_is_back_if_the_gap_is_too_large(
+    api, open_stream, private_mongo
+):
+    """The replay's bound holds when the replay has to wait for MongoDB: no gap is sent past MAX_REPLAY."""
+    seen = await api.create("alice", "seen before the tab closed")
+    missed = [await api.create("alice", f"missed {index}") for index in range(6)]
+    await asyncio.to_thread(private_mongo.stop)
+    try:
+        resumed = await open_stream("alice", last_event_id=seen["id"])
+        assert resumed.status == 200
+        await _heartbeats_within(resumed, 2 * STORE_TIMEOUT)  # its first catch-up failed meanwhile
+    finally:
+        await asyncio.to_thread(private_mongo.start)
+    after = await _create_until_stored(api, "alice", "after the outage")
+    resync = await resumed.next_event(timeout=20)
+    while resync.event is None:  # heartbeats
+        resync = await resumed.next_event(timeout=20)
+    # Its id is the user's newest when the replay was refused: the outage's last, or the one after it.
+    assert resync.event == "resync" and resync.id in (missed[-1]["id"], after["id"])
+    live = await api.create("alice", "live")
+    # What the reload does not hold follows live: the one after the outage, unless the resync named it.
+    owed = [after["id"], live["id"]] if resync.id == missed[-1]["id"] else [live["id"]]
+    events = await resumed.notifications(len(owed), timeout=20)
+    assert [event.id for event in events] == owed
+    await resumed.assert_silent(0.3)
+    assert b"event: notification" not in resumed.received.split(b"event: resync")[0]
+    assert resumed.received.count(b"event: resync") == 1
+
+
 @pytest.mark.gen_test(timeout=120)
 async def test_a_hung_mongodb_gets_a_bounded_503_not_a_hung_request_and_service_resumes(
     api, open_stream, private_mongo, settings
