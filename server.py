@@ -110,7 +110,9 @@ async def start_runtime(
     notifications = NotificationService(mongo.database, metrics)
     batcher = CommandBatcher(redis_backend, settings.store_timeout, metrics)
     wakeups = WakeupHub(redis_backend, batcher)
-    delivery_cache = DeliveryCache(redis_backend, batcher, publish_hints=settings.wakeup_hints, metrics=metrics)
+    delivery_cache = DeliveryCache(
+        redis_backend, batcher, settings.wakeup_hints, metrics, inbox_cap=settings.max_queued_per_stream
+    )
     notifications.register_observer(CacheObserver(delivery_cache, wakeups))
     assert settings.jwt_secret is not None and settings.api_key is not None
     runtime = Runtime(

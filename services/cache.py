@@ -39,7 +39,7 @@ from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.notifications import Notification
-from services.redis_backend import RedisBackend
+from services.redis_backend import OVERFLOW_MARK, RedisBackend
 from services.stores import redis_unavailable
 from services.wakeups import WakeupHub
 
@@ -51,6 +51,9 @@ REGISTRATION_RENEWAL_INTERVAL = REGISTRATION_TTL / 3
 # Longer than the longest safety scan interval (REGISTRATION_RENEWAL_INTERVAL), so that an entry
 # whose wake-up hint was lost still waits for the stream's own scan.
 INBOX_TTL = REGISTRATION_TTL
+# The entries an inbox holds by default (MAX_QUEUED_PER_STREAM): a stream that does not keep up (or a
+# burst for one user) costs Redis memory, and each scan's transfer, up to this, not the whole backlog.
+DEFAULT_INBOX_CAP = 200
 # How long after its insert an observer may still be queueing a notification.
 OBSERVER_GRACE = 30.0
 
@@ -94,9 +97,16 @@ class DeliveryCache:
     """Registers live connections and queues notifications for them in Redis."""
 
     def __init__(
-        self, redis: RedisBackend, batcher: CommandBatcher, publish_hints: bool = True, metrics: Metrics | None = None
+        self,
+        redis: RedisBackend,
+        batcher: CommandBatcher,
+        publish_hints: bool = True,
+        metrics: Metrics | None = None,
+        inbox_cap: int = DEFAULT_INBOX_CAP,
     ) -> None:
+        """`inbox_cap`: the entries an inbox holds at most; past it, its stream catches up from MongoDB."""
         self._redis = redis
+        self._inbox_cap = inbox_cap
         self._batcher = batcher
         self._publish_hints = publish_hints
         self._metrics = metrics
@@ -121,6 +131,7 @@ class DeliveryCache:
             inbox_key(notification.user_id, ""),
             (str(notification.id), notification.to_json()),
             INBOX_TTL,
+            self._inbox_cap,
             notification.user_id if self._publish_hints else None,
         )
 
@@ -163,6 +174,7 @@ class ConnectionInbox:
         "_registration",
         "_renewal_due_at",
         "connection_id",
+        "overflowed",
         "registration_lost",
         "user_id",
     )
@@ -178,6 +190,8 @@ class ConnectionInbox:
         # A renewal found the registration gone (evicted, or flushed): observers queue nothing for
         # this connection until it registers again.
         self.registration_lost = False
+        # The last `pending` found the overflow mark: Redis dropped entries that MongoDB has.
+        self.overflowed = False
         self._registration: asyncio.Future[list[Any]] | None = None
 
     async def register(self) -> int:
@@ -257,9 +271,15 @@ class ConnectionInbox:
         ]
 
     async def pending(self) -> list[tuple[str, bytes]]:
-        """The queued (notification id, JSON) pairs, in id order."""
+        """The queued (notification id, JSON) pairs, in id order; `overflowed` says if some were dropped."""
         entries: dict[bytes, bytes] = await self._batcher.execute("HGETALL", self._inbox_key)
+        self.overflowed = entries.pop(OVERFLOW_MARK.encode(), None) is not None if entries else False
         return sorted((key.decode(), value) for key, value in entries.items()) if entries else []
+
+    async def clear_overflow(self) -> None:
+        """Remove the overflow mark: what is dropped from now on marks the inbox again."""
+        await self._batcher.execute("HDEL", self._inbox_key, OVERFLOW_MARK)
+        self.overflowed = False
 
     async def remove(self, notification_ids: Collection[str]) -> None:
         """Delete exactly these entries, once they have been sent."""

@@ -586,6 +586,13 @@ class LiveConnection:
                 self._woken = True  # the next scan goes on from the last id of this page
         try:
             queued = await self._inbox.pending()
+            if self._inbox.overflowed:
+                # Redis held MAX_QUEUED_PER_STREAM and dropped the rest: MongoDB has them. Sent now, the inbox's
+                # newer entries would move the resume point past them: recover first, from the newest sent.
+                await self._inbox.clear_overflow()
+                self._start_recovery()
+                self._woken = True
+                return [], []
         except StoreUnavailable:
             self._start_recovery()
             raise

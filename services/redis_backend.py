@@ -40,6 +40,8 @@ WAKEUP_CHANNEL = "bellcast:wakeups"
 # streams catch up from MongoDB (see `WakeupHub.announce_recovery`). In a cluster it is one
 # sharded channel: announcements are rare, and a hub that loses its node recovers every stream.
 RECOVERY_CHANNEL = "bellcast:recoveries"
+# The field an inbox gets in place of what comes once it is full: no notification has an empty id.
+OVERFLOW_MARK = ""
 # Sharded wake-up channels of a cluster, one per equal part of the slot space (256 slots):
 # every primary serving 511 or more consecutive slots holds one (any of up to 32 primaries
 # with evenly split slots), and so the hub's subscription watches it.
@@ -94,10 +96,12 @@ class RedisBackend(Protocol):
         inbox_prefix: str,
         entry: tuple[str, str],
         inbox_ttl: int,
+        inbox_cap: int,
         hint: str | None,
     ) -> int:
         """Queue `entry` (id, JSON) in the inbox of each live connection in `connections_key`, publish `hint`
-        (a user id) if any was; returns how many were."""
+        (a user id) if any was; returns how many were. An inbox holding `inbox_cap` fields gets the
+        OVERFLOW_MARK instead of the entry: its stream then catches up from MongoDB."""
 
     async def safety_scan(
         self, execute_many: ExecuteMany, inboxes: Sequence[ConnectionInbox], registration_ttl: int
@@ -129,18 +133,23 @@ class SingleRedis:
     transactions = True
 
     # The observer's one command: drops the user's expired registrations (KEYS[1]), queues the
-    # notification (ARGV[3], ARGV[4]) in the inbox of each live one (ARGV[2] and the connection id),
-    # renews the inboxes' TTL (ARGV[5]) and, if any was written, publishes the hint (ARGV[7] on channel
-    # ARGV[6]; none if empty). One round trip and one command per create where a cluster's observer
-    # needs two pipelines: the inboxes' names are made here, which only a single Redis allows (a
-    # cluster must be told every key a script touches, to route it). Sent with EVAL, not EVALSHA:
+    # notification (ARGV[3], ARGV[4]) in the inbox of each live one (ARGV[2] and the connection id), or
+    # the overflow mark (ARGV[9]) in one that holds ARGV[8] fields already, renews the inboxes' TTL
+    # (ARGV[5]) and, if any was written, publishes the hint (ARGV[7] on channel ARGV[6]; none if empty).
+    # One round trip and one command per create where a cluster's observer needs two pipelines: the
+    # inboxes' names are made here, which only a single Redis allows (a cluster must be told every key a
+    # script touches, to route it). Sent with EVAL, not EVALSHA:
     # Redis caches the script by its digest, and a restarted Redis needs nothing loaded again.
     QUEUE_FOR_LIVE_CONNECTIONS = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 for _, connection in ipairs(connections) do
   local inbox = ARGV[2] .. connection
-  redis.call('HSET', inbox, ARGV[3], ARGV[4])
+  if redis.call('HLEN', inbox) < tonumber(ARGV[8]) then
+    redis.call('HSET', inbox, ARGV[3], ARGV[4])
+  else
+    redis.call('HSET', inbox, ARGV[9], '')
+  end
   redis.call('EXPIRE', inbox, ARGV[5])
 end
 if #connections > 0 and ARGV[6] ~= '' then
@@ -232,6 +241,7 @@ return holding
         inbox_prefix: str,
         entry: tuple[str, str],
         inbox_ttl: int,
+        inbox_cap: int,
         hint: str | None,
     ) -> int:
         """One script queues the entry for every live connection and publishes the hint."""
@@ -250,6 +260,8 @@ return holding
                     inbox_ttl,
                     WAKEUP_CHANNEL if hint is not None else "",
                     hint or "",
+                    inbox_cap,
+                    OVERFLOW_MARK,
                 )
             ]
         )
@@ -320,12 +332,16 @@ class ClusterRedis:
     publish_command = "SPUBLISH"
     transactions = False
 
-    # Queues one notification in each inbox named (KEYS) and renews their TTL: one command for all of a
-    # user's connections instead of two per connection. The keys share the user's hash tag, so the
-    # cluster runs it on one node.
+    # Queues one notification in each inbox named (KEYS), or the overflow mark (ARGV[5]) in one that holds
+    # ARGV[4] fields already, and renews their TTL: one command for all of a user's connections instead of
+    # two per connection. The keys share the user's hash tag, so the cluster runs it on one node.
     QUEUE_IN_INBOXES = """
 for _, inbox in ipairs(KEYS) do
-  redis.call('HSET', inbox, ARGV[1], ARGV[2])
+  if redis.call('HLEN', inbox) < tonumber(ARGV[4]) then
+    redis.call('HSET', inbox, ARGV[1], ARGV[2])
+  else
+    redis.call('HSET', inbox, ARGV[5], '')
+  end
   redis.call('EXPIRE', inbox, ARGV[3])
 end
 return #KEYS
@@ -354,6 +370,7 @@ return #KEYS
         inbox_prefix: str,
         entry: tuple[str, str],
         inbox_ttl: int,
+        inbox_cap: int,
         hint: str | None,
     ) -> int:
         """Two pipelines: which connections are live, then the entry in each inbox and the hint."""
@@ -365,7 +382,7 @@ return #KEYS
             return 0
         inboxes = [inbox_prefix + connection_id.decode() for connection_id in connection_ids]
         commands: list[tuple[object, ...]] = [
-            ("EVAL", self.QUEUE_IN_INBOXES, len(inboxes), *inboxes, *entry, inbox_ttl)
+            ("EVAL", self.QUEUE_IN_INBOXES, len(inboxes), *inboxes, *entry, inbox_ttl, inbox_cap, OVERFLOW_MARK)
         ]
         if hint is not None:
             commands.append(("SPUBLISH", wakeup_shard_channel(connections_key), hint))

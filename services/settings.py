@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.cache import REGISTRATION_RENEWAL_INTERVAL
+from services.cache import DEFAULT_INBOX_CAP, REGISTRATION_RENEWAL_INTERVAL
 from services.connection import StreamTiming
 from services.logs import LOG_FORMATS, LOG_LEVELS
 from services.ratelimit import RateLimit
@@ -293,6 +293,12 @@ class Settings:
         positive_integer,
         "notifications a stream replays after a `Last-Event-ID`; past it the stream sends one `resync` event "
         "instead and the bell reloads its list",
+    )
+    max_queued_per_stream: int = setting(
+        DEFAULT_INBOX_CAP,
+        positive_integer,
+        "notifications Redis queues for one stream; past it the stream catches up from MongoDB instead, so a "
+        "stream that falls behind costs bounded memory and bounded reads",
     )
     max_concurrent_recoveries: int = setting(
         8,
