@@ -299,7 +299,7 @@ async def test_streams_opened_while_redis_was_down_count_against_the_users_limit
     await asyncio.sleep(0.1)
 
 
-async def _falls_silent(stream: SSEStream, silence: float = 2.0, within: float = 8.0) -> bool:
+async def _falls_silent(stream: SSEStream, silence: float = 3.0, within: float = 10.0) -> bool:
     """True if the stream ends or sends nothing for `silence` seconds (an open one heartbeats every 0.5 s)."""
     deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
