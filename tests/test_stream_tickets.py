@@ -49,6 +49,7 @@ async def refused_stream(api: API, query: str) -> dict:
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_a_ticket_opens_one_stream_of_its_user_and_a_second_use_is_refused(api, open_stream, settings):
     response = await api.as_user("alice", "POST", TICKET_PATH)
     assert response.code == 200
@@ -64,6 +65,7 @@ async def test_a_ticket_opens_one_stream_of_its_user_and_a_second_use_is_refused
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_two_requests_racing_with_one_ticket_open_one_stream(api, base_url):
     ticket = await api.stream_ticket("alice")
     streams = await asyncio.gather(*(SSEStream.open(base_url, None, ticket=ticket) for _ in range(5)))
@@ -161,6 +163,7 @@ async def test_a_ticket_minted_with_the_cookie_needs_json_from_an_allowed_page(a
 
 
 @pytest.mark.gen_test
+@pytest.mark.also_on_cluster
 async def test_a_user_minting_past_the_limit_gets_429_and_others_still_mint(api):
     headers = {"Authorization": f"Bearer {api.token('mallory')}"}
     statuses = [(await api.request("POST", TICKET_PATH, None, headers)).code for _ in range(MAX_TICKETS_PER_USER)]
