@@ -138,7 +138,10 @@ async def test_an_expired_ticket_is_refused(api, runtime):
 async def test_a_malformed_or_unknown_ticket_answers_a_json_error_and_opens_nothing(api, runtime, query, status):
     response = await api.request("GET", f"/notifications/stream?{query}")
     assert response.code == status, response.body
-    assert error_of(response)["code"] == {400: "bad_request", 401: "unauthorized"}[status]
+    error = error_of(response)
+    assert error["code"] == {400: "bad_request", 401: "unauthorized"}[status]
+    if status == 401:
+        assert "ticket" in error["message"]  # refused as a ticket, not for want of a token
     assert len(runtime.streams) == 0
 
 
