@@ -72,8 +72,16 @@ class StreamTickets:
         """A new ticket for one stream of `user_id`; RateLimited past MAX_TICKETS_PER_USER in a window,
         StoreUnavailable when Redis does not answer."""
         counter = tickets_count_key(user_id)
-        _, minted, remaining_ms = await self._batcher.execute_many(
-            [("SET", counter, 0, "PX", self._ttl_milliseconds, "NX"), ("INCR", counter), ("PTTL", counter)]
+        ticket = secrets.token_urlsafe(TICKET_BYTES)
+        key = ticket_key(ticket)
+        # One round trip: count, and store the ticket as if within the limit (it is deleted below if not).
+        _, minted, remaining_ms, _ = await self._batcher.execute_many(
+            [
+                ("SET", counter, 0, "PX", self._ttl_milliseconds, "NX"),
+                ("INCR", counter),
+                ("PTTL", counter),
+                ("SET", key, user_id, "PX", self._ttl_milliseconds),
+            ]
         )
         if int(remaining_ms) < 0:
             # The window ended between SET and INCR, and INCR made a counter without a TTL, which would
@@ -81,12 +89,12 @@ class StreamTickets:
             await self._batcher.execute("PEXPIRE", counter, self._ttl_milliseconds)
             remaining_ms = self._ttl_milliseconds
         if int(minted) > MAX_TICKETS_PER_USER:
+            # Never handed out, so never usable; deleted all the same, so that refused mints take no memory.
+            await self._batcher.execute("DEL", key)
             raise RateLimited(
                 f"at most {MAX_TICKETS_PER_USER} stream tickets per {self.ttl:g} s for one user",
                 retry_after=max(1, math.ceil(int(remaining_ms) / 1000)),
             )
-        ticket = secrets.token_urlsafe(TICKET_BYTES)
-        await self._batcher.execute("SET", ticket_key(ticket), user_id, "PX", self._ttl_milliseconds)
         return ticket
 
     async def redeem(self, ticket: str) -> str:
