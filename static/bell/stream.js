@@ -33,7 +33,9 @@ export function streamKey(server, token) {
  *
  * `getTicket()` answers (a promise of) a single-use stream ticket: each EventSource is opened with a
  * new one, never with the user's token, and is never left to reconnect by itself, since its URL's
- * ticket is spent once it opened. `handlers` receives what every tab must apply: notification(n), read(message), readAll(message),
+ * ticket is spent once it opened.
+ *
+ * `handlers` receives what every tab must apply: notification(n), read(message), readAll(message),
  * resync() (the stream was opened anew, or the server had more to replay than it will, so the list must be
  * reloaded), state(name).
  */
