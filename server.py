@@ -48,6 +48,7 @@ from services.status import StatusHistory
 from services.stores import MongoConnection
 from services.streams import StreamRegistry
 from services.supervisor import metrics_shared_by_workers, run_event_loop, run_processes
+from services.tickets import StreamTickets
 from services.wakeups import WakeupHub
 
 # What a program using bellcast's service layer imports from here (docs/api.md), settings included.
@@ -82,6 +83,7 @@ class Runtime:
     status_sign_in_attempts: FailedAttempts
     user_hasher: UserIdHasher
     rate_limiter: ProducerRateLimiter
+    stream_tickets: StreamTickets
 
     async def close(self) -> None:
         """Stop sampling, listening for hints and watching streams, then close the stores' clients."""
@@ -140,6 +142,7 @@ async def start_runtime(
         status_sign_in_attempts=FailedAttempts(),
         user_hasher=UserIdHasher(settings.jwt_secret),
         rate_limiter=ProducerRateLimiter(redis_backend, settings.producer_rate),
+        stream_tickets=StreamTickets(batcher, settings.stream_ticket_ttl),
     )
     await notifications.ensure_indexes()
     # With or without hints, the subscription tells when Redis went away and came back.
@@ -190,6 +193,7 @@ def _application(
         delivery_cache=runtime.delivery_cache,
         authenticator=runtime.authenticator,
         producer_rate_limiter=runtime.rate_limiter,
+        stream_tickets=runtime.stream_tickets,
         health=runtime.health,
         streams=runtime.streams,
         wakeups=runtime.wakeups,

@@ -34,6 +34,7 @@ from services.ratelimit import ProducerRateLimiter
 from services.recovery import RecoveryReads
 from services.settings import Settings
 from services.streams import StreamLimits, StreamRegistry
+from services.tickets import StreamTickets
 from services.wakeups import WakeupHub
 
 log = logging.getLogger("bellcast.handlers")
@@ -68,6 +69,9 @@ CORS_MAX_AGE_SECONDS = 600
 
 TOKEN_COOKIE = "bellcast_token"
 TOKEN_QUERY_ARGUMENT = "access_token"
+# A stream ticket (services/tickets.py) is short-lived, but a credential all the same.
+TICKET_QUERY_ARGUMENT = "ticket"
+_REDACTED_QUERY_ARGUMENTS = frozenset({TOKEN_QUERY_ARGUMENT, TICKET_QUERY_ARGUMENT})
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A proxy's or client's request id is kept when it is short and plain: no spaces, quotes or control characters.
@@ -104,14 +108,14 @@ def _finite_float(text: str) -> float:
 
 
 def redacted_uri(uri: str) -> str:
-    """The request URI with every `access_token` query value hidden, however its name is escaped."""
+    """The request URI with every `access_token` and `ticket` query value hidden, however its name is escaped."""
     path, question_mark, query = uri.partition("?")
     if not question_mark:
         return uri
     parts = []
     for part in query.split("&"):
         name = part.partition("=")[0]
-        parts.append(f"{name}=[redacted]" if unquote_plus(name).strip().lower() == TOKEN_QUERY_ARGUMENT else part)
+        parts.append(f"{name}=[redacted]" if unquote_plus(name).strip().lower() in _REDACTED_QUERY_ARGUMENTS else part)
     return f"{path}?{'&'.join(parts)}"
 
 
@@ -170,6 +174,11 @@ class BaseHandler(RequestIdentified):
     def producer_rate_limiter(self) -> ProducerRateLimiter:
         """Counts producers' requests per API key across every process."""
         return self.settings["producer_rate_limiter"]
+
+    @property
+    def stream_tickets(self) -> StreamTickets:
+        """Mints and redeems the single-use tickets that open streams."""
+        return self.settings["stream_tickets"]
 
     @property
     def health(self) -> HealthService:

@@ -1,4 +1,5 @@
-"""`GET /notifications/stream`: each user's notifications as Server-Sent Events."""
+"""`GET /notifications/stream`: each user's notifications as Server-Sent Events; `POST /notifications/stream-ticket`:
+the single-use ticket that opens one, so that no user token need travel in the stream's URL."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from tornado.iostream import IOStream
 
-from handlers.base import APIError, BaseHandler
+from handlers.base import TICKET_QUERY_ARGUMENT, APIError, BaseHandler
 from services.connection import LiveConnection, abort_when_unacknowledged
 from services.logs import fields
 
@@ -41,7 +42,7 @@ class EventStreamHandler(BaseHandler):
             raise
 
     async def _stream(self) -> None:
-        user_id = self.current_user_id()
+        user_id = await self._stream_user()
         limits = self.stream_limits
         # A place is held while the stream registers, so that streams opened together cannot pass MAX_STREAMS.
         with self.streams.place(limits.max_streams) as admitted:
@@ -90,6 +91,14 @@ class EventStreamHandler(BaseHandler):
         finally:
             await self._release(connection)
 
+    async def _stream_user(self) -> str:
+        """The user of the URL's ticket, spent by this request; without one, the user of the request's token."""
+        ticket = self.get_query_argument(TICKET_QUERY_ARGUMENT, None)
+        if ticket is None:
+            return self.current_user_id()
+        self._user_id = await self.stream_tickets.redeem(ticket)
+        return self._user_id
+
     async def _release(self, connection: LiveConnection) -> None:
         await connection.release()
         # Let go of the connection, which holds this handler: no cycle is left for the collector.
@@ -112,4 +121,19 @@ class EventStreamHandler(BaseHandler):
         return logged
 
 
-default_handlers = [(r"/notifications/stream", EventStreamHandler)]
+class StreamTicketHandler(BaseHandler):
+    """`/notifications/stream-ticket`: what a stream's URL carries instead of the user's token."""
+
+    async def post(self) -> None:
+        """A ticket for the token's user, `{"ticket", "expires_in"}`: `GET /notifications/stream?ticket=` opens
+        one stream with it within `expires_in` seconds (`STREAM_TICKET_TTL`)."""
+        ticket = await self.stream_tickets.mint(self.current_user_id())
+        # A credential: no cache along the way may keep it.
+        self.set_header("Cache-Control", "no-store")
+        self.write_json({"ticket": ticket, "expires_in": self.stream_tickets.ttl})
+
+
+default_handlers = [
+    (r"/notifications/stream", EventStreamHandler),
+    (r"/notifications/stream-ticket", StreamTicketHandler),
+]

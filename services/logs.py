@@ -20,15 +20,15 @@ FIELDS_ATTRIBUTE = "fields"
 ACCESS_LOGGER = "tornado.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 # Defence in depth, for messages bellcast does not write itself (Tornado's warnings name the URI):
-# the token of the query string, and anything shaped like a JWT.
+# the token or stream ticket of the query string, and anything shaped like a JWT.
 _SECRETS = (
-    (re.compile(r"((?:access_token|token)=)[^&\s\"']+"), r"\1[redacted]"),
+    (re.compile(r"((?:access_token|token|ticket)=)[^&\s\"']+"), r"\1[redacted]"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted]"),
 )
 USER_HASH_LENGTH = 16
 # What each pattern of _SECRETS needs to find: text without either is returned as it is, at the cost
 # of two substring searches instead of two regular expression substitutions (most messages).
-_SECRET_MARKERS = ("token=", "eyJ")
+_SECRET_MARKERS = ("token=", "ticket=", "eyJ")
 # The access line's message already says these; the text format does not repeat them.
 _IN_ACCESS_MESSAGE = frozenset({"status", "method", "uri", "remote_ip", "duration_ms"})
 # One encoder for every line, rather than one built per json.dumps call with these options.

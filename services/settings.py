@@ -33,6 +33,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Bodies above the larger of this and twice MAX_BODY_BYTES are cut off unread (a bare 400);
 # up to it, the API answers a JSON 413 past MAX_BODY_BYTES.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
+# A ticket rides in a URL, which proxies and browsers may keep: it must be spent or worthless within minutes.
+MAX_STREAM_TICKET_TTL = 300.0
 
 README_TABLE_START = "<!-- settings-table:start -->"
 README_TABLE_END = "<!-- settings-table:end -->"
@@ -323,6 +325,12 @@ class Settings:
         "seconds a user token may be valid for (`exp` less `iat`, or less now without `iat`); longer ones are "
         "refused; `0` accepts any",
     )
+    stream_ticket_ttl: float = setting(
+        30.0,
+        positive_number,
+        "seconds a stream ticket (`POST /notifications/stream-ticket`) may wait to open its one stream; at most "
+        f"{MAX_STREAM_TICKET_TTL:g}",
+    )
     header_timeout: float = setting(
         20.0,
         positive_number,
@@ -414,6 +422,8 @@ class Settings:
         if self.safety_scan_interval > REGISTRATION_RENEWAL_INTERVAL:
             # Streams renew their registration on these scans.
             raise SettingsError(f"SAFETY_SCAN_INTERVAL must be at most {REGISTRATION_RENEWAL_INTERVAL:.0f} seconds")
+        if self.stream_ticket_ttl > MAX_STREAM_TICKET_TTL:
+            raise SettingsError(f"STREAM_TICKET_TTL must be at most {MAX_STREAM_TICKET_TTL:g} seconds")
         if (
             self.redis_cluster
             and self.redis_url is not None

@@ -14,7 +14,7 @@
 * ``runtime_without_redis``: the services on the session's MongoDB and a Redis URL where nothing listens.
 * ``app``: the Tornado application pytest-tornado's ``http_server`` serves.
 * ``api``: the JSON API as a producer and as users (``tests.support.API``).
-* ``open_stream``: opens SSE streams on raw sockets, closed after the test.
+* ``open_stream``: opens SSE streams on raw sockets (with a user's token, or a stream ticket), closed after the test.
 """
 
 from __future__ import annotations
@@ -202,10 +202,11 @@ def open_stream(http_server, base_url: str, api: API):
         last_event_id: str | None = None,
         token: str | None = None,
         headers: dict[str, str] | None = None,
+        ticket: str | None = None,
     ) -> SSEStream:
         if token is None and user_id is not None:
             token = api.token(user_id)
-        stream = await SSEStream.open(base_url, token, last_event_id, headers)
+        stream = await SSEStream.open(base_url, token, last_event_id, headers, ticket=ticket)
         opened.append(stream)
         return stream
 

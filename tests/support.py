@@ -94,6 +94,12 @@ class API:
         """A request with the user's Bearer token."""
         return await self.request(method, path, body, {"Authorization": f"Bearer {self.token(user_id)}"})
 
+    async def stream_ticket(self, user_id: str) -> str:
+        """A ticket that opens one stream of `user_id`, minted with the user's Bearer token; asserts 200."""
+        response = await self.as_user(user_id, "POST", "/notifications/stream-ticket")
+        assert response.code == 200, response.body
+        return str(json.loads(response.body)["ticket"])
+
 
 class SSEStream:
     """A browser's EventSource reduced to a socket: send the request, de-chunk, parse events."""
@@ -115,11 +121,14 @@ class SSEStream:
         last_event_id: str | None = None,
         headers: dict[str, str] | None = None,
         http_version: str = "HTTP/1.1",
+        ticket: str | None = None,
     ) -> SSEStream:
-        """Connect and read the response head; `headers` are sent too (an Origin, say)."""
+        """Connect and read the response head; `headers` are sent too (an Origin, say). The credential in
+        the URL: the `ticket` if given, else the `token`."""
         url = urlsplit(base_url)
         stream = await TCPClient().connect(url.hostname or "127.0.0.1", url.port or 80)
-        path = "/notifications/stream" + (f"?access_token={token}" if token else "")
+        query = f"?ticket={ticket}" if ticket is not None else f"?access_token={token}" if token else ""
+        path = "/notifications/stream" + query
         lines = [f"GET {path} {http_version}", f"Host: {url.netloc}", "Accept: text/event-stream"]
         if last_event_id is not None:
             lines.append(f"Last-Event-ID: {last_event_id}")

@@ -230,11 +230,15 @@ async def test_no_token_key_or_secret_reaches_the_logs(request, log_format):
             "GET /notifications/stream?access_token=abc.def&x=1 (1.2.3.4)",
             "GET /notifications/stream?access_token=[redacted]&x=1 (1.2.3.4)",
         ),
+        (
+            "GET /notifications/stream?ticket=Ab-_9&last_event_id=6b0a (1.2.3.4)",
+            "GET /notifications/stream?ticket=[redacted]&last_event_id=6b0a (1.2.3.4)",
+        ),
         ("POST /status token=s3cr3t", "POST /status token=[redacted]"),
         ("Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.sig-_x", "Bearer [redacted]"),
         ("nothing secret here", "nothing secret here"),
     ],
-    ids=["query-token", "form-token", "jwt", "plain"],
+    ids=["query-token", "query-ticket", "form-token", "jwt", "plain"],
 )
 def test_tokens_are_redacted_from_any_message(text, expected):
     assert redact(text) == expected

@@ -26,6 +26,7 @@ from tornado.testing import bind_unused_port
 import handlers
 from handlers.openapi import OPENAPI_DOCUMENT
 from server import Runtime, make_app, start_runtime
+from services.tickets import MAX_TICKETS_PER_USER
 from tests.relay import StoreRelay
 from tests.support import API, eventually
 
@@ -89,7 +90,12 @@ CASES = [
     Case(401, "POST", "/api/notifications/read-all"),
     Case(200, "GET", "/notifications/stream", credentials="query"),
     Case(200, "GET", "/notifications/stream", credentials="user"),
+    Case(200, "GET", "/notifications/stream", credentials="ticket"),
     Case(401, "GET", "/notifications/stream"),
+    Case(401, "GET", "/notifications/stream", credentials="unknown ticket"),
+    Case(200, "POST", "/notifications/stream-ticket", credentials="user"),
+    Case(401, "POST", "/notifications/stream-ticket"),
+    Case(403, "POST", "/notifications/stream-ticket", credentials="cookie"),
     Case(200, "GET", "/healthz"),
     Case(200, "GET", "/readyz"),
     Case(200, "GET", "/api/openapi.json"),
@@ -103,6 +109,9 @@ STORES_DOWN_CASES = [
     Case(503, "POST", "/api/notifications/read-all", credentials="user"),
     # Redis down: the stream opens all the same, and recovers from MongoDB once Redis is back.
     Case(200, "GET", "/notifications/stream", credentials="query"),
+    # ... but a ticket can be neither minted nor redeemed.
+    Case(503, "POST", "/notifications/stream-ticket", credentials="user"),
+    Case(503, "GET", "/notifications/stream", credentials="unknown ticket"),
     Case(503, "GET", "/healthz"),
     Case(503, "GET", "/readyz"),
 ]
@@ -110,6 +119,7 @@ STORES_DOWN_CASES = [
 LIMIT_CASES = [
     Case(429, "GET", "/notifications/stream", credentials="query"),
     Case(503, "GET", "/notifications/stream", credentials="query"),
+    Case(429, "POST", "/notifications/stream-ticket", credentials="user"),
 ]
 
 
@@ -131,12 +141,17 @@ def _request_headers(case: Case, api: API) -> tuple[dict[str, str], str]:
         "user": ({"Authorization": f"Bearer {token}"}, ""),
         "cookie": ({"Cookie": f"bellcast_token={token}"}, ""),
         "query": ({}, f"access_token={token}"),
+        "unknown ticket": ({}, "ticket=" + "A" * 43),
     }[case.credentials]
 
 
 async def exchange(case: Case, api: API, notification_id: str) -> Exchange:
     """Send the case's request; the stream's response is read up to its first block of events."""
-    headers, query = _request_headers(case, api)
+    headers: dict[str, str]
+    if case.credentials == "ticket":
+        headers, query = {}, f"ticket={await api.stream_ticket('alice')}"
+    else:
+        headers, query = _request_headers(case, api)
     if case.body is not None:
         headers["Content-Type"] = "application/json"
     path = (case.path or case.template).replace("{id}", notification_id)
@@ -281,6 +296,13 @@ async def test_a_user_over_the_stream_limit_gets_the_documented_429(contract, ap
 async def test_a_full_server_gets_the_documented_503(contract, api, open_stream):
     assert (await open_stream("bob")).status == 200
     _check(contract, LIMIT_CASES[1], await exchange(LIMIT_CASES[1], api, UNKNOWN_ID))
+
+
+@pytest.mark.gen_test
+async def test_a_user_past_the_ticket_limit_gets_the_documented_429(contract, api):
+    for _ in range(MAX_TICKETS_PER_USER):
+        await api.stream_ticket("alice")
+    _check(contract, LIMIT_CASES[2], await exchange(LIMIT_CASES[2], api, UNKNOWN_ID))
 
 
 def _documented_operations() -> set[tuple[str, str]]:

@@ -1,9 +1,10 @@
 /**
  * The bell's client of bellcast's user API: where the server is, which token to send, and the
- * three requests the bell makes (a page of the list, mark one read, mark all read).
+ * requests the bell makes (a page of the list, mark one read, mark all read, a stream ticket).
  */
 
 const LIST_PATH = "/api/notifications";
+const STREAM_TICKET_PATH = "/notifications/stream-ticket";
 const PAGE_SIZE = 20;
 
 /**
@@ -64,6 +65,14 @@ export class ApiClient {
   /** Mark every notification of the user read. */
   markAllRead() {
     return this.request("POST", LIST_PATH + "/read-all");
+  }
+
+  /**
+   * A single-use ticket that opens one stream within seconds: what the stream's URL carries, so
+   * that the user's token, sent here in a header, never travels in a URL.
+   */
+  async streamTicket() {
+    return (await this.request("POST", STREAM_TICKET_PATH)).ticket;
   }
 
   /** `options.keepalive`: let the request outlive the page (a link that navigates away). */

@@ -59,7 +59,7 @@ export class BellStore {
     this.state.items = [];
     this.state.unread = 0;
     this.state.nextBefore = null;
-    this.stream = new SharedStream(server, key, (renew) => this.credentials.token(renew), {
+    this.stream = new SharedStream(server, key, () => this.api.streamTicket(), {
       notification: (notification) => this.receive(notification),
       read: (message) => this.applyRead(message.id, message.read_at, message.wasUnread),
       readAll: (message) => this.applyReadAll(message.read_at),

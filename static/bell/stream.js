@@ -31,20 +31,27 @@ export function streamKey(server, token) {
 /**
  * The event stream of one user, shared by the tabs of this origin.
  *
+ * `getTicket()` answers (a promise of) a single-use stream ticket: each EventSource is opened with a
+ * new one, never with the user's token, and is never left to reconnect by itself, since its URL's
+ * ticket is spent once it opened.
+ *
  * `handlers` receives what every tab must apply: notification(n), read(message), readAll(message),
  * resync() (the stream was opened anew, or the server had more to replay than it will, so the list must be
  * reloaded), state(name).
  */
 export class SharedStream {
-  constructor(server, key, getToken, handlers) {
+  constructor(server, key, getTicket, handlers) {
     this.server = server;
     this.key = key;
-    this.getToken = getToken;
+    this.getTicket = getTicket;
     this.handlers = handlers;
     this.state = "connecting";
     this.leader = false;
     this.failures = 0;
     this.source = null;
+    // The id of the last event this tab's streams received: a stream reopened with it resumes from there.
+    this.lastEventId = null;
+    this.askingForTicket = false;
     this.timer = null;
     this.channel = null;
     this.stopped = false;
@@ -95,7 +102,7 @@ export class SharedStream {
     this.leader = true;
     // Taking over from a tab that closed: its stream is gone until this one opens.
     if (this.state !== "connecting") this.setState("reconnecting");
-    this.connect(false);
+    this.connect();
     return new Promise((resolve) => {
       this.release = resolve;
     });
@@ -124,28 +131,37 @@ export class SharedStream {
     if (this.leader) this.publish({ type: "state", state: state });
   }
 
-  async connect(renewToken) {
-    let token = null;
+  async connect() {
+    // One ticket asked for at a time: coming back online while one is on its way must not open two streams.
+    if (this.askingForTicket) return;
+    this.askingForTicket = true;
+    let ticket = null;
     try {
-      token = await this.getToken(renewToken);
+      ticket = await this.getTicket();
     } catch (error) {
-      console.warn("bellcast: the token provider failed", error);
+      // Not signed in, a token the provider could not renew, or the server unreachable: try again later.
+      console.warn("bellcast: no stream ticket", error);
+    } finally {
+      this.askingForTicket = false;
     }
     if (this.stopped) return;
-    if (!token) {
+    if (!ticket) {
       this.failed();
       this.retryLater();
       return;
     }
-    const source = new EventSource(this.server + STREAM_PATH + "?access_token=" + encodeURIComponent(token));
-    // EventSource resumes with Last-Event-ID only once it has seen an id; until then, and on any
-    // stream opened anew, the tabs reload the list instead so that nothing created meanwhile is lost.
-    let resumable = false;
+    let url = this.server + STREAM_PATH + "?ticket=" + encodeURIComponent(ticket);
+    // A new EventSource cannot send Last-Event-ID: the id goes in the query, and the server replays what was missed.
+    if (this.lastEventId) url += "&last_event_id=" + encodeURIComponent(this.lastEventId);
+    const source = new EventSource(url);
+    // Until an event had an id, and on any stream opened anew (this tab just took the stream over),
+    // the tabs reload the list instead, so that nothing created meanwhile is lost.
+    const resuming = Boolean(this.lastEventId);
     this.source = source;
     source.addEventListener("open", () => {
       this.failures = 0;
       this.setState("live");
-      if (!resumable) this.resync();
+      if (!resuming) this.resync();
     });
     source.addEventListener("notification", (event) => {
       let notification;
@@ -154,26 +170,24 @@ export class SharedStream {
       } catch (error) {
         return;
       }
-      resumable = resumable || Boolean(event.lastEventId);
+      if (event.lastEventId) this.lastEventId = event.lastEventId;
       this.handlers.notification(notification);
       this.publish({ type: "notification", notification: notification });
     });
     // The server had more to replay than it will (MAX_REPLAY): it skipped the gap, so the tabs reload the
-    // list. The event's id moves Last-Event-ID on to the newest notification.
+    // list. The event's id moves the last id on to the newest notification.
     source.addEventListener("resync", (event) => {
-      resumable = resumable || Boolean(event.lastEventId);
+      if (event.lastEventId) this.lastEventId = event.lastEventId;
       this.resync();
     });
     source.addEventListener("error", () => {
       if (source !== this.source) return;
+      // Dropped or refused (the server restarting, busy, or the ticket spent): EventSource would reconnect
+      // by itself with this URL, whose ticket is spent; reopen with a new ticket instead.
+      source.close();
+      this.source = null;
       this.failed();
-      if (source.readyState === EventSource.CLOSED) {
-        // Refused (an expired token, the server busy): EventSource gives up, so retry with a fresh token.
-        source.close();
-        this.source = null;
-        this.retryLater();
-      }
-      // Otherwise the browser reconnects by itself after the server's retry delay, with Last-Event-ID.
+      this.retryLater();
     });
   }
 
@@ -190,7 +204,7 @@ export class SharedStream {
   retryLater() {
     clearTimeout(this.timer);
     const delay = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * Math.pow(2, Math.max(0, this.failures - 1)));
-    this.timer = setTimeout(() => this.connect(true), delay * (0.5 + Math.random() / 2));
+    this.timer = setTimeout(() => this.connect(), delay * (0.5 + Math.random() / 2));
   }
 
   /** Back online: say so if the stream survived, else open it now rather than after the backoff. */
@@ -200,7 +214,7 @@ export class SharedStream {
       this.setState("live");
     } else if (!this.source || this.source.readyState === EventSource.CLOSED) {
       clearTimeout(this.timer);
-      this.connect(true);
+      this.connect();
     } else {
       this.setState("reconnecting");
     }

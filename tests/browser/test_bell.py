@@ -7,6 +7,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pymongo
 import pytest
@@ -221,6 +222,34 @@ def test_after_a_server_restart_the_bell_reconnects_and_shows_what_was_created_m
     assert titles(page)[0] == "After the restart"
     assert sorted(titles(page)) == ["After the restart", "Before the restart", "While down 1", "While down 2"]
     shot(page, "reconnected")
+
+
+def test_the_bells_streams_open_with_single_use_tickets_never_a_token_and_resume_after_the_server_ends_them(
+    restartable_bellcast, context, open_page, user
+):
+    server = restartable_bellcast
+    requested: list[str] = []
+    context.on("request", lambda request: requested.append(request.url))
+    page = open_page(demo_url(server, user))
+    expect_live(page)
+    live = server.create(user, "Live through a ticket")
+    expect(badge(page)).to_have_text("1", timeout=LIVE_MS)
+
+    server.stop()  # SIGTERM: the server ends the stream
+    server.store_quietly(user, "While the server was away")
+    server.restart()
+    server.wait_until_ready()
+    expect(badge(page)).to_have_text("2", timeout=RECONNECT_MS)
+    expect_live(page)
+
+    streams = [parse_qs(urlsplit(url).query) for url in requested if urlsplit(url).path == "/notifications/stream"]
+    assert len(streams) >= 2
+    assert not [url for url in requested if "access_token" in url or "eyJ" in url]  # no token in any URL
+    tickets = [query["ticket"][0] for query in streams]
+    assert len(set(tickets)) == len(tickets)  # each ticket used once: EventSource never reconnected by itself
+    # The first stream reloads the list; the reopened one resumes after the last notification it saw.
+    assert "last_event_id" not in streams[0]
+    assert streams[-1]["last_event_id"] == [live["id"]]
 
 
 def test_a_resync_from_the_server_makes_every_tab_refetch_the_list(
