@@ -1,6 +1,6 @@
 /**
  * The bell's client of bellcast's user API: where the server is, which token to send, and the
- * requests the bell makes (a page of the list, mark one read, mark all read, a stream ticket).
+ * requests the bell makes (a page of the list, mark read, seen, archive, delete, a stream ticket).
  */
 
 const LIST_PATH = "/api/notifications";
@@ -45,16 +45,27 @@ export class Credentials {
   }
 }
 
+/** `filter`'s status and tag as a query string starting with `separator`; "" for none. */
+function filterQuery(filter, separator) {
+  const parts = [];
+  if (filter && filter.status) parts.push("status=" + encodeURIComponent(filter.status));
+  if (filter && filter.tag) parts.push("tag=" + encodeURIComponent(filter.tag));
+  return parts.length ? separator + parts.join("&") : "";
+}
+
 /** The user API's requests; each answers the parsed JSON body or throws an Error whose message can be shown. */
 export class ApiClient {
   constructor(credentials) {
     this.credentials = credentials;
   }
 
-  /** One page of the list, newest first: `{ notifications, unread_count, next_before }`. */
-  list(before) {
+  /**
+   * One page of the list, newest first: `{ notifications, unread_count, unseen_count, next_before }`.
+   * `filter`: `{ status, tag }` as a tab shows (no status: everything not archived).
+   */
+  list(before, filter) {
     const query = "?limit=" + PAGE_SIZE + (before ? "&before=" + encodeURIComponent(before) : "");
-    return this.request("GET", LIST_PATH + query);
+    return this.request("GET", LIST_PATH + query + filterQuery(filter, "&"));
   }
 
   /** Mark one notification read; answers the notification with its `read_at`. */
@@ -62,9 +73,29 @@ export class ApiClient {
     return this.request("POST", LIST_PATH + "/" + encodeURIComponent(id) + "/read", options);
   }
 
-  /** Mark every notification of the user read. */
-  markAllRead() {
-    return this.request("POST", LIST_PATH + "/read-all");
+  /** Mark read every notification of `filter` (all when none): `{ updated, unread_count, unseen_count }`. */
+  markAllRead(filter) {
+    return this.request("POST", LIST_PATH + "/read-all" + filterQuery(filter, "?"));
+  }
+
+  /** Mark everything listed as seen (the panel was opened): `{ updated, unread_count, unseen_count }`. */
+  markSeen() {
+    return this.request("POST", LIST_PATH + "/seen");
+  }
+
+  /** Archive one notification; answers it with its `archived_at`. */
+  archive(id) {
+    return this.request("POST", LIST_PATH + "/" + encodeURIComponent(id) + "/archive");
+  }
+
+  /** Move one archived notification back to the inbox; answers it. */
+  unarchive(id) {
+    return this.request("POST", LIST_PATH + "/" + encodeURIComponent(id) + "/unarchive");
+  }
+
+  /** Delete one notification for good. */
+  remove(id) {
+    return this.request("DELETE", LIST_PATH + "/" + encodeURIComponent(id));
   }
 
   /**
@@ -92,7 +123,7 @@ export class ApiClient {
         const body = await response.json().catch(() => null);
         throw new Error((body && body.error && body.error.message) || "HTTP " + response.status);
       }
-      return response.json();
+      return response.status === 204 ? null : response.json();
     }
   }
 }

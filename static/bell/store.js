@@ -1,22 +1,53 @@
 /**
- * The state of one bell's list: its items, the unread count and the stream's state, kept
- * reactive for the view. It merges live events with the pages it fetches, and keeps reads in
- * step across the tabs that share one stream.
+ * The state of one bell's list: the shown tab's items, the unread and unseen counts and the
+ * stream's state, kept reactive for the view. It merges live events with the pages it fetches,
+ * applies the server's `changed` events (what any device of the user did, with the counts), and
+ * keeps reads in step across the tabs that share one stream.
  */
 import { reactive } from "../vendor/vue.runtime.esm-browser.prod.js";
 import { ApiClient } from "./api.js";
 import { SharedStream, streamKey } from "./stream.js";
+
+/** The tab shown first: everything not archived. */
+export const INBOX = "inbox";
+const TAG_TAB_PREFIX = "tag:";
 
 function newestFirst(a, b) {
   // ObjectIds are 24 lowercase hex digits: comparing the strings orders them by creation.
   return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
 }
 
+/** A tab's key ("inbox", "unread", "archived", "tag:billing") as the API's `{ status, tag }` filter. */
+export function tabFilter(tab) {
+  if (tab === "unread" || tab === "archived") return { status: tab, tag: null };
+  if (typeof tab === "string" && tab.startsWith(TAG_TAB_PREFIX)) {
+    return { status: null, tag: tab.slice(TAG_TAB_PREFIX.length) };
+  }
+  return { status: null, tag: null };
+}
+
+/** The key of the tab that lists one tag. */
+export function tagTab(tag) {
+  return TAG_TAB_PREFIX + tag;
+}
+
+/** Whether a notification belongs in a list of `filter`, as the server decides it (no status: not archived). */
+export function matchesFilter(item, filter) {
+  const { status, tag } = filter || {};
+  if (tag && !(Array.isArray(item.tags) && item.tags.includes(tag))) return false;
+  if (status === "archived") return Boolean(item.archived_at);
+  if (item.archived_at) return false;
+  if (status === "unread") return !item.read_at;
+  if (status === "read") return Boolean(item.read_at);
+  return true;
+}
+
 /**
  * The list of one user on one server, fed by the API and the shared stream.
  *
- * `onNew(notification)` is called for each notification that arrives live and was not listed yet.
- * Failures are not thrown: they set `state.problem`, which the view shows.
+ * `onNew(notification)` is called for each notification that arrives live and was not known yet.
+ * Failures are not thrown: they set `state.problem` to `{ key, error }` (a message key and the
+ * error's text), which the view shows in the bell's language.
  */
 export class BellStore {
   constructor(credentials, onNew) {
@@ -24,18 +55,28 @@ export class BellStore {
     this.api = new ApiClient(credentials);
     this.onNew = onNew;
     this.state = reactive({
-      items: [],
+      tab: INBOX,
+      items: [], // the shown tab's, newest first
       unread: 0,
+      unseen: null, // null until the server tells (older servers do not count it)
       nextBefore: null, // the cursor of the next older page; null when the list is complete
       connection: "connecting", // connecting, live, reconnecting or offline
       loading: false,
       loadingMore: false,
-      problem: "",
+      problem: null,
     });
     this.stream = null;
     this.key = null; // whose stream this is: a request answered for another user is dropped
-    // Ids received live while a list request is in flight: the answer may predate them.
+    // Every notification this bell has listed or received, by id, whichever tab listed it: a change
+    // on another device can move one into the shown tab without a request.
+    this.known = new Map();
+    // Set once the stream sent a `changed` event: from then on the counts are the server's, never
+    // worked out here, so that no two sources count one change twice.
+    this.serverCounts = false;
+    // Ids received live, and whether the counts changed, while a list request is in flight: the answer may predate them.
     this.arrivedDuringLoad = new Set();
+    this.countsChangedDuringLoad = false;
+    this.generation = 0; // of list requests: only the newest one's answer is shown
   }
 
   /** (Re)start the shared stream when the server or the user changes; a renewed token keeps it. */
@@ -48,7 +89,7 @@ export class BellStore {
     }
     if (!token) {
       this.state.connection = "offline";
-      this.state.problem = "Not signed in.";
+      this.state.problem = { key: "notSignedIn", error: "" };
       return;
     }
     const server = this.credentials.server();
@@ -56,13 +97,17 @@ export class BellStore {
     if (key === this.key) return;
     this.disconnect();
     this.key = key;
+    this.known = new Map();
+    this.serverCounts = false;
     this.state.items = [];
     this.state.unread = 0;
+    this.state.unseen = null;
     this.state.nextBefore = null;
     this.stream = new SharedStream(server, key, () => this.api.streamTicket(), {
       notification: (notification) => this.receive(notification),
+      changed: (change) => this.applyChange(change),
       read: (message) => this.applyRead(message.id, message.read_at, message.wasUnread),
-      readAll: (message) => this.applyReadAll(message.read_at),
+      readAll: (message) => this.applyReadAll(message.read_at, message.filter),
       resync: () => this.refresh(),
       state: (name) => {
         this.state.connection = name;
@@ -79,60 +124,100 @@ export class BellStore {
     this.key = null;
   }
 
-  /** The listed notification of this id, if any. */
+  /** The known notification of this id, if any. */
   find(id) {
-    return this.state.items.find((item) => item.id === id);
+    return this.known.get(id);
   }
 
-  /** A notification from the stream: listed once, however many times it arrives. */
+  /** Keep a notification the server sent; an id known already takes the newer fields. Answers the reactive one. */
+  remember(notification) {
+    const known = this.known.get(notification.id);
+    if (known) return Object.assign(known, notification);
+    const item = reactive({ ...notification });
+    this.known.set(item.id, item);
+    return item;
+  }
+
+  /** Show another tab: its newest page replaces the list. */
+  selectTab(tab) {
+    if (tab === this.state.tab) return Promise.resolve();
+    this.state.tab = tab;
+    this.state.items = [];
+    this.state.nextBefore = null;
+    return this.refresh();
+  }
+
+  /** The shown tab's `{ status, tag }`. */
+  filter() {
+    return tabFilter(this.state.tab);
+  }
+
+  /** A notification from the stream: known once, however many times it arrives, and listed if the tab shows it. */
   receive(notification) {
-    if (!notification || typeof notification.id !== "string" || this.find(notification.id)) return;
-    this.arrivedDuringLoad.add(notification.id);
-    this.state.items = this.state.items.concat([notification]).sort(newestFirst);
-    if (!notification.read_at) this.state.unread += 1;
-    this.onNew(notification);
+    if (!notification || typeof notification.id !== "string" || this.known.has(notification.id)) return;
+    const item = this.remember(notification);
+    this.arrivedDuringLoad.add(item.id);
+    if (matchesFilter(item, this.filter())) this.state.items = this.state.items.concat([item]).sort(newestFirst);
+    if (!item.read_at && !this.serverCounts) this.state.unread += 1;
+    this.onNew(item);
   }
 
-  /** Replace the list with the server's newest page (Refresh, after a stream was reopened, and on `resync`). */
+  /** The counts of an answer or event that carries them (older servers send no unseen_count). */
+  setCounts(source) {
+    if (typeof source.unread_count === "number") this.state.unread = source.unread_count;
+    if (typeof source.unseen_count === "number") this.state.unseen = source.unseen_count;
+  }
+
+  /** Replace the list with the server's newest page (Refresh, a tab chosen, after a stream was reopened, and on `resync`). */
   async refresh() {
     this.arrivedDuringLoad = new Set();
+    this.countsChangedDuringLoad = false;
     this.state.loading = true;
     const key = this.key;
+    const tab = this.state.tab;
+    const generation = ++this.generation;
     try {
-      const page = await this.api.list(null);
-      if (key !== this.key) return; // the user or server changed meanwhile
+      const page = await this.api.list(null, tabFilter(tab));
+      // The user, the server or the tab changed meanwhile, or a newer request was sent.
+      if (key !== this.key || generation !== this.generation) return;
       this.replaceWithNewestPage(page);
-      this.state.problem = "";
+      this.state.problem = null;
     } catch (error) {
-      this.state.problem = "Could not load notifications: " + error.message;
+      if (generation === this.generation) this.state.problem = { key: "couldNotLoad", error: error.message };
     } finally {
-      this.state.loading = false;
+      if (generation === this.generation) this.state.loading = false;
     }
   }
 
   /** The page replaces the list, except for what arrived live after the page was asked for. */
   replaceWithNewestPage(page) {
-    const fetched = new Set(page.notifications.map((n) => n.id));
-    const later = this.state.items.filter((n) => this.arrivedDuringLoad.has(n.id) && !fetched.has(n.id));
-    this.state.items = page.notifications.concat(later).sort(newestFirst);
-    this.state.unread = page.unread_count + later.filter((n) => !n.read_at).length;
+    const fetched = page.notifications.map((n) => this.remember(n));
+    const fetchedIds = new Set(fetched.map((n) => n.id));
+    const later = this.state.items.filter((n) => this.arrivedDuringLoad.has(n.id) && !fetchedIds.has(n.id));
+    this.state.items = fetched.concat(later).sort(newestFirst);
     this.state.nextBefore = page.next_before;
+    // Counts the stream sent during the request may be newer than the answer's.
+    if (this.countsChangedDuringLoad) return;
+    this.setCounts(page);
+    if (!this.serverCounts) this.state.unread += later.filter((n) => !n.read_at).length;
   }
 
-  /** Append the next older page. */
+  /** Append the next older page of the shown tab. */
   async loadMore() {
     if (!this.state.nextBefore || this.state.loadingMore) return;
     this.state.loadingMore = true;
     const key = this.key;
+    const generation = this.generation;
     try {
-      const page = await this.api.list(this.state.nextBefore);
-      if (key !== this.key) return;
-      const older = page.notifications.filter((n) => !this.find(n.id));
+      const page = await this.api.list(this.state.nextBefore, this.filter());
+      if (key !== this.key || generation !== this.generation) return;
+      const listed = new Set(this.state.items.map((n) => n.id));
+      const older = page.notifications.filter((n) => !listed.has(n.id)).map((n) => this.remember(n));
       this.state.items = this.state.items.concat(older).sort(newestFirst);
       this.state.nextBefore = page.next_before;
-      this.state.problem = "";
+      this.state.problem = null;
     } catch (error) {
-      this.state.problem = "Could not load more: " + error.message;
+      this.state.problem = { key: "couldNotLoadMore", error: error.message };
     } finally {
       this.state.loadingMore = false;
     }
@@ -146,20 +231,109 @@ export class BellStore {
       this.applyRead(item.id, updated.read_at, true);
       this.publish({ type: "read", id: item.id, read_at: updated.read_at, wasUnread: true });
     } catch (error) {
-      this.state.problem = "Could not mark as read: " + error.message;
+      this.state.problem = { key: "couldNotMarkRead", error: error.message };
     }
   }
 
-  /** Mark all read on the server, here and in the other tabs. */
+  /** Mark read what the shown tab lists (its status and tag) on the server, here and in the other tabs. */
   async markAllRead() {
+    const filter = this.filter();
     try {
-      await this.api.markAllRead();
+      const answer = await this.api.markAllRead(filter);
       const readAt = new Date().toISOString();
-      this.applyReadAll(readAt);
-      this.publish({ type: "read-all", read_at: readAt });
+      this.applyReadAll(readAt, filter);
+      if (answer) this.setCounts(answer);
+      this.publish({ type: "read-all", read_at: readAt, filter: filter });
     } catch (error) {
-      this.state.problem = "Could not mark all as read: " + error.message;
+      this.state.problem = { key: "couldNotMarkAllRead", error: error.message };
     }
+  }
+
+  /** The panel was opened: everything is seen. Asks only when the server counts something unseen. */
+  async markSeen() {
+    if (!this.state.unseen) return;
+    try {
+      const answer = await this.api.markSeen();
+      const seenAt = new Date().toISOString();
+      this.known.forEach((item) => {
+        if (!item.seen_at) item.seen_at = seenAt;
+      });
+      this.setCounts(answer);
+    } catch (error) {
+      // Nothing the user can do about it: the badge stays as it is.
+      console.warn("bellcast: could not mark as seen", error);
+    }
+  }
+
+  /** Archive one notification, or move an archived one back to the inbox. */
+  async setArchived(item, archived) {
+    try {
+      const updated = archived ? await this.api.archive(item.id) : await this.api.unarchive(item.id);
+      this.remember(updated);
+      this.reconcile([item]);
+    } catch (error) {
+      this.state.problem = { key: archived ? "couldNotArchive" : "couldNotUnarchive", error: error.message };
+    }
+  }
+
+  /** Delete one notification for good. */
+  async remove(item) {
+    try {
+      await this.api.remove(item.id);
+      this.forget([item.id]);
+    } catch (error) {
+      this.state.problem = { key: "couldNotDelete", error: error.message };
+    }
+  }
+
+  /**
+   * A `changed` event: what the user's devices (this one too) did, with the server's counts. The
+   * notifications it names change here without a request; a bulk change names none but says which
+   * filter it applied to.
+   */
+  applyChange(change) {
+    if (!change || typeof change !== "object") return;
+    this.serverCounts = true;
+    this.countsChangedDuringLoad = true;
+    this.setCounts(change);
+    const ids = Array.isArray(change.ids) ? change.ids : [];
+    const affected = ids.length
+      ? ids.map((id) => this.known.get(id)).filter(Boolean)
+      : Array.from(this.known.values()).filter((item) => matchesFilter(item, change.filter));
+    const now = new Date().toISOString();
+    switch (change.change) {
+      case "read":
+      case "read_all":
+        affected.forEach((item) => {
+          if (!item.read_at) item.read_at = now;
+        });
+        break;
+      case "seen":
+        affected.forEach((item) => {
+          if (!item.seen_at) item.seen_at = now;
+        });
+        break;
+      case "archived":
+        affected.forEach((item) => {
+          if (!item.archived_at) item.archived_at = now;
+        });
+        break;
+      case "unarchived":
+        // An unarchived notification is in the inbox again, whatever the filter of a bulk change was.
+        (ids.length ? affected : []).forEach((item) => {
+          item.archived_at = null;
+        });
+        break;
+      case "deleted":
+      case "expired":
+        // Without ids there is no telling which are gone: ask the server.
+        if (ids.length) this.forget(ids);
+        else this.refresh();
+        return;
+      default:
+        return; // "created" (its notification comes as its own event), "counts"
+    }
+    this.reconcile(affected);
   }
 
   /**
@@ -167,18 +341,53 @@ export class BellStore {
    * this tab has not listed (an older page it has not loaded).
    */
   applyRead(id, readAt, wasUnread) {
-    const item = this.find(id);
+    const item = this.known.get(id);
     if (item ? item.read_at : !wasUnread) return;
     if (item) item.read_at = readAt;
-    this.state.unread = Math.max(0, this.state.unread - 1);
+    if (!this.serverCounts) this.state.unread = Math.max(0, this.state.unread - 1);
+    this.reconcile(item ? [item] : []);
   }
 
-  /** Everything read, here or in another tab. */
-  applyReadAll(readAt) {
-    this.state.items.forEach((item) => {
-      if (!item.read_at) item.read_at = readAt;
+  /** Everything of `filter` (no status: all not archived) read, here or in another tab. */
+  applyReadAll(readAt, filter) {
+    let changed = 0;
+    const affected = Array.from(this.known.values()).filter((item) => matchesFilter(item, filter));
+    affected.forEach((item) => {
+      if (item.read_at) return;
+      item.read_at = readAt;
+      if (!item.archived_at) changed += 1;
     });
-    this.state.unread = 0;
+    if (!this.serverCounts) {
+      // Everything not archived: none is left unread, listed or not. A narrower filter: those known.
+      const everything = !filter || (!filter.tag && filter.status !== "archived");
+      this.state.unread = everything ? 0 : Math.max(0, this.state.unread - changed);
+    }
+    this.reconcile(affected);
+  }
+
+  /** Notifications gone for good (deleted, expired). */
+  forget(ids) {
+    const gone = new Set(ids);
+    gone.forEach((id) => this.known.delete(id));
+    if (this.state.items.some((item) => gone.has(item.id))) {
+      this.state.items = this.state.items.filter((item) => !gone.has(item.id));
+    }
+  }
+
+  /**
+   * After a change to `touched`: the list keeps what its tab still shows, and takes in those of
+   * them that now belong to it, within the pages it has loaded.
+   */
+  reconcile(touched) {
+    const filter = this.filter();
+    const listed = new Set(this.state.items.map((item) => item.id));
+    const kept = this.state.items.filter((item) => matchesFilter(item, filter));
+    const nextBefore = this.state.nextBefore;
+    const added = touched.filter(
+      (item) => !listed.has(item.id) && matchesFilter(item, filter) && (!nextBefore || item.id > nextBefore)
+    );
+    if (kept.length === this.state.items.length && !added.length) return;
+    this.state.items = kept.concat(added).sort(newestFirst);
   }
 
   /** Tell the other tabs of this user. */

@@ -35,7 +35,8 @@ export function streamKey(server, token) {
  * new one, never with the user's token, and is never left to reconnect by itself, since its URL's
  * ticket is spent once it opened.
  *
- * `handlers` receives what every tab must apply: notification(n), read(message), readAll(message),
+ * `handlers` receives what every tab must apply: notification(n), changed(change) (the server's
+ * `changed` event: what changed on any device, and the counts), read(message), readAll(message),
  * resync() (the stream was opened anew, or the server had more to replay than it will, so the list must be
  * reloaded), state(name).
  */
@@ -122,6 +123,8 @@ export class SharedStream {
       this.handlers.read(message);
     } else if (message.type === "read-all") {
       this.handlers.readAll(message);
+    } else if (message.type === "changed") {
+      this.handlers.changed(message.change);
     }
   }
 
@@ -179,6 +182,19 @@ export class SharedStream {
     source.addEventListener("resync", (event) => {
       if (event.lastEventId) this.lastEventId = event.lastEventId;
       this.resync();
+    });
+    // The user's notifications changed (here or on another device), with the server's counts. Its id is
+    // the newest notification's, never a notification of its own.
+    source.addEventListener("changed", (event) => {
+      let change;
+      try {
+        change = JSON.parse(event.data);
+      } catch (error) {
+        return;
+      }
+      if (event.lastEventId) this.lastEventId = event.lastEventId;
+      this.handlers.changed(change);
+      this.publish({ type: "changed", change: change });
     });
     source.addEventListener("error", () => {
       if (source !== this.source) return;

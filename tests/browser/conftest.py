@@ -8,6 +8,7 @@
   allowing the host pages' origin in CORS_ORIGINS.
 * ``restartable_bellcast``: a bellcast of the test's own, to kill and restart.
 * ``context``: a fresh browser profile per test (its own Web Locks and BroadcastChannels).
+* ``open_page``: opens a tab of ``context``; fails the test if any page threw an uncaught error.
 * ``user``: a user id no other test uses.
 * ``shot``: saves a screenshot of a page into test-artifacts/.
 """
@@ -112,3 +113,18 @@ def shot(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
         return path
 
     return save
+
+
+@pytest.fixture
+def open_page(context: BrowserContext) -> Iterator[Callable[[str], Page]]:
+    """Opens a tab; at the end, fails the test if any page threw an uncaught error."""
+    errors: list[str] = []
+
+    def open_(url: str) -> Page:
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        return page
+
+    yield open_
+    assert errors == []

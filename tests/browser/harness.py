@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
 import json
 import os
@@ -82,12 +83,16 @@ class BellcastProcess(ServerProcess):
         with urllib.request.urlopen(request, timeout=10) as answer:
             return dict(json.loads(answer.read()))
 
-    def store_quietly(self, user_id: str, *titles: str) -> None:
-        """Store notifications in MongoDB without telling any stream: while this process is down, say."""
+    def store_quietly(self, user_id: str, *titles: str, age: datetime.timedelta = datetime.timedelta(0)) -> None:
+        """Store notifications in MongoDB without telling any stream: while this process is down, say.
+
+        `age`: how long ago they were created, as their `created_at` says.
+        """
         with self._mongo() as client:
             documents = []
             for title in titles:
-                notification = validate_new_notification({"user_id": user_id, "title": title}, now=utc_now())
+                fields = {"user_id": user_id, "title": title}
+                notification = validate_new_notification(fields, now=utc_now() - age)
                 documents.append(notification.to_document())
                 time.sleep(0.002)  # distinct created_at, in order
             client[self.database]["notifications"].insert_many(documents)

@@ -6,98 +6,30 @@ import json
 import re
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pymongo
 import pytest
 import redis
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, expect
 
 from services.cache import connections_key
 from services.notifications import COLLECTION, utc_now, validate_new_notification
 from tests.browser.harness import ROOT, BellcastProcess, HostPages
-
-# "Appears within a few seconds": the server scans every 0.1 s here.
-LIVE_MS = 5_000
-# EventSource retries every 2 s (the server's retry hint) while bellcast restarts.
-RECONNECT_MS = 20_000
-
-PLAIN_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>Plain host page</title>
-<style>
-  /* A host's own CSS, which must not reach into the bell. */
-  body {{ font: 16px/2 Georgia, serif; }}
-  li {{ color: rgb(255, 0, 0); }}
-  button {{ text-transform: uppercase; }}
-</style>
-{head}
-<script src="{server}/static/notification-bell.js"></script>
-</head><body>
-<h1>A page with no Vue of its own</h1>
-<p>Served from another origin than bellcast.
-  <notification-bell server="{server}" token="{token}"></notification-bell></p>
-{body}
-</body></html>
-"""
-
-
-def bell_button(page: Page) -> Locator:
-    return page.locator("notification-bell").get_by_role("button", name=re.compile(r"^Notifications"))
-
-
-def badge(page: Page) -> Locator:
-    return page.locator("notification-bell .badge")
-
-
-def items(page: Page) -> Locator:
-    return page.locator("notification-bell li")
-
-
-def state(page: Page) -> Locator:
-    return page.locator("notification-bell [role=dialog]").get_by_role("status")
-
-
-def open_panel(page: Page) -> Locator:
-    panel = page.locator("notification-bell [role=dialog]")
-    if not panel.is_visible():
-        bell_button(page).click()
-    expect(panel).to_be_visible()
-    return panel
-
-
-def expect_live(page: Page, timeout: float = 10_000) -> None:
-    expect(bell_button(page)).to_have_attribute("title", "Notifications (Live)", timeout=timeout)
-
-
-def titles(page: Page) -> list[str]:
-    return items(page).locator(".title").all_inner_texts()
-
-
-def demo_url(server: BellcastProcess, user: str) -> str:
-    return f"{server.base_url}/?user={user}"
-
-
-@pytest.fixture
-def open_page(context: BrowserContext) -> Iterator[Callable[[str], Page]]:
-    """Opens a tab; at the end, fails the test if any page threw an uncaught error."""
-    errors: list[str] = []
-
-    def open_(url: str) -> Page:
-        page = context.new_page()
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(url)
-        return page
-
-    yield open_
-    assert errors == []
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+from tests.browser.pages import (
+    LIVE_MS,
+    PLAIN_PAGE,
+    RECONNECT_MS,
+    badge,
+    bell_button,
+    demo_url,
+    expect_live,
+    items,
+    open_panel,
+    state,
+    titles,
+    wait_until,
+)
 
 
 def test_the_bell_renders_on_the_demo_page(bellcast, open_page, user, shot):
