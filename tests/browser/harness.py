@@ -76,12 +76,13 @@ class BellcastProcess(ServerProcess):
             return dict(json.loads(answer.read()))
 
     def request(self, method: str, path: str, user_id: str) -> dict[str, Any]:
-        """A user's API request, outside the browser (another device of the same user)."""
+        """A user's API request, outside the browser (another device of the same user); {} for a 204."""
         request = urllib.request.Request(
             self.base_url + path, headers={"Authorization": f"Bearer {self.token(user_id)}"}, method=method
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
-            return dict(json.loads(answer.read()))
+            body = answer.read()
+            return dict(json.loads(body)) if body else {}
 
     def store_quietly(self, user_id: str, *titles: str, age: datetime.timedelta = datetime.timedelta(0)) -> None:
         """Store notifications in MongoDB without telling any stream: while this process is down, say.
