@@ -115,7 +115,9 @@ async def start_runtime(
     delivery_cache = DeliveryCache(
         redis_backend, batcher, settings.wakeup_hints, metrics, inbox_cap=settings.max_queued_per_stream
     )
-    notifications.register_observer(CacheObserver(delivery_cache, wakeups))
+    cache_observer = CacheObserver(delivery_cache, wakeups)
+    notifications.register_observer(cache_observer)
+    notifications.register_change_observer(cache_observer)
     assert settings.jwt_secret is not None and settings.api_key is not None
     runtime = Runtime(
         mongo=mongo,

@@ -63,7 +63,7 @@ _HTTP_ERROR_CODES = {
 
 # What a page of an allowed origin may send: the widget's REST calls carry a Bearer token, and
 # EventSource resends Last-Event-ID on reconnect.
-CORS_ALLOW_METHODS = "GET, POST"
+CORS_ALLOW_METHODS = "GET, POST, DELETE"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 CORS_MAX_AGE_SECONDS = 600
 

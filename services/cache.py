@@ -38,7 +38,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
-from services.notifications import Notification
+from services.notifications import Change, Notification
 from services.redis_backend import OVERFLOW_MARK, RedisBackend
 from services.stores import redis_unavailable
 from services.wakeups import WakeupHub
@@ -56,6 +56,11 @@ INBOX_TTL = REGISTRATION_TTL
 DEFAULT_INBOX_CAP = 200
 # How long after its insert an observer may still be queueing a notification.
 OBSERVER_GRACE = 30.0
+
+
+# Inbox fields of `changed` events start with this: '~' sorts after every character of a notification id, so a
+# scan sends the notifications it found before the changes queued with them, each kind in the order queued.
+CHANGE_FIELD_PREFIX = "~change:"
 
 
 def user_tag(user_id: str) -> str:
@@ -90,6 +95,17 @@ class CacheObserver:
             await self._cache.enqueue(notification)
         except Exception:
             self._wakeups.announce_recovery(notification.user_id)
+            raise
+
+    async def changed(self, change: Change) -> None:
+        """Queue the change, with the user's counts, for every open stream of its user.
+
+        If it cannot be queued, the user's streams recover, and send fresh counts once they have.
+        """
+        try:
+            await self._cache.enqueue_change(change)
+        except Exception:
+            self._wakeups.announce_recovery(change.user_id)
             raise
 
 
@@ -133,6 +149,19 @@ class DeliveryCache:
             INBOX_TTL,
             self._inbox_cap,
             notification.user_id if self._publish_hints else None,
+        )
+
+    async def enqueue_change(self, change: Change) -> int:
+        """Queue a `changed` event for every live connection of the user and hint them; returns how many."""
+        field = f"{CHANGE_FIELD_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}"
+        return await self._redis.queue_for_live_connections(
+            self._batcher.execute_many,
+            connections_key(change.user_id),
+            inbox_key(change.user_id, ""),
+            (field, change.to_json()),
+            INBOX_TTL,
+            self._inbox_cap,
+            change.user_id if self._publish_hints else None,
         )
 
     async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:

@@ -25,11 +25,11 @@ from bson.errors import InvalidId
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
 
-from services.cache import OBSERVER_GRACE, ConnectionInbox
+from services.cache import CHANGE_FIELD_PREFIX, OBSERVER_GRACE, ConnectionInbox
 from services.errors import StoreUnavailable, TooMany
 from services.logs import fields
 from services.metrics import Metrics
-from services.notifications import CATCH_UP_WINDOW, GapTooLarge, Notification
+from services.notifications import CATCH_UP_WINDOW, Change, GapTooLarge, Notification
 from services.recovery import RecoveryReads
 from services.sse import encode_comment, encode_event, encode_retry
 
@@ -43,6 +43,8 @@ NOTIFICATION_EVENT = "notification"
 # Sent instead of a replay longer than MAX_REPLAY: the client reloads its list rather than receive the gap.
 RESYNC_EVENT = "resync"
 RESYNC_DATA = json.dumps({"reason": "gap_too_large"}, separators=(",", ":"))
+# A change to the user's notifications, with the user's counts after it (services/notifications.py `Change`).
+CHANGED_EVENT = "changed"
 # What browsers wait before reconnecting after the stream drops.
 RECONNECT_DELAY_MS = 2000
 # Spread the ticks of streams opened together, so they do not all fall due at once.
@@ -153,6 +155,7 @@ class LiveConnection:
     __slots__ = (
         "__weakref__",  # so that a test can tell a closed stream was freed
         "_closed",
+        "_counts_owed",
         "_ended_by",
         "_ending",
         "_epoch_seen",
@@ -218,6 +221,9 @@ class LiveConnection:
         # what an outage or a lost registration kept from the inbox (`_recovering`, a page at a time from
         # `_recovery_cursor`, the last id of the page before).
         self._replay_owed = self._newest_sent is not None
+        # Changes queued while the inbox could not take them are lost: once a stream resumes or recovers, it
+        # sends the user's counts as they are.
+        self._counts_owed = False
         self._max_replay = 0
         self._recovering = False
         self._recovery_cursor: str | None = None
@@ -524,6 +530,7 @@ class LiveConnection:
             self._retry_later()
             return False
         self._replay_owed = False
+        self._counts_owed = self._woken = True
         return True
 
     async def _send_resync(self, newest: str | None) -> None:
@@ -536,6 +543,25 @@ class LiveConnection:
             self._events_sent += 1
             self._note_sent([newest])
 
+    async def _send_changes(self, changes: list[bytes | str]) -> bool:
+        """Write `changed` events; their id is the newest notification sent, so that a reconnect resumes there."""
+        event_id = self._newest_sent or ""
+        if not await self.send(b"".join(encode_event(event_id, CHANGED_EVENT, data) for data in changes)):
+            return False
+        self._events_sent += len(changes)
+        self._metrics.changes_delivered.inc(len(changes))
+        return True
+
+    async def _send_counts(self) -> bool:
+        """The user's counts as they are, as a `changed` event of kind `counts`; False if the stream ended."""
+        try:
+            counts = await self._reads.counts(self.user_id)
+        except StoreUnavailable:
+            self._retry_later()
+            return False
+        self._counts_owed = False
+        return await self._send_changes([Change(self.user_id, "counts", (), counts).to_json()])
+
     async def _drain(self) -> None:
         """While woken: send what is owed in id order, then delete exactly that from the inbox."""
         while self._woken and not self._closed.done() and self._registered:
@@ -545,7 +571,7 @@ class LiveConnection:
             try:
                 await self._inbox.renew_if_due()
                 scan_started = time.perf_counter()
-                entries, delivered_before = await self._take()
+                entries, delivered_before, changes = await self._take()
             except StoreUnavailable:
                 self._retry_later()
                 return
@@ -557,12 +583,17 @@ class LiveConnection:
                 if len(entries) >= MAX_ENTRIES_PER_SEND:
                     self._woken = True  # more is queued than one send takes
             delivered = [*delivered_before, *(notification_id for notification_id, _ in entries)]
+            if changes and not await self._send_changes([data for _, data in changes]):
+                return
             with contextlib.suppress(StoreUnavailable):
                 await self._delete(delivered)
+                await self._inbox.remove([field for field, _ in changes])
+            if self._counts_owed and not self._recovering and not await self._send_counts():
+                return
 
-    async def _take(self) -> tuple[list[Entry], list[str]]:
-        """What to send now, in id order (after an outage first MongoDB's catch-up, then the inbox), and
-        the inbox's entries that were already sent on this connection, to delete.
+    async def _take(self) -> tuple[list[Entry], list[str], list[Entry]]:
+        """What to send now, in id order (after an outage first MongoDB's catch-up, then the inbox), the
+        inbox's entries that were already sent on this connection, to delete, and the changes queued.
 
         Raises StoreUnavailable while a store is unreachable; what is owed is kept for later.
         """
@@ -579,7 +610,7 @@ class LiveConnection:
             if self._recovery_cursor is None and await self._inbox.register() > self._max_streams_per_user:
                 # Opened while Redis could not count it, or Redis forgot the user's streams: the cap holds now.
                 await self._end_over_user_limit()
-                return [], []
+                return [], [], []
             recovered, recovered_up_to = await self._recovery_page()
             owed.update(recovered)
             if recovered_up_to is not None:
@@ -592,10 +623,16 @@ class LiveConnection:
                 await self._inbox.clear_overflow()
                 self._start_recovery()
                 self._woken = True
-                return [], []
+                return [], [], []
         except StoreUnavailable:
             self._start_recovery()
             raise
+        # Changes wait while a recovery is under way: the counts sent after it supersede them.
+        changes: list[Entry] = [entry for entry in queued if entry[0].startswith(CHANGE_FIELD_PREFIX)]
+        if changes:
+            queued = [entry for entry in queued if not entry[0].startswith(CHANGE_FIELD_PREFIX)]
+            if recovered_up_to is not None:
+                changes = []
         sent = self._sent or {}
         delivered_before = [notification_id for notification_id, _ in queued if notification_id in sent]
         for notification_id, data in queued:
@@ -603,7 +640,7 @@ class LiveConnection:
             # resume point past notifications MongoDB has not given yet.
             if notification_id not in sent and (recovered_up_to is None or notification_id <= recovered_up_to):
                 owed.setdefault(notification_id, data)
-        return sorted(owed.items())[:MAX_ENTRIES_PER_SEND], delivered_before
+        return sorted(owed.items())[:MAX_ENTRIES_PER_SEND], delivered_before, changes
 
     def _start_recovery(self) -> None:
         """The inbox may have missed notifications: register again and catch up from MongoDB, from the start."""
@@ -648,6 +685,7 @@ class LiveConnection:
             return owed, self._recovery_cursor
         self._recovering = False
         self._recovery_cursor = None
+        self._counts_owed = True
         return owed, None
 
     # -- the ledger of what was sent -------------------------------------------------------------

@@ -181,6 +181,14 @@ class Metrics:
         )
         self.recovery_reads = recovery_reads.labels(process, "run")
         self.recovery_reads_shared = recovery_reads.labels(process, "shared")
+        self.changes_delivered = Counter(
+            "changes_delivered",
+            "`changed` events (a user's notifications read, seen, archived, deleted, created..., with the counts) "
+            "written and flushed to a stream.",
+            label,
+            namespace=NAMESPACE,
+            registry=own,
+        ).labels(process)
         self._observer_failures = Counter(
             "observer_failures",
             "Observers that raised on a stored notification.",

@@ -8,7 +8,7 @@ import datetime
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,13 +42,28 @@ MAX_DATA_DEPTH = 16
 MIN_LIST_LIMIT = 1
 MAX_LIST_LIMIT = 100
 DEFAULT_TYPE = "info"
+MAX_TAGS = 8
+MAX_TAG_LENGTH = 32
+MAX_ACTIONS = 2
+MAX_ACTION_LABEL_LENGTH = 64
+# What a list may show: everything not archived (no status), or one of these.
+STATUSES = ("unread", "read", "archived")
 # ObjectIds only order by the second they were made in, and by process within it:
 # on reconnect, look this far back for notifications created after the last one seen.
 CATCH_UP_WINDOW = datetime.timedelta(seconds=5)
 
 _TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _SPACE_OR_BACKSLASH = re.compile(r"[\s\\]")
-_FIELDS = {"user_id", "title", "body", "type", "data", "url"}
+_FIELDS = {"user_id", "title", "body", "type", "data", "url", "tags", "actions", "avatar_url", "expires_at"}
+_ACTION_FIELDS = {"label", "url"}
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A button on a notification: its label, and the link it opens."""
+
+    label: str
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +79,12 @@ class Notification:
     url: str | None
     created_at: datetime.datetime
     read_at: datetime.datetime | None
+    tags: tuple[str, ...] = ()
+    actions: tuple[Action, ...] = ()
+    avatar_url: str | None = None
+    expires_at: datetime.datetime | None = None
+    seen_at: datetime.datetime | None = None
+    archived_at: datetime.datetime | None = None
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Notification:
@@ -77,7 +98,13 @@ class Notification:
             data_json=document["data"],
             url=document.get("url"),
             created_at=_as_utc(document["created_at"]),
-            read_at=_as_utc(document["read_at"]) if document.get("read_at") else None,
+            read_at=_optional_utc(document.get("read_at")),
+            tags=tuple(document.get("tags") or ()),
+            actions=tuple(Action(action["label"], action["url"]) for action in document.get("actions") or ()),
+            avatar_url=document.get("avatar_url"),
+            expires_at=_optional_utc(document.get("expires_at")),
+            seen_at=_optional_utc(document.get("seen_at")),
+            archived_at=_optional_utc(document.get("archived_at")),
         )
 
     def to_document(self) -> dict[str, Any]:
@@ -92,6 +119,12 @@ class Notification:
             "url": self.url,
             "created_at": self.created_at,
             "read_at": self.read_at,
+            "tags": list(self.tags),
+            "actions": [{"label": action.label, "url": action.url} for action in self.actions],
+            "avatar_url": self.avatar_url,
+            "expires_at": self.expires_at,
+            "seen_at": self.seen_at,
+            "archived_at": self.archived_at,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,7 +138,13 @@ class Notification:
             "data": json.loads(self.data_json),
             "url": self.url,
             "created_at": format_timestamp(self.created_at),
-            "read_at": format_timestamp(self.read_at) if self.read_at else None,
+            "read_at": _optional_timestamp(self.read_at),
+            "tags": list(self.tags),
+            "actions": [{"label": action.label, "url": action.url} for action in self.actions],
+            "avatar_url": self.avatar_url,
+            "expires_at": _optional_timestamp(self.expires_at),
+            "seen_at": _optional_timestamp(self.seen_at),
+            "archived_at": _optional_timestamp(self.archived_at),
         }
 
     def to_json(self) -> str:
@@ -127,7 +166,38 @@ class NotificationPage:
 
     notifications: list[Notification]
     unread_count: int
+    unseen_count: int
     next_before: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A user's unread and unseen notifications, archived and expired ones left out."""
+
+    unread: int
+    unseen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A change to a user's notifications, and the user's counts after it (the `changed` event)."""
+
+    user_id: str
+    # created, read, read_all, seen, archived, unarchived, archived_all, deleted, expired, or counts (nothing
+    # changed: the counts a stream sends when it resumes or recovers)
+    kind: str
+    ids: tuple[str, ...]
+    counts: Counts
+
+    def to_json(self) -> str:
+        """The event's data: what changed, and the counts at its top level."""
+        change = {
+            "change": self.kind,
+            "ids": list(self.ids),
+            "unread_count": self.counts.unread,
+            "unseen_count": self.counts.unseen,
+        }
+        return json.dumps(change, separators=(",", ":"))
 
 
 class NotificationObserver(Protocol):
@@ -135,6 +205,13 @@ class NotificationObserver(Protocol):
 
     async def created(self, notification: Notification) -> None:
         """React to a stored notification; raising does not undo the insert."""
+
+
+class ChangeObserver(Protocol):
+    """Told of every change to a user's notifications, creates included."""
+
+    async def changed(self, change: Change) -> None:
+        """React to a change; raising does not undo it."""
 
 
 # MongoDB's code for a duplicate key.
@@ -199,6 +276,7 @@ class NotificationService:
         self._observers: list[NotificationObserver] = []
         self._metrics = metrics
         self._mongodb_outage = OutageLog(log, "MongoDB unavailable")
+        self._change_observers: list[ChangeObserver] = []
         # Each observer's store outage, logged once however many notifications it could not take.
         self._observer_outages: dict[str, OutageLog] = {}
 
@@ -208,11 +286,21 @@ class NotificationService:
         name = type(observer).__name__
         self._observer_outages[name] = OutageLog(log, f"observer {name}: store unavailable")
 
+    def register_change_observer(self, observer: ChangeObserver) -> None:
+        """Add an observer of changes (`Change`); done once at start-up."""
+        self._change_observers.append(observer)
+        name = type(observer).__name__
+        self._observer_outages.setdefault(name, OutageLog(log, f"observer {name}: store unavailable"))
+
     async def ensure_indexes(self) -> None:
         """Create the indexes the queries below rely on (idempotent)."""
         with self._store_errors():
             await self._collection.create_index([("user_id", ASCENDING), ("_id", DESCENDING)])
             await self._collection.create_index([("user_id", ASCENDING), ("read_at", ASCENDING)])
+            await self._collection.create_index([("user_id", ASCENDING), ("seen_at", ASCENDING)])
+            await self._collection.create_index([("user_id", ASCENDING), ("tags", ASCENDING), ("_id", DESCENDING)])
+            # MongoDB deletes an expired notification within about a minute; queries leave it out at once.
+            await self._collection.create_index("expires_at", expireAfterSeconds=0)
 
     async def create(self, fields: Mapping[str, Any]) -> Notification:
         """Validate and store a notification, then run every observer on it.
@@ -225,23 +313,41 @@ class NotificationService:
         if self._metrics is not None:
             self._metrics.notifications_created.inc()
         for observer in self._observers:
-            outage = self._observer_outages[type(observer).__name__]
-            try:
-                await observer.created(notification)
-            except StoreUnavailable as error:
-                # An outage: a warning when it begins, with no traceback but what the store said, which
-                # tells a refusal (NOPERM, READONLY, OOM) from silence; every failure is counted.
-                if self._metrics is not None:
-                    self._metrics.observer_failed(type(observer).__name__)
-                cause = error.__cause__ or error
-                outage.failed("notification %s (%s: %s)", notification.id, type(cause).__name__, cause)
-            except Exception:
-                if self._metrics is not None:
-                    self._metrics.observer_failed(type(observer).__name__)
-                log.exception("observer %s failed for notification %s", type(observer).__name__, notification.id)
-            else:
-                outage.succeeded()
+            await self._tell(observer, observer.created(notification), f"notification {notification.id}")
+        await self._publish_change(notification.user_id, "created", (str(notification.id),))
         return notification
+
+    async def _tell(self, observer: object, call: Awaitable[None], about: str) -> None:
+        """Await an observer's `call`; its failure is logged (once per store outage) and counted, never raised."""
+        name = type(observer).__name__
+        outage = self._observer_outages[name]
+        try:
+            await call
+        except StoreUnavailable as error:
+            # An outage: a warning when it begins, with no traceback but what the store said, which
+            # tells a refusal (NOPERM, READONLY, OOM) from silence; every failure is counted.
+            if self._metrics is not None:
+                self._metrics.observer_failed(name)
+            cause = error.__cause__ or error
+            outage.failed("%s (%s: %s)", about, type(cause).__name__, cause)
+        except Exception:
+            if self._metrics is not None:
+                self._metrics.observer_failed(name)
+            log.exception("observer %s failed for %s", name, about)
+        else:
+            outage.succeeded()
+
+    async def _publish_change(self, user_id: str, kind: str, ids: tuple[str, ...]) -> None:
+        """Tell the change observers of a change, with the user's counts after it."""
+        if not self._change_observers:
+            return
+        try:
+            counts = await self.counts(user_id)
+        except StoreUnavailable:
+            return  # the change stands; the user's streams get the counts when they next resume
+        change = Change(user_id, kind, ids, counts)
+        for observer in self._change_observers:
+            await self._tell(observer, observer.changed(change), f"a change ({kind})")
 
     async def _insert_once(self, document: dict[str, Any]) -> None:
         """Store `document` once, even when the connection drops before MongoDB's answer.
@@ -258,56 +364,109 @@ class NotificationService:
             with contextlib.suppress(DuplicateKeyError):  # the first attempt landed
                 await self._inserts.insert(document)
 
-    async def list_recent(self, user_id: str, limit: int, before: str | None = None) -> NotificationPage:
-        """The user's notifications newest first, `limit` at a time, older than `before` if given.
-
-        The unread count of the first page is that of the moment the page was read: the page's own
-        unread ones and those older than it. One stored meanwhile is in neither and reaches the
-        client by its stream, which counts it; counted here too, the bell's badge showed 2 for 1.
-        """
+    async def list_recent(
+        self, user_id: str, limit: int, before: str | None = None, status: str | None = None, tag: str | None = None
+    ) -> NotificationPage:
+        """The user's notifications newest first, `limit` at a time, older than `before` if given; by `status`
+        (unread, read, archived; without it everything not archived) and `tag`; and the user's counts."""
         if not MIN_LIST_LIMIT <= limit <= MAX_LIST_LIMIT:
             raise Invalid(f"limit must be between {MIN_LIST_LIMIT} and {MAX_LIST_LIMIT}")
-        query: dict[str, Any] = {"user_id": user_id}
-        unread: dict[str, Any] = {"user_id": user_id, "read_at": None}
+        query = _shown(user_id, parse_status(status), tag)
         if before is not None:
             query["_id"] = {"$lt": parse_id(before, field="before")}
         with self._store_errors():
             cursor = self._collection.find(query).sort("_id", DESCENDING).limit(limit + 1)
             documents = [document async for document in cursor]
-            notifications = [Notification.from_document(d) for d in documents[:limit]]
-            has_more = len(documents) > limit
-            if before is not None:
-                unread_count = await self._collection.count_documents(unread)
-            else:
-                unread_count = sum(notification.read_at is None for notification in notifications)
-                if has_more:
-                    older = {**unread, "_id": {"$lt": notifications[-1].id}}
-                    unread_count += await self._collection.count_documents(older)
-        next_before = str(notifications[-1].id) if has_more else None
-        return NotificationPage(notifications, unread_count, next_before)
+        notifications = [Notification.from_document(d) for d in documents[:limit]]
+        next_before = str(notifications[-1].id) if len(documents) > limit else None
+        counts = await self.counts(user_id)
+        return NotificationPage(notifications, counts.unread, counts.unseen, next_before)
+
+    async def counts(self, user_id: str) -> Counts:
+        """The user's unread and unseen notifications now, archived and expired ones left out."""
+        shown = _shown(user_id, None, None)
+        with self._store_errors():
+            unread = await self._collection.count_documents({**shown, "read_at": None})
+            unseen = await self._collection.count_documents({**shown, "seen_at": None})
+        return Counts(unread, unseen)
 
     async def mark_read(self, user_id: str, notification_id: str) -> Notification:
         """Mark one of the user's notifications read; a second call keeps the first `read_at`."""
+        return await self._set_once(user_id, notification_id, "read_at", "read")
+
+    async def archive(self, user_id: str, notification_id: str) -> Notification:
+        """Archive one of the user's notifications: out of the inbox and the counts; a second call keeps the first
+        `archived_at`."""
+        return await self._set_once(user_id, notification_id, "archived_at", "archived")
+
+    async def unarchive(self, user_id: str, notification_id: str) -> Notification:
+        """Bring one of the user's archived notifications back to the inbox."""
         object_id = parse_id(notification_id, field="id")
+        mine = {"_id": object_id, "user_id": user_id}
         with self._store_errors():
             document = await self._collection.find_one_and_update(
-                {"_id": object_id, "user_id": user_id, "read_at": None},
-                {"$set": {"read_at": utc_now()}},
+                {**mine, "archived_at": {"$ne": None}},
+                {"$set": {"archived_at": None}},
                 return_document=ReturnDocument.AFTER,
             )
+            changed = document is not None
             if document is None:
-                document = await self._collection.find_one({"_id": object_id, "user_id": user_id})
+                document = await self._collection.find_one(mine)
         if document is None:
             raise NotFound("no such notification")
+        if changed:
+            await self._publish_change(user_id, "unarchived", (notification_id,))
         return Notification.from_document(document)
 
-    async def mark_all_read(self, user_id: str) -> int:
-        """Mark every unread notification of the user read; returns how many changed."""
+    async def delete(self, user_id: str, notification_id: str) -> None:
+        """Delete one of the user's notifications; NotFound if it is not theirs (or is gone already)."""
+        object_id = parse_id(notification_id, field="id")
         with self._store_errors():
-            result = await self._collection.update_many(
-                {"user_id": user_id, "read_at": None}, {"$set": {"read_at": utc_now()}}
+            result = await self._collection.delete_one({"_id": object_id, "user_id": user_id})
+        if not result.deleted_count:
+            raise NotFound("no such notification")
+        await self._publish_change(user_id, "deleted", (notification_id,))
+
+    async def mark_all_read(
+        self, user_id: str, status: str | None = None, tag: str | None = None
+    ) -> tuple[int, Counts]:
+        """Mark read every unread notification of the user that the filter shows; how many changed, and the counts."""
+        return await self._set_all(user_id, _shown(user_id, parse_status(status), tag), "read_at", "read_all")
+
+    async def archive_all(self, user_id: str, status: str | None = None, tag: str | None = None) -> tuple[int, Counts]:
+        """Archive every notification of the user that the filter shows; how many changed, and the counts."""
+        return await self._set_all(user_id, _shown(user_id, parse_status(status), tag), "archived_at", "archived_all")
+
+    async def mark_all_seen(self, user_id: str) -> tuple[int, Counts]:
+        """Mark every notification of the user seen (the bell's panel opened); how many changed, and the counts."""
+        return await self._set_all(user_id, {"user_id": user_id}, "seen_at", "seen")
+
+    async def _set_once(self, user_id: str, notification_id: str, field: str, kind: str) -> Notification:
+        """Set `field` of one of the user's notifications to now, unless it is set already."""
+        object_id = parse_id(notification_id, field="id")
+        mine = {"_id": object_id, "user_id": user_id}
+        with self._store_errors():
+            document = await self._collection.find_one_and_update(
+                {**mine, field: None}, {"$set": {field: utc_now()}}, return_document=ReturnDocument.AFTER
             )
-        return int(result.modified_count)
+            changed = document is not None
+            if document is None:
+                document = await self._collection.find_one(mine)
+        if document is None:
+            raise NotFound("no such notification")
+        if changed:
+            await self._publish_change(user_id, kind, (notification_id,))
+        return Notification.from_document(document)
+
+    async def _set_all(self, user_id: str, query: dict[str, Any], field: str, kind: str) -> tuple[int, Counts]:
+        """Set `field` to now on each notification `query` matches where it is not set yet."""
+        with self._store_errors():
+            # `$and`: the filter may name `field` itself (read-all on the read ones changes nothing).
+            result = await self._collection.update_many({"$and": [query, {field: None}]}, {"$set": {field: utc_now()}})
+        updated = int(result.modified_count)
+        if updated:
+            await self._publish_change(user_id, kind, ())
+        return updated, await self.counts(user_id)
 
     async def missed(
         self, user_id: str, after: str, limit: int, look_back: bool, at_most: int | None = None
@@ -348,8 +507,9 @@ class NotificationService:
         except (InvalidId, TypeError):
             return None
         newer: dict[str, Any] = {"_id": {"$gt": last_seen}}
+        live = {"user_id": user_id, "expires_at": {"$not": {"$lte": utc_now()}}}
         if not look_back:
-            return {"user_id": user_id, **newer}
+            return {**live, **newer}
         with self._store_errors():
             last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
         branches: list[dict[str, Any]] = [newer]
@@ -358,7 +518,7 @@ class NotificationService:
             branches.append(
                 {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
             )
-        return {"user_id": user_id, "$or": branches}
+        return {**live, "$or": branches}
 
     @contextlib.contextmanager
     def _store_errors(self) -> Iterator[None]:
@@ -407,6 +567,12 @@ def validate_new_notification(fields: Mapping[str, Any], now: datetime.datetime)
     data_json = json.dumps(data, separators=(",", ":"))
     if len(data_json) > MAX_DATA_BYTES:
         raise Invalid(f"data must be at most {MAX_DATA_BYTES} bytes as JSON")
+    avatar_url = _text(fields, "avatar_url", max_length=MAX_URL_LENGTH)
+    if avatar_url is not None and not (avatar_url.lower().startswith("https://") and is_safe_link(avatar_url)):
+        raise Invalid("avatar_url must be an absolute https URL without spaces or \\")
+    expires_at = _timestamp(fields, "expires_at")
+    if expires_at is not None and expires_at <= now:
+        raise Invalid("expires_at must be in the future")
     return Notification(
         id=ObjectId(),
         user_id=user_id,
@@ -417,7 +583,78 @@ def validate_new_notification(fields: Mapping[str, Any], now: datetime.datetime)
         url=url,
         created_at=now,
         read_at=None,
+        tags=_tags(fields.get("tags")),
+        actions=_actions(fields.get("actions")),
+        avatar_url=avatar_url,
+        expires_at=expires_at,
     )
+
+
+def parse_tag(value: str) -> str:
+    """A tag as a list filter names it, or raise Invalid."""
+    return _required_text({"tag": value}, "tag", max_length=MAX_TAG_LENGTH)
+
+
+def parse_status(value: str | None) -> str | None:
+    """A list filter's status (None: everything not archived), or raise Invalid."""
+    if value is not None and value not in STATUSES:
+        raise Invalid(f"status must be one of {', '.join(STATUSES)}")
+    return value
+
+
+def _shown(user_id: str, status: str | None, tag: str | None) -> dict[str, Any]:
+    """The query of the user's notifications a list shows: by status (None: all not archived), by tag, never
+    an expired one (MongoDB's TTL monitor removes those only within about a minute)."""
+    query: dict[str, Any] = {"user_id": user_id, "expires_at": {"$not": {"$lte": utc_now()}}, "archived_at": None}
+    if status == "unread":
+        query["read_at"] = None
+    elif status == "read":
+        query["read_at"] = {"$ne": None}
+    elif status == "archived":
+        query["archived_at"] = {"$ne": None}
+    if tag is not None:
+        query["tags"] = parse_tag(tag)
+    return query
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_TAGS:
+        raise Invalid(f"tags must be a list of at most {MAX_TAGS} strings")
+    tags = [_required_text({"tags": tag}, "tags", max_length=MAX_TAG_LENGTH) for tag in value]
+    return tuple(dict.fromkeys(tags))  # in order, each once
+
+
+def _actions(value: Any) -> tuple[Action, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_ACTIONS:
+        raise Invalid(f"actions must be a list of at most {MAX_ACTIONS} objects with a label and a url")
+    actions = []
+    for action in value:
+        if not isinstance(action, Mapping) or set(action) != _ACTION_FIELDS:
+            raise Invalid("each action must be an object with exactly a label and a url")
+        label = _required_text(action, "label", max_length=MAX_ACTION_LABEL_LENGTH)
+        url = _required_text(action, "url", max_length=MAX_URL_LENGTH)
+        if not is_safe_link(url):
+            raise Invalid("an action's url must be an absolute http(s) URL or a path starting with a single /")
+        actions.append(Action(label, url))
+    return tuple(actions)
+
+
+def _timestamp(fields: Mapping[str, Any], name: str) -> datetime.datetime | None:
+    value = _text(fields, name, max_length=64)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise Invalid(f"{name} must be an ISO 8601 date and time, such as 2027-01-02T03:04:05Z") from None
+    if parsed.tzinfo is None:
+        raise Invalid(f"{name} must name its time zone (Z or an offset)")
+    utc = parsed.astimezone(datetime.UTC)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)  # MongoDB keeps milliseconds
 
 
 def is_safe_link(url: str) -> bool:
@@ -464,6 +701,14 @@ def utc_now() -> datetime.datetime:
 
 def _as_utc(value: datetime.datetime) -> datetime.datetime:
     return value.replace(tzinfo=datetime.UTC) if value.tzinfo is None else value
+
+
+def _optional_utc(value: datetime.datetime | None) -> datetime.datetime | None:
+    return _as_utc(value) if value else None
+
+
+def _optional_timestamp(value: datetime.datetime | None) -> str | None:
+    return format_timestamp(value) if value else None
 
 
 def _required_text(fields: Mapping[str, Any], name: str, *, max_length: int) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
 from services.metrics import Metrics
-from services.notifications import Notification, NotificationService
+from services.notifications import Counts, Notification, NotificationService
 
 # A page's notifications, and whether MongoDB may hold more after the last of them.
 Page = tuple[list[Notification], bool]
@@ -55,6 +55,10 @@ class RecoveryReads:
             (user_id, after, look_back, at_most),
             lambda: self._notifications.missed(user_id, after, self.page_size, look_back, at_most),
         )
+
+    async def counts(self, user_id: str) -> Counts:
+        """The user's counts now (`NotificationService.counts`), read once for the tabs that ask together."""
+        return await self._shared(("counts", user_id), lambda: self._notifications.counts(user_id))
 
     async def close(self) -> None:
         """Cancel the reads under way (shutdown: the streams that wait for them are ending)."""

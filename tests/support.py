@@ -112,6 +112,10 @@ class SSEStream:
         self._chunked = False
         # Every byte of the event stream received so far (de-chunked), for tests of the framing itself.
         self.received = bytearray()
+        # `changed` events, kept apart: `next_event` passes them by, `next_change` takes them in order.
+        self.changes: list[Event] = []
+        self._changes_taken = 0
+        self._passed_by: list[Event] = []
 
     @classmethod
     async def open(
@@ -158,8 +162,29 @@ class SSEStream:
         self.received += data
 
     async def next_event(self, timeout: float = 5.0) -> Event:
-        """The next event or comment block; TimeoutError if none arrives in time."""
-        return await asyncio.wait_for(self._next_event(), timeout)
+        """The next event or comment block other than a `changed` event; TimeoutError if none arrives in time."""
+        return await asyncio.wait_for(self._next_other_than_a_change(), timeout)
+
+    async def next_change(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next `changed` event's data; TimeoutError if none arrives in time."""
+        await asyncio.wait_for(self._next_change(), timeout)
+        self._changes_taken += 1
+        return self.changes[self._changes_taken - 1].json()
+
+    async def _next_other_than_a_change(self) -> Event:
+        if self._passed_by:
+            return self._passed_by.pop(0)
+        while (event := await self._next_event()).event == "changed":
+            self.changes.append(event)
+        return event
+
+    async def _next_change(self) -> None:
+        while len(self.changes) <= self._changes_taken:
+            event = await self._next_event()
+            if event.event == "changed":
+                self.changes.append(event)
+            else:
+                self._passed_by.append(event)
 
     async def _next_event(self) -> Event:
         while b"\n\n" not in self._buffer:

@@ -75,7 +75,7 @@ async def test_preflight_of_an_allowed_origin_names_methods_and_headers(api, pat
     )
     assert response.code == 204
     assert response.headers["Access-Control-Allow-Origin"] == ALLOWED
-    assert response.headers["Access-Control-Allow-Methods"] == "GET, POST"
+    assert response.headers["Access-Control-Allow-Methods"] == "GET, POST, DELETE"
     assert response.headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, Last-Event-ID"
     assert int(response.headers["Access-Control-Max-Age"]) > 0
 

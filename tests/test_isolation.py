@@ -33,7 +33,7 @@ async def test_a_user_never_lists_counts_marks_or_streams_another_users_notifica
     assert response.code == 404
     assert json.loads(response.body)["error"]["code"] == "not_found"
     response = await api.as_user("alice", "POST", "/api/notifications/read-all")
-    assert json.loads(response.body) == {"updated": 1}
+    assert json.loads(response.body) == {"updated": 1, "unread_count": 0, "unseen_count": 1}
     bob_page = await _page(api, "bob")
     assert bob_page["unread_count"] == 3
     assert all(n["read_at"] is None for n in bob_page["notifications"])
@@ -62,10 +62,13 @@ async def test_a_user_whose_id_looks_like_anothers_sees_nothing_of_theirs(api, o
     await stream.next_event()
     bobs = await api.create("bob", "bob's")
     page = await _page(api, intruder, f"?before={'f' * 24}")
-    assert page == {"notifications": [], "unread_count": 0, "next_before": None}
+    assert page == {"notifications": [], "unread_count": 0, "unseen_count": 0, "next_before": None}
     assert (await api.as_user(intruder, "POST", f"/api/notifications/{bobs['id']}/read")).code == 404
-    assert json.loads((await api.as_user(intruder, "POST", "/api/notifications/read-all")).body) == {"updated": 0}
+    read_all = json.loads((await api.as_user(intruder, "POST", "/api/notifications/read-all")).body)
+    assert read_all == {"updated": 0, "unread_count": 0, "unseen_count": 0}
     own = await api.create(intruder, "the intruder's own")
     [event] = await stream.notifications(1)
     assert event.id == own["id"]
+    # The changes it is told of are its own: its one notification created, none of bob's.
+    assert await stream.next_change() == {"change": "created", "ids": [own["id"]], "unread_count": 1, "unseen_count": 1}
     assert (await _page(api, "bob"))["unread_count"] == 1

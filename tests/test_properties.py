@@ -283,7 +283,7 @@ def test_any_query_of_the_list_answers_200_or_a_json_400(io_loop, api, query):
         response = await api.as_user("alice", "GET", f"/api/notifications?{query}")
         page = assert_answer(response, {200, 400})
         if response.code == 200:
-            assert set(page) == {"notifications", "unread_count", "next_before"}
+            assert set(page) == {"notifications", "unread_count", "unseen_count", "next_before"}
             assert len(page["notifications"]) <= 100
 
     io_loop.run_sync(check, timeout=REQUEST_TIMEOUT)
@@ -452,8 +452,13 @@ def test_line_breaks_and_field_prefixes_in_fields_never_break_the_event_framing(
             assert [e.id for e in events] == [n["id"] for n in [*created, end]]
             assert [strict_json(e.data.encode()) for e in events] == [*created, end]
             parsed, retries = parse_event_stream(bytes(stream.received))
-            assert [(e["type"], e["id"]) for e in parsed] == [("notification", n["id"]) for n in [*created, end]]
-            assert [json.loads(e["data"]) for e in parsed] == [*created, end]
+            notifications = [e for e in parsed if e["type"] == "notification"]
+            assert [e["id"] for e in notifications] == [n["id"] for n in [*created, end]]
+            assert [json.loads(e["data"]) for e in notifications] == [*created, end]
+            # Between them only the changes that announce each create, framed as cleanly.
+            changes = [json.loads(e["data"]) for e in parsed if e["type"] != "notification"]
+            assert all(change["change"] == "created" for change in changes), changes
+            assert [change["ids"] for change in changes] == [[n["id"]] for n in [*created, end]][: len(changes)]
             assert retries == [2000]
             assert_clean_framing(bytes(stream.received))
         finally:
