@@ -11,6 +11,8 @@ import { SharedStream, streamKey } from "./stream.js";
 /** The tab shown first: everything not archived. */
 export const INBOX = "inbox";
 const TAG_TAB_PREFIX = "tag:";
+// Changes of many notifications that decide what a tab lists (a bulk "seen" does not).
+const BULK_CHANGES_OF_THE_LIST = new Set(["read_all", "archived", "archived_all", "unarchived"]);
 
 function newestFirst(a, b) {
   // ObjectIds are 24 lowercase hex digits: comparing the strings orders them by creation.
@@ -288,8 +290,9 @@ export class BellStore {
 
   /**
    * A `changed` event: what the user's devices (this one too) did, with the server's counts. The
-   * notifications it names change here without a request; a bulk change names none but says which
-   * filter it applied to.
+   * notifications it names change here without a request. A bulk change names none: with the
+   * filter it applied to, the same happens here; without, only the server knows which changed,
+   * so the shown tab is reloaded.
    */
   applyChange(change) {
     if (!change || typeof change !== "object") return;
@@ -297,6 +300,10 @@ export class BellStore {
     this.countsChangedDuringLoad = true;
     this.setCounts(change);
     const ids = Array.isArray(change.ids) ? change.ids : [];
+    if (!ids.length && !change.filter && BULK_CHANGES_OF_THE_LIST.has(change.change)) {
+      this.refresh();
+      return;
+    }
     const affected = ids.length
       ? ids.map((id) => this.known.get(id)).filter(Boolean)
       : Array.from(this.known.values()).filter((item) => matchesFilter(item, change.filter));
@@ -314,6 +321,7 @@ export class BellStore {
         });
         break;
       case "archived":
+      case "archived_all":
         affected.forEach((item) => {
           if (!item.archived_at) item.archived_at = now;
         });

@@ -63,6 +63,18 @@ SCENARIOS = {
       store.applyChange({ change: "read_all", ids: [], filter: { status: null, tag: "billing" }, unread_count: 2 });
       return snapshot();
     }""",
+    # A bulk change without its filter: only the server knows which changed, so the shown tab is reloaded.
+    "bulk_change_without_a_filter": """{
+      await listed("tag:billing", [item(B, { tags: ["billing"] })], { unread_count: 2 });
+      store.applyChange({ change: "read_all", ids: [], unread_count: 1, unseen_count: 0 });
+      const asked = pages.length;
+      pages[asked - 1].resolve({
+        notifications: [item(B, { tags: ["billing"], read_at: "2026-01-01T00:00:01Z" })], unread_count: 1,
+      });
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      store.applyChange({ change: "seen", ids: [], unread_count: 1, unseen_count: 0 });
+      return { ...snapshot(), filters: pages.map((p) => p.filter), askedAfterReadAll: asked };
+    }""",
     # Each tab lists only what it shows, live notifications included, and asks with its own filter.
     "tabs_filter_what_they_list": """{
       await listed("unread", [item(A)], { unread_count: 1 });
@@ -167,6 +179,14 @@ EXPECTED = {
         "filters": [{"status": "unread", "tag": None}, {"status": None, "tag": "billing"}],
     },
     "read_in_the_unread_tab": {"ids": ["0000000000000000000000a1"], "read": [], "unread": 1, "unseen": 0},
+    "bulk_change_without_a_filter": {
+        "ids": ["0000000000000000000000b2"],
+        "read": ["0000000000000000000000b2"],
+        "unread": 1,
+        "unseen": 0,
+        "filters": [{"status": None, "tag": "billing"}, {"status": None, "tag": "billing"}],
+        "askedAfterReadAll": 2,
+    },
     "counts_during_a_load": {"ids": ["0000000000000000000000a1"], "read": [], "unread": 7, "unseen": 4},
     "answer_for_a_tab_left_meanwhile": {
         "ids": ["0000000000000000000000b2"],
