@@ -75,7 +75,8 @@ export class BellStore {
     // Set once the stream sent a `changed` event: from then on the counts are the server's, never
     // worked out here, so that no two sources count one change twice.
     this.serverCounts = false;
-    // Ids received live, and whether the counts changed, while a list request is in flight: the answer may predate them.
+    // Ids received live, and whether the counts changed, while a list request is in flight: the
+    // answer may predate them.
     this.arrivedDuringLoad = new Set();
     this.countsChangedDuringLoad = false;
     this.generation = 0; // of list requests: only the newest one's answer is shown
@@ -170,7 +171,7 @@ export class BellStore {
     if (typeof source.unseen_count === "number") this.state.unseen = source.unseen_count;
   }
 
-  /** Replace the list with the server's newest page (Refresh, a tab chosen, after a stream was reopened, and on `resync`). */
+  /** Replace the list with the server's newest page (Refresh, a tab chosen, a stream reopened, `resync`). */
   async refresh() {
     this.arrivedDuringLoad = new Set();
     this.countsChangedDuringLoad = false;

@@ -46,7 +46,7 @@ function safeAvatarUrl(url) {
   return /^https:\/\/[^/]/i.test(url) ? url : null;
 }
 
-/** The `tabs` attribute ("billing, security") as tag tabs' keys: trimmed, each once, as many as a notification has tags. */
+/** The tags of the `tabs` attribute ("billing, security"): trimmed, each once, as many as a notification has. */
 function tagTabs(attribute) {
   const tags = String(attribute || "")
     .split(",")
@@ -192,7 +192,10 @@ function renderActions(view, item) {
   const { store } = view;
   const t = (key, params) => view.i18n.value.t(key, params);
   const links = (Array.isArray(item.actions) ? item.actions : [])
-    .map((action) => ({ label: action && typeof action.label === "string" ? action.label : "", url: safeUrl(action && action.url) }))
+    .map((action) => ({
+      label: action && typeof action.label === "string" ? action.label : "",
+      url: safeUrl(action && action.url),
+    }))
     .filter((action) => action.label && action.url)
     .map((action, index) =>
       h(
@@ -233,28 +236,21 @@ function renderItem(view, item, index) {
   }
   const buttons = [];
   if (!item.read_at) {
-    const attributes = { class: "link-button mark-read", part: "item-button" };
-    buttons.push(
-      h(
-        "button",
-        {
-          ...attributes,
-          type: "button",
-          "aria-label": t("markReadLabel", { title: item.title }),
-          onClick: onEntry(() => store.markRead(item)),
-        },
-        t("markRead")
-      )
-    );
+    const label = t("markReadLabel", { title: item.title });
+    const attributes = { type: "button", class: "link-button mark-read", part: "item-button", "aria-label": label };
+    buttons.push(h("button", { ...attributes, onClick: onEntry(() => store.markRead(item)) }, t("markRead")));
   }
   if (item.archived_at) {
     const onClick = onEntry(() => store.setArchived(item, false));
-    buttons.push(iconButton("unarchive", t("unarchiveLabel", { title: item.title }), t("unarchive"), UNARCHIVE_ICON, onClick));
+    const label = t("unarchiveLabel", { title: item.title });
+    buttons.push(iconButton("unarchive", label, t("unarchive"), UNARCHIVE_ICON, onClick));
   } else {
     const onClick = onEntry(() => store.setArchived(item, true));
-    buttons.push(iconButton("archive", t("archiveLabel", { title: item.title }), t("archive"), ARCHIVE_ICON, onClick));
+    const label = t("archiveLabel", { title: item.title });
+    buttons.push(iconButton("archive", label, t("archive"), ARCHIVE_ICON, onClick));
   }
-  buttons.push(iconButton("delete", t("deleteLabel", { title: item.title }), t("delete"), DELETE_ICON, onEntry(() => store.remove(item))));
+  const onDelete = onEntry(() => store.remove(item));
+  buttons.push(iconButton("delete", t("deleteLabel", { title: item.title }), t("delete"), DELETE_ICON, onDelete));
   meta.push(h("span", { class: "item-buttons" }, buttons));
 
   const attributes = {
@@ -301,7 +297,8 @@ function emptyText(view) {
 function renderList(view) {
   const { state } = view.store;
   if (!state.items.length) return h("p", { class: "empty", part: "empty" }, emptyText(view));
-  const attributes = { ref: view.panel.list, class: "list", part: "list", "aria-label": view.i18n.value.t("listLabel") };
+  const label = view.i18n.value.t("listLabel");
+  const attributes = { ref: view.panel.list, class: "list", part: "list", "aria-label": label };
   return h("ul", attributes, state.items.map((item, index) => renderItem(view, item, index)));
 }
 
