@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
-from handlers.base import APIError, BaseHandler
+from handlers.base import IGNORED_BODY_BYTES, APIError, BaseHandler
+from services.idempotency import HEADER as IDEMPOTENCY_HEADER
+from services.idempotency import IdempotencyKey, producer_pseudonym
+from services.notifications import validate_create
 
 DEFAULT_LIST_LIMIT = 20
+# Says that an answer repeats the first one of its Idempotency-Key.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 class NotificationsHandler(BaseHandler):
     """`/api/notifications`: create (producers) and list (users)."""
 
+    # A create's, set by admit(): the producer's API key, and its Idempotency-Key if it sent one.
+    _api_key = ""
+    _idempotency_key: IdempotencyKey | None = None
+
+    def body_limit(self) -> int:
+        """A create takes up to MAX_BODY_BYTES; the list, none."""
+        return self.config.max_body_bytes if self.request.method == "POST" else 0
+
+    async def admit(self) -> None:
+        """A create needs the API key, a valid Idempotency-Key if any, and room in the key's rate limit for its
+        first notification: all checked before its body is read."""
+        if self.request.method != "POST":
+            return
+        key = self.request.headers.get("X-API-Key")
+        self.authenticator.check_api_key(key)
+        assert key is not None
+        header = self.request.headers.get(IDEMPOTENCY_HEADER)
+        self._idempotency_key = IdempotencyKey.from_header(producer_pseudonym(key), header)
+        await self.producer_rate_limiter.admit(key)
+        self._api_key = key
+
     async def post(self) -> None:
-        """Create a notification for `user_id` (needs `X-API-Key`, within its rate limit); 201 with it stored."""
-        await self.admit_producer()
-        notification = await self.notifications.create(self.get_json_body())
-        self.write_json(notification.to_dict(), status=201)
+        """Create a notification for `user_id`, 201 with it; or one for each of `user_ids` (1 to 1,000, each
+        counted by the rate limit), 201 with `{"notifications": [...]}`. A repeated `Idempotency-Key` answers
+        the first request's again (`Idempotent-Replayed: true`), or 409 if that one asked something else."""
+        request = validate_create(self.get_json_body())
+        await self.producer_rate_limiter.admit(self._api_key, len(request.user_ids) - 1)  # the first: in admit()
+        created = await self.notifications.create_many(request, self._idempotency_key)
+        if created.replayed:
+            self.set_header(REPLAYED_HEADER, "true")
+        self.write_json(created.to_dict(), status=201)
 
     async def get(self) -> None:
         """The user's notifications newest first: `limit` (1 to 100, default 20), `before` an id to page on."""
@@ -36,21 +67,37 @@ class NotificationsHandler(BaseHandler):
             raise APIError(400, "invalid", "limit must be an integer") from None
 
 
-class MarkReadHandler(BaseHandler):
+class UserWriteHandler(BaseHandler):
+    """A user's write: the token is checked before the body, which is ignored (a JSON `{}` at most)."""
+
+    # Set by admit(): the user of the token.
+    _writer = ""
+
+    def body_limit(self) -> int:
+        """Room for the `{}` of a client that sends its writes as JSON (as those the cookie authenticates must)."""
+        return IGNORED_BODY_BYTES if self.request.method == "POST" else 0
+
+    async def admit(self) -> None:
+        """The user's token, before the body."""
+        if self.request.method == "POST":
+            self._writer = self.current_user_id()
+
+
+class MarkReadHandler(UserWriteHandler):
     """`/api/notifications/<id>/read`: mark one notification read."""
 
     async def post(self, notification_id: str) -> None:
         """Mark the user's notification read; 200 with it, 404 if it is not theirs."""
-        notification = await self.notifications.mark_read(self.current_user_id(), notification_id)
+        notification = await self.notifications.mark_read(self._writer, notification_id)
         self.write_json(notification.to_dict())
 
 
-class MarkAllReadHandler(BaseHandler):
+class MarkAllReadHandler(UserWriteHandler):
     """`/api/notifications/read-all`: mark every notification of the user read."""
 
     async def post(self) -> None:
         """Mark all the user's unread notifications read; answers how many changed."""
-        updated = await self.notifications.mark_all_read(self.current_user_id())
+        updated = await self.notifications.mark_all_read(self._writer)
         self.write_json({"updated": updated})
 
 
