@@ -65,12 +65,12 @@ async def test_a_create_for_the_most_users_it_takes_stores_and_answers_them_all(
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"user_id": "alice", "user_ids": ["bob"], "title": "t"}, "user_ids"),
-        ({"user_ids": [], "title": "t"}, "user_ids"),
-        ({"user_ids": [f"u{i}" for i in range(MAX_USERS_PER_CREATE + 1)], "title": "t"}, "user_ids"),
+        ({"user_id": "alice", "user_ids": ["bob"], "title": "t"}, "user_id or user_ids, not both"),
+        ({"user_ids": [], "title": "t"}, f"user_ids must list 1 to {MAX_USERS_PER_CREATE}"),
+        ({"user_ids": [f"u{i}" for i in range(MAX_USERS_PER_CREATE + 1)], "title": "t"}, "user_ids must list 1 to"),
         ({"user_ids": ["alice", "bob", "alice"], "title": "t"}, "user_ids[2] repeats user_ids[0]"),
-        ({"user_ids": "alice", "title": "t"}, "user_ids"),
-        ({"user_ids": {"alice": 1}, "title": "t"}, "user_ids"),
+        ({"user_ids": "alice", "title": "t"}, "user_ids must be a list"),
+        ({"user_ids": {"alice": 1}, "title": "t"}, "user_ids must be a list"),
         ({"user_ids": ["alice", 7], "title": "t"}, "user_ids[1]"),
         ({"user_ids": ["alice", ""], "title": "t"}, "user_ids[1]"),
         ({"user_ids": ["   "], "title": "t"}, "user_ids[0]"),
