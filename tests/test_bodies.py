@@ -139,6 +139,20 @@ async def test_a_request_refused_by_its_headers_is_answered_before_its_body_is_s
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_a_static_file_takes_no_body_either(server):
+    port, _ = server
+    client = await Client.send_head(
+        port, "GET", "/static/notification-bell.js", {"Content-Length": str(DECLARED_LENGTH)}
+    )
+    try:
+        status, _, _ = await client.answer()
+        assert status == 413
+        assert await client.closed_by_server()
+    finally:
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_producer_declaring_a_body_past_max_body_bytes_gets_a_json_413_before_sending_it(server, api):
     port, _ = server
     client = await Client.send_head(
