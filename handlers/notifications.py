@@ -24,8 +24,11 @@ class NotificationsHandler(BaseHandler):
         return self.config.max_body_bytes if self.request.method == "POST" else 0
 
     async def admit(self) -> None:
-        """A create needs the API key, a valid Idempotency-Key if any, and room in the key's rate limit for its
-        first notification: all checked before its body is read."""
+        """A create needs the API key and a valid Idempotency-Key if any, checked before its body is read.
+
+        The rate limit waits for the body, which says how many notifications to count: a producer holding
+        the key may send one, and its connection stays open for the next request.
+        """
         if self.request.method != "POST":
             return
         key = self.request.headers.get("X-API-Key")
@@ -33,7 +36,6 @@ class NotificationsHandler(BaseHandler):
         assert key is not None
         header = self.request.headers.get(IDEMPOTENCY_HEADER)
         self._idempotency_key = IdempotencyKey.from_header(producer_pseudonym(key), header)
-        await self.producer_rate_limiter.admit(key)
         self._api_key = key
 
     async def post(self) -> None:
@@ -41,7 +43,7 @@ class NotificationsHandler(BaseHandler):
         counted by the rate limit), 201 with `{"notifications": [...]}`. A repeated `Idempotency-Key` answers
         the first request's again (`Idempotent-Replayed: true`), or 409 if that one asked something else."""
         request = validate_create(self.get_json_body())
-        await self.producer_rate_limiter.admit(self._api_key, len(request.user_ids) - 1)  # the first: in admit()
+        await self.producer_rate_limiter.admit(self._api_key, len(request.user_ids))
         created = await self.notifications.create_many(request, self._idempotency_key)
         if created.replayed:
             self.set_header(REPLAYED_HEADER, "true")

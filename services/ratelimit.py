@@ -71,7 +71,7 @@ class ProducerRateLimiter:
 
     async def admit(self, api_key: str, notifications: int = 1) -> None:
         """Count `notifications` of `api_key`; past the allowance RateLimited, with the seconds the window has left."""
-        if not self._limit.enabled or notifications <= 0:
+        if not self._limit.enabled:
             return
         try:
             count, remaining_ms = await self._count(rate_key(api_key), notifications)
