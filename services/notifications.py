@@ -438,7 +438,7 @@ class NotificationService:
     async def _tell_observers_of(self, notification: Notification) -> None:
         for observer in self._observers:
             await self._tell(observer, observer.created(notification), f"notification {notification.id}")
-        await self._publish_change(notification.user_id, "created", (str(notification.id),))
+        await self.publish_change(notification.user_id, "created", (str(notification.id),))
 
     async def _tell(self, observer: object, call: Awaitable[None], about: str) -> None:
         """Await an observer's `call`; its failure is logged (once per store outage) and counted, never raised."""
@@ -460,8 +460,8 @@ class NotificationService:
         else:
             outage.succeeded()
 
-    async def _publish_change(self, user_id: str, kind: str, ids: tuple[str, ...]) -> None:
-        """Tell the change observers of a change, with the user's counts after it."""
+    async def publish_change(self, user_id: str, kind: str, ids: tuple[str, ...]) -> None:
+        """Tell the change observers of a change to the user's notifications, with the user's counts after it."""
         if not self._change_observers:
             return
         try:
@@ -509,6 +509,14 @@ class NotificationService:
         counts = await self.counts(user_id)
         return NotificationPage(notifications, counts.unread, counts.unseen, next_before)
 
+    async def expired_between(
+        self, since: datetime.datetime, until: datetime.datetime, limit: int
+    ) -> list[Notification]:
+        """Up to `limit` notifications whose `expires_at` is after `since` and at most `until`, soonest first."""
+        with self._store_errors():
+            cursor = self._collection.find({"expires_at": {"$gt": since, "$lte": until}}).sort("expires_at", ASCENDING)
+            return [Notification.from_document(document) async for document in cursor.limit(limit)]
+
     async def counts(self, user_id: str) -> Counts:
         """The user's unread and unseen notifications now, archived and expired ones left out."""
         shown = _shown(user_id, None, None)
@@ -542,7 +550,7 @@ class NotificationService:
         if document is None:
             raise NotFound("no such notification")
         if changed:
-            await self._publish_change(user_id, "unarchived", (notification_id,))
+            await self.publish_change(user_id, "unarchived", (notification_id,))
         return Notification.from_document(document)
 
     async def delete(self, user_id: str, notification_id: str) -> None:
@@ -552,7 +560,7 @@ class NotificationService:
             result = await self._collection.delete_one({"_id": object_id, "user_id": user_id})
         if not result.deleted_count:
             raise NotFound("no such notification")
-        await self._publish_change(user_id, "deleted", (notification_id,))
+        await self.publish_change(user_id, "deleted", (notification_id,))
 
     async def mark_all_read(
         self, user_id: str, status: str | None = None, tag: str | None = None
@@ -582,7 +590,7 @@ class NotificationService:
         if document is None:
             raise NotFound("no such notification")
         if changed:
-            await self._publish_change(user_id, kind, (notification_id,))
+            await self.publish_change(user_id, kind, (notification_id,))
         return Notification.from_document(document)
 
     async def _set_all(self, user_id: str, query: dict[str, Any], field: str, kind: str) -> tuple[int, Counts]:
@@ -592,7 +600,7 @@ class NotificationService:
             result = await self._collection.update_many({"$and": [query, {field: None}]}, {"$set": {field: utc_now()}})
         updated = int(result.modified_count)
         if updated:
-            await self._publish_change(user_id, kind, ())
+            await self.publish_change(user_id, kind, ())
         return updated, await self.counts(user_id)
 
     async def missed(
