@@ -35,6 +35,7 @@ from services.command_batcher import CommandBatcher
 from services.command_line import parse_command, print_token
 from services.connection import MAX_ENTRIES_PER_SEND
 from services.development import EmbeddedStores, UnsafeSecretsFile, print_how_to_try, with_generated_secrets
+from services.expiry import ExpiryAnnouncer
 from services.health import HealthService
 from services.logs import LOG_LEVELS, UserIdHasher, configure_logging
 from services.memory import ScheduledFullCollections
@@ -74,6 +75,7 @@ class Runtime:
     wakeups: WakeupHub
     notifications: NotificationService
     recovery_reads: RecoveryReads
+    expiry: ExpiryAnnouncer
     delivery_cache: DeliveryCache
     authenticator: Authenticator
     health: HealthService
@@ -90,6 +92,7 @@ class Runtime:
         await self.status_history.close()
         await self.health.close()
         await self.streams.close()
+        await self.expiry.close()
         await self.recovery_reads.close()
         await self.wakeups.close()
         await self.batcher.close()
@@ -129,6 +132,7 @@ async def start_runtime(
         recovery_reads=RecoveryReads(
             notifications, metrics, settings.max_concurrent_recoveries, RECOVERY_JITTER_SECONDS, MAX_ENTRIES_PER_SEND
         ),
+        expiry=ExpiryAnnouncer(notifications, batcher),
         delivery_cache=delivery_cache,
         authenticator=Authenticator(
             settings.jwt_secret,
@@ -154,6 +158,7 @@ async def start_runtime(
     except TimeoutError:
         log.warning("no subscription to Redis yet; streams rely on their own scans until there is")
     runtime.streams.start()
+    runtime.expiry.start()
     if settings.metrics_enabled:
         runtime.status_history.start()
     return runtime

@@ -24,7 +24,7 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 class Stream:
     """One open stream and the payload keys it received, in order."""
 
-    __slots__ = ("keys", "latencies", "path", "reader", "task", "writer")
+    __slots__ = ("changes", "keys", "latencies", "path", "reader", "task", "writer")
 
     def __init__(self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.path = path
@@ -32,6 +32,8 @@ class Stream:
         self.writer = writer
         self.keys: list[str] = []
         self.latencies: list[float] = []
+        # bellcast's `changed` events: (what changed and which ids, when it arrived).
+        self.changes: list[tuple[str, float]] = []
         self.task: asyncio.Task[None] | None = None
 
 
@@ -39,6 +41,9 @@ def _record(stream: Stream, data: bytes) -> None:
     try:
         payload = json.loads(data)
     except ValueError:
+        return
+    if isinstance(payload, dict) and "change" in payload and isinstance(payload.get("ids"), list):
+        stream.changes.append((f"{payload['change']}:{','.join(map(str, payload['ids']))}", time.time()))
         return
     inner = payload.get("data") if isinstance(payload, dict) else None
     if isinstance(inner, dict) and "k" in inner:
@@ -167,12 +172,14 @@ class Worker:
             "open": alive,
             "keys": [[s.path, s.keys] for s in self.streams],
             "latencies": [latency for s in self.streams for latency in s.latencies],
+            "changes": [[s.path, s.changes] for s in self.streams],
         }
 
     def reset(self) -> dict[str, Any]:
         for s in self.streams:
             s.keys.clear()
             s.latencies.clear()
+            s.changes.clear()
         return {"ok": True}
 
     def close_all(self, reset: bool) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """`make bench`: bellcast under thousands of streams, and nginx + Nchan under the same load, in one run.
 
-Scenarios (each bounded in time): 1 hold idle streams, 2 fan-out, 3 burst, 4 churn; Nchan runs
+Scenarios (each bounded in time): 1 hold idle streams, 2 fan-out, 3 burst, 4 churn, 5 changes (each user
+marks a notification read; every tab must get the `changed` event); Nchan runs
 1 and 2, and a minimal Tornado server (bench/tornado_minimal.py) runs 1, to show what Tornado
 itself costs on the machine of the run. Prints a table with bellcast/Nchan and bellcast/Tornado
 ratios, writes bench/results.json, and draws
@@ -42,7 +43,7 @@ READY_TIMEOUT = 60.0
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 # The minimal Tornado server holds each size this long: long enough to read its RSS, it does nothing idle.
 TORNADO_HOLD_SECONDS = 10.0
-SCENARIOS = ("hold", "fanout", "burst", "churn")
+SCENARIOS = ("hold", "fanout", "burst", "churn", "changes")
 
 
 # ---------------------------------------------------------------- measuring the server
@@ -337,6 +338,11 @@ class Producer:
             self.free.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
 
     async def post(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        """POST `body`; the answer's status."""
+        return (await self.post_for_body(path, headers, body))[0]
+
+    async def post_for_body(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        """POST `body`; the answer's status and body."""
         reader, writer = await self.free.get()
         try:
             head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Length: {len(body)}\r\n"
@@ -348,9 +354,8 @@ class Producer:
             for line in response.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            if length:
-                await reader.readexactly(length)
-            return status
+            answer = await reader.readexactly(length) if length else b""
+            return status, answer
         finally:
             self.free.put_nowait((reader, writer))
 
@@ -584,6 +589,80 @@ async def scenario_burst(target: Bellcast, workers: Workers, tabs: int, count: i
     return result
 
 
+async def scenario_changes(target: Bellcast, workers: Workers, users: int, tabs: int, rate: float) -> dict[str, Any]:
+    """users x tabs streams; each user marks one notification read, at `rate` per second: every tab must get the
+    `changed` event once; latency from the request to the event, and CPU per read (each role's, as in fan-out)."""
+    producer = Producer(target.port, 8)
+    await producer.start()
+    notification_of: dict[str, str] = {}
+    for user in range(users):
+        path, headers, body = target.publish_request(f"chg{user}", {"k": "setup", "t0": time.time()})
+        status, answer = await producer.post_for_body(path, headers, body)
+        assert status == 201, answer[:200]
+        notification_of[f"chg{user}"] = json.loads(answer)["id"]
+    paths = [target.stream_path(f"chg{u}", t) for u in range(users) for t in range(tabs)]
+    answers = await workers.ask_all(
+        [{"op": "connect", "paths": p, "concurrency": 64} for p in _split(paths, workers.count)]
+    )
+    connected = sum(a["connected"] for a in answers)
+    await asyncio.sleep(2.0)
+    await workers.broadcast({"op": "reset"})
+    meters: dict[str, Any] = {"server": target.meter(), "load generator": workers.meter()}
+    if (stores := embedded_store_meter()) is not None:
+        meters["stores"] = stores
+    cpu_before = {role: meter.cpu_seconds() for role, meter in meters.items()}
+    sent_at: dict[str, float] = {}
+    statuses: Counter[int] = Counter()
+    request_seconds: list[float] = []
+    started = time.perf_counter()
+
+    async def read(user: str) -> None:
+        notification_id = notification_of[user]
+        token = target.authenticator.mint_user_token(user, 3600, time.time())
+        sent_at[notification_id] = time.time()
+        sent = time.perf_counter()
+        path = f"/api/notifications/{notification_id}/read"
+        statuses[await producer.post(path, {"Authorization": f"Bearer {token}"}, b"")] += 1
+        request_seconds.append(time.perf_counter() - sent)
+
+    tasks = []
+    for index, reader in enumerate(notification_of):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(read(reader)))
+    await asyncio.gather(*tasks)
+    await producer.close()
+    await asyncio.sleep(3.0)
+    cpu_seconds = {role: meter.cpu_seconds() - cpu_before[role] for role, meter in meters.items()}
+    reports = await workers.broadcast({"op": "report"})
+    delivered = duplicates = missing = 0
+    latencies: list[float] = []
+    for report in reports:
+        for path, changes in report["changes"]:
+            expected = f"read:{notification_of[_user_of(path)]}"
+            arrivals = [at for key, at in changes if key == expected]
+            delivered += len(arrivals) >= 1
+            duplicates += max(0, len(arrivals) - 1)
+            missing += not arrivals
+            latencies.extend(at - sent_at[expected[5:]] for at in arrivals[:1])
+    await workers.broadcast({"op": "close"})
+    await asyncio.sleep(2.0)
+    result = {
+        "streams": connected,
+        "expected_changes": users * tabs,
+        "delivered": delivered,
+        "missing": missing,
+        "duplicates": duplicates,
+        "read_statuses": {str(k): v for k, v in statuses.items()},
+        "latency_ms": _quantiles_ms(latencies),
+        "read_response_ms": _quantiles_ms(request_seconds),
+        "cpu_ms_per_read": {role: 1000 * seconds / users for role, seconds in cpu_seconds.items()},
+    }
+    print(f"  bellcast changes: {result}", flush=True)
+    return result
+
+
 async def scenario_churn(
     target: Bellcast, workers: Workers, count: int, seconds: float, redis_url: str
 ) -> dict[str, Any]:
@@ -647,6 +726,14 @@ def print_table(results: dict[str, Any]) -> None:
         print(
             f"Scenario 4, churn: {c['completed']}/{c['attempted']} completed, {c['failed']} failed, "
             f"{c['registrations_left']} registrations and {c['inboxes_left']} inboxes left in Redis"
+        )
+    if "changes" in bell:
+        c = bell["changes"]
+        cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in c["cpu_ms_per_read"].items())
+        print(
+            f"Scenario 5, changes: {c['delivered']}/{c['expected_changes']} tabs told of their user's read, "
+            f"{c['missing']} missing, {c['duplicates']} duplicates; request to event "
+            f"p50 {c['latency_ms']['p50']:.1f} ms, p99 {c['latency_ms']['p99']:.1f} ms; CPU ms per read: {cpu}"
         )
     if "multiprocess" in bell:
         m = bell["multiprocess"]
@@ -800,6 +887,8 @@ async def run_target(target: Any, args: argparse.Namespace, redis_url: str | Non
             )
         if isinstance(target, Bellcast) and "burst" in args.scenarios:
             result["burst"] = await scenario_burst(target, workers, 10, args.burst)
+        if isinstance(target, Bellcast) and "changes" in args.scenarios:
+            result["changes"] = await scenario_changes(target, workers, args.fanout_users, 10, args.fanout_rate)
         if isinstance(target, Bellcast) and "churn" in args.scenarios:
             assert redis_url is not None
             result["churn"] = await scenario_churn(target, workers, args.churn, args.churn_seconds, redis_url)

@@ -17,6 +17,7 @@ from services.auth import Authenticator
 from services.cache import DeliveryCache
 from services.connection import StreamTiming
 from services.errors import (
+    Conflict,
     DomainError,
     Forbidden,
     Invalid,
@@ -44,6 +45,7 @@ ERROR_STATUS: dict[type[DomainError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
+    Conflict: 409,
     TooMany: 429,
     RateLimited: 429,
     StoreUnavailable: 503,
@@ -55,6 +57,7 @@ _HTTP_ERROR_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -76,6 +79,10 @@ _REDACTED_QUERY_ARGUMENTS = frozenset({TOKEN_QUERY_ARGUMENT, TICKET_QUERY_ARGUME
 REQUEST_ID_HEADER = "X-Request-ID"
 # A proxy's or client's request id is kept when it is short and plain: no spaces, quotes or control characters.
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+=/@-]{1,128}$")
+# A Content-Length this layer may judge; anything else is Tornado's to refuse (400) before it reads a byte.
+_PLAIN_LENGTH = re.compile(r"^[0-9]{1,19}$")
+# What an endpoint that reads no body accepts and ignores: a client sending `{}` as JSON (as the cookie's writes must).
+IGNORED_BODY_BYTES = 1024
 
 
 def request_id_from(header: str | None) -> str:
@@ -119,6 +126,61 @@ def redacted_uri(uri: str) -> str:
     return f"{path}?{'&'.join(parts)}"
 
 
+@web.stream_request_body
+class BoundedBody(web.RequestHandler):
+    """Reads a request's body only once its headers were admitted, and only as much as its endpoint takes.
+
+    Left to itself Tornado reads a whole body (up to the server's cutoff, 1 MiB) into memory before any
+    handler code runs: hundreds of clients trickling bodies without credentials would each hold that much.
+    Here `admit()` refuses a request from its headers alone, before a byte of its body is read (the
+    connection then closes with the rest unread); a body past `body_limit()`, declared or as it arrives,
+    answers 413 at once. Endpoints that read no body take none.
+    """
+
+    # A class-level default: a request without a body (every stream) carries no buffer of its own.
+    _received: bytearray | None = None
+
+    async def admit(self) -> None:
+        """Refuse the request from its headers alone (credentials, origin): raise, or answer; runs before its
+        body is read."""
+
+    def body_limit(self) -> int:
+        """The most bytes of body this request may send: none, unless its endpoint reads one."""
+        return 0
+
+    async def prepare(self) -> None:
+        """Admit the request, then refuse a declared body longer than the endpoint takes: neither reads the body."""
+        await self.admit()
+        if self._finished:  # admit() answered (a page of its own)
+            return
+        declared = self.request.headers.get("Content-Length", "")
+        if _PLAIN_LENGTH.match(declared) and int(declared) > self.body_limit():
+            raise self._too_large()
+
+    def data_received(self, chunk: bytes) -> None:
+        """Keep the body as it arrives, up to the endpoint's limit; past it answer 413 and keep nothing."""
+        if self._finished:  # refused already: Tornado closes the connection, the rest goes unread
+            return
+        received = self._received if self._received is not None else bytearray()
+        if len(received) + len(chunk) > self.body_limit():
+            self._received = None
+            error = self._too_large()
+            self.send_error(error.status_code, exc_info=(type(error), error, None))
+            return
+        received += chunk
+        self._received = received
+
+    @property
+    def body(self) -> bytes:
+        """The request's body, once read (the method runs only then)."""
+        return bytes(self._received) if self._received is not None else b""
+
+    def _too_large(self) -> APIError:
+        limit = self.body_limit()
+        message = f"the body must be at most {limit} bytes" if limit else "this request takes no body"
+        return APIError(413, "payload_too_large", message)
+
+
 class RequestIdentified(web.RequestHandler):
     """Every answer names its request: X-Request-ID, the client's if sane, else a new one; logs carry it."""
 
@@ -144,8 +206,9 @@ class RequestIdentified(web.RequestHandler):
         return {"request_id": self.request_id}
 
 
-class BaseHandler(RequestIdentified):
-    """Typed access to the services the Application was built with, and JSON errors."""
+class BaseHandler(BoundedBody, RequestIdentified):
+    """Typed access to the services the Application was built with, bodies read only once admitted, and JSON
+    errors."""
 
     # Set once the request's token was verified; only its pseudonym is ever logged.
     _user_id: str | None = None
@@ -283,20 +346,11 @@ class BaseHandler(RequestIdentified):
             logged["user"] = self.user_hasher.hash(self._user_id)
         return logged
 
-    async def admit_producer(self) -> None:
-        """Let only producers holding the API key through, and only as often as its rate limit allows."""
-        key = self.request.headers.get("X-API-Key")
-        self.authenticator.check_api_key(key)
-        assert key is not None
-        await self.producer_rate_limiter.admit(key)
-
     def get_json_body(self) -> Any:
-        """The request body as JSON: 413 past MAX_BODY_BYTES, 400 when it is not JSON (NaN and 1e400 included)."""
-        limit = self.config.max_body_bytes
-        if len(self.request.body) > limit:
-            raise APIError(413, "payload_too_large", f"the body must be at most {limit} bytes")
+        """The request body as JSON (its size was bounded as it arrived): 400 when it is not JSON (NaN and 1e400
+        included)."""
         try:
-            return json.loads(self.request.body, parse_constant=_reject_constant, parse_float=_finite_float)
+            return json.loads(self.body, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):
             raise APIError(400, "malformed_json", "the body is not valid JSON") from None
 
@@ -353,6 +407,6 @@ class BaseHandler(RequestIdentified):
 class NotFoundHandler(BaseHandler):
     """Every unknown path answers a JSON 404."""
 
-    def prepare(self) -> None:
-        """Refuse before any method runs."""
+    async def admit(self) -> None:
+        """Refuse before any method runs, and before any body is read."""
         raise APIError(404, "not_found", "no such endpoint")

@@ -16,6 +16,8 @@ from services.notifications import MAX_USER_ID_LENGTH
 
 DEMO_USER_ID = "demo"
 DEMO_TOKEN_LIFETIME_SECONDS = 3600
+# `{"user_id": ...}`: 200 characters, each escaped as \uXXXX at worst.
+TOKEN_REQUEST_BYTES = 4096
 
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -34,10 +36,14 @@ class DevelopmentHandler(BaseHandler):
     the Host it asked for (so a page whose own name was rebound to 127.0.0.1 cannot reach them).
     """
 
-    def prepare(self) -> None:
-        """403 unless both the client's address and the requested Host are loopback."""
+    async def admit(self) -> None:
+        """403 unless both the client's address and the requested Host are loopback; before any body is read."""
         if not (is_loopback(self.request.remote_ip or "") and is_loopback(self.request.host_name)):
             raise APIError(403, "forbidden", "development routes answer only on this machine, at localhost")
+
+    def body_limit(self) -> int:
+        """What a create takes: `MAX_BODY_BYTES`."""
+        return self.config.max_body_bytes
 
     def json_object(self) -> dict[str, Any]:
         """The JSON object body; 415 unless sent as application/json."""
@@ -51,6 +57,10 @@ class DevelopmentHandler(BaseHandler):
 
 class DemoTokenHandler(DevelopmentHandler):
     """`/dev/token`: a host app's token endpoint, for the demo."""
+
+    def body_limit(self) -> int:
+        """A user id, no more."""
+        return TOKEN_REQUEST_BYTES
 
     def post(self) -> None:
         """A token for `user_id` (default "demo"), valid an hour: `{"token", "user_id", "expires_in"}`."""

@@ -15,6 +15,8 @@ import math
 import secrets
 import time
 
+from tornado import httputil
+
 from handlers.base import APIError, BaseHandler
 from services.attempts import FailedAttempts
 from services.status import StatusHistory
@@ -22,6 +24,8 @@ from services.status import StatusHistory
 STATUS_COOKIE = "bellcast_status"
 STATUS_COOKIE_PATH = "/status"
 STATUS_COOKIE_LIFETIME_SECONDS = 12 * 3600
+# The sign-in form's body: `token=` and METRICS_TOKEN, form-encoded.
+STATUS_FORM_BYTES = 4096
 STATUS_PAGE_CSP = (
     "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
     "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -62,7 +66,7 @@ class ObservabilityHandler(BaseHandler):
         """Wrong tokens typed into the status page's form, per address."""
         return self.settings["status_sign_in_attempts"]
 
-    def prepare(self) -> None:
+    async def admit(self) -> None:
         """Pretend not to exist where no protection is configured."""
         if self.settings["metrics_access"] == ACCESS_OFF:
             raise APIError(404, "not_found", "no such endpoint")
@@ -105,21 +109,31 @@ class StatusPageHandler(ObservabilityHandler):
             return
         self.page(signed_in=True)
 
-    def post(self) -> None:
-        """The form: a right token sets the HttpOnly cookie and goes back to the page (303); a wrong one, 401.
+    def body_limit(self) -> int:
+        """The form holds one token."""
+        return STATUS_FORM_BYTES if self.request.method == "POST" else 0
 
-        Past ten wrong tokens from one address within a minute, the form answers 429 until the minute ends.
-        """
-        address = self.request.remote_ip or ""
-        wait = self.sign_in_attempts.wait_for(address)
+    async def admit(self) -> None:
+        """The form is refused before its body is read: where the status pages do not exist, and, past ten wrong
+        tokens from one address within a minute, with 429 until the minute ends."""
+        await super().admit()
+        if self.request.method != "POST":
+            return
+        wait = self.sign_in_attempts.wait_for(self.request.remote_ip or "")
         if wait:
             self.set_header("Retry-After", str(math.ceil(wait)))
             self.page(signed_in=False, status=429, error="Too many wrong tokens: try again in a minute.")
-            return
+
+    def post(self) -> None:
+        """The form: a right token sets the HttpOnly cookie and goes back to the page (303); a wrong one, 401."""
+        request = self.request
+        httputil.parse_body_arguments(
+            request.headers.get("Content-Type", ""), self.body, request.body_arguments, request.files, request.headers
+        )
         typed = self.get_body_argument("token", "")
         token = self.config.metrics_token
         if token is None or not hmac.compare_digest(typed.encode(), token.encode()):
-            self.sign_in_attempts.failed(address)
+            self.sign_in_attempts.failed(self.request.remote_ip or "")
             self.page(signed_in=False, status=401, error="That is not the metrics token.")
             return
         expires = int(time.time()) + STATUS_COOKIE_LIFETIME_SECONDS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tornado import web
 
-from handlers.base import BaseHandler, RequestIdentified
+from handlers.base import BaseHandler, BoundedBody, RequestIdentified
 
 
 class DemoPageHandler(BaseHandler):
@@ -15,11 +15,12 @@ class DemoPageHandler(BaseHandler):
         self.render("demo.html", development_routes=self.development_routes)
 
 
-class WidgetStaticFileHandler(RequestIdentified, web.StaticFileHandler):
+class WidgetStaticFileHandler(BoundedBody, RequestIdentified, web.StaticFileHandler):
     """Static files, the widget, its modules and its Vue runtime, readable from any origin.
 
     Host pages on other origins import the bell's modules and the runtime, which browsers fetch with CORS.
-    These files are public and sent without credentials, so a wildcard exposes nothing.
+    These files are public and sent without credentials, so a wildcard exposes nothing. A request for one
+    takes no body.
     """
 
     def set_extra_headers(self, path: str) -> None:

@@ -31,6 +31,12 @@ class Forbidden(DomainError):
     code = "forbidden"
 
 
+class Conflict(DomainError):
+    """The request contradicts one made before: an Idempotency-Key reused for a different request."""
+
+    code = "conflict"
+
+
 class StoreUnavailable(DomainError):
     """A store (MongoDB or Redis) did not answer in time."""
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from pymongo.errors import (
 
 from services.batching import IterationBatches
 from services.errors import Invalid, NotFound, StoreUnavailable
+from services.idempotency import IdempotencyKey, IdempotencyRecords
 from services.logs import OutageLog
 from services.metrics import Metrics
 
@@ -42,6 +44,8 @@ MAX_DATA_DEPTH = 16
 MIN_LIST_LIMIT = 1
 MAX_LIST_LIMIT = 100
 DEFAULT_TYPE = "info"
+# Users one create may name in `user_ids`: one insert_many of this many stays far below MongoDB's limits.
+MAX_USERS_PER_CREATE = 1000
 MAX_TAGS = 8
 MAX_TAG_LENGTH = 32
 MAX_ACTIONS = 2
@@ -54,7 +58,7 @@ CATCH_UP_WINDOW = datetime.timedelta(seconds=5)
 
 _TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _SPACE_OR_BACKSLASH = re.compile(r"[\s\\]")
-_FIELDS = {"user_id", "title", "body", "type", "data", "url", "tags", "actions", "avatar_url", "expires_at"}
+_FIELDS = {"user_id", "user_ids", "title", "body", "type", "data", "url", "tags", "actions", "avatar_url", "expires_at"}
 _ACTION_FIELDS = {"label", "url"}
 
 
@@ -150,6 +154,77 @@ class Notification:
     def to_json(self) -> str:
         """Compact JSON of `to_dict()`, as written to the cache and the stream."""
         return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotifications:
+    """A validated create: one notification's content for each of `user_ids`; `bulk` when asked with `user_ids`."""
+
+    user_ids: tuple[str, ...]
+    bulk: bool
+    type: str
+    title: str
+    body: str
+    data_json: str
+    url: str | None
+    tags: tuple[str, ...]
+    actions: tuple[Action, ...]
+    avatar_url: str | None
+    expires_at: datetime.datetime | None
+
+    def build(self, ids: Sequence[ObjectId], created_at: datetime.datetime) -> list[Notification]:
+        """The notifications, one per user, with `ids` in the order of `user_ids`."""
+        return [
+            Notification(
+                id=notification_id,
+                user_id=user_id,
+                type=self.type,
+                title=self.title,
+                body=self.body,
+                data_json=self.data_json,
+                url=self.url,
+                created_at=created_at,
+                read_at=None,
+                tags=self.tags,
+                actions=self.actions,
+                avatar_url=self.avatar_url,
+                expires_at=self.expires_at,
+            )
+            for notification_id, user_id in zip(ids, self.user_ids, strict=True)
+        ]
+
+    def fingerprint(self) -> str:
+        """A digest of what was asked, whatever the order of keys, spacing or defaults: tells a repeat from another
+        request with the same Idempotency-Key."""
+        asked = [
+            self.bulk,
+            self.user_ids,
+            self.type,
+            self.title,
+            self.body,
+            json.loads(self.data_json),
+            self.url,
+            self.tags,
+            [(action.label, action.url) for action in self.actions],
+            self.avatar_url,
+            _optional_timestamp(self.expires_at),
+        ]
+        return hashlib.sha256(json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What a create answers: its notifications, and whether it repeated a request with the same Idempotency-Key."""
+
+    notifications: list[Notification]
+    bulk: bool
+    replayed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The answer's JSON: the notification, or `{"notifications": [...]}` for a create with `user_ids`."""
+        if self.bulk:
+            return {"notifications": [notification.to_dict() for notification in self.notifications]}
+        return self.notifications[0].to_dict()
 
 
 class GapTooLarge(Exception):
@@ -273,6 +348,7 @@ class NotificationService:
     def __init__(self, database: Any, metrics: Metrics | None = None) -> None:
         self._collection = database[COLLECTION]
         self._inserts = InsertBatcher(self._collection)
+        self._idempotency = IdempotencyRecords(database)
         self._observers: list[NotificationObserver] = []
         self._metrics = metrics
         self._mongodb_outage = OutageLog(log, "MongoDB unavailable")
@@ -301,21 +377,68 @@ class NotificationService:
             await self._collection.create_index([("user_id", ASCENDING), ("tags", ASCENDING), ("_id", DESCENDING)])
             # MongoDB deletes an expired notification within about a minute; queries leave it out at once.
             await self._collection.create_index("expires_at", expireAfterSeconds=0)
+            await self._idempotency.ensure_indexes()
 
     async def create(self, fields: Mapping[str, Any]) -> Notification:
-        """Validate and store a notification, then run every observer on it.
+        """Validate and store a notification for `user_id`, then run every observer on it.
 
         An observer's failure is logged and counted; the stored notification stands.
         """
-        notification = validate_new_notification(fields, now=utc_now())
-        with self._store_errors():
-            await self._insert_once(notification.to_document())
-        if self._metrics is not None:
-            self._metrics.notifications_created.inc()
+        request = validate_create(fields, utc_now())
+        if request.bulk:
+            raise Invalid("create() makes one notification: user_ids goes to create_many()")
+        return (await self.create_many(request)).notifications[0]
+
+    async def create_many(self, request: NewNotifications, idempotency_key: IdempotencyKey | None = None) -> Created:
+        """Store the request's notifications, one per user, in one insert, then run every observer on each.
+
+        With `idempotency_key`, a request that repeats one made with that key within 24 hours answers the
+        first one's notifications; those are stored and delivered once, however many repeats race. A
+        repeat finishes what the first left undone (a crash between its claim and its insert): each
+        notification is delivered by the request that stored it. Conflict if the key's first request asked
+        something else.
+        """
+        now = utc_now()
+        ids = [ObjectId() for _ in request.user_ids]
+        replayed = False
+        if idempotency_key is not None:
+            with self._store_errors():
+                claim = await self._idempotency.claim(idempotency_key, request.fingerprint(), ids, now)
+            ids, now, replayed = claim.ids, claim.created_at, not claim.first
+        notifications = request.build(ids, now)
+        outcomes = await self._insert_each([notification.to_document() for notification in notifications])
+        stored = [n for n, outcome in zip(notifications, outcomes, strict=True) if outcome is True]
+        if self._metrics is not None and stored:
+            self._metrics.notifications_created.inc(len(stored))
+        # Delivered even when others failed: a retry would find these stored and not deliver them.
+        await self._tell_observers(stored)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                with self._store_errors():
+                    raise outcome
+        return Created(notifications, request.bulk, replayed)
+
+    async def _insert_each(self, documents: list[dict[str, Any]]) -> list[bool | BaseException]:
+        """Insert the documents in one batch; for each, what `_insert_once` answered or the error it met."""
+        if len(documents) > 1:
+            return await asyncio.gather(*(self._insert_once(d) for d in documents), return_exceptions=True)
+        try:
+            return [await self._insert_once(documents[0])]
+        except Exception as error:
+            return [error]
+
+    async def _tell_observers(self, notifications: list[Notification]) -> None:
+        """Run the observers on each notification, in order for each; the notifications' in parallel, so that
+        their writes to Redis share round trips."""
+        if len(notifications) == 1:
+            await self._tell_observers_of(notifications[0])
+        elif notifications:
+            await asyncio.gather(*(self._tell_observers_of(notification) for notification in notifications))
+
+    async def _tell_observers_of(self, notification: Notification) -> None:
         for observer in self._observers:
             await self._tell(observer, observer.created(notification), f"notification {notification.id}")
-        await self._publish_change(notification.user_id, "created", (str(notification.id),))
-        return notification
+        await self.publish_change(notification.user_id, "created", (str(notification.id),))
 
     async def _tell(self, observer: object, call: Awaitable[None], about: str) -> None:
         """Await an observer's `call`; its failure is logged (once per store outage) and counted, never raised."""
@@ -337,8 +460,8 @@ class NotificationService:
         else:
             outage.succeeded()
 
-    async def _publish_change(self, user_id: str, kind: str, ids: tuple[str, ...]) -> None:
-        """Tell the change observers of a change, with the user's counts after it."""
+    async def publish_change(self, user_id: str, kind: str, ids: tuple[str, ...]) -> None:
+        """Tell the change observers of a change to the user's notifications, with the user's counts after it."""
         if not self._change_observers:
             return
         try:
@@ -349,8 +472,9 @@ class NotificationService:
         for observer in self._change_observers:
             await self._tell(observer, observer.changed(change), f"a change ({kind})")
 
-    async def _insert_once(self, document: dict[str, Any]) -> None:
-        """Store `document` once, even when the connection drops before MongoDB's answer.
+    async def _insert_once(self, document: dict[str, Any]) -> bool:
+        """Store `document` once, even when the connection drops before MongoDB's answer: True if this call
+        stored it, False if it was stored already (by a request with the same Idempotency-Key).
 
         The driver's retryable writes do that where they are on. Where they are off (the embedded
         SecantusDB, see services/embedded.py) bellcast retries itself: the document's `_id` is made
@@ -358,11 +482,14 @@ class NotificationService:
         """
         try:
             await self._inserts.insert(document)
+        except DuplicateKeyError:
+            return False
         except AutoReconnect as error:
             if error.timeout or self._collection.database.client.options.retry_writes:
                 raise
             with contextlib.suppress(DuplicateKeyError):  # the first attempt landed
                 await self._inserts.insert(document)
+        return True
 
     async def list_recent(
         self, user_id: str, limit: int, before: str | None = None, status: str | None = None, tag: str | None = None
@@ -381,6 +508,14 @@ class NotificationService:
         next_before = str(notifications[-1].id) if len(documents) > limit else None
         counts = await self.counts(user_id)
         return NotificationPage(notifications, counts.unread, counts.unseen, next_before)
+
+    async def expired_between(
+        self, since: datetime.datetime, until: datetime.datetime, limit: int
+    ) -> list[Notification]:
+        """Up to `limit` notifications whose `expires_at` is after `since` and at most `until`, soonest first."""
+        with self._store_errors():
+            cursor = self._collection.find({"expires_at": {"$gt": since, "$lte": until}}).sort("expires_at", ASCENDING)
+            return [Notification.from_document(document) async for document in cursor.limit(limit)]
 
     async def counts(self, user_id: str) -> Counts:
         """The user's unread and unseen notifications now, archived and expired ones left out."""
@@ -415,7 +550,7 @@ class NotificationService:
         if document is None:
             raise NotFound("no such notification")
         if changed:
-            await self._publish_change(user_id, "unarchived", (notification_id,))
+            await self.publish_change(user_id, "unarchived", (notification_id,))
         return Notification.from_document(document)
 
     async def delete(self, user_id: str, notification_id: str) -> None:
@@ -425,7 +560,7 @@ class NotificationService:
             result = await self._collection.delete_one({"_id": object_id, "user_id": user_id})
         if not result.deleted_count:
             raise NotFound("no such notification")
-        await self._publish_change(user_id, "deleted", (notification_id,))
+        await self.publish_change(user_id, "deleted", (notification_id,))
 
     async def mark_all_read(
         self, user_id: str, status: str | None = None, tag: str | None = None
@@ -455,7 +590,7 @@ class NotificationService:
         if document is None:
             raise NotFound("no such notification")
         if changed:
-            await self._publish_change(user_id, kind, (notification_id,))
+            await self.publish_change(user_id, kind, (notification_id,))
         return Notification.from_document(document)
 
     async def _set_all(self, user_id: str, query: dict[str, Any], field: str, kind: str) -> tuple[int, Counts]:
@@ -465,7 +600,7 @@ class NotificationService:
             result = await self._collection.update_many({"$and": [query, {field: None}]}, {"$set": {field: utc_now()}})
         updated = int(result.modified_count)
         if updated:
-            await self._publish_change(user_id, kind, ())
+            await self.publish_change(user_id, kind, ())
         return updated, await self.counts(user_id)
 
     async def missed(
@@ -543,13 +678,26 @@ class NotificationService:
 
 
 def validate_new_notification(fields: Mapping[str, Any], now: datetime.datetime) -> Notification:
-    """Check a producer's fields and build the notification they describe, or raise Invalid."""
+    """Check a producer's fields for one notification (`user_id`) and build it, or raise Invalid."""
+    request = validate_create(fields, now)
+    if request.bulk:
+        raise Invalid("user_ids makes several notifications: send user_id")
+    return request.build([ObjectId()], now)[0]
+
+
+def validate_create(fields: Mapping[str, Any], now: datetime.datetime | None = None) -> NewNotifications:
+    """Check a producer's fields, for `user_id` or each of `user_ids`, or raise Invalid naming the field; `now`
+    (by default the current time) is what `expires_at` must be after."""
+    now = now or utc_now()
     if not isinstance(fields, Mapping):
         raise Invalid("the body must be a JSON object")
     unknown = sorted(set(fields) - _FIELDS)
     if unknown:
         raise Invalid(f"unknown field: {unknown[0]}")
-    user_id = _required_text(fields, "user_id", max_length=MAX_USER_ID_LENGTH)
+    bulk = fields.get("user_ids") is not None
+    if bulk and fields.get("user_id") is not None:
+        raise Invalid("send user_id or user_ids, not both")
+    user_ids = _user_ids(fields) if bulk else (_required_text(fields, "user_id", max_length=MAX_USER_ID_LENGTH),)
     title = _required_text(fields, "title", max_length=MAX_TITLE_LENGTH)
     body = _text(fields, "body", max_length=MAX_BODY_LENGTH) or ""
     type_ = _text(fields, "type", max_length=MAX_TYPE_LENGTH) or DEFAULT_TYPE
@@ -573,21 +721,27 @@ def validate_new_notification(fields: Mapping[str, Any], now: datetime.datetime)
     expires_at = _timestamp(fields, "expires_at")
     if expires_at is not None and expires_at <= now:
         raise Invalid("expires_at must be in the future")
-    return Notification(
-        id=ObjectId(),
-        user_id=user_id,
-        type=type_,
-        title=title,
-        body=body,
-        data_json=data_json,
-        url=url,
-        created_at=now,
-        read_at=None,
-        tags=_tags(fields.get("tags")),
-        actions=_actions(fields.get("actions")),
-        avatar_url=avatar_url,
-        expires_at=expires_at,
-    )
+    tags, actions = _tags(fields.get("tags")), _actions(fields.get("actions"))
+    return NewNotifications(user_ids, bulk, type_, title, body, data_json, url, tags, actions, avatar_url, expires_at)
+
+
+def _user_ids(fields: Mapping[str, Any]) -> tuple[str, ...]:
+    """`user_ids`: 1 to MAX_USERS_PER_CREATE user ids, each valid as `user_id` is, none twice."""
+    value = fields["user_ids"]
+    if not isinstance(value, list):
+        raise Invalid("user_ids must be a list of user ids")
+    if not 1 <= len(value) <= MAX_USERS_PER_CREATE:
+        raise Invalid(f"user_ids must list 1 to {MAX_USERS_PER_CREATE} user ids")
+    first_seen: dict[str, int] = {}
+    for index, user_id in enumerate(value):
+        if not is_valid_user_id(user_id):
+            raise Invalid(
+                f"user_ids[{index}] must be a user id: a string of 1 to {MAX_USER_ID_LENGTH} characters, not blank"
+            )
+        if user_id in first_seen:
+            raise Invalid(f"user_ids[{index}] repeats user_ids[{first_seen[user_id]}]: name each user once")
+        first_seen[user_id] = index
+    return tuple(value)
 
 
 def parse_tag(value: str) -> str:

@@ -1,8 +1,8 @@
 """How often producers may create notifications: a counter per API key in Redis, shared by every process.
 
 Each key gets a fixed window that starts with its first request: one Redis key,
-``bellcast:rate:<digest of the API key>``, holds the count and expires with the window.
-One transaction (SET NX PX, INCR, PTTL) counts a request and tells how long the window
+``bellcast:rate:<digest of the API key>``, holds the count of notifications and expires with the window.
+One transaction (SET NX PX, INCRBY, PTTL) counts a request's and tells how long the window
 still runs, so every process and node sharing the Redis counts against the same number,
 and no clock but Redis's decides when a window ends. The API key itself is never stored.
 
@@ -69,12 +69,12 @@ class ProducerRateLimiter:
         self._redis_down = False
         self.refused = 0
 
-    async def admit(self, api_key: str) -> None:
-        """Count one request of `api_key`; RateLimited, with the seconds until the window ends, past the allowance."""
+    async def admit(self, api_key: str, notifications: int = 1) -> None:
+        """Count `notifications` of `api_key`; past the allowance RateLimited, with the seconds the window has left."""
         if not self._limit.enabled:
             return
         try:
-            count, remaining_ms = await self._count(rate_key(api_key))
+            count, remaining_ms = await self._count(rate_key(api_key), notifications)
         except (RedisError, RedisClusterException, OSError) as error:
             if not redis_unavailable(error):
                 raise
@@ -94,14 +94,14 @@ class ProducerRateLimiter:
                 retry_after=max(1, math.ceil(remaining_ms / 1000)),
             )
 
-    async def _count(self, key: str) -> tuple[int, int]:
-        """Count a request in the key's window, opening one if none runs: (count so far, milliseconds left)."""
+    async def _count(self, key: str, notifications: int) -> tuple[int, int]:
+        """Count notifications in the key's window, opening one if none runs: (count so far, milliseconds left)."""
         window_ms = self._limit.window_milliseconds
         # One key, so one slot: a transaction on a single Redis; a cluster pipeline without one, where a
         # counter that loses its TTL in between gets it back below.
         async with self._redis.pipeline(transaction=self._transactions) as pipe:
             pipe.set(key, 0, px=window_ms, nx=True)
-            pipe.incr(key)
+            pipe.incrby(key, notifications)
             pipe.pttl(key)
             _, count, remaining_ms = await pipe.execute()
         if remaining_ms < 0:

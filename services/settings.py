@@ -30,8 +30,9 @@ from services.streams import StreamLimits
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# Bodies above the larger of this and twice MAX_BODY_BYTES are cut off unread (a bare 400);
-# up to it, the API answers a JSON 413 past MAX_BODY_BYTES.
+# Tornado's own cutoff, a backstop: every handler refuses a body longer than its endpoint takes, with a JSON
+# 413 and before reading it (handlers/base.py, BoundedBody); Tornado cuts off bodies above the larger of this
+# and twice MAX_BODY_BYTES unread with a bare 400, whatever the handler.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 # A ticket rides in a URL, which proxies and browsers may keep: it must be spent or worthless within minutes.
 MAX_STREAM_TICKET_TTL = 300.0
@@ -317,7 +318,8 @@ class Settings:
     max_body_bytes: int = setting(
         64 * 1024,
         positive_integer,
-        "largest JSON request body the API reads, in bytes; larger ones get 413",
+        "largest body of a create (`POST /api/notifications`, `user_ids` included), in bytes; a longer one gets "
+        "413 before it is read",
     )
     max_token_lifetime: float = setting(
         7 * 24 * 3600.0,
@@ -455,7 +457,7 @@ class Settings:
 
     @property
     def request_body_cutoff(self) -> int:
-        """Bodies above this many bytes are cut off unread; below it, the API answers a JSON 413."""
+        """Tornado cuts off bodies above this many bytes unread: a backstop behind each endpoint's own limit."""
         return max(MAX_REQUEST_BODY_BYTES, 2 * self.max_body_bytes)
 
     @property

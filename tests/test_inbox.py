@@ -220,3 +220,16 @@ async def test_a_stream_that_resumes_gets_the_current_counts_first(api, open_str
     [event] = await resumed.notifications(1)
     assert event.id == missed["id"]
     assert await resumed.next_change() == {"change": "counts", "ids": [], "unread_count": 1, "unseen_count": 2}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_notification_that_expires_is_announced_once_to_the_users_streams(api, open_stream):
+    stream = await open_stream("alice")
+    await stream.next_event()
+    kept = await api.create("alice", "kept")
+    expiring = await api.create("alice", "expiring", expires_at=_in(1.0))
+    assert [(await stream.next_change())["ids"] for _ in range(2)] == [[kept["id"]], [expiring["id"]]]
+    expired = await stream.next_change(timeout=10)
+    assert expired == {"change": "expired", "ids": [expiring["id"]], "unread_count": 1, "unseen_count": 1}
+    with pytest.raises(TimeoutError):
+        await stream.next_change(timeout=4)  # two sweeps later, not again

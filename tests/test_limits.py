@@ -56,6 +56,26 @@ async def test_a_producer_past_its_rate_limit_gets_a_json_429_with_retry_after_a
     assert runtime.rate_limiter.refused == 1
 
 
+@pytest.mark.gen_test
+@pytest.mark.parametrize("producer_rate", [(1.0, 10.0)])
+async def test_a_create_for_several_users_counts_each_notification_against_the_rate_limit(api, runtime):
+    """The limit bounds what a key makes MongoDB and the streams do: a create for ten users is ten."""
+
+    async def post_for(count: int, title: str):
+        body = json.dumps({"user_ids": [f"user{i}" for i in range(count)], "title": title})
+        return await api.request("POST", "/api/notifications", body, {"X-API-Key": api.api_key})
+
+    too_many = await post_for(11, "more than a window allows")
+    assert too_many.code == 429 and error_of(too_many)["code"] == "rate_limited"
+    assert await runtime.mongo.database["notifications"].count_documents({}) == 0
+    await runtime.redis.delete(*await runtime.redis.keys(KEY_PREFIX + "*"))  # a new window
+    assert (await post_for(9, "nine")).code == 201
+    assert (await _post(api, "the tenth")).code == 201
+    assert (await post_for(2, "two more")).code == 429
+    assert (await _post(api, "one more")).code == 429
+    assert await runtime.mongo.database["notifications"].count_documents({}) == 10
+
+
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("producer_rate", [(2.0, 1.0)])
 async def test_a_rate_limited_producer_is_admitted_again_once_the_window_ends(api):

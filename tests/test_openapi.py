@@ -26,6 +26,7 @@ from tornado.testing import bind_unused_port
 import handlers
 from handlers.openapi import OPENAPI_DOCUMENT
 from server import Runtime, make_app, start_runtime
+from services.idempotency import MAX_KEY_LENGTH
 from services.tickets import MAX_TICKETS_PER_USER
 from tests.relay import StoreRelay
 from tests.support import API, eventually
@@ -37,6 +38,7 @@ NEW = (
     '"actions": [{"label": "Pay", "url": "https://pay.example/1"}], "avatar_url": "https://a.example/1.png", '
     '"expires_at": "2099-01-01T00:00:00Z"}'
 )
+NEW_FOR_SEVERAL = '{"user_ids": ["alice", "bob"], "title": "Hello"}'
 
 
 @pytest.fixture
@@ -67,15 +69,22 @@ class Case:
     path: str = ""
     credentials: str = ""
     body: str | None = None
+    # Sent as Idempotency-Key; a valid one is first used for a create of NEW, so that the case repeats it.
+    idempotency_key: str = ""
 
     @property
     def id(self) -> str:
-        return f"{self.method} {self.path or self.template} {self.credentials or 'anonymous'} -> {self.status}"
+        key = f" key {self.idempotency_key[:8]!r}" if self.idempotency_key else ""
+        return f"{self.method} {self.path or self.template} {self.credentials or 'anonymous'}{key} -> {self.status}"
 
 
 # Against working stores. `{id}` in a path is a notification of alice's created first.
 CASES = [
     Case(201, "POST", "/api/notifications", credentials="producer", body=NEW),
+    Case(201, "POST", "/api/notifications", credentials="producer", body=NEW_FOR_SEVERAL),
+    Case(201, "POST", "/api/notifications", credentials="producer", body=NEW, idempotency_key="repeated"),
+    Case(409, "POST", "/api/notifications", credentials="producer", body=NEW_FOR_SEVERAL, idempotency_key="reused"),
+    Case(400, "POST", "/api/notifications", credentials="producer", body=NEW, idempotency_key="k" * 256),
     Case(400, "POST", "/api/notifications", credentials="producer", body="{not json"),
     Case(400, "POST", "/api/notifications", credentials="producer", body='{"user_id": "alice", "titel": "typo"}'),
     Case(401, "POST", "/api/notifications", body=NEW),
@@ -200,6 +209,10 @@ async def exchange(case: Case, api: API, notification_id: str) -> Exchange:
         headers, query = _request_headers(case, api)
     if case.body is not None:
         headers["Content-Type"] = "application/json"
+    if case.idempotency_key:
+        headers["Idempotency-Key"] = case.idempotency_key
+        if len(case.idempotency_key) <= MAX_KEY_LENGTH:
+            assert (await api.request("POST", "/api/notifications", NEW, headers)).code == 201
     path = (case.path or case.template).replace("{id}", notification_id)
     if query:
         path += ("&" if "?" in path else "?") + query

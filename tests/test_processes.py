@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -35,6 +36,35 @@ def two_process_server(store_urls, process_environ, tmp_path):
     server.wait_until_ready(workers=2)
     yield server
     assert server.stop() == 0, server.output()[-3000:]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_change_made_through_one_process_reaches_the_users_streams_on_every_process_once(two_process_server):
+    """A read, and an expiry (swept by one process of the two), each told once to every stream of the user."""
+    server = two_process_server
+    api = server.api()
+    streams: list[SSEStream] = []
+    try:
+        await server.open_streams_on_every_worker(api.token("alice"), streams)
+        read = await api.create("alice", "to be read")
+        moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+        expiring = await api.create("alice", "to expire", expires_at=moment.isoformat())
+        assert (await api.as_user("alice", "POST", f"/api/notifications/{read['id']}/read")).code == 200
+        for stream in streams:
+            changes = [await stream.next_change(timeout=10) for _ in range(4)]
+            assert [(change["change"], change["ids"]) for change in changes] == [
+                ("created", [read["id"]]),
+                ("created", [expiring["id"]]),
+                ("read", [read["id"]]),
+                ("expired", [expiring["id"]]),
+            ]
+            assert (changes[-1]["unread_count"], changes[-1]["unseen_count"]) == (0, 1)
+        for stream in streams:
+            with pytest.raises(TimeoutError):
+                await stream.next_change(timeout=2.5)
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -104,12 +104,16 @@ async def test_one_address_holding_half_sent_requests_gets_its_cap_and_no_more_a
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_client_that_sends_its_headers_or_its_body_too_slowly_is_cut_off_at_the_timeout(serve):
+async def test_a_client_that_sends_its_headers_or_its_body_too_slowly_is_cut_off_at_the_timeout(serve, settings):
     async with serve(header_timeout=HEADER_TIMEOUT, body_timeout=BODY_TIMEOUT) as (port, server):
         started = time.monotonic()
         slow_headers, headers_writer = await _open(port, "127.0.0.3", b"POST /api/notifications HTTP/1.1\r\n")
+        # A producer's (without the key, the request would be refused before its body: tests/test_bodies.py).
         slow_body, body_writer = await _open(
-            port, "127.0.0.4", b"POST /api/notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{"
+            port,
+            "127.0.0.4",
+            b"POST /api/notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n"
+            + f"X-API-Key: {settings.api_key}\r\n\r\n{{".encode(),
         )
         idle, idle_writer = await _open(port, "127.0.0.5", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await idle.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
