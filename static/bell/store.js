@@ -127,11 +127,6 @@ export class BellStore {
     this.key = null;
   }
 
-  /** The known notification of this id, if any. */
-  find(id) {
-    return this.known.get(id);
-  }
-
   /** Keep a notification the server sent; an id known already takes the newer fields. Answers the reactive one. */
   remember(notification) {
     const known = this.known.get(notification.id);
