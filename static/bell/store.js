@@ -11,8 +11,9 @@ import { SharedStream, streamKey } from "./stream.js";
 /** The tab shown first: everything not archived. */
 export const INBOX = "inbox";
 const TAG_TAB_PREFIX = "tag:";
-// Changes of many notifications that decide what a tab lists (a bulk "seen" does not).
-const BULK_CHANGES_OF_THE_LIST = new Set(["read_all", "archived", "archived_all", "unarchived"]);
+// Changes that decide what a tab lists: sent for many notifications without their ids or filter,
+// only the server knows which changed (a bulk "seen" changes nothing a tab shows).
+const BULK_CHANGES_OF_THE_LIST = new Set(["read_all", "archived", "archived_all", "unarchived", "deleted", "expired"]);
 
 function newestFirst(a, b) {
   // ObjectIds are 24 lowercase hex digits: comparing the strings orders them by creation.
@@ -79,6 +80,7 @@ export class BellStore {
     // answer may predate them.
     this.arrivedDuringLoad = new Set();
     this.countsChangedDuringLoad = false;
+    this.changesDuringLoad = []; // `changed` events received while a page was on its way
     this.generation = 0; // of list requests: only the newest one's answer is shown
   }
 
@@ -170,6 +172,7 @@ export class BellStore {
   async refresh() {
     this.arrivedDuringLoad = new Set();
     this.countsChangedDuringLoad = false;
+    this.changesDuringLoad = [];
     this.state.loading = true;
     const key = this.key;
     const tab = this.state.tab;
@@ -194,6 +197,7 @@ export class BellStore {
     const later = this.state.items.filter((n) => this.arrivedDuringLoad.has(n.id) && !fetchedIds.has(n.id));
     this.state.items = fetched.concat(later).sort(newestFirst);
     this.state.nextBefore = page.next_before;
+    this.changesDuringLoad.forEach((change) => this.applyToItems(change));
     // Counts the stream sent during the request may be newer than the answer's.
     if (this.countsChangedDuringLoad) return;
     this.setCounts(page);
@@ -203,6 +207,7 @@ export class BellStore {
   /** Append the next older page of the shown tab. */
   async loadMore() {
     if (!this.state.nextBefore || this.state.loadingMore) return;
+    if (!this.state.loading) this.changesDuringLoad = [];
     this.state.loadingMore = true;
     const key = this.key;
     const generation = this.generation;
@@ -213,6 +218,7 @@ export class BellStore {
       const older = page.notifications.filter((n) => !listed.has(n.id)).map((n) => this.remember(n));
       this.state.items = this.state.items.concat(older).sort(newestFirst);
       this.state.nextBefore = page.next_before;
+      this.changesDuringLoad.forEach((change) => this.applyToItems(change));
       this.state.problem = null;
     } catch (error) {
       this.state.problem = { key: "couldNotLoadMore", error: error.message };
@@ -300,6 +306,14 @@ export class BellStore {
       this.refresh();
       return;
     }
+    // A page on its way may predate this change: it is applied again to the page when that comes.
+    if (this.state.loading || this.state.loadingMore) this.changesDuringLoad.push(change);
+    this.applyToItems(change);
+  }
+
+  /** What a `changed` event does to the notifications this bell holds. */
+  applyToItems(change) {
+    const ids = Array.isArray(change.ids) ? change.ids : [];
     const affected = ids.length
       ? ids.map((id) => this.known.get(id)).filter(Boolean)
       : Array.from(this.known.values()).filter((item) => matchesFilter(item, change.filter));
@@ -330,9 +344,7 @@ export class BellStore {
         break;
       case "deleted":
       case "expired":
-        // Without ids there is no telling which are gone: ask the server.
-        if (ids.length) this.forget(ids);
-        else this.refresh();
+        this.forget(ids);
         return;
       default:
         return; // "created" (its notification comes as its own event), "counts"

@@ -102,6 +102,17 @@ SCENARIOS = {
       await loading;
       return snapshot();
     }""",
+    # Changes the stream sent while a page was on its way are newer than the page: the page does not undo them.
+    "changes_during_a_load": """{
+      await listed("inbox", [item(C), item(B), item(A)], { unread_count: 3 });
+      const loading = store.refresh();
+      store.applyChange({ change: "read", ids: [A], unread_count: 2, unseen_count: 0 });
+      store.applyChange({ change: "expired", ids: [B], unread_count: 1, unseen_count: 0 });
+      store.applyChange({ change: "archived", ids: [C], unread_count: 0, unseen_count: 0 });
+      pages[1].resolve({ notifications: [item(C), item(B), item(A)], unread_count: 3, next_before: null });
+      await loading;
+      return snapshot();
+    }""",
     # An answer for a tab left meanwhile is dropped: the newest request's wins.
     "answer_for_a_tab_left_meanwhile": """{
       const first = store.selectTab("archived");
@@ -186,6 +197,12 @@ EXPECTED = {
         "unseen": 0,
         "filters": [{"status": None, "tag": "billing"}, {"status": None, "tag": "billing"}],
         "askedAfterReadAll": 2,
+    },
+    "changes_during_a_load": {
+        "ids": ["0000000000000000000000a1"],
+        "read": ["0000000000000000000000a1"],
+        "unread": 0,
+        "unseen": 0,
     },
     "counts_during_a_load": {"ids": ["0000000000000000000000a1"], "read": [], "unread": 7, "unseen": 4},
     "answer_for_a_tab_left_meanwhile": {
