@@ -94,6 +94,7 @@ class Runtime:
         await self.streams.close()
         await self.expiry.close()
         await self.recovery_reads.close()
+        await self.notifications.close()
         await self.wakeups.close()
         await self.batcher.close()
         await self.mongo.close()

@@ -1,10 +1,12 @@
-"""What the stores' batchers share: the requests of one event-loop iteration, sent together."""
+"""Requests that go to the stores together: those of one event-loop iteration (the batchers), and reads that
+callers asking the same share (`SharedReads`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+import random
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
@@ -45,3 +47,69 @@ class IterationBatches(Generic[Request, Result]):
         """Wait until the batches already under way are done."""
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+class SharedReads:
+    """Reads that every caller asking the same (`key`) shares until the read starts; at most `concurrency` run.
+
+    A caller may share a read only if it starts after the caller asked: so a read is open to joiners
+    while it waits (`delay`, then a free slot, then, if it had to wait for one, up to `jitter` more
+    seconds), never once it runs. `on_run` and `on_share` count reads run and shared.
+    """
+
+    def __init__(
+        self,
+        concurrency: int,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        on_run: Callable[[], None] | None = None,
+        on_share: Callable[[], None] | None = None,
+    ) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._delay = delay
+        self._jitter = jitter
+        self._on_run = on_run
+        self._on_share = on_share
+        # Reads not started yet, which a caller asking the same may join.
+        self._waiting: dict[Hashable, asyncio.Task[Any]] = {}
+        # Every read under way, so that none is left pending at shutdown and none is collected while running.
+        self._running: set[asyncio.Task[Any]] = set()
+
+    async def read(self, key: Hashable, read: Callable[[], Awaitable[Result]]) -> Result:
+        """`read()`'s result, shared with whoever asks for `key` before it starts."""
+        task = self._waiting.get(key)
+        if task is None:
+            task = self._waiting[key] = asyncio.ensure_future(self._run(key, read))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        elif self._on_share is not None:
+            self._on_share()
+        # Shielded: a caller that leaves meanwhile must not cancel the read the others wait for.
+        result: Result = await asyncio.shield(task)
+        return result
+
+    async def close(self) -> None:
+        """Cancel the reads under way (shutdown: whoever waits for them is ending)."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _run(self, key: Hashable, read: Callable[[], Awaitable[Result]]) -> Result:
+        try:
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            if self._slots.locked() and self._jitter:
+                # Others wait already: spread the reads, and give more callers time to join.
+                await asyncio.sleep(random.uniform(0, self._jitter))
+            async with self._slots:
+                # From now on the read may miss what joiners did before they asked: newcomers start their own.
+                self._forget(key)
+                if self._on_run is not None:
+                    self._on_run()
+                return await read()
+        finally:
+            self._forget(key)
+
+    def _forget(self, key: Hashable) -> None:
+        if (task := self._waiting.get(key)) is not None and task is asyncio.current_task():
+            del self._waiting[key]

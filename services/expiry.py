@@ -24,8 +24,9 @@ log = logging.getLogger("bellcast.expiry")
 SWEEP_INTERVAL_SECONDS = 2.0
 # Expiries one sweep announces at most; the next goes on from the last of them.
 SWEEP_BATCH = 1000
-LOCK_KEY = "bellcast:expiry:lock"
-SWEPT_UNTIL_KEY = "bellcast:expiry:swept-until"
+KEY_PREFIX = "bellcast:expiry:"
+LOCK_KEY = KEY_PREFIX + "lock"
+SWEPT_UNTIL_KEY = KEY_PREFIX + "swept-until"
 # A first sweep looks this far back: what expired before is not announced (the streams' counts have caught up).
 FIRST_LOOK_BACK = datetime.timedelta(minutes=1)
 

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from typing import Any
@@ -59,28 +60,37 @@ class UserIdHasher:
         return hmac.new(self._key, user_id.encode(), hashlib.sha256).hexdigest()[:USER_HASH_LENGTH]
 
 
+# Failures this close to the last one belong to the same outage: a store that comes back fails once more on
+# each connection its client kept from before, after the first success.
+OUTAGE_QUIET_SECONDS = 30.0
+
+
 class OutageLog:
     """One warning when something starts failing and one line when it works again, however many failures
     come between: an outage under thousands of streams must not log thousands of lines."""
 
-    __slots__ = ("_failing", "_log", "_what")
+    __slots__ = ("_failing", "_last_failure", "_log", "_recovered", "_what")
 
-    def __init__(self, log: logging.Logger, what: str) -> None:
+    def __init__(self, log: logging.Logger, what: str, recovered: str = "works again") -> None:
         self._log = log
         self._what = what
+        self._recovered = recovered
         self._failing = False
+        self._last_failure = -math.inf
 
     def failed(self, message: str, *args: object) -> None:
-        """A failure: a warning if it is the first since the last success, else a debug line."""
-        level = logging.DEBUG if self._failing else logging.WARNING
+        """A failure: a warning if it begins an outage, else a debug line."""
+        now = time.monotonic()
+        begins = not self._failing and now - self._last_failure > OUTAGE_QUIET_SECONDS
         self._failing = True
-        self._log.log(level, "%s: " + message, self._what, *args)
+        self._last_failure = now
+        self._log.log(logging.WARNING if begins else logging.DEBUG, "%s: " + message, self._what, *args)
 
     def succeeded(self) -> None:
         """A success: if failures came before, say the outage is over."""
         if self._failing:
             self._failing = False
-            self._log.info("%s: works again", self._what)
+            self._log.info("%s: %s", self._what, self._recovered)
 
 
 def fields(**values: Any) -> dict[str, Any]:

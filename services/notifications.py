@@ -25,7 +25,7 @@ from pymongo.errors import (
     WriteError,
 )
 
-from services.batching import IterationBatches
+from services.batching import IterationBatches, SharedReads
 from services.errors import Invalid, NotFound, StoreUnavailable
 from services.idempotency import IdempotencyKey, IdempotencyRecords
 from services.logs import OutageLog
@@ -289,6 +289,12 @@ class ChangeObserver(Protocol):
         """React to a change; raising does not undo it."""
 
 
+# The counts a change carries are read once for the changes of a user that come together (a burst of
+# creates, one insert_many for many users): each read waits this long for others to join, and at most
+# CHANGE_COUNT_READS run at once, so that changes never take the connections creates and lists need.
+CHANGE_COUNT_DELAY_SECONDS = 0.01
+CHANGE_COUNT_READS = 16
+
 # MongoDB's code for a duplicate key.
 DUPLICATE_KEY = 11000
 
@@ -353,6 +359,7 @@ class NotificationService:
         self._metrics = metrics
         self._mongodb_outage = OutageLog(log, "MongoDB unavailable")
         self._change_observers: list[ChangeObserver] = []
+        self._change_counts = SharedReads(CHANGE_COUNT_READS, delay=CHANGE_COUNT_DELAY_SECONDS)
         # Each observer's store outage, logged once however many notifications it could not take.
         self._observer_outages: dict[str, OutageLog] = {}
 
@@ -460,17 +467,24 @@ class NotificationService:
         else:
             outage.succeeded()
 
-    async def publish_change(self, user_id: str, kind: str, ids: tuple[str, ...]) -> None:
-        """Tell the change observers of a change to the user's notifications, with the user's counts after it."""
+    async def publish_change(self, user_id: str, kind: str, ids: tuple[str, ...]) -> Counts | None:
+        """Tell the change observers of a change to the user's notifications, with the user's counts after it;
+        the counts (None without observers, or when MongoDB did not answer: the change stands, and the
+        user's streams get the counts when they next resume)."""
         if not self._change_observers:
-            return
+            return None
         try:
-            counts = await self.counts(user_id)
+            counts = await self._change_counts.read(user_id, lambda: self.counts(user_id))
         except StoreUnavailable:
-            return  # the change stands; the user's streams get the counts when they next resume
+            return None
         change = Change(user_id, kind, ids, counts)
         for observer in self._change_observers:
             await self._tell(observer, observer.changed(change), f"a change ({kind})")
+        return counts
+
+    async def close(self) -> None:
+        """Cancel the counts still being read for changes (shutdown)."""
+        await self._change_counts.close()
 
     async def _insert_once(self, document: dict[str, Any]) -> bool:
         """Store `document` once, even when the connection drops before MongoDB's answer: True if this call
@@ -599,9 +613,8 @@ class NotificationService:
             # `$and`: the filter may name `field` itself (read-all on the read ones changes nothing).
             result = await self._collection.update_many({"$and": [query, {field: None}]}, {"$set": {field: utc_now()}})
         updated = int(result.modified_count)
-        if updated:
-            await self.publish_change(user_id, kind, ())
-        return updated, await self.counts(user_id)
+        counts = await self.publish_change(user_id, kind, ()) if updated else None
+        return updated, counts or await self.counts(user_id)
 
     async def missed(
         self, user_id: str, after: str, limit: int, look_back: bool, at_most: int | None = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 
 from services.errors import RateLimited, StoreUnavailable
+from services.logs import OutageLog
 from services.redis_backend import RedisBackend
 from services.stores import redis_unavailable
 
@@ -66,7 +67,7 @@ class ProducerRateLimiter:
         self._redis = redis.client
         self._transactions = redis.transactions
         self._limit = limit
-        self._redis_down = False
+        self._outage = OutageLog(log, "producer rate limit", recovered="enforced again: Redis is back")
         self.refused = 0
 
     async def admit(self, api_key: str, notifications: int = 1) -> None:
@@ -80,13 +81,9 @@ class ProducerRateLimiter:
                 raise
             if isinstance(error, MaxConnectionsError) or isinstance(error.__cause__, MaxConnectionsError):
                 raise StoreUnavailable("every connection to Redis is in use; try again") from error
-            if not self._redis_down:
-                self._redis_down = True
-                log.warning("producer rate limit not enforced while Redis is unreachable (%s)", error)
+            self._outage.failed("not enforced while Redis is unreachable (%s)", error)
             return
-        if self._redis_down:
-            self._redis_down = False
-            log.info("producer rate limit enforced again: Redis is back")
+        self._outage.succeeded()
         if count > self._limit.allowance:
             self.refused += 1
             raise RateLimited(

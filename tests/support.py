@@ -37,6 +37,7 @@ from tornado.web import Application
 from services.auth import Authenticator
 from services.cache import connections_key
 from services.embedded import EmbeddedRedis, free_port
+from services.expiry import KEY_PREFIX as EXPIRY_KEY_PREFIX_TEXT
 from services.metrics import NAMESPACE, Metrics
 from services.notifications import Notification
 
@@ -319,9 +320,14 @@ def on_every_node(redis: Any) -> dict[str, Any]:
     return {"target_nodes": redis.get_primaries()} if isinstance(redis, RedisCluster) else {}
 
 
+EXPIRY_KEY_PREFIX = EXPIRY_KEY_PREFIX_TEXT.encode()
+
+
 async def cache_keys(redis: Any) -> list[bytes]:
-    """bellcast's keys in Redis, from every node of a cluster."""
-    return list(await redis.keys("bellcast:*", **on_every_node(redis)))
+    """bellcast's keys in Redis, from every node of a cluster, but the expiry sweep's: one lock and one bookmark
+    for the whole deployment, which no stream or request leaves behind (services/expiry.py)."""
+    keys = await redis.keys("bellcast:*", **on_every_node(redis))
+    return [key for key in keys if not key.startswith(EXPIRY_KEY_PREFIX)]
 
 
 async def command_calls(redis: Any, command: str) -> int:

@@ -113,7 +113,8 @@ def test_console_script_serves_and_accepts_the_token_it_mints(store_urls, tmp_pa
             server.base_url + "/api/notifications", headers={"Authorization": f"Bearer {minted.stdout.strip()}"}
         )
         with urllib.request.urlopen(request, timeout=5) as response:
-            assert json.loads(response.read()) == {"notifications": [], "unread_count": 0, "next_before": None}
+            empty = {"notifications": [], "unread_count": 0, "unseen_count": 0, "next_before": None}
+            assert json.loads(response.read()) == empty
     finally:
         returncode = server.stop()
         server.drop_database()

@@ -142,11 +142,13 @@ async def test_a_stream_is_logged_when_it_opens_and_when_it_closes_with_duration
     for title in ("one", "two"):
         await json_server.api.create(user, title)
     await stream.notifications(2)
+    [await stream.next_change() for _ in range(2)]  # each create is announced as a change too
     await asyncio.sleep(0.3)
     stream.close()
     closed = await json_server.line(lambda line: line.get("request_id") == opened["request_id"] and "status" in line)
     assert closed["uri"] == "/notifications/stream?access_token=[redacted]"
-    assert (closed["status"], closed["events_sent"], closed["ended_by"]) == (200, 2, "client")
+    # Two notifications, and the two `changed` events that announced them.
+    assert (closed["status"], closed["events_sent"], closed["ended_by"]) == (200, 4, "client")
     assert closed["connection"] == opened["connection"]
     assert closed["duration_ms"] >= 300
     assert closed["user"] == pseudonym
