@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import logging
 import secrets
+from urllib.parse import quote
 
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
@@ -24,9 +25,8 @@ log = logging.getLogger("bellcast.expiry")
 SWEEP_INTERVAL_SECONDS = 2.0
 # Expiries one sweep announces at most; the next goes on from the last of them.
 SWEEP_BATCH = 1000
+# Then the database's name: deployments (or test runs) sharing a Redis each sweep their own notifications.
 KEY_PREFIX = "bellcast:expiry:"
-LOCK_KEY = KEY_PREFIX + "lock"
-SWEPT_UNTIL_KEY = KEY_PREFIX + "swept-until"
 # A first sweep looks this far back: what expired before is not announced (the streams' counts have caught up).
 FIRST_LOOK_BACK = datetime.timedelta(minutes=1)
 
@@ -41,6 +41,9 @@ class ExpiryAnnouncer:
         self._batcher = batcher
         self._interval = interval
         self._token = secrets.token_hex(8)
+        database = quote(notifications.database_name, safe="")
+        self._lock_key = f"{KEY_PREFIX}{database}:lock"
+        self._swept_until_key = f"{KEY_PREFIX}{database}:swept-until"
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -60,7 +63,7 @@ class ExpiryAnnouncer:
         """Announce what expired since the last sweep, if no other process sweeps now; how many were announced."""
         lock_ms = max(1, round(self._interval * 1000))
         [locked, swept_until] = await self._batcher.execute_many(
-            [("SET", LOCK_KEY, self._token, "NX", "PX", lock_ms), ("GET", SWEPT_UNTIL_KEY)]
+            [("SET", self._lock_key, self._token, "NX", "PX", lock_ms), ("GET", self._swept_until_key)]
         )
         if not locked:
             return 0
@@ -77,7 +80,7 @@ class ExpiryAnnouncer:
             by_user.setdefault(notification.user_id, []).append(str(notification.id))
         for user_id, ids in by_user.items():
             await self._notifications.publish_change(user_id, "expired", tuple(ids))
-        await self._batcher.execute("SET", SWEPT_UNTIL_KEY, _milliseconds(until))
+        await self._batcher.execute("SET", self._swept_until_key, _milliseconds(until))
         return len(expired)
 
     async def _sweep_forever(self) -> None:

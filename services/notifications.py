@@ -482,6 +482,11 @@ class NotificationService:
             await self._tell(observer, observer.changed(change), f"a change ({kind})")
         return counts
 
+    @property
+    def database_name(self) -> str:
+        """The name of the MongoDB database the notifications live in."""
+        return str(self._collection.database.name)
+
     async def close(self) -> None:
         """Cancel the counts still being read for changes (shutdown)."""
         await self._change_counts.close()

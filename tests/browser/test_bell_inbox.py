@@ -30,6 +30,8 @@ from tests.browser.pages import (
 
 # The issue's promise: a change on one device shows on the others within a second.
 SYNC_MS = 1_000
+# An expiry is announced by the server's next sweep (every 2 s), a few seconds after it.
+EXPIRY_MS = 10_000
 AVATARS = "https://avatars.example"
 # What the routed avatar URLs answer: a coloured disc with an initial.
 AVATAR_SVG = """<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">
@@ -321,3 +323,21 @@ def test_screenshots_of_the_bell_light_dark_and_german(
         assert panel is not None
         clip = FloatRect(x=panel["x"] - 24, y=0, width=panel["width"] + 48, height=panel["y"] + panel["height"] + 24)
         page.screenshot(path=str(ARTIFACTS / f"bell-{name}.png"), clip=clip, animations="disabled")
+
+
+def test_an_expired_notification_leaves_the_open_bell_without_a_reload(
+    bellcast: BellcastProcess, host_pages: HostPages, context: BrowserContext, open_page, user
+):
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=3)
+    bellcast.create(user, "Lasting")
+    bellcast.create(user, "Flash sale", expires_at=soon.isoformat().replace("+00:00", "Z"))
+    page = open_page(serve_bell(bellcast, host_pages, user))
+    expect(badge(page)).to_have_text("2")
+    open_bell(page)
+    shown_titles(page).to_have_text(["Flash sale", "Lasting"])
+    listed: list[str] = []
+    context.on("request", lambda request: listed.append(request.url) if "/api/notifications" in request.url else None)
+    # The server announces expiries every couple of seconds.
+    shown_titles(page).to_have_text(["Lasting"], timeout=EXPIRY_MS)
+    expect(badge(page)).to_have_text("1")
+    assert listed == []
