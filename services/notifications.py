@@ -263,15 +263,16 @@ class Change:
     kind: str
     ids: tuple[str, ...]
     counts: Counts
+    # What a bulk change (read_all, archived_all) acted on: its `status` and `tag`, those given ({}: every
+    # notification not archived). None for the others.
+    filter: Mapping[str, str] | None = None
 
     def to_json(self) -> str:
         """The event's data: what changed, and the counts at its top level."""
-        change = {
-            "change": self.kind,
-            "ids": list(self.ids),
-            "unread_count": self.counts.unread,
-            "unseen_count": self.counts.unseen,
-        }
+        change: dict[str, Any] = {"change": self.kind, "ids": list(self.ids)}
+        if self.filter is not None:
+            change["filter"] = dict(self.filter)
+        change.update(unread_count=self.counts.unread, unseen_count=self.counts.unseen)
         return json.dumps(change, separators=(",", ":"))
 
 
@@ -467,7 +468,9 @@ class NotificationService:
         else:
             outage.succeeded()
 
-    async def publish_change(self, user_id: str, kind: str, ids: tuple[str, ...]) -> Counts | None:
+    async def publish_change(
+        self, user_id: str, kind: str, ids: tuple[str, ...], filter: Mapping[str, str] | None = None
+    ) -> Counts | None:
         """Tell the change observers of a change to the user's notifications, with the user's counts after it;
         the counts (None without observers, or when MongoDB did not answer: the change stands, and the
         user's streams get the counts when they next resume)."""
@@ -477,7 +480,7 @@ class NotificationService:
             counts = await self._change_counts.read(user_id, lambda: self.counts(user_id))
         except StoreUnavailable:
             return None
-        change = Change(user_id, kind, ids, counts)
+        change = Change(user_id, kind, ids, counts, filter)
         for observer in self._change_observers:
             await self._tell(observer, observer.changed(change), f"a change ({kind})")
         return counts
@@ -585,11 +588,13 @@ class NotificationService:
         self, user_id: str, status: str | None = None, tag: str | None = None
     ) -> tuple[int, Counts]:
         """Mark read every unread notification of the user that the filter shows; how many changed, and the counts."""
-        return await self._set_all(user_id, _shown(user_id, parse_status(status), tag), "read_at", "read_all")
+        shown = _shown(user_id, parse_status(status), tag)
+        return await self._set_all(user_id, shown, "read_at", "read_all", _bulk_filter(status, tag))
 
     async def archive_all(self, user_id: str, status: str | None = None, tag: str | None = None) -> tuple[int, Counts]:
         """Archive every notification of the user that the filter shows; how many changed, and the counts."""
-        return await self._set_all(user_id, _shown(user_id, parse_status(status), tag), "archived_at", "archived_all")
+        shown = _shown(user_id, parse_status(status), tag)
+        return await self._set_all(user_id, shown, "archived_at", "archived_all", _bulk_filter(status, tag))
 
     async def mark_all_seen(self, user_id: str) -> tuple[int, Counts]:
         """Mark every notification of the user seen (the bell's panel opened); how many changed, and the counts."""
@@ -612,13 +617,15 @@ class NotificationService:
             await self.publish_change(user_id, kind, (notification_id,))
         return Notification.from_document(document)
 
-    async def _set_all(self, user_id: str, query: dict[str, Any], field: str, kind: str) -> tuple[int, Counts]:
+    async def _set_all(
+        self, user_id: str, query: dict[str, Any], field: str, kind: str, filter: Mapping[str, str] | None = None
+    ) -> tuple[int, Counts]:
         """Set `field` to now on each notification `query` matches where it is not set yet."""
         with self._store_errors():
             # `$and`: the filter may name `field` itself (read-all on the read ones changes nothing).
             result = await self._collection.update_many({"$and": [query, {field: None}]}, {"$set": {field: utc_now()}})
         updated = int(result.modified_count)
-        counts = await self.publish_change(user_id, kind, ()) if updated else None
+        counts = await self.publish_change(user_id, kind, (), filter) if updated else None
         return updated, counts or await self.counts(user_id)
 
     async def missed(
@@ -787,6 +794,11 @@ def _shown(user_id: str, status: str | None, tag: str | None) -> dict[str, Any]:
     if tag is not None:
         query["tags"] = parse_tag(tag)
     return query
+
+
+def _bulk_filter(status: str | None, tag: str | None) -> dict[str, str]:
+    """The filter a bulk change names in its event: the `status` and `tag` it was given."""
+    return {name: value for name, value in (("status", status), ("tag", tag)) if value is not None}
 
 
 def _tags(value: Any) -> tuple[str, ...]:

@@ -194,9 +194,10 @@ async def test_every_change_reaches_every_open_stream_of_the_user_with_the_serve
     await api.as_user("alice", "POST", f"/api/notifications/{second['id']}/unarchive")
     await both_told({"change": "unarchived", "ids": [second["id"]], "unread_count": 1, "unseen_count": 0})
     await api.as_user("alice", "POST", "/api/notifications/read-all")
-    await both_told({"change": "read_all", "ids": [], "unread_count": 0, "unseen_count": 0})
+    await both_told({"change": "read_all", "ids": [], "filter": {}, "unread_count": 0, "unseen_count": 0})
     await api.as_user("alice", "POST", "/api/notifications/archive-all?tag=billing")
-    await both_told({"change": "archived_all", "ids": [], "unread_count": 0, "unseen_count": 0})
+    archived_all = {"change": "archived_all", "ids": [], "filter": {"tag": "billing"}}
+    await both_told({**archived_all, "unread_count": 0, "unseen_count": 0})
     await api.as_user("alice", "DELETE", f"/api/notifications/{second['id']}")
     await both_told({"change": "deleted", "ids": [second["id"]], "unread_count": 0, "unseen_count": 0})
     # A change that changes nothing is not announced.
