@@ -36,6 +36,8 @@ class RecoveryReads:
         self._reads = SharedReads(
             concurrency, jitter=jitter, on_run=metrics.recovery_reads.inc, on_share=metrics.recovery_reads_shared.inc
         )
+        # The counts a stream sends once it has resumed or recovered: bounded alike, counted apart.
+        self._counts = SharedReads(concurrency, jitter=jitter)
 
     async def missed(self, user_id: str, after: str, look_back: bool, at_most: int | None = None) -> Page:
         """A page of the user's notifications after `after`, in id order (`NotificationService.missed`).
@@ -49,8 +51,9 @@ class RecoveryReads:
 
     async def counts(self, user_id: str) -> Counts:
         """The user's counts now (`NotificationService.counts`), read once for the tabs that ask together."""
-        return await self._reads.read(("counts", user_id), lambda: self._notifications.counts(user_id))
+        return await self._counts.read(user_id, lambda: self._notifications.counts(user_id))
 
     async def close(self) -> None:
         """Cancel the reads under way (shutdown: the streams that wait for them are ending)."""
         await self._reads.close()
+        await self._counts.close()
