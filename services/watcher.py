@@ -31,6 +31,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
+from services.background import stop_task
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.logs import OutageLog
@@ -131,12 +132,9 @@ class SourceWatcher:
             return
         self._stopping.set()
         # It stops once its wait for changes ends; a delivery under way (observers bounded by STORE_TIMEOUT) or a
-        # store that does not answer may keep it longer.
-        _, pending = await asyncio.wait({self._task}, timeout=CLOSE_GRACE_SECONDS)
-        if pending:
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # store that does not answer may keep it longer: then it is cancelled.
+        await asyncio.wait({self._task}, timeout=CLOSE_GRACE_SECONDS)
+        await stop_task(self._task, "the source watcher")
         self._task = None
         with contextlib.suppress(StoreUnavailable):
             await self._batcher.execute("EVAL", RELEASE_LEASE, 1, self._lease_key, self._holder)
