@@ -227,6 +227,8 @@ async def test_a_stream_resumes_after_a_uuid_last_event_id_in_order_without_loss
     first_tab.close()
 
     await source.insert_many(documents[2:])
+    # Delivered to no stream (none is open): the resumed one must find them in MongoDB.
+    await eventually(lambda: _async(metric_value(runtime.metrics, "source_documents_total") == 6))
     resumed = await open_stream("7", last_event_id=seen[-1].id)
     replayed = await resumed.notifications(4)
     assert [event.id for event in replayed] == [d["_id"] for d in documents[2:]]
@@ -395,6 +397,8 @@ async def test_a_resume_within_a_second_of_text_dates_loses_nothing_created_late
     [seen] = await tab.notifications(1)
     tab.close()
     await source.insert_one(later)
+    # Delivered to no stream (none is open): the resumed one must find it in MongoDB.
+    await eventually(lambda: _async(metric_value(runtime.metrics, "source_documents_total") == 2))
 
     resumed = await open_stream("7", last_event_id=seen.id)
     [replayed] = await resumed.notifications(1)
