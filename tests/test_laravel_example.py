@@ -41,10 +41,11 @@ INVOICE_PAID = "App\\Notifications\\InvoicePaid"
 # Eloquent's date format for laravel-mongodb's grammar (Laravel's base Grammar::getDateFormat()).
 LARAVEL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
-# How the documents are stored, by who stores them.
-STOCK_5 = "laravel-mongodb 5, Laravel's DatabaseNotification"
-STOCK_4 = "laravel-mongodb 4, Laravel's DatabaseNotification"
-OWN_MODEL = "laravel-mongodb 5, a DatabaseNotification extending its Model"
+# How the documents are stored, by who stores them: laravel-mongodb 5 or 4 with Laravel's own
+# DatabaseNotification, or 5 with an app's DatabaseNotification extending laravel-mongodb's Model.
+STOCK_5 = "laravel-mongodb5"
+STOCK_4 = "laravel-mongodb4"
+OWN_MODEL = "laravel-mongodb5-own-model"
 SHAPES = [STOCK_5, STOCK_4, OWN_MODEL]
 # What the app writes and reads besides `read_at` (and `updated_at`, which a read may touch as Laravel's does).
 LARAVEL_FIELDS = ("type", "data", "notifiable_id", "notifiable_type", "created_at")
