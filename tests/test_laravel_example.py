@@ -31,6 +31,7 @@ import pytest
 from bson import ObjectId
 from pymongo.collection import Collection
 
+from services.watcher import POSITIONS
 from tests.support import API, ServerProcess, SSEStream, eventually
 
 JWT_SECRET = "laravel-secret-" + "x" * 24
@@ -66,7 +67,9 @@ class LaravelApp:
 
     def date(self, moment: datetime.datetime) -> Any:
         """A date as this shape stores it: Eloquent's text for Laravel's model, a BSON date for a MongoDB model."""
-        return moment if self.shape == OWN_MODEL else moment.strftime("%Y-%m-%d %H:%M:%S")
+        if self.shape == OWN_MODEL:  # a UTCDateTime: milliseconds
+            return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
 
     def notify(
         self,
@@ -152,6 +155,11 @@ def laravel_bellcast(request, store_urls, tmp_path_factory) -> Iterator[ServerPr
         SOURCE_FILTER=json.dumps({"notifiable_type": USER_MODEL}),
     )
     server.wait_until_ready()
+    try:
+        wait_until_watching(server)
+    except BaseException:
+        server.kill()
+        raise
     yield server
     try:
         assert server.stop() == 0, server.output()[-3000:]
@@ -159,10 +167,23 @@ def laravel_bellcast(request, store_urls, tmp_path_factory) -> Iterator[ServerPr
         server.drop_database()
 
 
+def wait_until_watching(server: ServerProcess, timeout: float = 30) -> None:
+    """Wait until bellcast has opened its change stream: the first watcher of a collection pushes what is
+    inserted from then on (what came before is history, which lists show)."""
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(server.environ["MONGODB_URL"])
+    with client:
+        positions = client[server.database][POSITIONS]
+        deadline = time.monotonic() + timeout
+        while positions.find_one({"_id": COLLECTION, "resume_token": {"$ne": None}}) is None:
+            assert time.monotonic() < deadline, "bellcast never watched:\n" + server.output()[-3000:]
+            time.sleep(0.05)
+
+
 @pytest.fixture(params=SHAPES)
 def laravel(request, laravel_bellcast: ServerProcess) -> Iterator[LaravelApp]:
     """The app's side, storing its documents in one of the shapes laravel-mongodb gives them."""
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(laravel_bellcast.environ["MONGODB_URL"])
+    url = laravel_bellcast.environ["MONGODB_URL"]
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url, tz_aware=True)
     with client:
         yield LaravelApp(client[laravel_bellcast.database][COLLECTION], request.param)
 
@@ -257,57 +278,49 @@ async def test_a_notification_the_app_marks_read_itself_is_listed_as_read(larave
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_only_the_users_own_notifications_of_the_filtered_model_reach_their_bell(laravel_bellcast):
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(laravel_bellcast.environ["MONGODB_URL"])
-    with client:
-        laravel = LaravelApp(client[laravel_bellcast.database][COLLECTION])
-        user_key, notifiable_id = laravel.new_user()
-        _, someone_else = laravel.new_user()
-        stream = await open_bell(laravel_bellcast, user_key)
-        try:
-            laravel.notify(notifiable_id, invoice_paid(1), notifiable_type="App\\Models\\Team")  # a team, same key
-            laravel.notify(someone_else, invoice_paid(2))
-            own = laravel.notify(notifiable_id, invoice_paid(3))
+async def test_only_the_users_own_notifications_of_the_filtered_model_reach_their_bell(laravel_bellcast, laravel):
+    user_key, notifiable_id = laravel.new_user()
+    _, someone_else = laravel.new_user()
+    stream = await open_bell(laravel_bellcast, user_key)
+    try:
+        laravel.notify(notifiable_id, invoice_paid(1), notifiable_type="App\\Models\\Team")  # a team, same key
+        laravel.notify(someone_else, invoice_paid(2))
+        own = laravel.notify(notifiable_id, invoice_paid(3))
 
-            [event] = await stream.notifications(1, timeout=10)
-            assert event.id == bell_id(own)
-            await stream.assert_silent(0.5)
-            page = await list_of(laravel_bellcast.api(), user_key)
-            assert [n["id"] for n in page["notifications"]] == [bell_id(own)]
-        finally:
-            stream.close()
+        [event] = await stream.notifications(1, timeout=10)
+        assert event.id == bell_id(own)
+        await stream.assert_silent(0.5)
+        page = await list_of(laravel_bellcast.api(), user_key)
+        assert [n["id"] for n in page["notifications"]] == [bell_id(own)]
+    finally:
+        stream.close()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_bell_that_reconnects_gets_once_what_laravel_wrote_meanwhile_even_within_the_same_second(
-    laravel_bellcast,
+    laravel_bellcast, laravel
 ):
     """Laravel's dates have whole seconds and its UUIDs are random, so a notification written while the bell
     was away may share the second of the last one the bell saw and sort before it by id."""
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(laravel_bellcast.environ["MONGODB_URL"])
-    with client:
-        laravel = LaravelApp(client[laravel_bellcast.database][COLLECTION])
-        user_key, notifiable_id = laravel.new_user()
-        second = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-        stream = await open_bell(laravel_bellcast, user_key)
-        try:
-            seen = laravel.notify(notifiable_id, invoice_paid(1), created_at=second, notification_id=f"f{uuid4()[1:]}")
-            [event] = await stream.notifications(1, timeout=10)
-            assert event.id == bell_id(seen)
-        finally:
-            stream.close()
+    user_key, notifiable_id = laravel.new_user()
+    second = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    stream = await open_bell(laravel_bellcast, user_key)
+    try:
+        seen = laravel.notify(notifiable_id, invoice_paid(1), created_at=second, notification_id=f"f{uuid4()[1:]}")
+        [event] = await stream.notifications(1, timeout=10)
+        assert event.id == bell_id(seen)
+    finally:
+        stream.close()
 
-        same_second = laravel.notify(
-            notifiable_id, invoice_paid(2), created_at=second, notification_id=f"0{uuid4()[1:]}"
-        )
-        next_second = laravel.notify(notifiable_id, invoice_paid(3), created_at=second + datetime.timedelta(seconds=1))
-        resumed = await open_bell(laravel_bellcast, user_key, last_event_id=event.id)
-        try:
-            events = await resumed.notifications(2, timeout=10)
-            assert sorted(e.id for e in events if e.id) == sorted([bell_id(same_second), bell_id(next_second)])
-            await resumed.assert_silent(0.5)
-        finally:
-            resumed.close()
+    same_second = laravel.notify(notifiable_id, invoice_paid(2), created_at=second, notification_id=f"0{uuid4()[1:]}")
+    next_second = laravel.notify(notifiable_id, invoice_paid(3), created_at=second + datetime.timedelta(seconds=1))
+    resumed = await open_bell(laravel_bellcast, user_key, last_event_id=event.id)
+    try:
+        events = await resumed.notifications(2, timeout=10)
+        assert sorted(e.id for e in events if e.id) == sorted([bell_id(same_second), bell_id(next_second)])
+        await resumed.assert_silent(0.5)
+    finally:
+        resumed.close()
 
 
 def uuid4() -> str:
