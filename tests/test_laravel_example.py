@@ -47,7 +47,10 @@ LARAVEL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 STOCK_5 = "laravel-mongodb5"
 STOCK_4 = "laravel-mongodb4"
 OWN_MODEL = "laravel-mongodb5-own-model"
-SHAPES = [STOCK_5, STOCK_4, OWN_MODEL]
+# bellcast does not read Eloquent's text dates yet: it skips such a document as having "no creation time"
+# (/work/briefs/laravel-findings.md). Remove the marks once it reads them; xfail_strict fails the run then.
+TEXT_DATES = pytest.mark.xfail(reason="Laravel's dates are text, which bellcast skips as no creation time")
+SHAPES = [pytest.param(STOCK_5, marks=TEXT_DATES), pytest.param(STOCK_4, marks=TEXT_DATES), OWN_MODEL]
 # What the app writes and reads besides `read_at` (and `updated_at`, which a read may touch as Laravel's does).
 LARAVEL_FIELDS = ("type", "data", "notifiable_id", "notifiable_type", "created_at")
 
@@ -218,7 +221,7 @@ async def test_a_notification_laravel_writes_reaches_the_users_bell_with_its_id_
     try:
         document = laravel.notify(notifiable_id, invoice_paid(1042))
 
-        [event] = await stream.notifications(1, timeout=10)
+        [event] = await stream.notifications(1, timeout=5)
         received = event.json()
         assert event.id == received["id"] == bell_id(document)
         assert received["user_id"] == user_key
@@ -245,7 +248,7 @@ async def test_the_bell_marking_one_read_sets_read_at_on_the_apps_document_so_la
     user_key, notifiable_id = laravel.new_user()
     document = laravel.notify(notifiable_id, invoice_paid(7))
     kept = laravel.notify(notifiable_id, invoice_paid(8))
-    await eventually(lambda: _listed(api, user_key, 2), timeout=10)
+    await eventually(lambda: _listed(api, user_key, 2), timeout=5)
 
     response = await api.as_user(user_key, "POST", f"/api/notifications/{bell_id(document)}/read")
     assert response.code == 200, response.body
@@ -265,7 +268,7 @@ async def test_a_notification_the_app_marks_read_itself_is_listed_as_read(larave
     api = laravel_bellcast.api()
     user_key, notifiable_id = laravel.new_user()
     document = laravel.notify(notifiable_id, invoice_paid(12))
-    await eventually(lambda: _listed(api, user_key, 1), timeout=10)
+    await eventually(lambda: _listed(api, user_key, 1), timeout=5)
 
     laravel.mark_as_read(document)
 
@@ -287,7 +290,7 @@ async def test_only_the_users_own_notifications_of_the_filtered_model_reach_thei
         laravel.notify(someone_else, invoice_paid(2))
         own = laravel.notify(notifiable_id, invoice_paid(3))
 
-        [event] = await stream.notifications(1, timeout=10)
+        [event] = await stream.notifications(1, timeout=5)
         assert event.id == bell_id(own)
         await stream.assert_silent(0.5)
         page = await list_of(laravel_bellcast.api(), user_key)
@@ -307,7 +310,7 @@ async def test_a_bell_that_reconnects_gets_once_what_laravel_wrote_meanwhile_eve
     stream = await open_bell(laravel_bellcast, user_key)
     try:
         seen = laravel.notify(notifiable_id, invoice_paid(1), created_at=second, notification_id=f"f{uuid4()[1:]}")
-        [event] = await stream.notifications(1, timeout=10)
+        [event] = await stream.notifications(1, timeout=5)
         assert event.id == bell_id(seen)
     finally:
         stream.close()
@@ -316,7 +319,7 @@ async def test_a_bell_that_reconnects_gets_once_what_laravel_wrote_meanwhile_eve
     next_second = laravel.notify(notifiable_id, invoice_paid(3), created_at=second + datetime.timedelta(seconds=1))
     resumed = await open_bell(laravel_bellcast, user_key, last_event_id=event.id)
     try:
-        events = await resumed.notifications(2, timeout=10)
+        events = await resumed.notifications(2, timeout=5)
         assert sorted(e.id for e in events if e.id) == sorted([bell_id(same_second), bell_id(next_second)])
         await resumed.assert_silent(0.5)
     finally:
