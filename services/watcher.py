@@ -189,13 +189,14 @@ class SourceWatcher:
             await asyncio.gather(renewing, return_exceptions=True)
 
     async def _watch(self, position: Mapping[str, Any]) -> None:
+        """Follow change streams from the stored point until stopped: reopened when the server closes one, and
+        from now with a catch-up when the stored token is no longer served."""
         epoch = position["epoch"]
-        token = position.get("resume_token")
-        # A point without a token: a catch-up was under way.
-        catch_up = token is None and position.get("last_key") is not None
         while not self._stopping.is_set():
+            token, last_key = position.get("resume_token"), position.get("last_key")
             try:
-                await self._follow(epoch, token, position.get("last_key"), catch_up)
+                # A point without a token but with a last key: a catch-up was under way.
+                await self._follow(epoch, token, last_key, catch_up=token is None and last_key is not None)
             except OperationFailure as error:
                 if token is None or error.code not in HISTORY_LOST:
                     raise
@@ -205,8 +206,8 @@ class SourceWatcher:
                     error,
                 )
                 self._metrics.source_catch_ups.inc()
-                position = await self._positions.find_one({"_id": self._name}) or {}
-                token, catch_up = None, True
+                await self._save(epoch, None, last_key)
+            position = await self._positions.find_one({"_id": self._name}) or {}
 
     async def _follow(self, epoch: int, token: Any, last_key: str | None, catch_up: bool) -> None:
         """Open a change stream (after `token`, else from now) and deliver what it brings, batch by batch."""
@@ -246,6 +247,9 @@ class SourceWatcher:
                     return
                 if self._lease_lost:
                     raise LeaseLost()
+                if not stream.alive:  # closed by the server: without this, each try_next answers None at once
+                    log.info("source watcher: the server closed the change stream on %s; opening another", self._name)
+                    return
                 change = await stream.try_next()
         finally:
             await stream.close()
