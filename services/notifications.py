@@ -357,8 +357,9 @@ class NotificationSchema:
         """The query of what a list shows after `document` (older than it)."""
         return {"_id": {"$lt": document["_id"]}}
 
-    def after_key(self, key: str) -> dict[str, Any] | None:
-        """The query of what comes after a stream key in stream order; None if `key` is not one."""
+    def after_key(self, key: str, look_back: bool = False) -> dict[str, Any] | None:
+        """The query of what comes after a stream key in stream order; None if `key` is not one. (`look_back`: a
+        client resumes; bellcast's own collection looks back in `missed`.)"""
         try:
             return {"_id": {"$gt": ObjectId(key)}}
         except (InvalidId, TypeError):
@@ -891,7 +892,7 @@ class NotificationService:
 
     async def _missed_query(self, user_id: str, after: str, look_back: bool) -> dict[str, Any] | None:
         """The query of what `missed` gives; None for an unparseable key."""
-        newer = self._schema.after_key(after)
+        newer = self._schema.after_key(after, look_back)
         if newer is None:
             return None
         live = {"$and": [self._schema.user(user_id), self._schema.not_expired(utc_now())]}
