@@ -67,7 +67,8 @@ def in_order(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def laravel_notification(user_id: Any, **data: Any) -> dict[str, Any]:
-    """A database notification exactly as laravel-mongodb stores `$user->notify(new InvoicePaid(...))`."""
+    """A database notification as an app's own notification model without the `array` cast stores it: `data` as a
+    document, BSON dates (stock Laravel's text shapes: `stock_laravel_notification`, tests/test_laravel_example.py)."""
     now = datetime.datetime.now(datetime.UTC)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # BSON dates keep milliseconds
     return {
