@@ -161,10 +161,25 @@ class MappedSchema(NotificationSchema):
             return {**self.filter, path: {"$in": [user_id, int(user_id)]}}
         return {**self.filter, path: user_id}
 
+    def users(self, user_ids: list[str]) -> dict[str, Any]:
+        variants: list[Any] = []
+        for user_id in user_ids:
+            variants.append(user_id)
+            if _OBJECT_ID.match(user_id):
+                variants.append(ObjectId(user_id))
+            elif _WHOLE_NUMBER.match(user_id):
+                variants.append(int(user_id))
+        return {**self.filter, self.paths["user_id"]: {"$in": variants}}
+
     def unset(self, field: str) -> dict[str, Any]:
         if field == "read_at":
             return {self.paths[field]: {"$in": [None, False]}}
         return super().unset(field)
+
+    def unset_expression(self, field: str) -> dict[str, Any]:
+        if field == "read_at":
+            return {"$in": [{"$ifNull": ["$" + self.paths[field], None]}, [None, False]]}
+        return super().unset_expression(field)
 
     def is_set(self, field: str) -> dict[str, Any]:
         if field == "read_at":
