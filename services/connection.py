@@ -517,6 +517,7 @@ class LiveConnection:
         try:
             if self._newest_sent is None and self._resume_from is not None:
                 self._newest_sent = await self._reads.resume_key(self.user_id, self._resume_from)
+                self._resume_from = None
             after = self._newest_sent
             if after is None:  # the Last-Event-ID names no notification: nothing to replay
                 self._replay_owed = False
