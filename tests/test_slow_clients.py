@@ -73,7 +73,7 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
 
     try:
         await asyncio.wait_for(until_closed(), PATIENCE)
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):  # a reset, or a write of ours that met the closed socket
         return True
     except TimeoutError:
         return False
