@@ -210,15 +210,22 @@ class SourceWatcher:
             position = await self._positions.find_one({"_id": self._name}) or {}
 
     async def _follow(self, epoch: int, token: Any, last_key: str | None, catch_up: bool) -> None:
-        """Open a change stream (after `token`, else from now) and deliver what it brings, batch by batch."""
+        """Open a change stream (after `token`, else from now) and deliver what it brings, batch by batch.
+
+        A task reads the stream into a queue while this one delivers: a batch is whatever has arrived by the time
+        the last one was delivered, so a change waits for no other (reading and delivering in turn, a batch would
+        wait for the stream's next wait to end).
+        """
         options: dict[str, Any] = {"max_await_time_ms": AWAIT_CHANGES_MS}
         if token is not None:
             options["resume_after"] = token
         stream = self._collection.watch(self._pipeline, **options)
         if asyncio.iscoroutine(stream):  # PyMongo's opens at once, Motor's on first use
             stream = await stream
+        arrived: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue(maxsize=BATCH)
+        reading: asyncio.Task[None] | None = None
         try:
-            change = await stream.try_next()
+            first = await stream.try_next()
             # The stream is open: what is inserted from now on, it brings.
             delivered_in_catch_up: set[str] = set()
             if catch_up:
@@ -226,32 +233,35 @@ class SourceWatcher:
             if token is None:
                 # From here on the stream has it all; a first watcher's catch-up would start at this second.
                 await self._save(epoch, stream.resume_token, last_key or str(ObjectId.from_datetime(utc_now())))
+            if first is not None:
+                arrived.put_nowait(first)
+            reading = asyncio.ensure_future(_read_changes(stream, arrived))
             saved_at = time.monotonic()
-            while True:
-                batch = []
-                while change is not None:
-                    batch.append(change)
-                    if len(batch) >= BATCH:
-                        break
-                    change = await stream.try_next()
+            while not self._stopping.is_set():
+                if self._lease_lost:
+                    raise LeaseLost()
+                batch = await _next_batch(arrived, reading)
+                if batch is None:  # closed by the server: another is opened from the stored point
+                    log.info("source watcher: the server closed the change stream on %s; opening another", self._name)
+                    return
                 documents = [c["fullDocument"] for c in batch if c.get("fullDocument") is not None]
                 if delivered_in_catch_up:
                     documents = [d for d in documents if str(d["_id"]) not in delivered_in_catch_up]
                 if documents:
                     last_key = max(last_key or "", await self._deliver(documents)) or None
-                if batch or time.monotonic() - saved_at > IDLE_SAVE_SECONDS:
+                if batch:
+                    await self._save(epoch, batch[-1]["_id"], last_key)  # a change's _id is its resume token
+                    saved_at = time.monotonic()
+                elif time.monotonic() - saved_at > IDLE_SAVE_SECONDS:
+                    # Nothing arrived and all is delivered: the stream's token is at most what was.
                     await self._save(epoch, stream.resume_token, last_key)
                     saved_at = time.monotonic()
                 self._outage.succeeded()
-                if self._stopping.is_set():
-                    return
-                if self._lease_lost:
-                    raise LeaseLost()
-                if not stream.alive:  # closed by the server: without this, each try_next answers None at once
-                    log.info("source watcher: the server closed the change stream on %s; opening another", self._name)
-                    return
-                change = await stream.try_next()
         finally:
+            if reading is not None and not reading.done():
+                await stop_task(reading, "the source watcher's reading")
+            elif reading is not None and not reading.cancelled():
+                reading.exception()  # raised above already, or ended with the stream
             await stream.close()
 
     async def _catch_up(self, epoch: int, last_key: str | None) -> tuple[str | None, set[str]]:
@@ -347,3 +357,35 @@ async def change_streams_unavailable(settings: Settings) -> str | None:
     finally:
         await mongo.close()
     return None
+
+
+async def _read_changes(stream: Any, arrived: asyncio.Queue[Mapping[str, Any]]) -> None:
+    """Read the change stream into `arrived` until the server closes it (each wait for changes is bounded)."""
+    while stream.alive:
+        change = await stream.try_next()
+        if change is not None:
+            await arrived.put(change)
+
+
+async def _next_batch(
+    arrived: asyncio.Queue[Mapping[str, Any]], reading: asyncio.Task[None]
+) -> list[Mapping[str, Any]] | None:
+    """What has arrived, up to BATCH, once something has (within AWAIT_CHANGES_MS, else nothing); None once the
+    stream is closed and all of it was taken. Raises what ended the reading."""
+    if arrived.empty():
+        getting = asyncio.ensure_future(arrived.get())
+        await asyncio.wait({getting, reading}, timeout=AWAIT_CHANGES_MS / 1000, return_when=asyncio.FIRST_COMPLETED)
+        if not getting.done():
+            getting.cancel()
+            await asyncio.gather(getting, return_exceptions=True)
+        if getting.cancelled():
+            if reading.done():
+                reading.result()
+                return None
+            return []
+        batch = [getting.result()]
+    else:
+        batch = [arrived.get_nowait()]
+    while len(batch) < BATCH and not arrived.empty():
+        batch.append(arrived.get_nowait())
+    return batch
