@@ -145,7 +145,7 @@ class DeliveryCache:
             self._batcher.execute_many,
             connections_key(notification.user_id),
             inbox_key(notification.user_id, ""),
-            (str(notification.id), notification.to_json()),
+            (notification.key, notification.to_json()),
             INBOX_TTL,
             self._inbox_cap,
             notification.user_id if self._publish_hints else None,

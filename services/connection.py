@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bson import ObjectId
-from bson.errors import InvalidId
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
 
@@ -29,7 +28,7 @@ from services.cache import CHANGE_FIELD_PREFIX, OBSERVER_GRACE, ConnectionInbox
 from services.errors import StoreUnavailable, TooMany
 from services.logs import fields
 from services.metrics import Metrics
-from services.notifications import CATCH_UP_WINDOW, Change, GapTooLarge, Notification
+from services.notifications import CATCH_UP_WINDOW, Change, GapTooLarge, Notification, event_id
 from services.recovery import RecoveryReads
 from services.sse import encode_comment, encode_event, encode_retry
 
@@ -177,6 +176,7 @@ class LiveConnection:
         "_registry",
         "_replay_owed",
         "_response",
+        "_resume_from",
         "_retry",
         "_scanning",
         "_sent",
@@ -211,7 +211,10 @@ class LiveConnection:
         self.user_id = inbox.user_id
         self._epoch_seen = wakeups.epoch
         self._opened_at = time.time()
-        self._newest_sent = _parse_id(last_event_id)
+        # The key (`Notification.key`) of the newest notification sent, once the replay has found where a
+        # Last-Event-ID stands (`_resume_from`, until then).
+        self._newest_sent: str | None = None
+        self._resume_from = last_event_id or None
         # The one ledger of what went out on this connection and could come back: id → whether its
         # inbox entry may still exist (the observer queued it too, or its deletion failed). An id
         # leaves once its entry is gone and it is older than CATCH_UP_WINDOW before the newest sent,
@@ -220,7 +223,7 @@ class LiveConnection:
         # Owed from MongoDB: the replay after Last-Event-ID (`_replay_owed`, until it is sent or refused), and
         # what an outage or a lost registration kept from the inbox (`_recovering`, a page at a time from
         # `_recovery_cursor`, the last id of the page before).
-        self._replay_owed = self._newest_sent is not None
+        self._replay_owed = self._resume_from is not None
         # Changes queued while the inbox could not take them are lost: once a stream resumes or recovers, it
         # sends the user's counts as they are.
         self._counts_owed = False
@@ -433,7 +436,7 @@ class LiveConnection:
             self._last_write = time.monotonic()
 
     async def _send_entries(self, entries: list[Entry], live: bool) -> bool:
-        chunk = b"".join(encode_event(i, NOTIFICATION_EVENT, data) for i, data in entries)
+        chunk = b"".join(encode_event(event_id(key), NOTIFICATION_EVENT, data) for key, data in entries)
         if not await self.send(chunk):
             return False
         self._events_sent += len(entries)
@@ -509,22 +512,28 @@ class LiveConnection:
         False when MongoDB did not answer: the replay is still owed, and a scan after a backoff tries
         again (with the bound again) before it sends anything from the inbox.
         """
-        after = self._newest_sent
-        if not self._replay_owed or after is None:
-            self._replay_owed = False
+        if not self._replay_owed:
             return True
         try:
-            page, more = await self._reads.missed(self.user_id, after, look_back=True, at_most=self._max_replay)
+            if self._newest_sent is None and self._resume_from is not None:
+                self._newest_sent = await self._reads.resume_key(self.user_id, self._resume_from)
+            after = self._newest_sent
+            if after is None:  # the Last-Event-ID names no notification: nothing to replay
+                self._replay_owed = False
+                return True
+            page, next_after = await self._reads.missed(
+                self.user_id, after, look_back=True, at_most=self._max_replay
+            )
             while True:
                 entries = self._unsent(page)
                 if entries and not await self._send_entries(entries, live=False):
                     break  # the client has gone
-                if not more:
+                if next_after is None:
                     break
-                after = max(after, str(page[-1].id))
-                page, more = await self._reads.missed(self.user_id, after, look_back=False)
+                after = max(after, next_after)
+                page, next_after = await self._reads.missed(self.user_id, after, look_back=False)
         except GapTooLarge as gap:
-            await self._send_resync(gap.newest_id)
+            await self._send_resync(gap.newest_key)
         except StoreUnavailable:
             log.debug("catch-up postponed: MongoDB unavailable", extra=fields(**self._response.log_fields()))
             self._retry_later()
@@ -539,14 +548,14 @@ class LiveConnection:
         newest one: the reloaded list has it."""
         if newest is None:  # deleted meanwhile: nothing to replay either
             return
-        if await self.send(encode_event(newest, RESYNC_EVENT, RESYNC_DATA)):
+        if await self.send(encode_event(event_id(newest), RESYNC_EVENT, RESYNC_DATA)):
             self._events_sent += 1
             self._note_sent([newest])
 
     async def _send_changes(self, changes: list[bytes | str]) -> bool:
         """Write `changed` events; their id is the newest notification sent, so that a reconnect resumes there."""
-        event_id = self._newest_sent or ""
-        if not await self.send(b"".join(encode_event(event_id, CHANGED_EVENT, data) for data in changes)):
+        newest = event_id(self._newest_sent or "")
+        if not await self.send(b"".join(encode_event(newest, CHANGED_EVENT, data) for data in changes)):
             return False
         self._events_sent += len(changes)
         self._metrics.changes_delivered.inc(len(changes))
@@ -675,13 +684,12 @@ class LiveConnection:
             # the start of that minute, so that the user's tabs opened within it share one read.
             floor = _id_at(self._opened_at - 1)
             after, look_back = _id_at((self._opened_at - 1) // 60 * 60), False
-        page, more = await self._reads.missed(self.user_id, after, look_back)
-        last = str(page[-1].id) if page else after
+        page, next_after = await self._reads.missed(self.user_id, after, look_back)
         if floor is not None:
-            page = [notification for notification in page if str(notification.id) > floor]
+            page = [notification for notification in page if notification.key > floor]
         owed = dict(self._unsent(page))
-        if more:
-            self._recovery_cursor = max(after, last)
+        if next_after is not None:
+            self._recovery_cursor = max(after, next_after)
             return owed, self._recovery_cursor
         self._recovering = False
         self._recovery_cursor = None
@@ -700,13 +708,13 @@ class LiveConnection:
         fresh: list[Entry] = []
         queued_since = self._inbox.registered_at - OBSERVER_GRACE
         for notification in batch:
-            notification_id = str(notification.id)
-            if sent is not None and notification_id in sent:
+            key = notification.key
+            if sent is not None and key in sent:
                 continue
-            fresh.append((notification_id, notification.to_json()))
+            fresh.append((key, notification.to_json()))
             if notification.created_at.timestamp() >= queued_since:
                 sent = self._sent = sent if sent is not None else {}
-                sent[notification_id] = True
+                sent[key] = True
         return fresh
 
     def _note_sent(self, notification_ids: list[str]) -> None:
@@ -740,15 +748,6 @@ class LiveConnection:
         floor = f"{floor_second:08x}{'0' * 16}"
         kept = {i: queued for i, queued in self._sent.items() if queued or i >= floor}
         self._sent = kept or None
-
-
-def _parse_id(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return str(ObjectId(value))
-    except (InvalidId, TypeError):
-        return None
 
 
 def _id_at(timestamp: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -55,6 +56,25 @@ STATUSES = ("unread", "read", "archived")
 # ObjectIds only order by the second they were made in, and by process within it:
 # on reconnect, look this far back for notifications created after the last one seen.
 CATCH_UP_WINDOW = datetime.timedelta(seconds=5)
+# A source notification's stream key: its creation second (8 hex digits, as an ObjectId starts), its millisecond
+# (3), this separator, then its id. The separator sorts after every hex digit, so a key sorts after the
+# ObjectId that starts its second, which `missed` takes as "from that second on".
+KEY_SEPARATOR = "|"
+# What bellcast's own documents hold, by field; a source collection's `SOURCE_FIELDS` maps them elsewhere.
+DEFAULT_PATHS: Mapping[str, str] = {
+    "user_id": "user_id",
+    "title": "title",
+    "body": "body",
+    "type": "type",
+    "url": "url",
+    "data": "data",
+    "created_at": "created_at",
+    "read_at": "read_at",
+    "seen_at": "seen_at",
+    "archived_at": "archived_at",
+    "tags": "tags",
+    "expires_at": "expires_at",
+}
 
 _TYPE_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _SPACE_OR_BACKSLASH = re.compile(r"[\s\\]")
@@ -74,7 +94,8 @@ class Action:
 class Notification:
     """One notification, as stored and as sent to its user."""
 
-    id: ObjectId
+    # An ObjectId in bellcast's own collection; whatever the app uses in a source collection.
+    id: Any
     user_id: str
     type: str
     title: str
@@ -89,6 +110,18 @@ class Notification:
     expires_at: datetime.datetime | None = None
     seen_at: datetime.datetime | None = None
     archived_at: datetime.datetime | None = None
+    # Its place in its user's stream where the id does not sort by creation (a source collection's).
+    stream_key: str = ""
+
+    @property
+    def key(self) -> str:
+        """Its place in its user's stream, as a string that sorts in creation order: in bellcast's own
+        collection its id (an ObjectId's hex starts with its creation second)."""
+        return self.stream_key or str(self.id)
+
+    def with_key(self, key: str) -> Notification:
+        """This notification with its stream key."""
+        return dataclasses.replace(self, stream_key=key)
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Notification:
@@ -228,11 +261,20 @@ class Created:
 
 
 class GapTooLarge(Exception):
-    """More notifications are owed than a replay may send; `newest_id` is the user's newest (None: none left)."""
+    """More notifications are owed than a replay may send; `newest_key` is the stream key of the user's newest
+    (None: none left)."""
 
-    def __init__(self, newest_id: str | None) -> None:
+    def __init__(self, newest_key: str | None) -> None:
         super().__init__("more notifications are owed than a replay may send")
-        self.newest_id = newest_id
+        self.newest_key = newest_key
+
+
+class Unmapped(Exception):
+    """A source collection's document that is not a notification bellcast can show; `reason` says what it lacks."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +316,110 @@ class Change:
             change["filter"] = dict(self.filter)
         change.update(unread_count=self.counts.unread, unseen_count=self.counts.unseen)
         return json.dumps(change, separators=(",", ":"))
+
+
+class NotificationSchema:
+    """bellcast's own collection: ObjectId ids in creation order, bellcast's field names."""
+
+    # Whether the documents are an app's, delivered by the watcher rather than by bellcast's creates.
+    watched = False
+
+    def __init__(self, paths: Mapping[str, str] = DEFAULT_PATHS, filter: Mapping[str, Any] | None = None) -> None:
+        self.paths = {**DEFAULT_PATHS, **paths}
+        self.filter = dict(filter or {})
+
+    # -- ids and order ------------------------------------------------------------------------------
+
+    def id_value(self, text: str, field: str) -> Any:
+        """The `_id` a notification id names (24 hexadecimal digits here), or raise Invalid naming the field."""
+        try:
+            return ObjectId(text)
+        except (InvalidId, TypeError):
+            raise Invalid(f"{field} must be a notification id (24 hexadecimal digits)") from None
+
+    def by_id(self, text: str, field: str = "id") -> dict[str, Any]:
+        """The query of the document with this id."""
+        return {"_id": self.id_value(text, field)}
+
+    def new_id(self) -> Any:
+        """An `_id` for a notification bellcast creates."""
+        return ObjectId()
+
+    def newest_first(self) -> list[tuple[str, int]]:
+        """The sort of a list: newest first."""
+        return [("_id", -1)]
+
+    def oldest_first(self) -> list[tuple[str, int]]:
+        """The sort of a catch-up: in stream order."""
+        return [("_id", 1)]
+
+    def before(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        """The query of what a list shows after `document` (older than it)."""
+        return {"_id": {"$lt": document["_id"]}}
+
+    def after_key(self, key: str) -> dict[str, Any] | None:
+        """The query of what comes after a stream key in stream order; None if `key` is not one."""
+        try:
+            return {"_id": {"$gt": ObjectId(key)}}
+        except (InvalidId, TypeError):
+            return None
+
+    # -- users and states --------------------------------------------------------------------------
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        """The query of a user's notifications."""
+        return {**self.filter, self.paths["user_id"]: user_id}
+
+    def unset(self, field: str) -> dict[str, Any]:
+        """The query of documents where `field` (read_at, seen_at, archived_at) is not set."""
+        return {self.paths[field]: None}
+
+    def is_set(self, field: str) -> dict[str, Any]:
+        """The query of documents where `field` is set."""
+        return {self.paths[field]: {"$ne": None}}
+
+    def set_now(self, field: str, now: datetime.datetime) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The updates that set `field` where it is unset: (the query it adds, the update), applied in turn."""
+        return [({self.paths[field]: None}, {"$set": {self.paths[field]: now}})]
+
+    def not_expired(self, now: datetime.datetime) -> dict[str, Any]:
+        """The query of documents that have not expired by `now`."""
+        return {self.paths["expires_at"]: {"$not": {"$lte": now}}}
+
+    def tagged(self, tag: str) -> dict[str, Any]:
+        """The query of documents that carry `tag`."""
+        return {self.paths["tags"]: tag}
+
+    def expiring(self, since: datetime.datetime, until: datetime.datetime) -> tuple[dict[str, Any], str]:
+        """The query of documents expiring after `since` and at most `until`, and the path to sort them by."""
+        return {**self.filter, self.paths["expires_at"]: {"$gt": since, "$lte": until}}, self.paths["expires_at"]
+
+    # -- documents ---------------------------------------------------------------------------------
+
+    def from_document(self, document: Mapping[str, Any]) -> Notification:
+        """A notification from its document."""
+        return Notification.from_document(document)
+
+    def to_document(self, notification: Notification) -> dict[str, Any]:
+        """The document of a notification bellcast creates."""
+        return notification.to_document()
+
+    def keyed(self, notification: Notification) -> Notification:
+        """The notification with its stream key (bellcast's own: its id)."""
+        return notification
+
+    def key_of(self, document: Mapping[str, Any]) -> str | None:
+        """The stream key of a document, whether or not it maps to a notification; None if it has no place."""
+        return str(document["_id"])
+
+    def indexes(self) -> list[list[tuple[str, int]]]:
+        """The indexes the queries rely on (the TTL index aside)."""
+        return [
+            [("user_id", 1), ("_id", -1)],
+            [("user_id", 1), ("read_at", 1)],
+            [("user_id", 1), ("seen_at", 1)],
+            [("user_id", 1), ("tags", 1), ("_id", -1)],
+        ]
 
 
 class NotificationObserver(Protocol):
@@ -352,8 +498,17 @@ def _write_error(failure: Mapping[str, Any]) -> WriteError:
 class NotificationService:
     """Creates, lists and marks notifications, and tells the registered observers of new ones."""
 
-    def __init__(self, database: Any, metrics: Metrics | None = None) -> None:
-        self._collection = database[COLLECTION]
+    def __init__(
+        self,
+        database: Any,
+        metrics: Metrics | None = None,
+        collection: str = COLLECTION,
+        schema: NotificationSchema | None = None,
+    ) -> None:
+        # bellcast's own collection, or with `schema` an app's (SOURCE_COLLECTION) whose watcher delivers
+        # what is inserted: then creates store and leave delivery to it.
+        self._schema = schema or NotificationSchema()
+        self._collection = database[collection]
         self._inserts = InsertBatcher(self._collection)
         self._idempotency = IdempotencyRecords(database)
         self._observers: list[NotificationObserver] = []
@@ -379,12 +534,12 @@ class NotificationService:
     async def ensure_indexes(self) -> None:
         """Create the indexes the queries below rely on (idempotent)."""
         with self._store_errors():
-            await self._collection.create_index([("user_id", ASCENDING), ("_id", DESCENDING)])
-            await self._collection.create_index([("user_id", ASCENDING), ("read_at", ASCENDING)])
-            await self._collection.create_index([("user_id", ASCENDING), ("seen_at", ASCENDING)])
-            await self._collection.create_index([("user_id", ASCENDING), ("tags", ASCENDING), ("_id", DESCENDING)])
-            # MongoDB deletes an expired notification within about a minute; queries leave it out at once.
-            await self._collection.create_index("expires_at", expireAfterSeconds=0)
+            for keys in self._schema.indexes():
+                await self._collection.create_index(keys)
+            if not self._schema.watched:
+                # MongoDB deletes an expired notification within about a minute; queries leave it out at once.
+                # Never on an app's collection: what the app keeps is the app's to delete.
+                await self._collection.create_index("expires_at", expireAfterSeconds=0)
             await self._idempotency.ensure_indexes()
 
     async def create(self, fields: Mapping[str, Any]) -> Notification:
@@ -407,19 +562,20 @@ class NotificationService:
         something else.
         """
         now = utc_now()
-        ids = [ObjectId() for _ in request.user_ids]
+        ids = [self._schema.new_id() for _ in request.user_ids]
         replayed = False
         if idempotency_key is not None:
             with self._store_errors():
                 claim = await self._idempotency.claim(idempotency_key, request.fingerprint(), ids, now)
             ids, now, replayed = claim.ids, claim.created_at, not claim.first
-        notifications = request.build(ids, now)
-        outcomes = await self._insert_each([notification.to_document() for notification in notifications])
+        notifications = [self._schema.keyed(n) for n in request.build(ids, now)]
+        outcomes = await self._insert_each([self._schema.to_document(notification) for notification in notifications])
         stored = [n for n, outcome in zip(notifications, outcomes, strict=True) if outcome is True]
         if self._metrics is not None and stored:
             self._metrics.notifications_created.inc(len(stored))
-        # Delivered even when others failed: a retry would find these stored and not deliver them.
-        await self._tell_observers(stored)
+        if not self._schema.watched:
+            # Delivered even when others failed: a retry would find these stored and not deliver them.
+            await self.deliver(stored)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 with self._store_errors():
@@ -435,9 +591,9 @@ class NotificationService:
         except Exception as error:
             return [error]
 
-    async def _tell_observers(self, notifications: list[Notification]) -> None:
-        """Run the observers on each notification, in order for each; the notifications' in parallel, so that
-        their writes to Redis share round trips."""
+    async def deliver(self, notifications: list[Notification]) -> None:
+        """Run the observers on each stored notification, in order for each; the notifications' in parallel, so
+        that their writes to Redis share round trips. Creates call it, or the watcher of a source collection."""
         if len(notifications) == 1:
             await self._tell_observers_of(notifications[0])
         elif notifications:
@@ -486,6 +642,11 @@ class NotificationService:
         return counts
 
     @property
+    def watched(self) -> bool:
+        """Whether the notifications are an app's (a source collection), delivered by its watcher."""
+        return self._schema.watched
+
+    @property
     def database_name(self) -> str:
         """The name of the MongoDB database the notifications live in."""
         return str(self._collection.database.name)
@@ -520,31 +681,54 @@ class NotificationService:
         (unread, read, archived; without it everything not archived) and `tag`; and the user's counts."""
         if not MIN_LIST_LIMIT <= limit <= MAX_LIST_LIMIT:
             raise Invalid(f"limit must be between {MIN_LIST_LIMIT} and {MAX_LIST_LIMIT}")
-        query = _shown(user_id, parse_status(status), tag)
-        if before is not None:
-            query["_id"] = {"$lt": parse_id(before, field="before")}
+        query = self._shown(user_id, parse_status(status), tag)
         with self._store_errors():
-            cursor = self._collection.find(query).sort("_id", DESCENDING).limit(limit + 1)
+            if before is not None:
+                query = {"$and": [query, await self._older_than(user_id, before)]}
+            cursor = self._collection.find(query).sort(self._schema.newest_first()).limit(limit + 1)
             documents = [document async for document in cursor]
-        notifications = [Notification.from_document(d) for d in documents[:limit]]
-        next_before = str(notifications[-1].id) if len(documents) > limit else None
+        notifications = self._notifications_of(documents[:limit])
+        next_before = str(documents[limit - 1]["_id"]) if len(documents) > limit else None
         counts = await self.counts(user_id)
         return NotificationPage(notifications, counts.unread, counts.unseen, next_before)
+
+    async def _older_than(self, user_id: str, before: str) -> dict[str, Any]:
+        """The query of what a list shows after the notification `before` (in a source collection, found first:
+        its order is its creation time)."""
+        if not self._schema.watched:
+            return self._schema.before({"_id": self._schema.id_value(before, "before")})
+        document = await self._collection.find_one(
+            {**self._schema.by_id(before, "before"), **self._schema.user(user_id)}
+        )
+        if document is None:
+            raise Invalid("before must be the id of one of your notifications")
+        return self._schema.before(document)
+
+    def _notifications_of(self, documents: list[Mapping[str, Any]]) -> list[Notification]:
+        """The notifications of these documents; in a source collection, those that do not map are left out."""
+        notifications = []
+        for document in documents:
+            try:
+                notifications.append(self._schema.from_document(document))
+            except Unmapped:
+                continue
+        return notifications
 
     async def expired_between(
         self, since: datetime.datetime, until: datetime.datetime, limit: int
     ) -> list[Notification]:
         """Up to `limit` notifications whose `expires_at` is after `since` and at most `until`, soonest first."""
+        query, path = self._schema.expiring(since, until)
         with self._store_errors():
-            cursor = self._collection.find({"expires_at": {"$gt": since, "$lte": until}}).sort("expires_at", ASCENDING)
-            return [Notification.from_document(document) async for document in cursor.limit(limit)]
+            cursor = self._collection.find(query).sort(path, ASCENDING).limit(limit)
+            return self._notifications_of([document async for document in cursor])
 
     async def counts(self, user_id: str) -> Counts:
         """The user's unread and unseen notifications now, archived and expired ones left out."""
-        shown = _shown(user_id, None, None)
+        shown = self._shown(user_id, None, None)
         with self._store_errors():
-            unread = await self._collection.count_documents({**shown, "read_at": None})
-            unseen = await self._collection.count_documents({**shown, "seen_at": None})
+            unread = await self._collection.count_documents({"$and": [shown, self._schema.unset("read_at")]})
+            unseen = await self._collection.count_documents({"$and": [shown, self._schema.unset("seen_at")]})
         return Counts(unread, unseen)
 
     async def mark_read(self, user_id: str, notification_id: str) -> Notification:
@@ -558,28 +742,27 @@ class NotificationService:
 
     async def unarchive(self, user_id: str, notification_id: str) -> Notification:
         """Bring one of the user's archived notifications back to the inbox."""
-        object_id = parse_id(notification_id, field="id")
-        mine = {"_id": object_id, "user_id": user_id}
+        mine = {**self._schema.by_id(notification_id), **self._schema.user(user_id)}
+        archived = self._schema.paths["archived_at"]
         with self._store_errors():
             document = await self._collection.find_one_and_update(
-                {**mine, "archived_at": {"$ne": None}},
-                {"$set": {"archived_at": None}},
+                {"$and": [mine, self._schema.is_set("archived_at")]},
+                {"$set": {archived: None}},
                 return_document=ReturnDocument.AFTER,
             )
             changed = document is not None
             if document is None:
                 document = await self._collection.find_one(mine)
-        if document is None:
-            raise NotFound("no such notification")
+        notification = self._one(document)
         if changed:
             await self.publish_change(user_id, "unarchived", (notification_id,))
-        return Notification.from_document(document)
+        return notification
 
     async def delete(self, user_id: str, notification_id: str) -> None:
         """Delete one of the user's notifications; NotFound if it is not theirs (or is gone already)."""
-        object_id = parse_id(notification_id, field="id")
+        mine = {**self._schema.by_id(notification_id), **self._schema.user(user_id)}
         with self._store_errors():
-            result = await self._collection.delete_one({"_id": object_id, "user_id": user_id})
+            result = await self._collection.delete_one(mine)
         if not result.deleted_count:
             raise NotFound("no such notification")
         await self.publish_change(user_id, "deleted", (notification_id,))
@@ -588,68 +771,107 @@ class NotificationService:
         self, user_id: str, status: str | None = None, tag: str | None = None
     ) -> tuple[int, Counts]:
         """Mark read every unread notification of the user that the filter shows; how many changed, and the counts."""
-        shown = _shown(user_id, parse_status(status), tag)
+        shown = self._shown(user_id, parse_status(status), tag)
         return await self._set_all(user_id, shown, "read_at", "read_all", _bulk_filter(status, tag))
 
     async def archive_all(self, user_id: str, status: str | None = None, tag: str | None = None) -> tuple[int, Counts]:
         """Archive every notification of the user that the filter shows; how many changed, and the counts."""
-        shown = _shown(user_id, parse_status(status), tag)
+        shown = self._shown(user_id, parse_status(status), tag)
         return await self._set_all(user_id, shown, "archived_at", "archived_all", _bulk_filter(status, tag))
 
     async def mark_all_seen(self, user_id: str) -> tuple[int, Counts]:
         """Mark every notification of the user seen (the bell's panel opened); how many changed, and the counts."""
-        return await self._set_all(user_id, {"user_id": user_id}, "seen_at", "seen")
+        return await self._set_all(user_id, self._schema.user(user_id), "seen_at", "seen")
 
     async def _set_once(self, user_id: str, notification_id: str, field: str, kind: str) -> Notification:
         """Set `field` of one of the user's notifications to now, unless it is set already."""
-        object_id = parse_id(notification_id, field="id")
-        mine = {"_id": object_id, "user_id": user_id}
+        mine = {**self._schema.by_id(notification_id), **self._schema.user(user_id)}
+        document = None
         with self._store_errors():
-            document = await self._collection.find_one_and_update(
-                {**mine, field: None}, {"$set": {field: utc_now()}}, return_document=ReturnDocument.AFTER
-            )
+            for unset, update in self._schema.set_now(field, utc_now()):
+                document = await self._collection.find_one_and_update(
+                    {"$and": [mine, unset]}, update, return_document=ReturnDocument.AFTER
+                )
+                if document is not None:
+                    break
             changed = document is not None
             if document is None:
                 document = await self._collection.find_one(mine)
-        if document is None:
-            raise NotFound("no such notification")
+        notification = self._one(document)
         if changed:
             await self.publish_change(user_id, kind, (notification_id,))
-        return Notification.from_document(document)
+        return notification
+
+    def _one(self, document: Mapping[str, Any] | None) -> Notification:
+        """The notification of a document found by id; NotFound if there is none, or it is no notification."""
+        try:
+            if document is not None:
+                return self._schema.from_document(document)
+        except Unmapped:
+            pass
+        raise NotFound("no such notification")
 
     async def _set_all(
         self, user_id: str, query: dict[str, Any], field: str, kind: str, filter: Mapping[str, str] | None = None
     ) -> tuple[int, Counts]:
         """Set `field` to now on each notification `query` matches where it is not set yet."""
+        updated = 0
         with self._store_errors():
             # `$and`: the filter may name `field` itself (read-all on the read ones changes nothing).
-            result = await self._collection.update_many({"$and": [query, {field: None}]}, {"$set": {field: utc_now()}})
-        updated = int(result.modified_count)
+            for unset, update in self._schema.set_now(field, utc_now()):
+                result = await self._collection.update_many({"$and": [query, unset]}, update)
+                updated += int(result.modified_count)
         counts = await self.publish_change(user_id, kind, (), filter) if updated else None
         return updated, counts or await self.counts(user_id)
 
     async def missed(
         self, user_id: str, after: str, limit: int, look_back: bool, at_most: int | None = None
-    ) -> tuple[list[Notification], bool]:
-        """Up to `limit` of the user's notifications a client that last saw `after` lacks, in id order, and
-        whether more may follow the last of them (then ask again after it, without `look_back`).
+    ) -> tuple[list[Notification], str | None]:
+        """Up to `limit` of the user's notifications a client whose stream reached the key `after` lacks, in stream
+        order, and the key to ask after next while more may follow (None once all is read; then ask again
+        without `look_back`).
 
-        That is every newer id; with `look_back`, also any older id within `CATCH_UP_WINDOW` before `after`
-        that was created after it (ObjectIds from different processes within one second, or an insert
-        still in flight, are not ordered by creation). An unparseable id gives nothing.
+        That is every later key; in bellcast's own collection with `look_back`, also any older id within
+        `CATCH_UP_WINDOW` before `after` that was created after it (ObjectIds from different processes within
+        one second, or an insert still in flight, are not ordered by creation). An unparseable key gives
+        nothing.
 
         With `at_most`, MongoDB first counts them, stopping one past it: GapTooLarge when there are more,
         so a gap of any size is measured without being loaded.
         """
         query = await self._missed_query(user_id, after, look_back)
         if query is None:
-            return [], False
+            return [], None
         if at_most is not None:
             await self._refuse_more_than(query, user_id, at_most)
         with self._store_errors():
-            cursor = self._collection.find(query).sort("_id", ASCENDING).limit(limit + 1)
-            found = [Notification.from_document(document) async for document in cursor]
-        return found[:limit], len(found) > limit
+            cursor = self._collection.find(query).sort(self._schema.oldest_first()).limit(limit + 1)
+            documents = [document async for document in cursor]
+        # Paged by documents, not by notifications: a page of an app's documents that do not map goes on.
+        next_after = self._schema.key_of(documents[limit - 1]) if len(documents) > limit else None
+        return self._notifications_of(documents[:limit]), next_after
+
+    async def resume_key(self, user_id: str, last_event_id: str) -> str | None:
+        """The stream key of the notification a client last received (its `Last-Event-ID`); None if it names none.
+
+        In a source collection the id alone does not tell its place: it is looked up, and GapTooLarge (naming
+        the user's newest) when it is not the user's, so that the client reloads its list.
+        """
+        if not self._schema.watched:
+            try:
+                return str(ObjectId(last_event_id))
+            except (InvalidId, TypeError):
+                return None
+        with self._store_errors():
+            try:
+                document = await self._collection.find_one(
+                    {**self._schema.by_id(last_event_id), **self._schema.user(user_id)}
+                )
+            except Invalid:
+                document = None
+            if document is None or (key := self._schema.key_of(document)) is None:
+                raise GapTooLarge(await self._newest_key(user_id))
+        return key
 
     async def _refuse_more_than(self, query: dict[str, Any], user_id: str, at_most: int) -> None:
         """GapTooLarge, naming the user's newest notification, if `query` matches more than `at_most`."""
@@ -657,19 +879,22 @@ class NotificationService:
             # A limit of 0 would count everything: at_most + 1 is at least 1.
             if await self._collection.count_documents(query, limit=at_most + 1) <= at_most:
                 return
-            newest = await self._collection.find_one({"user_id": user_id}, {"_id": 1}, sort=[("_id", DESCENDING)])
-        raise GapTooLarge(str(newest["_id"]) if newest is not None else None)
+            newest = await self._newest_key(user_id)
+        raise GapTooLarge(newest)
+
+    async def _newest_key(self, user_id: str) -> str | None:
+        newest = await self._collection.find_one(self._schema.user(user_id), sort=self._schema.newest_first())
+        return self._schema.key_of(newest) if newest is not None else None
 
     async def _missed_query(self, user_id: str, after: str, look_back: bool) -> dict[str, Any] | None:
-        """The query of what `missed` gives; None for an unparseable id."""
-        try:
-            last_seen = ObjectId(after)
-        except (InvalidId, TypeError):
+        """The query of what `missed` gives; None for an unparseable key."""
+        newer = self._schema.after_key(after)
+        if newer is None:
             return None
-        newer: dict[str, Any] = {"_id": {"$gt": last_seen}}
-        live = {"user_id": user_id, "expires_at": {"$not": {"$lte": utc_now()}}}
-        if not look_back:
-            return {**live, **newer}
+        live = {"$and": [self._schema.user(user_id), self._schema.not_expired(utc_now())]}
+        if not look_back or self._schema.watched:
+            return {"$and": [live, newer]}
+        last_seen = ObjectId(after)
         with self._store_errors():
             last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
         branches: list[dict[str, Any]] = [newer]
@@ -678,7 +903,24 @@ class NotificationService:
             branches.append(
                 {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
             )
-        return {**live, "$or": branches}
+        return {"$and": [live, {"$or": branches}]}
+
+    def _shown(self, user_id: str, status: str | None, tag: str | None) -> dict[str, Any]:
+        """The query of the user's notifications a list shows: by status (None: all not archived), by tag, never
+        an expired one (MongoDB's TTL monitor removes those only within about a minute)."""
+        schema = self._schema
+        parts = [schema.user(user_id), schema.not_expired(utc_now())]
+        if status == "archived":
+            parts.append(schema.is_set("archived_at"))
+        else:
+            parts.append(schema.unset("archived_at"))
+        if status == "unread":
+            parts.append(schema.unset("read_at"))
+        elif status == "read":
+            parts.append(schema.is_set("read_at"))
+        if tag is not None:
+            parts.append(schema.tagged(parse_tag(tag)))
+        return {"$and": parts}
 
     @contextlib.contextmanager
     def _store_errors(self) -> Iterator[None]:
@@ -781,21 +1023,6 @@ def parse_status(value: str | None) -> str | None:
     return value
 
 
-def _shown(user_id: str, status: str | None, tag: str | None) -> dict[str, Any]:
-    """The query of the user's notifications a list shows: by status (None: all not archived), by tag, never
-    an expired one (MongoDB's TTL monitor removes those only within about a minute)."""
-    query: dict[str, Any] = {"user_id": user_id, "expires_at": {"$not": {"$lte": utc_now()}}, "archived_at": None}
-    if status == "unread":
-        query["read_at"] = None
-    elif status == "read":
-        query["read_at"] = {"$ne": None}
-    elif status == "archived":
-        query["archived_at"] = {"$ne": None}
-    if tag is not None:
-        query["tags"] = parse_tag(tag)
-    return query
-
-
 def _bulk_filter(status: str | None, tag: str | None) -> dict[str, str]:
     """The filter a bulk change names in its event: the `status` and `tag` it was given."""
     return {name: value for name, value in (("status", status), ("tag", tag)) if value is not None}
@@ -870,6 +1097,17 @@ def parse_id(value: str, field: str) -> ObjectId:
         return ObjectId(value)
     except (InvalidId, TypeError):
         raise Invalid(f"{field} must be a notification id (24 hexadecimal digits)") from None
+
+
+def stream_key(created_at: datetime.datetime, id_text: str) -> str:
+    """A source notification's place in its user's stream: its creation millisecond, then its id."""
+    milliseconds = round(created_at.timestamp() * 1000)
+    return f"{milliseconds // 1000:08x}{milliseconds % 1000:03x}{KEY_SEPARATOR}{id_text}"
+
+
+def event_id(key: str) -> str:
+    """The id a stream event carries for a stream key: the notification's own id."""
+    return key[12:] if key[11:12] == KEY_SEPARATOR else key
 
 
 def format_timestamp(value: datetime.datetime) -> str:

@@ -18,8 +18,8 @@ from services.batching import SharedReads
 from services.metrics import Metrics
 from services.notifications import Counts, Notification, NotificationService
 
-# A page's notifications, and whether MongoDB may hold more after the last of them.
-Page = tuple[list[Notification], bool]
+# A page's notifications, and the key to read the next page after while MongoDB may hold more (else None).
+Page = tuple[list[Notification], str | None]
 # How far apart, at most, reads that had to wait for a slot start: processes that lost Redis together
 # then spread their reads, and a user's tabs that ask a moment apart still share one.
 RECOVERY_JITTER_SECONDS = 1.0
@@ -40,13 +40,22 @@ class RecoveryReads:
         self._counts = SharedReads(concurrency, jitter=jitter)
 
     async def missed(self, user_id: str, after: str, look_back: bool, at_most: int | None = None) -> Page:
-        """A page of the user's notifications after `after`, in id order (`NotificationService.missed`).
+        """A page of the user's notifications after the key `after`, in stream order (`NotificationService.missed`).
 
         Raises GapTooLarge past `at_most`, StoreUnavailable when MongoDB does not answer.
         """
         return await self._reads.read(
             (user_id, after, look_back, at_most),
             lambda: self._notifications.missed(user_id, after, self.page_size, look_back, at_most),
+        )
+
+    async def resume_key(self, user_id: str, last_event_id: str) -> str | None:
+        """Where a stream's Last-Event-ID stands (`NotificationService.resume_key`): in a source collection a
+        lookup, bounded as the counts are."""
+        if not self._notifications.watched:
+            return await self._notifications.resume_key(user_id, last_event_id)
+        return await self._counts.read(
+            ("resume", user_id, last_event_id), lambda: self._notifications.resume_key(user_id, last_event_id)
         )
 
     async def counts(self, user_id: str) -> Counts:
