@@ -51,6 +51,7 @@ from services.streams import StreamRegistry
 from services.supervisor import metrics_shared_by_workers, run_event_loop, run_processes
 from services.tickets import StreamTickets
 from services.wakeups import WakeupHub
+from services.watcher import SourceWatcher, change_streams_unavailable
 
 # What a program using bellcast's service layer imports from here (docs/api.md), settings included.
 __all__ = ["Runtime", "Settings", "SettingsError", "make_app", "make_metrics_app", "parse_settings", "start_runtime"]
@@ -76,6 +77,8 @@ class Runtime:
     notifications: NotificationService
     recovery_reads: RecoveryReads
     expiry: ExpiryAnnouncer
+    # With SOURCE_COLLECTION: the app's collection's watcher (one process of the deployment watches at a time).
+    watcher: SourceWatcher | None
     delivery_cache: DeliveryCache
     authenticator: Authenticator
     health: HealthService
@@ -88,7 +91,10 @@ class Runtime:
     stream_tickets: StreamTickets
 
     async def close(self) -> None:
-        """Stop sampling, listening for hints and watching streams, then close the stores' clients."""
+        """Stop sampling, watching the source, listening for hints and watching streams, then close the stores'
+        clients."""
+        if self.watcher is not None:
+            await self.watcher.close()
         await self.status_history.close()
         await self.health.close()
         await self.streams.close()
@@ -113,7 +119,11 @@ async def start_runtime(
     mongo = MongoConnection(mongodb_url, settings.mongodb_db, settings.mongo_driver, settings.store_timeout)
     redis_backend = connect_redis_backend(redis_url, settings.redis_cluster, settings.store_timeout)
     redis = redis_backend.client
-    notifications = NotificationService(mongo.database, metrics)
+    source = settings.source
+    if source is not None and settings.source_collection is not None:
+        notifications = NotificationService(mongo.database, metrics, settings.source_collection, source)
+    else:
+        notifications = NotificationService(mongo.database, metrics)
     batcher = CommandBatcher(redis_backend, settings.store_timeout, metrics)
     wakeups = WakeupHub(redis_backend, batcher)
     delivery_cache = DeliveryCache(
@@ -134,6 +144,9 @@ async def start_runtime(
             notifications, metrics, settings.max_concurrent_recoveries, RECOVERY_JITTER_SECONDS, MAX_ENTRIES_PER_SEND
         ),
         expiry=ExpiryAnnouncer(notifications, batcher),
+        watcher=None
+        if source is None or settings.source_collection is None
+        else SourceWatcher(mongo.database, settings.source_collection, source, notifications, batcher, metrics),
         delivery_cache=delivery_cache,
         authenticator=Authenticator(
             settings.jwt_secret,
@@ -160,6 +173,8 @@ async def start_runtime(
         log.warning("no subscription to Redis yet; streams rely on their own scans until there is")
     runtime.streams.start()
     runtime.expiry.start()
+    if runtime.watcher is not None:
+        runtime.watcher.start()
     if settings.metrics_enabled:
         runtime.status_history.start()
     return runtime
@@ -317,6 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     processes = settings.processes or os.cpu_count() or 1
     metrics_directory = MetricsDirectory() if processes > 1 and settings.metrics_enabled else None
     with EmbeddedStores(settings) as settings, metrics_shared_by_workers(metrics_directory):
+        if settings.source_collection is not None and (problem := asyncio.run(change_streams_unavailable(settings))):
+            print(
+                f"bellcast: SOURCE_COLLECTION={settings.source_collection} needs a MongoDB that serves change streams "
+                f"(a replica set; a single node is enough: mongod --replSet rs0, then rs.initiate()): {problem}",
+                file=sys.stderr,
+            )
+            return 2
         log.info("MongoDB driver: %s; %d process%s", settings.mongo_driver, processes, "" if processes == 1 else "es")
         log.info("bellcast listening on http://%s:%d", settings.host, settings.port)
         if generates_secrets:

@@ -521,9 +521,7 @@ class LiveConnection:
             if after is None:  # the Last-Event-ID names no notification: nothing to replay
                 self._replay_owed = False
                 return True
-            page, next_after = await self._reads.missed(
-                self.user_id, after, look_back=True, at_most=self._max_replay
-            )
+            page, next_after = await self._reads.missed(self.user_id, after, look_back=True, at_most=self._max_replay)
             while True:
                 entries = self._unsent(page)
                 if entries and not await self._send_entries(entries, live=False):

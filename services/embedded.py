@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,8 +53,10 @@ def die_with_parent() -> None:
 class EmbeddedMongo:
     """A SecantusDB server on loopback, its data in `data_dir` (kept across restarts)."""
 
-    def __init__(self, data_dir: Path | str | None, port: int | None = None) -> None:
-        """`data_dir` None keeps the data in memory only (tests); `port` None picks a free one at each start."""
+    def __init__(self, data_dir: Path | str | None, port: int | None = None, options: Sequence[str] = ()) -> None:
+        """`data_dir` None keeps the data in memory only (tests); `port` None picks a free one at each start;
+        `options` go to `secantusd-py` too (a test keeps a short oplog)."""
+        self._options = list(options)
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -101,6 +104,7 @@ class EmbeddedMongo:
                 storage,
                 "--log-level",
                 "WARNING",
+                *self._options,
             ],
             stdout=log_target,
             stderr=subprocess.STDOUT,

@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from services.errors import Conflict, Invalid
@@ -59,7 +58,7 @@ class IdempotencyKey:
 class Claim:
     """The ids and time of the notifications of the request holding a key; `first` if it is this one."""
 
-    ids: list[ObjectId]
+    ids: list[Any]
     created_at: datetime.datetime
     first: bool
 
@@ -74,7 +73,7 @@ class IdempotencyRecords:
         """The TTL index that removes a claim once its window has passed (idempotent)."""
         await self._collection.create_index("created_at", expireAfterSeconds=int(IDEMPOTENCY_WINDOW.total_seconds()))
 
-    async def claim(self, key: IdempotencyKey, fingerprint: str, ids: list[ObjectId], now: datetime.datetime) -> Claim:
+    async def claim(self, key: IdempotencyKey, fingerprint: str, ids: list[Any], now: datetime.datetime) -> Claim:
         """Claim `key` for a request (`fingerprint`) whose notifications get `ids` at `now`, unless a request
         within the window holds it: then that one's claim, or Conflict if it asked something else."""
         record = {"_id": key.record_id, "fingerprint": fingerprint, "ids": ids, "created_at": now}

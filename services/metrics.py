@@ -189,6 +189,36 @@ class Metrics:
             namespace=NAMESPACE,
             registry=own,
         ).labels(process)
+        self.source_documents = Counter(
+            "source_documents",
+            "Documents inserted into SOURCE_COLLECTION that the watcher delivered to their users' streams.",
+            label,
+            namespace=NAMESPACE,
+            registry=own,
+        ).labels(process)
+        self._source_skipped = Counter(
+            "source_documents_skipped",
+            "Documents inserted into SOURCE_COLLECTION that are no notification bellcast can show, by what they "
+            "lack (no user, no title, no creation time).",
+            (*label, "reason"),
+            namespace=NAMESPACE,
+            registry=own,
+        )
+        self.source_catch_ups = Counter(
+            "source_catch_ups",
+            "Times the watcher's resume point was gone (the oplog rolled over) and it caught up by creation time.",
+            label,
+            namespace=NAMESPACE,
+            registry=own,
+        ).labels(process)
+        self.source_watching = Gauge(
+            "source_watching",
+            "1 while this process holds the lease and watches SOURCE_COLLECTION (one process per deployment).",
+            label,
+            namespace=NAMESPACE,
+            registry=own,
+            multiprocess_mode="livesum",
+        ).labels(process)
         self._observer_failures = Counter(
             "observer_failures",
             "Observers that raised on a stored notification.",
@@ -232,6 +262,10 @@ class Metrics:
             if created is not None:
                 # Clocks of different machines disagree a little: never a negative lag.
                 self.delivery_lag.observe(max(0.0, now - created))
+
+    def source_skipped(self, reason: str) -> None:
+        """The watcher met a document that does not map to a notification."""
+        self._source_skipped.labels(self.process, reason).inc()
 
     def observer_failed(self, observer: str) -> None:
         """An observer raised."""

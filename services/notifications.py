@@ -561,6 +561,9 @@ class NotificationService:
         notification is delivered by the request that stored it. Conflict if the key's first request asked
         something else.
         """
+        if self._schema.watched and (request.actions or request.avatar_url):
+            # An app's documents have no place for them: the watcher would deliver the notification without.
+            raise Invalid(f"{'actions' if request.actions else 'avatar_url'} cannot be kept in SOURCE_COLLECTION")
         now = utc_now()
         ids = [self._schema.new_id() for _ in request.user_ids]
         replayed = False
@@ -1089,14 +1092,6 @@ def is_valid_user_id(value: object) -> bool:
     except Invalid:
         return False
     return True
-
-
-def parse_id(value: str, field: str) -> ObjectId:
-    """Parse a notification id (24 hex digits), or raise Invalid naming the field."""
-    try:
-        return ObjectId(value)
-    except (InvalidId, TypeError):
-        raise Invalid(f"{field} must be a notification id (24 hexadecimal digits)") from None
 
 
 def stream_key(created_at: datetime.datetime, id_text: str) -> str:

@@ -25,6 +25,7 @@ from services.cache import DEFAULT_INBOX_CAP, REGISTRATION_RENEWAL_INTERVAL
 from services.connection import StreamTiming
 from services.logs import LOG_FORMATS, LOG_LEVELS
 from services.ratelimit import RateLimit
+from services.sources import SOURCE_SCHEMAS, MappedSchema, make_schema, source_fields, source_filter
 from services.stores import MONGO_DRIVERS
 from services.streams import StreamLimits
 
@@ -185,6 +186,13 @@ def networks(value: str) -> tuple[Network, ...]:
         raise ValueError("must be comma-separated IP addresses or networks, such as 127.0.0.1,10.0.0.0/8") from None
 
 
+def collection_name(value: str) -> str:
+    """A MongoDB collection's name: 1 to 120 characters, no `$`, not a system collection."""
+    if not 1 <= len(value) <= 120 or "$" in value or "\0" in value or value.startswith(("system.", ".")):
+        raise ValueError("must be a collection name: 1 to 120 characters, without $, not system.*")
+    return value
+
+
 def database_name(value: str) -> str:
     """1 to 63 letters, digits, _ or -."""
     if not re.match(r"^[A-Za-z0-9_-]{1,63}$", value):
@@ -309,6 +317,32 @@ class Settings:
         "MongoDB reads of what streams missed (after a Redis outage or a `Last-Event-ID`) one process runs at "
         "once; the tabs of a user share one, and the rest wait, so creates and lists keep their connections",
     )
+    source_collection: str | None = setting(
+        None,
+        collection_name,
+        "a collection of `MONGODB_DB` where the app writes its own notifications: bellcast watches it with a change "
+        "stream (MongoDB must be a replica set), delivers each inserted document, and reads and marks that "
+        "collection; unset: bellcast's own `notifications`",
+    )
+    source_schema: str | None = setting(
+        None,
+        one_of(SOURCE_SCHEMAS),
+        "`laravel`: `SOURCE_COLLECTION` holds Laravel's database notifications as laravel-mongodb writes them; "
+        "unset: the paths of `SOURCE_FIELDS`",
+    )
+    source_fields: Mapping[str, str] | None = setting(
+        None,
+        source_fields,
+        "where `SOURCE_COLLECTION`'s documents keep bellcast's fields, as comma-separated `field=path` pairs: "
+        "`user_id=userId,title=title,body=description,url=href,created_at=createdAt,read_at=readAt`; a field not "
+        "named keeps its own name",
+    )
+    source_filter: Mapping[str, Any] | None = setting(
+        None,
+        source_filter,
+        "a MongoDB query (JSON) narrowing which documents of `SOURCE_COLLECTION` are notifications for users: "
+        '`{"notifiable_type": "App\\\\Models\\\\User"}`',
+    )
     processes: int = setting(1, process_count, "worker processes sharing the port; `0` starts one per core")
     event_loop: str = setting("uvloop", one_of(("uvloop", "asyncio")), "`uvloop` (less CPU per connect) or `asyncio`")
     jwt_audience: str | None = setting(
@@ -426,6 +460,13 @@ class Settings:
             raise SettingsError(f"SAFETY_SCAN_INTERVAL must be at most {REGISTRATION_RENEWAL_INTERVAL:.0f} seconds")
         if self.stream_ticket_ttl > MAX_STREAM_TICKET_TTL:
             raise SettingsError(f"STREAM_TICKET_TTL must be at most {MAX_STREAM_TICKET_TTL:g} seconds")
+        if self.source_collection is None and (self.source_schema or self.source_fields or self.source_filter):
+            raise SettingsError("SOURCE_SCHEMA, SOURCE_FIELDS and SOURCE_FILTER describe SOURCE_COLLECTION: set it too")
+        if self.source_collection is not None:
+            try:
+                make_schema(self.source_schema, self.source_fields or {}, self.source_filter)
+            except ValueError as error:
+                raise SettingsError(f"SOURCE_FIELDS: {error}") from None
         if (
             self.redis_cluster
             and self.redis_url is not None
@@ -434,6 +475,13 @@ class Settings:
             raise SettingsError(
                 "REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL of database 0 (a cluster has no other)"
             )
+
+    @property
+    def source(self) -> MappedSchema | None:
+        """The schema of `SOURCE_COLLECTION`'s documents; None without one."""
+        if self.source_collection is None:
+            return None
+        return make_schema(self.source_schema, self.source_fields or {}, self.source_filter)
 
     @property
     def stream_timing(self) -> StreamTiming:

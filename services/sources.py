@@ -257,7 +257,8 @@ class LaravelSchema(MappedSchema):
 
     def _title(self, document: Mapping[str, Any]) -> str:
         data = self._data(document)
-        for candidate in (data.get("title"), data.get("subject"), _short_type(document.get("type"))):
+        class_name = _text(document.get("type")).rsplit("\\", 1)[-1]
+        for candidate in (data.get("title"), data.get("subject"), class_name):
             text = _text(candidate).strip()
             if text:
                 return text

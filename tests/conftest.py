@@ -163,6 +163,8 @@ def runtime(io_loop, settings: Settings, store_urls: tuple[str, str], redis_url:
     yield started
 
     async def stop() -> None:
+        if started.watcher is not None:  # its change stream would hold the database's drop up
+            await started.watcher.close()
         await started.mongo.client.drop_database(settings.mongodb_db)
         await started.close()
 

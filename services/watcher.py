@@ -1,0 +1,347 @@
+"""The watcher of a source collection: each document the app inserts is delivered as an API create is.
+
+One process of the deployment watches at a time: it holds a lease in Redis (LEASE_SECONDS, renewed
+every RENEW_SECONDS), so when it dies another takes over within a lease. Its resume point, the
+change stream's resume token and the stream key of the last document it handled, is stored in
+MongoDB after each batch it delivered, fenced by an epoch taken with the lease: a watcher that lost
+its lease cannot move the point. A restart or a failover resumes there, so what was inserted
+meanwhile is delivered once. Where the resume token is no longer served (the oplog rolled over), the
+watcher opens a stream from now, first delivers what was created after the last document it handled
+(by creation time), says so in a warning and `bellcast_source_catch_ups_total`, then follows the
+stream. The first watcher of a collection starts from the moment it opens: what the app stored
+before is history, shown by lists, not pushed.
+
+A crash between delivering a batch and storing its resume point delivers that batch again on
+takeover; each stream's ledger of what it sent leaves out what it already sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.errors import OperationFailure, PyMongoError
+
+from services.command_batcher import CommandBatcher
+from services.errors import StoreUnavailable
+from services.logs import OutageLog
+from services.metrics import Metrics
+from services.notifications import Notification, NotificationService, Unmapped, utc_now
+from services.settings import Settings
+from services.sources import MappedSchema
+from services.stores import MongoConnection
+
+log = logging.getLogger("bellcast.watcher")
+
+LEASE_SECONDS = 6.0
+RENEW_SECONDS = 2.0
+RETRY_SECONDS = 1.0
+# How long closing waits for the watching to stop by itself before it cancels it.
+CLOSE_GRACE_SECONDS = 3.0
+# Each wait for changes lasts at most this long, well below STORE_TIMEOUT, so a quiet collection is no timeout.
+AWAIT_CHANGES_MS = 500
+# Changes delivered together at most; their resume point is stored once for all.
+BATCH = 500
+# A quiet collection's resume token is stored this often, so a restart after a quiet week resumes within the oplog.
+IDLE_SAVE_SECONDS = 60.0
+CATCH_UP_PAGE = 500
+# A catch-up remembers what it delivered that the new stream may bring again: created this recently.
+CATCH_UP_OVERLAP = datetime.timedelta(minutes=5)
+# bellcast's collection (in MONGODB_DB) of each source collection's resume point.
+POSITIONS = "bellcast_source_positions"
+LEASE_PREFIX = "bellcast:source:"
+# MongoDB's answers when a resume token is no longer served: ChangeStreamHistoryLost, ChangeStreamFatalError,
+# InvalidResumeToken.
+HISTORY_LOST = frozenset({286, 280, 260})
+
+# Take the lease, or keep it: 1 if this process holds it now.
+HOLD_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class LeaseLost(Exception):
+    """Another process watches the source collection now."""
+
+
+class SourceWatcher:
+    """Watches `SOURCE_COLLECTION` while this process holds the deployment's lease; delivers what is inserted."""
+
+    def __init__(
+        self,
+        database: Any,
+        collection: str,
+        schema: MappedSchema,
+        notifications: NotificationService,
+        batcher: CommandBatcher,
+        metrics: Metrics,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self._collection = database[collection]
+        self._positions = database[POSITIONS]
+        self._name = collection
+        self._schema = schema
+        self._notifications = notifications
+        self._batcher = batcher
+        self._metrics = metrics
+        self._lease_ms = max(1, round(lease_seconds * 1000))
+        self._renew_seconds = min(RENEW_SECONDS, lease_seconds / 3)
+        self._holder = secrets.token_hex(8)
+        self._lease_key = f"{LEASE_PREFIX}{quote(database.name, safe='')}:{quote(collection, safe='')}:lease"
+        self._pipeline = [{"$match": {"operationType": "insert", **in_full_document(schema.filter)}}]
+        self._outage = OutageLog(log, "source watcher: a store is unavailable")
+        self._skipped: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        # Watching stops between two waits for changes, never within one: a change stream whose wait was
+        # cancelled may not close.
+        self._stopping = asyncio.Event()
+        self._lease_lost = False
+
+    def start(self) -> None:
+        """Watch in the background whenever this process holds the lease (the task is ended by `close`)."""
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        """Stop watching and hand the lease on at once."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        # It stops once its wait for changes ends; a delivery under way (observers bounded by STORE_TIMEOUT) or a
+        # store that does not answer may keep it longer.
+        _, pending = await asyncio.wait({self._task}, timeout=CLOSE_GRACE_SECONDS)
+        if pending:
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        with contextlib.suppress(StoreUnavailable):
+            await self._batcher.execute("EVAL", RELEASE_LEASE, 1, self._lease_key, self._holder)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            pause = RETRY_SECONDS
+            try:
+                if await self._hold_lease():
+                    await self._watch_while_leased()
+                else:
+                    pause = self._renew_seconds
+            except LeaseLost:
+                log.info("source watcher: another process watches %s now", self._name)
+            except (StoreUnavailable, PyMongoError) as error:
+                self._outage.failed("%s", error)
+            except Exception:  # the watcher outlives a bug in one batch: it resumes from its stored point
+                log.exception("source watcher failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+
+    async def _hold_lease(self) -> bool:
+        held = await self._batcher.execute("EVAL", HOLD_LEASE, 1, self._lease_key, self._holder, self._lease_ms)
+        return bool(held)
+
+    async def _renew_forever(self) -> None:
+        """Renew the lease; once it could not be (another holds it, or Redis did not answer), the watching stops."""
+        while True:
+            await asyncio.sleep(self._renew_seconds)
+            try:
+                held = await self._hold_lease()
+            except StoreUnavailable:
+                held = False
+            if not held:
+                self._lease_lost = True
+                return
+
+    async def _watch_while_leased(self) -> None:
+        """Watch until the lease is lost or a store fails; the lease is renewed meanwhile."""
+        position = await self._positions.find_one_and_update(
+            {"_id": self._name}, {"$inc": {"epoch": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        log.info("source watcher: watching %s", self._name)
+        self._metrics.source_watching.set(1)
+        self._lease_lost = False
+        renewing = asyncio.ensure_future(self._renew_forever())
+        try:
+            await self._watch(position)
+        finally:
+            self._metrics.source_watching.set(0)
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _watch(self, position: Mapping[str, Any]) -> None:
+        epoch = position["epoch"]
+        token = position.get("resume_token")
+        # A point without a token: a catch-up was under way.
+        catch_up = token is None and position.get("last_key") is not None
+        while not self._stopping.is_set():
+            try:
+                await self._follow(epoch, token, position.get("last_key"), catch_up)
+            except OperationFailure as error:
+                if token is None or error.code not in HISTORY_LOST:
+                    raise
+                log.warning(
+                    "source watcher: the resume point of %s is gone (%s); catching up by creation time",
+                    self._name,
+                    error,
+                )
+                self._metrics.source_catch_ups.inc()
+                position = await self._positions.find_one({"_id": self._name}) or {}
+                token, catch_up = None, True
+
+    async def _follow(self, epoch: int, token: Any, last_key: str | None, catch_up: bool) -> None:
+        """Open a change stream (after `token`, else from now) and deliver what it brings, batch by batch."""
+        options: dict[str, Any] = {"max_await_time_ms": AWAIT_CHANGES_MS}
+        if token is not None:
+            options["resume_after"] = token
+        stream = self._collection.watch(self._pipeline, **options)
+        if asyncio.iscoroutine(stream):  # PyMongo's opens at once, Motor's on first use
+            stream = await stream
+        try:
+            change = await stream.try_next()
+            # The stream is open: what is inserted from now on, it brings.
+            delivered_in_catch_up: set[str] = set()
+            if catch_up:
+                last_key, delivered_in_catch_up = await self._catch_up(epoch, last_key)
+            if token is None:
+                # From here on the stream has it all; a first watcher's catch-up would start at this second.
+                await self._save(epoch, stream.resume_token, last_key or str(ObjectId.from_datetime(utc_now())))
+            saved_at = time.monotonic()
+            while True:
+                batch = []
+                while change is not None:
+                    batch.append(change)
+                    if len(batch) >= BATCH:
+                        break
+                    change = await stream.try_next()
+                documents = [c["fullDocument"] for c in batch if c.get("fullDocument") is not None]
+                if delivered_in_catch_up:
+                    documents = [d for d in documents if str(d["_id"]) not in delivered_in_catch_up]
+                if documents:
+                    last_key = max(last_key or "", await self._deliver(documents)) or None
+                if batch or time.monotonic() - saved_at > IDLE_SAVE_SECONDS:
+                    await self._save(epoch, stream.resume_token, last_key)
+                    saved_at = time.monotonic()
+                self._outage.succeeded()
+                if self._stopping.is_set():
+                    return
+                if self._lease_lost:
+                    raise LeaseLost()
+                change = await stream.try_next()
+        finally:
+            await stream.close()
+
+    async def _catch_up(self, epoch: int, last_key: str | None) -> tuple[str | None, set[str]]:
+        """Deliver what was created after the document of `last_key`, a page at a time; the newest key, and the ids
+        created within CATCH_UP_OVERLAP, which the stream just opened may bring again."""
+        recent: set[str] = set()
+        after = self._schema.after_key(last_key) if last_key else None
+        if after is None:  # nothing handled yet: there is nothing to catch up with
+            return last_key, recent
+        overlap_from = utc_now() - CATCH_UP_OVERLAP
+        while True:
+            query = {"$and": [self._schema.filter, after]}
+            cursor = self._collection.find(query).sort(self._schema.oldest_first()).limit(CATCH_UP_PAGE)
+            documents = [document async for document in cursor]
+            if not documents:
+                return last_key, recent
+            last_key = max(last_key or "", await self._deliver(documents))
+            await self._save(epoch, None, last_key)
+            for document in documents:
+                created_at = document_created_at(self._schema, document)
+                if created_at is not None and created_at >= overlap_from:
+                    recent.add(str(document["_id"]))
+            if len(documents) < CATCH_UP_PAGE:
+                return last_key, recent
+            after = self._schema.after_key(last_key)
+            assert after is not None
+
+    async def _deliver(self, documents: list[Mapping[str, Any]]) -> str:
+        """Run the observers on each document that is a notification; the newest stream key among them all."""
+        notifications: list[Notification] = []
+        for document in documents:
+            try:
+                notifications.append(self._schema.from_document(document))
+            except Unmapped as unmapped:
+                self._metrics.source_skipped(unmapped.reason)
+                if unmapped.reason not in self._skipped:  # once per kind: the app may write thousands alike
+                    self._skipped.add(unmapped.reason)
+                    log.warning(
+                        "source watcher: %s: document %s has %s; such documents are skipped (counted in "
+                        "bellcast_source_documents_skipped_total)",
+                        self._name,
+                        document.get("_id"),
+                        unmapped.reason,
+                    )
+        await self._notifications.deliver(notifications)
+        self._metrics.source_documents.inc(len(notifications))
+        return max((key for d in documents if (key := self._schema.key_of(d)) is not None), default="")
+
+    async def _save(self, epoch: int, token: Any, last_key: str | None) -> None:
+        """Store the resume point, unless another watcher took over (its epoch is newer): then LeaseLost."""
+        update = {"resume_token": token, "last_key": last_key, "saved_at": utc_now()}
+        result = await self._positions.update_one({"_id": self._name, "epoch": epoch}, {"$set": update})
+        if result.matched_count == 0:
+            raise LeaseLost()
+
+
+def in_full_document(query: Mapping[str, Any]) -> dict[str, Any]:
+    """A query on documents as a `$match` on change events: each field path under `fullDocument`."""
+    matched: dict[str, Any] = {}
+    for key, value in query.items():
+        if key in ("$and", "$or", "$nor"):
+            matched[key] = [in_full_document(part) for part in value]
+        elif key.startswith("$"):
+            matched[key] = value
+        else:
+            matched[f"fullDocument.{key}"] = value
+    return matched
+
+
+def document_created_at(schema: MappedSchema, document: Mapping[str, Any]) -> datetime.datetime | None:
+    """A source document's creation time, if it keeps one."""
+    try:
+        return schema.from_document(document).created_at
+    except Unmapped:
+        return None
+
+
+async def change_streams_unavailable(settings: Settings) -> str | None:
+    """Why no change stream on `SOURCE_COLLECTION` can be opened (MongoDB is no replica set, or does not answer);
+    None when one can."""
+    assert settings.mongodb_url is not None and settings.source_collection is not None
+    mongo = MongoConnection(settings.mongodb_url, settings.mongodb_db, settings.mongo_driver, settings.store_timeout)
+    try:
+        stream = mongo.database[settings.source_collection].watch([], max_await_time_ms=1)
+        if asyncio.iscoroutine(stream):
+            stream = await stream
+        try:
+            await stream.try_next()
+        finally:
+            await stream.close()
+    except PyMongoError as error:
+        return str(error)
+    finally:
+        await mongo.close()
+    return None
