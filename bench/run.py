@@ -912,7 +912,7 @@ def print_table(results: dict[str, Any]) -> None:
             f"p50 {c['latency_ms']['p50']:.1f} ms, p99 {c['latency_ms']['p99']:.1f} ms; CPU ms per read: {cpu}"
         )
     if "watched" in bell:
-        _print_watched(results, bell["watched"])
+        _print_watched(results, bell["watched"], bell.get("fanout"))
     if "multiprocess" in bell:
         m = bell["multiprocess"]
         held = f"{m['streams']} of {m['target_streams']} streams held"
@@ -978,11 +978,14 @@ def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> 
         )
 
 
-def _print_watched(results: dict[str, Any], w: dict[str, Any]) -> None:
+def _print_watched(results: dict[str, Any], w: dict[str, Any], fanout: dict[str, Any] | None) -> None:
+    """The watched collection beside the API of the same server, whose creates the watcher delivers too, and
+    beside bellcast's own collection (scenario 2) when the run had it."""
     passes = len(w["watched"]["passes"])
     print(
         f"\nScenario 6, watched collection: {results['fanout_rate']:.0f} documents/s inserted straight into "
-        f"MongoDB, then as many API creates/s, on one bellcast watching it; {passes} passes of each"
+        f"MongoDB, then as many API creates/s (which its watcher delivers too), on one bellcast watching it; "
+        f"{passes} pass(es) of each"
     )
     first = w["first_delivery_seconds"]
     print(f"  first document's event after {first:.1f} s" if first is not None else "  no watched document arrived")
@@ -990,6 +993,12 @@ def _print_watched(results: dict[str, Any], w: dict[str, Any]) -> None:
     _print_deliveries("API", w["api"], "create")
     a, b = w["watched"]["latency_ms"], w["api"]["latency_ms"]
     print(f"  watched/API: p50 {_ratio(a['p50'], b['p50'])}, p99 {_ratio(a['p99'], b['p99'])}")
+    if fanout is not None:
+        c = fanout["latency_ms"]
+        print(
+            f"  watched/scenario 2 (API, bellcast's own collection, no watcher): "
+            f"p50 {_ratio(a['p50'], c['p50'])}, p99 {_ratio(a['p99'], c['p99'])}"
+        )
 
 
 def _print_deliveries(name: str, f: dict[str, Any], create: str = "create") -> None:
