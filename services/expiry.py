@@ -10,12 +10,12 @@ processes run, and one that expired while none ran is announced by the next swee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import secrets
 from urllib.parse import quote
 
+from services.background import stop_task
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.notifications import NotificationService, utc_now
@@ -54,9 +54,7 @@ class ExpiryAnnouncer:
     async def close(self) -> None:
         """Stop sweeping."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task, "the expiry sweep")
             self._task = None
 
     async def sweep(self) -> int:

@@ -14,10 +14,11 @@ makes. The young generations are collected as usual.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
+
+from services.background import stop_task
 
 log = logging.getLogger("bellcast.memory")
 
@@ -45,9 +46,7 @@ class ScheduledFullCollections:
     async def close(self) -> None:
         """Stop, and give CPython its own policy back."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task, "the scheduled collections")
             self._task = None
         gc.set_threshold(*self._thresholds)
         gc.unfreeze()

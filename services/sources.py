@@ -234,7 +234,10 @@ class MappedSchema(NotificationSchema):
         return document
 
     def indexes(self) -> list[list[tuple[str, int]]]:
-        return [[(self.paths["user_id"], 1), (self.paths["created_at"], -1), ("_id", -1)]]
+        return [
+            [(self.paths["user_id"], 1), (self.paths["created_at"], -1), ("_id", -1)],
+            [(self.paths["expires_at"], 1)],  # the expiry sweep's, every few seconds
+        ]
 
     def new_id(self) -> Any:
         return ObjectId()

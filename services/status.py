@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from services.background import stop_task
 from services.metrics import Metrics, Snapshot, quantile
 
 log = logging.getLogger("bellcast.status")
@@ -65,9 +65,7 @@ class StatusHistory:
     async def close(self) -> None:
         """Stop sampling."""
         if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+            await stop_task(self._sampler, "the status sampler")
             self._sampler = None
 
     async def _sample_forever(self) -> None:

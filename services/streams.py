@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from services.background import stop_task
 from services.cache import ConnectionInbox
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
@@ -235,9 +236,7 @@ class StreamRegistry:
             scan.cancel()
         await asyncio.gather(*self._safety_scans, return_exceptions=True)
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await stop_task(self._sweeper, "the streams' sweep")
             self._sweeper = None
 
     def scan_soon(self, stream: OpenStream) -> None:

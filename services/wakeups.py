@@ -10,12 +10,12 @@ channel instead: its user's streams catch up from MongoDB.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, Protocol
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from services.background import stop_task
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.redis_backend import RECOVERY_CHANNEL, RedisBackend
@@ -115,9 +115,7 @@ class WakeupHub:
         for announcement in tuple(self._announcements):
             announcement.cancel()
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await stop_task(self._reader, "the wake-up subscription")
             self._reader = None
 
     def _listening(self, user_id: str) -> tuple[Wakeable, ...]:

@@ -31,6 +31,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
+from services.background import stop_task
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.logs import OutageLog
@@ -131,12 +132,9 @@ class SourceWatcher:
             return
         self._stopping.set()
         # It stops once its wait for changes ends; a delivery under way (observers bounded by STORE_TIMEOUT) or a
-        # store that does not answer may keep it longer.
-        _, pending = await asyncio.wait({self._task}, timeout=CLOSE_GRACE_SECONDS)
-        if pending:
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # store that does not answer may keep it longer: then it is cancelled.
+        await asyncio.wait({self._task}, timeout=CLOSE_GRACE_SECONDS)
+        await stop_task(self._task, "the source watcher")
         self._task = None
         with contextlib.suppress(StoreUnavailable):
             await self._batcher.execute("EVAL", RELEASE_LEASE, 1, self._lease_key, self._holder)
@@ -191,13 +189,14 @@ class SourceWatcher:
             await asyncio.gather(renewing, return_exceptions=True)
 
     async def _watch(self, position: Mapping[str, Any]) -> None:
+        """Follow change streams from the stored point until stopped: reopened when the server closes one, and
+        from now with a catch-up when the stored token is no longer served."""
         epoch = position["epoch"]
-        token = position.get("resume_token")
-        # A point without a token: a catch-up was under way.
-        catch_up = token is None and position.get("last_key") is not None
         while not self._stopping.is_set():
+            token, last_key = position.get("resume_token"), position.get("last_key")
             try:
-                await self._follow(epoch, token, position.get("last_key"), catch_up)
+                # A point without a token but with a last key: a catch-up was under way.
+                await self._follow(epoch, token, last_key, catch_up=token is None and last_key is not None)
             except OperationFailure as error:
                 if token is None or error.code not in HISTORY_LOST:
                     raise
@@ -207,8 +206,8 @@ class SourceWatcher:
                     error,
                 )
                 self._metrics.source_catch_ups.inc()
-                position = await self._positions.find_one({"_id": self._name}) or {}
-                token, catch_up = None, True
+                await self._save(epoch, None, last_key)
+            position = await self._positions.find_one({"_id": self._name}) or {}
 
     async def _follow(self, epoch: int, token: Any, last_key: str | None, catch_up: bool) -> None:
         """Open a change stream (after `token`, else from now) and deliver what it brings, batch by batch."""
@@ -248,6 +247,9 @@ class SourceWatcher:
                     return
                 if self._lease_lost:
                     raise LeaseLost()
+                if not stream.alive:  # closed by the server: without this, each try_next answers None at once
+                    log.info("source watcher: the server closed the change stream on %s; opening another", self._name)
+                    return
                 change = await stream.try_next()
         finally:
             await stream.close()

@@ -17,6 +17,7 @@ from redis.exceptions import NoPermissionError
 
 from server import Settings, SettingsError, parse_settings
 from services.auth import Authenticator
+from services.embedded import free_port
 from tests.support import ROOT, SERVER_PY, ServerProcess
 
 
@@ -36,6 +37,15 @@ from tests.support import ROOT, SERVER_PY, ServerProcess
         ({"REDIS_CLUSTER": "1", "REDIS_URL": "redis://node1:6379/2"}, "REDIS_CLUSTER"),
         ({"JWT_SECRET": "short"}, "JWT_SECRET=<hidden>"),
         ({"HEARTBEAT_INTERVAL": "1", "POLL_INTERVAL": "2"}, "HEARTBEAT_INTERVAL"),
+        ({"SOURCE_SCHEMA": "laravel"}, "set it too"),
+        ({"SOURCE_COLLECTION": "notifications", "SOURCE_SCHEMA": "rails"}, "SOURCE_SCHEMA"),
+        ({"SOURCE_COLLECTION": "system.users"}, "SOURCE_COLLECTION"),
+        ({"SOURCE_COLLECTION": "n", "SOURCE_FIELDS": "user_id"}, "SOURCE_FIELDS"),
+        ({"SOURCE_COLLECTION": "n", "SOURCE_FIELDS": "colour=c"}, "SOURCE_FIELDS"),
+        ({"SOURCE_COLLECTION": "n", "SOURCE_FIELDS": "title=$where"}, "SOURCE_FIELDS"),
+        ({"SOURCE_COLLECTION": "n", "SOURCE_SCHEMA": "laravel", "SOURCE_FIELDS": "title=t"}, "may only map"),
+        ({"SOURCE_COLLECTION": "n", "SOURCE_FILTER": "[1]"}, "SOURCE_FILTER"),
+        ({"SOURCE_COLLECTION": "n", "SOURCE_FILTER": '{"$where": "sleep(1000)"}'}, "JavaScript"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_variable_named(environ, message):
@@ -60,6 +70,25 @@ def test_server_refuses_to_start_on_an_invalid_setting():
     result = subprocess.run([*SERVER_PY], cwd=ROOT, env={**os.environ, "PORT": "x"}, capture_output=True, text=True)
     assert result.returncode == 2
     assert "invalid setting PORT='x'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_source_collection_is_refused_with_a_clear_message_when_no_change_stream_can_be_opened():
+    environ = {
+        **os.environ,
+        "PORT": "0",
+        # Nothing listens there: no change stream. (A standalone mongod answers "only supported on replica sets".)
+        "MONGODB_URL": f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=500",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "JWT_SECRET": "s" * 40,
+        "API_KEY": "k" * 20,
+        "STORE_TIMEOUT": "0.5",
+        "SOURCE_COLLECTION": "notifications",
+    }
+    result = subprocess.run([*SERVER_PY], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "SOURCE_COLLECTION=notifications needs a MongoDB that serves change streams" in result.stderr
+    assert "replica set" in result.stderr
     assert "Traceback" not in result.stderr
 
 

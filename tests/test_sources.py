@@ -46,11 +46,11 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def watching(runtime: Runtime) -> None:
+async def watching(runtime: Runtime, collection: str = SOURCE) -> None:
     """Wait until the watcher holds its lease and has opened its change stream (it starts from then on)."""
 
     async def stream_open() -> bool:
-        position = await runtime.mongo.database[POSITIONS].find_one({"_id": SOURCE})
+        position = await runtime.mongo.database[POSITIONS].find_one({"_id": collection})
         return position is not None and position.get("resume_token") is not None
 
     await eventually(stream_open, timeout=10)
