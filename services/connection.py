@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -517,6 +517,7 @@ class LiveConnection:
         try:
             if self._newest_sent is None and self._resume_from is not None:
                 self._newest_sent = await self._reads.resume_key(self.user_id, self._resume_from)
+                self._resume_from = None
             after = self._newest_sent
             if after is None:  # the Last-Event-ID names no notification: nothing to replay
                 self._replay_owed = False
@@ -593,8 +594,7 @@ class LiveConnection:
             if changes and not await self._send_changes([data for _, data in changes]):
                 return
             with contextlib.suppress(StoreUnavailable):
-                await self._delete(delivered)
-                await self._inbox.remove([field for field, _ in changes])
+                await self._delete(delivered, [field for field, _ in changes])
             if self._counts_owed and not self._recovering and not await self._send_counts():
                 return
 
@@ -726,14 +726,15 @@ class LiveConnection:
         self._sent = sent
         self._forget_old()
 
-    async def _delete(self, notification_ids: list[str]) -> None:
-        """Delete exactly these entries from the inbox once they were sent; the ledger keeps them until done."""
-        if not notification_ids:
+    async def _delete(self, notification_ids: list[str], change_fields: Sequence[str] = ()) -> None:
+        """Delete exactly these entries (and the changes sent with them) from the inbox once they were sent, in one
+        command; the ledger keeps the notifications until done."""
+        if not notification_ids and not change_fields:
             return
         sent = self._sent = self._sent if self._sent is not None else {}
         for notification_id in notification_ids:
             sent[notification_id] = True
-        await self._inbox.remove(notification_ids)
+        await self._inbox.remove([*notification_ids, *change_fields])
         for notification_id in notification_ids:
             sent[notification_id] = False  # the next send forgets it once it is out of the window
 

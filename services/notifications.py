@@ -357,8 +357,9 @@ class NotificationSchema:
         """The query of what a list shows after `document` (older than it)."""
         return {"_id": {"$lt": document["_id"]}}
 
-    def after_key(self, key: str) -> dict[str, Any] | None:
-        """The query of what comes after a stream key in stream order; None if `key` is not one."""
+    def after_key(self, key: str, look_back: bool = False) -> dict[str, Any] | None:
+        """The query of what comes after a stream key in stream order; None if `key` is not one. (`look_back`: a
+        client resumes; bellcast's own collection looks back in `missed`.)"""
         try:
             return {"_id": {"$gt": ObjectId(key)}}
         except (InvalidId, TypeError):
@@ -370,9 +371,17 @@ class NotificationSchema:
         """The query of a user's notifications."""
         return {**self.filter, self.paths["user_id"]: user_id}
 
+    def users(self, user_ids: list[str]) -> dict[str, Any]:
+        """The query of these users' notifications."""
+        return {**self.filter, self.paths["user_id"]: {"$in": user_ids}}
+
     def unset(self, field: str) -> dict[str, Any]:
         """The query of documents where `field` (read_at, seen_at, archived_at) is not set."""
         return {self.paths[field]: None}
+
+    def unset_expression(self, field: str) -> dict[str, Any]:
+        """`unset` as an aggregation expression: true where `field` is not set (null or missing)."""
+        return {"$eq": [{"$ifNull": ["$" + self.paths[field], None]}, None]}
 
     def is_set(self, field: str) -> dict[str, Any]:
         """The query of documents where `field` is set."""
@@ -598,14 +607,32 @@ class NotificationService:
         """Run the observers on each stored notification, in order for each; the notifications' in parallel, so
         that their writes to Redis share round trips. Creates call it, or the watcher of a source collection."""
         if len(notifications) == 1:
-            await self._tell_observers_of(notifications[0])
+            [notification] = notifications
+            await self._tell_observers_of(notification)
+            await self.publish_change(notification.user_id, "created", (str(notification.id),))
         elif notifications:
             await asyncio.gather(*(self._tell_observers_of(notification) for notification in notifications))
+            await self._publish_created(notifications)
 
     async def _tell_observers_of(self, notification: Notification) -> None:
         for observer in self._observers:
             await self._tell(observer, observer.created(notification), f"notification {notification.id}")
-        await self.publish_change(notification.user_id, "created", (str(notification.id),))
+
+    async def _publish_created(self, notifications: list[Notification]) -> None:
+        """One `created` change per user for many notifications stored together (a create for `user_ids`, a batch of
+        the watcher's), with every user's counts read in one aggregation rather than two counts per user."""
+        if not self._change_observers:
+            return
+        ids_by_user: dict[str, list[str]] = {}
+        for notification in notifications:
+            ids_by_user.setdefault(notification.user_id, []).append(str(notification.id))
+        try:
+            counts = await self.counts_of(list(ids_by_user))
+        except StoreUnavailable:
+            return  # the streams get the counts when they next resume
+        await asyncio.gather(
+            *(self._announce(Change(user, "created", tuple(ids), counts[user])) for user, ids in ids_by_user.items())
+        )
 
     async def _tell(self, observer: object, call: Awaitable[None], about: str) -> None:
         """Await an observer's `call`; its failure is logged (once per store outage) and counted, never raised."""
@@ -639,10 +666,12 @@ class NotificationService:
             counts = await self._change_counts.read(user_id, lambda: self.counts(user_id))
         except StoreUnavailable:
             return None
-        change = Change(user_id, kind, ids, counts, filter)
-        for observer in self._change_observers:
-            await self._tell(observer, observer.changed(change), f"a change ({kind})")
+        await self._announce(Change(user_id, kind, ids, counts, filter))
         return counts
+
+    async def _announce(self, change: Change) -> None:
+        for observer in self._change_observers:
+            await self._tell(observer, observer.changed(change), f"a change ({change.kind})")
 
     @property
     def watched(self) -> bool:
@@ -728,11 +757,29 @@ class NotificationService:
 
     async def counts(self, user_id: str) -> Counts:
         """The user's unread and unseen notifications now, archived and expired ones left out."""
-        shown = self._shown(user_id, None, None)
+        # One aggregation reads both: two counts read the user's notifications twice.
+        return (await self.counts_of([user_id]))[user_id]
+
+    async def counts_of(self, user_ids: list[str]) -> dict[str, Counts]:
+        """The counts of each of these users now, in one aggregation."""
+        schema = self._schema
+        shown = {"$and": [schema.users(user_ids), schema.not_expired(utc_now()), schema.unset("archived_at")]}
+        pipeline = [
+            {"$match": shown},
+            {
+                "$group": {
+                    "_id": "$" + schema.paths["user_id"],
+                    "unread": {"$sum": {"$cond": [schema.unset_expression("read_at"), 1, 0]}},
+                    "unseen": {"$sum": {"$cond": [schema.unset_expression("seen_at"), 1, 0]}},
+                }
+            },
+        ]
         with self._store_errors():
-            unread = await self._collection.count_documents({"$and": [shown, self._schema.unset("read_at")]})
-            unseen = await self._collection.count_documents({"$and": [shown, self._schema.unset("seen_at")]})
-        return Counts(unread, unseen)
+            cursor = self._collection.aggregate(pipeline)
+            if asyncio.iscoroutine(cursor):  # PyMongo's runs it at once, Motor's on first use
+                cursor = await cursor
+            found = {str(row["_id"]): Counts(row["unread"], row["unseen"]) async for row in cursor}
+        return {user_id: found.get(user_id, Counts(0, 0)) for user_id in user_ids}
 
     async def mark_read(self, user_id: str, notification_id: str) -> Notification:
         """Mark one of the user's notifications read; a second call keeps the first `read_at`."""
@@ -891,7 +938,7 @@ class NotificationService:
 
     async def _missed_query(self, user_id: str, after: str, look_back: bool) -> dict[str, Any] | None:
         """The query of what `missed` gives; None for an unparseable key."""
-        newer = self._schema.after_key(after)
+        newer = self._schema.after_key(after, look_back)
         if newer is None:
             return None
         live = {"$and": [self._schema.user(user_id), self._schema.not_expired(utc_now())]}

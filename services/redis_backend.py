@@ -191,6 +191,7 @@ return holding
         self._batch_client: Redis = connect_redis(url, timeout=timeout, batches=True)  # type: ignore[assignment]
         # Connections between two pipelines: one each for the pipelines in flight at once.
         self._idle_connections: list[Connection] = []
+        self._closed = False
 
     @property
     def client(self) -> Redis:
@@ -209,7 +210,12 @@ return holding
         that failed, or whose reading was cancelled (the batch timed out), so no late reply is ever
         read as another command's. A connection Redis closed (it restarted) is retried once on a
         new one, as the client's Retry does: every command the batcher sends may run twice.
+
+        Once `aclose` has begun, a pipeline fails as if Redis were gone, and is not retried: redis-py's
+        pool opens new connections after its disconnect, and nothing would close those.
         """
+        if self._closed:
+            raise RedisConnectionError("the Redis backend is closed")
         try:
             packed = b"".join([hiredis.pack_command(tuple(command)) for command in commands])
         except TypeError as error:  # an argument of no Redis type: what redis-py's packer raises
@@ -231,7 +237,11 @@ return holding
             if retry and isinstance(error, RedisConnectionError):
                 return await self.execute_pipeline(commands, retry=False)
             raise
-        self._idle_connections.append(connection)
+        if self._closed:  # `aclose` began meanwhile, and missed this connection if it was still opening
+            await connection.disconnect()
+            await pool.release(connection)
+        else:
+            self._idle_connections.append(connection)
         return replies
 
     async def queue_for_live_connections(
@@ -319,6 +329,7 @@ return holding
 
     async def aclose(self) -> None:
         """Give the batcher's kept connections back to their pool, then close both clients."""
+        self._closed = True
         for connection in self._idle_connections:
             await self._batch_client.connection_pool.release(connection)
         self._idle_connections.clear()
@@ -350,6 +361,7 @@ return #KEYS
     def __init__(self, url: str, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> None:
         self._client: RedisCluster = connect_redis(url, cluster=True, timeout=timeout)  # type: ignore[assignment]
         self._batch_client: RedisCluster = connect_redis(url, cluster=True, timeout=timeout, batches=True)  # type: ignore[assignment]
+        self._closed = False
 
     @property
     def client(self) -> RedisCluster:
@@ -357,7 +369,13 @@ return #KEYS
         return self._client
 
     async def execute_pipeline(self, commands: list[Sequence[Any]]) -> list[Any]:
-        """redis-py's cluster pipeline, which sends each node its part at once."""
+        """redis-py's cluster pipeline, which sends each node its part at once.
+
+        After `aclose` it fails as if Redis were gone: the client would connect to every node again, and
+        nothing would close those connections. (One in flight meanwhile gets a ConnectionError reply.)
+        """
+        if self._closed:
+            raise RedisConnectionError("the Redis backend is closed")
         async with self._batch_client.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
@@ -451,6 +469,7 @@ return #KEYS
 
     async def aclose(self) -> None:
         """Close both clients."""
+        self._closed = True
         await self._batch_client.aclose()
         await self._client.aclose()
 

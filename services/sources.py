@@ -48,6 +48,10 @@ MAX_SOURCE_ID_LENGTH = 200
 _PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _TYPE_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
+_WHOLE_NUMBER = re.compile(r"^[1-9][0-9]{0,17}$")
+# How Eloquent keeps dates in MongoDB through laravel-mongodb's query grammar: text, to the second, in UTC.
+LARAVEL_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+_LARAVEL_DATE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 
 
 def source_fields(value: str) -> dict[str, str]:
@@ -112,7 +116,14 @@ class MappedSchema(NotificationSchema):
         created_at = _path(document, created)
         return {"$or": [{created: {"$lt": created_at}}, {created: created_at, "_id": {"$lt": document["_id"]}}]}
 
-    def after_key(self, key: str) -> dict[str, Any] | None:
+    def after_key(self, key: str, look_back: bool = False) -> dict[str, Any] | None:
+        """What comes after a stream key: later creation times, then later ids within the same time.
+
+        Creation times kept as text (Laravel's `Y-m-d H:i:s`) only tell the second, and ids need not
+        grow (Laravel's random UUIDs): with `look_back` (a client resuming), the rest of the second is given
+        whole, so that nothing created later within it is lost; the streams' ledgers and the bell leave out
+        what they have.
+        """
         created = self.paths["created_at"]
         if len(key) > 12 and key[11] == "|":  # a notification's key: its millisecond, then its id
             try:
@@ -122,24 +133,53 @@ class MappedSchema(NotificationSchema):
             moment = datetime.datetime.fromtimestamp(milliseconds / 1000, datetime.UTC)
             text = key[12:]
             last_id = ObjectId(text) if _OBJECT_ID.match(text) else text
-            return {"$or": [{created: {"$gt": moment}}, {created: moment, "_id": {"$gt": last_id}}]}
+            as_text = moment.strftime(LARAVEL_DATE_FORMAT)
+            same_second_as_text = {"$ne": last_id} if look_back else {"$gt": last_id}
+            # BSON compares a date only with dates and a text only with texts: one branch of each kind.
+            return {
+                "$or": [
+                    {created: {"$gt": moment}},
+                    {created: moment, "_id": {"$gt": last_id}},
+                    {created: {"$gt": as_text}},
+                    {created: as_text, "_id": same_second_as_text},
+                ]
+            }
         try:  # the start of a second, as an ObjectId's hex
-            return {created: {"$gte": ObjectId(key).generation_time}}
+            second = ObjectId(key).generation_time
         except (InvalidId, TypeError):
             return None
+        return {"$or": [{created: {"$gte": second}}, {created: {"$gte": second.strftime(LARAVEL_DATE_FORMAT)}}]}
 
     # -- users and states --------------------------------------------------------------------------
 
     def user(self, user_id: str) -> dict[str, Any]:
         path = self.paths["user_id"]
-        if _OBJECT_ID.match(user_id):  # the app may keep a user id as an ObjectId
+        # The app may keep a user id as an ObjectId (a MongoDB user), or a number (a user in SQL).
+        if _OBJECT_ID.match(user_id):
             return {**self.filter, path: {"$in": [user_id, ObjectId(user_id)]}}
+        if _WHOLE_NUMBER.match(user_id):
+            return {**self.filter, path: {"$in": [user_id, int(user_id)]}}
         return {**self.filter, path: user_id}
+
+    def users(self, user_ids: list[str]) -> dict[str, Any]:
+        variants: list[Any] = []
+        for user_id in user_ids:
+            variants.append(user_id)
+            if _OBJECT_ID.match(user_id):
+                variants.append(ObjectId(user_id))
+            elif _WHOLE_NUMBER.match(user_id):
+                variants.append(int(user_id))
+        return {**self.filter, self.paths["user_id"]: {"$in": variants}}
 
     def unset(self, field: str) -> dict[str, Any]:
         if field == "read_at":
             return {self.paths[field]: {"$in": [None, False]}}
         return super().unset(field)
+
+    def unset_expression(self, field: str) -> dict[str, Any]:
+        if field == "read_at":
+            return {"$in": [{"$ifNull": ["$" + self.paths[field], None]}, [None, False]]}
+        return super().unset_expression(field)
 
     def is_set(self, field: str) -> dict[str, Any]:
         if field == "read_at":
@@ -164,8 +204,8 @@ class MappedSchema(NotificationSchema):
         title = self._title(document)
         if not title:
             raise Unmapped("no title")
-        created_at = _path(document, self.paths["created_at"])
-        if not isinstance(created_at, datetime.datetime):  # its place in the stream
+        created_at = _date(_path(document, self.paths["created_at"]))
+        if created_at is None:  # its place in the stream
             raise Unmapped("no creation time")
         notification = Notification(
             id=document["_id"],
@@ -175,7 +215,7 @@ class MappedSchema(NotificationSchema):
             body=_text(self._body(document))[:MAX_BODY_LENGTH],
             data_json=_data_json(self._data(document)),
             url=_link(self._url(document)),
-            created_at=_utc(created_at),
+            created_at=created_at,
             read_at=_state(_path(document, self.paths["read_at"])),
             tags=_tags(_path(document, self.paths["tags"])),
             expires_at=_date(_path(document, self.paths["expires_at"])),
@@ -188,10 +228,8 @@ class MappedSchema(NotificationSchema):
         return notification.with_key(stream_key(notification.created_at, str(notification.id)))
 
     def key_of(self, document: Mapping[str, Any]) -> str | None:
-        created_at = _path(document, self.paths["created_at"])
-        if isinstance(created_at, datetime.datetime):
-            return stream_key(_utc(created_at), str(document["_id"]))
-        return None
+        created_at = _date(_path(document, self.paths["created_at"]))
+        return stream_key(created_at, str(document["_id"])) if created_at is not None else None
 
     def _title(self, document: Mapping[str, Any]) -> str:
         return _text(_path(document, self.paths["title"])).strip()
@@ -285,18 +323,20 @@ class LaravelSchema(MappedSchema):
         return data if isinstance(data, dict) else {}
 
     def to_document(self, notification: Notification) -> dict[str, Any]:
+        """The document stock Laravel would write for it: `data` as JSON text, the dates as text to the second."""
         data = {**json.loads(notification.data_json), "title": notification.title, "body": notification.body}
         if notification.url is not None:
             data["url"] = notification.url
+        created_at = notification.created_at.strftime(LARAVEL_DATE_FORMAT)
         document: dict[str, Any] = {
             "_id": notification.id,
             "type": notification.type,
             "notifiable_type": self.filter.get("notifiable_type", LARAVEL_USER_MODEL),
             "notifiable_id": notification.user_id,
-            "data": data,
+            "data": json.dumps(data, separators=(",", ":")),
             "read_at": None,
-            "created_at": notification.created_at,
-            "updated_at": notification.created_at,
+            "created_at": created_at,
+            "updated_at": created_at,
         }
         for field in LARAVEL_MAPPABLE:
             value = {"tags": list(notification.tags), "expires_at": notification.expires_at}.get(field)
@@ -306,6 +346,17 @@ class LaravelSchema(MappedSchema):
 
     def new_id(self) -> Any:
         return str(uuid.uuid4())
+
+    def set_now(self, field: str, now: datetime.datetime) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Marking read as `markAsRead()` does (`read_at` and `updated_at`), as text where the app keeps its dates as
+        text, else as dates."""
+        if field != "read_at":
+            return super().set_now(field, now)
+        text = now.strftime(LARAVEL_DATE_FORMAT)
+        return [
+            ({"read_at": None, "created_at": {"$type": "string"}}, {"$set": {"read_at": text, "updated_at": text}}),
+            ({"read_at": None}, {"$set": {"read_at": now, "updated_at": now}}),
+        ]
 
 
 def make_schema(schema: str | None, fields: Mapping[str, str], filter: Mapping[str, Any] | None) -> MappedSchema:
@@ -372,11 +423,17 @@ def _utc(value: datetime.datetime) -> datetime.datetime:
 
 
 def _date(value: Any) -> datetime.datetime | None:
-    return _utc(value) if isinstance(value, datetime.datetime) else None
+    """A date, or Laravel's text of one (`Y-m-d H:i:s`, UTC, as Eloquent stores dates through laravel-mongodb)."""
+    if isinstance(value, datetime.datetime):
+        return _utc(value)
+    if isinstance(value, str) and _LARAVEL_DATE.match(value):
+        return datetime.datetime.strptime(value, LARAVEL_DATE_FORMAT).replace(tzinfo=datetime.UTC)
+    return None
 
 
 def _state(value: Any) -> datetime.datetime | None:
-    """A read state: a date, or `true` (read, at a time the app did not keep: shown as the epoch)."""
-    if value is True:
-        return datetime.datetime.fromtimestamp(0, datetime.UTC)
-    return _date(value)
+    """A read state: unset (null, missing, false) or when it was set; set at a time bellcast cannot read (`true`,
+    another format) is shown as the epoch, so the notification reads as read, as the counts have it."""
+    if value is None or value is False:
+        return None
+    return _date(value) or datetime.datetime.fromtimestamp(0, datetime.UTC)

@@ -87,3 +87,23 @@ async def test_a_bad_list_of_users_is_a_json_400_naming_the_field_and_nothing_is
     error = error_of(response)
     assert error["code"] == "invalid" and named in error["message"]
     assert await _stored(runtime) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_user_of_a_bulk_create_is_told_once_with_their_own_counts(api, runtime, open_stream):
+    await api.create("bob", "earlier, unread")
+    await api.create("bob", "earlier, read")
+    read = json.loads((await api.as_user("bob", "GET", PATH)).body)["notifications"][0]
+    assert (await api.as_user("bob", "POST", f"{PATH}/{read['id']}/read")).code == 200
+    alice, bob = await open_stream("alice"), await open_stream("bob")
+    response = await _post(api, {"user_ids": ["alice", "bob"], "title": "Both"})
+    created = {n["user_id"]: n["id"] for n in json.loads(response.body)["notifications"]}
+
+    alice_change, bob_change = await alice.next_change(), await bob.next_change()
+    assert (alice_change["change"], alice_change["ids"]) == ("created", [created["alice"]])
+    assert (alice_change["unread_count"], alice_change["unseen_count"]) == (1, 1)
+    assert (bob_change["change"], bob_change["ids"]) == ("created", [created["bob"]])
+    assert (bob_change["unread_count"], bob_change["unseen_count"]) == (2, 3)
+    for stream in (alice, bob):
+        with pytest.raises(TimeoutError):
+            await stream.next_change(timeout=0.5)

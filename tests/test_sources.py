@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import datetime
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -66,7 +67,8 @@ def in_order(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def laravel_notification(user_id: Any, **data: Any) -> dict[str, Any]:
-    """A database notification exactly as laravel-mongodb stores `$user->notify(new InvoicePaid(...))`."""
+    """A database notification as an app's own notification model without the `array` cast stores it: `data` as a
+    document, BSON dates (stock Laravel's text shapes: `stock_laravel_notification`, tests/test_laravel_example.py)."""
     now = datetime.datetime.now(datetime.UTC)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # BSON dates keep milliseconds
     return {
@@ -226,6 +228,8 @@ async def test_a_stream_resumes_after_a_uuid_last_event_id_in_order_without_loss
     first_tab.close()
 
     await source.insert_many(documents[2:])
+    # Delivered to no stream (none is open): the resumed one must find them in MongoDB.
+    await eventually(lambda: _async(metric_value(runtime.metrics, "source_documents_total") == 6))
     resumed = await open_stream("7", last_event_id=seen[-1].id)
     replayed = await resumed.notifications(4)
     assert [event.id for event in replayed] == [d["_id"] for d in documents[2:]]
@@ -257,7 +261,9 @@ async def test_a_create_through_the_api_lands_in_the_apps_collection_and_is_deli
     assert uuid.UUID(created["id"])
     assert stored["notifiable_type"] == USER_MODEL
     assert stored["notifiable_id"] == "7"
-    assert stored["data"] == {"k": 1, "title": "Via the API", "body": "b", "url": "/x"}
+    # As stock Laravel stores it: `data` as JSON text, the dates as text to the second.
+    assert json.loads(stored["data"]) == {"k": 1, "title": "Via the API", "body": "b", "url": "/x"}
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", stored["created_at"])
     assert stored["read_at"] is None
     [event] = await stream.notifications(1)
     assert event.id == created["id"]
@@ -335,3 +341,67 @@ async def test_a_resume_point_the_oplog_lost_is_caught_up_by_creation_time_logge
         assert "catching up by creation time" in caplog.text
     finally:
         await runtime.close()
+
+
+def stock_laravel_notification(user_id: Any, title: str, at: datetime.datetime) -> dict[str, Any]:
+    """What stock Laravel stores through laravel-mongodb 5: `data` as JSON text, dates as `Y-m-d H:i:s` text."""
+    stamp = at.strftime("%Y-%m-%d %H:%M:%S")
+    return {
+        "_id": str(uuid.uuid4()),
+        "type": "App\\Notifications\\InvoicePaid",
+        # PHP's json_encode escapes each slash.
+        "data": json.dumps({"title": title, "body": "b", "url": "https://app.example/invoices/1"}).replace("/", "\\/"),
+        "read_at": None,
+        "notifiable_id": user_id,
+        "notifiable_type": USER_MODEL,
+        "updated_at": stamp,
+        "created_at": stamp,
+    }
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_stock_laravel_documents_with_text_dates_are_delivered_listed_and_marked_read_as_laravel_does(
+    source: Any, api: API, open_stream: Any, runtime: Runtime
+) -> None:
+    await watching(runtime)
+    stream = await open_stream("42")
+    now = datetime.datetime.now(datetime.UTC)
+    first = stock_laravel_notification(42, "From SQL user 42", now)  # a user in SQL: an int
+    await source.insert_one(first)
+    [event] = await stream.notifications(1)
+    assert event.id == first["_id"]
+    assert event.json()["title"] == "From SQL user 42"
+    assert event.json()["url"] == "https://app.example/invoices/1"
+
+    assert (await api.as_user("42", "POST", f"/api/notifications/{first['_id']}/read")).code == 200
+    stored = await source.find_one({"_id": first["_id"]})
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", stored["read_at"])
+    assert stored["updated_at"] == stored["read_at"]
+    assert await source.count_documents({"notifiable_id": 42, "read_at": None}) == 0
+    listed = json.loads((await api.as_user("42", "GET", "/api/notifications")).body)
+    assert listed["unread_count"] == 0
+    assert listed["notifications"][0]["read_at"] is not None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_resume_within_a_second_of_text_dates_loses_nothing_created_later_in_that_second(
+    source: Any, open_stream: Any, runtime: Runtime
+) -> None:
+    await watching(runtime)
+    second = datetime.datetime.now(datetime.UTC)
+    earlier = stock_laravel_notification("7", "earlier", second)
+    later = stock_laravel_notification("7", "later", second)
+    # The later one's random UUID sorts first, as it does half of the time.
+    earlier["_id"], later["_id"] = "f" + earlier["_id"][1:], "0" + later["_id"][1:]
+    tab = await open_stream("7")
+    await source.insert_one(earlier)
+    [seen] = await tab.notifications(1)
+    tab.close()
+    await source.insert_one(later)
+    # Delivered to no stream (none is open): the resumed one must find it in MongoDB.
+    await eventually(lambda: _async(metric_value(runtime.metrics, "source_documents_total") == 2))
+
+    resumed = await open_stream("7", last_event_id=seen.id)
+    [replayed] = await resumed.notifications(1)
+    assert replayed.id == later["_id"]
+    await resumed.assert_silent(0.5)
