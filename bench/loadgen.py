@@ -24,7 +24,7 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 class Stream:
     """One open stream and the payload keys it received, in order."""
 
-    __slots__ = ("changes", "keys", "latencies", "path", "reader", "task", "writer")
+    __slots__ = ("arrivals", "changes", "keys", "latencies", "path", "reader", "task", "writer")
 
     def __init__(self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.path = path
@@ -34,6 +34,9 @@ class Stream:
         self.latencies: list[float] = []
         # bellcast's `changed` events: (what changed and which ids, when it arrived).
         self.changes: list[tuple[str, float]] = []
+        # bellcast's notifications: (the notification's id, when it arrived), whoever made them; the
+        # watched collection's documents carry no payload of the bench's own, only their `_id`.
+        self.arrivals: list[tuple[str, float]] = []
         self.task: asyncio.Task[None] | None = None
 
 
@@ -45,10 +48,13 @@ def _record(stream: Stream, data: bytes) -> None:
     if isinstance(payload, dict) and "change" in payload and isinstance(payload.get("ids"), list):
         stream.changes.append((f"{payload['change']}:{','.join(map(str, payload['ids']))}", time.time()))
         return
+    now = time.time()
+    if isinstance(payload, dict) and isinstance(payload.get("id"), str):
+        stream.arrivals.append((payload["id"], now))
     inner = payload.get("data") if isinstance(payload, dict) else None
     if isinstance(inner, dict) and "k" in inner:
         stream.keys.append(str(inner["k"]))
-        stream.latencies.append(time.time() - float(inner["t0"]))
+        stream.latencies.append(now - float(inner["t0"]))
 
 
 def _parse_events(stream: Stream, buffer: bytearray) -> None:
@@ -173,6 +179,7 @@ class Worker:
             "keys": [[s.path, s.keys] for s in self.streams],
             "latencies": [latency for s in self.streams for latency in s.latencies],
             "changes": [[s.path, s.changes] for s in self.streams],
+            "arrivals": [[s.path, s.arrivals] for s in self.streams],
         }
 
     def reset(self) -> dict[str, Any]:
@@ -180,6 +187,7 @@ class Worker:
             s.keys.clear()
             s.latencies.clear()
             s.changes.clear()
+            s.arrivals.clear()
         return {"ok": True}
 
     def close_all(self, reset: bool) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """`make bench`: bellcast under thousands of streams, and nginx + Nchan under the same load, in one run.
 
 Scenarios (each bounded in time): 1 hold idle streams, 2 fan-out, 3 burst, 4 churn, 5 changes (each user
-marks a notification read; every tab must get the `changed` event); Nchan runs
+marks a notification read; every tab must get the `changed` event), 6 watched (Laravel notifications
+inserted straight into a collection bellcast watches, beside the API path on the same server); Nchan runs
 1 and 2, and a minimal Tornado server (bench/tornado_minimal.py) runs 1, to show what Tornado
 itself costs on the machine of the run. Prints a table with bellcast/Nchan and bellcast/Tornado
 ratios, writes bench/results.json, and draws
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -23,11 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,7 +50,12 @@ READY_TIMEOUT = 60.0
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 # The minimal Tornado server holds each size this long: long enough to read its RSS, it does nothing idle.
 TORNADO_HOLD_SECONDS = 10.0
-SCENARIOS = ("hold", "fanout", "burst", "churn", "changes")
+SCENARIOS = ("hold", "fanout", "burst", "churn", "changes", "watched")
+MONGODB_DB = "bellcast_bench"
+# The app's collection in the watched scenario: named apart from bellcast's own `notifications`.
+WATCHED_COLLECTION = "app_notifications"
+# How long the watched scenario waits for its first document's event before it measures anyway.
+WATCHER_READY_TIMEOUT = 30.0
 
 
 # ---------------------------------------------------------------- measuring the server
@@ -129,10 +141,13 @@ class Server:
 class Bellcast(Server):
     name = "bellcast"
 
-    def __init__(self, mongodb_url: str, redis_url: str, processes: int, log_path: Path) -> None:
+    def __init__(
+        self, mongodb_url: str, redis_url: str, processes: int, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.mongodb_url, self.redis_url, self.processes = mongodb_url, redis_url, processes
         self.log_path = log_path
+        self.env = env or {}
         self.authenticator = Authenticator(JWT_SECRET, API_KEY)
 
     def start(self) -> None:
@@ -141,7 +156,7 @@ class Bellcast(Server):
             "PORT": str(self.port),
             "MONGODB_URL": self.mongodb_url,
             "REDIS_URL": self.redis_url,
-            "MONGODB_DB": "bellcast_bench",
+            "MONGODB_DB": MONGODB_DB,
             "JWT_SECRET": JWT_SECRET,
             "API_KEY": API_KEY,
             "PROCESSES": str(self.processes),
@@ -149,6 +164,7 @@ class Bellcast(Server):
             "PRODUCER_RATE_LIMIT": "0",
             # Thousands of clients from the load generator's eight addresses: no per-address cap.
             "MAX_CONNECTIONS_PER_CLIENT": "0",
+            **self.env,
         }
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -342,7 +358,7 @@ class Producer:
         return (await self.post_for_body(path, headers, body))[0]
 
     async def post_for_body(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        """POST `body`; the answer's status and body."""
+        """POST `body`; the answer's status and body. A connection that fails is replaced, and the error raised."""
         reader, writer = await self.free.get()
         try:
             head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Length: {len(body)}\r\n"
@@ -355,9 +371,13 @@ class Producer:
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             answer = await reader.readexactly(length) if length else b""
-            return status, answer
+        except (OSError, asyncio.IncompleteReadError):
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            raise
         finally:
             self.free.put_nowait((reader, writer))
+        return status, answer
 
     async def close(self) -> None:
         while not self.free.empty():
@@ -439,16 +459,63 @@ async def scenario_fanout(
     until 3 s after the last, so it includes what the idle streams cost meanwhile (bellcast's 10,000:
     about 1 % of a core, some 0.1 ms per create).
     """
+    meters = _meters(target, workers)
+    result = _pooled([await _api_pass(target, workers, "fan", users, tabs, rate, meters) for _ in range(passes)])
+    summary = {k: v for k, v in result.items() if k not in ("latencies_ms", "passes")}
+    print(f"  {target.name} fan-out, {passes} passes: {summary}", flush=True)
+    return result
+
+
+async def scenario_watched(
+    target: Bellcast,
+    workers: Workers,
+    collection: AsyncCollection[dict[str, Any]],
+    users: int,
+    tabs: int,
+    rate: float,
+    passes: int,
+) -> dict[str, Any]:
+    """users x tabs streams of a bellcast watching `collection`: Laravel notifications inserted straight
+    into it, one per user at `rate` per second, then the same through the API, on the same server.
+
+    Each tab must get its user's document once; the latency runs from just before `insert_one` (or
+    the POST) to the event's arrival. The watched and the API passes alternate, each with streams of
+    its own, and are pooled like the fan-out's, so the two paths meet the same hours of the machine.
+    """
+    warmup_seconds = await _first_watched_delivery(target, workers, collection)
+    meters = _meters(target, workers)
+    watched, api = [], []
+    for _ in range(passes):
+        watched.append(await _watched_pass(target, workers, collection, users, tabs, rate, meters))
+        api.append(await _api_pass(target, workers, "api", users, tabs, rate, meters))
+    result: dict[str, Any] = {
+        "first_delivery_seconds": warmup_seconds,
+        "watched": _pooled(watched),
+        "api": _pooled(api),
+    }
+    for path in ("watched", "api"):
+        summary = {k: v for k, v in result[path].items() if k not in ("latencies_ms", "passes")}
+        print(f"  bellcast watched scenario, {path} path, {passes} passes: {summary}", flush=True)
+    return result
+
+
+def _meters(target: Any, workers: Workers) -> dict[str, Any]:
+    """The CPU meters of a pass: the server, the load generator, and the embedded stores under bellcast."""
     meters = {"server": target.meter(), "load generator": workers.meter()}
     if isinstance(target, Bellcast) and (stores := embedded_store_meter()) is not None:
         meters["stores"] = stores
-    runs = [await _fanout_pass(target, workers, users, tabs, rate, meters) for _ in range(passes)]
+    return meters
+
+
+def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Passes of one kind together: summed counts, the quantiles of all their latencies, CPU per create."""
     latencies = [x for run in runs for x in run.pop("latencies")]
     create_seconds = [x for run in runs for x in run.pop("create_seconds")]
     statuses: Counter[str] = Counter()
     for run in runs:
         statuses.update(run["create_statuses"])
-    result = {
+    creates = sum(run["creates"] for run in runs)
+    result: dict[str, Any] = {
         key: sum(run[key] for run in runs)
         for key in ("streams", "expected_deliveries", "delivered", "missing", "duplicates", "misdelivered")
     }
@@ -458,12 +525,10 @@ async def scenario_fanout(
         latency_ms=_quantiles_ms(latencies),
         create_response_ms=_quantiles_ms(create_seconds),
         cpu_ms_per_create={
-            role: 1000 * sum(run["cpu_seconds"][role] for run in runs) / (users * passes) for role in meters
+            role: 1000 * sum(run["cpu_seconds"][role] for run in runs) / creates for role in runs[0]["cpu_seconds"]
         },
         latencies_ms=[round(1000 * x, 3) for x in latencies],  # µs are enough, and keep the file small
     )
-    summary = {k: v for k, v in result.items() if k not in ("latencies_ms", "passes")}
-    print(f"  {target.name} fan-out, {passes} passes: {summary}", flush=True)
     return result
 
 
@@ -475,72 +540,203 @@ def _quantiles_ms(seconds: list[float]) -> dict[str, float]:
     }
 
 
-async def _fanout_pass(
-    target: Any, workers: Workers, users: int, tabs: int, rate: float, meters: dict[str, Any]
+# What a pass does for each user (make its one notification; say how that went: an HTTP status, say),
+# and how it reads the load generator's reports (counts as `_count` gives them, and the latencies).
+Send = Callable[[int], Awaitable[str]]
+Tally = Callable[[list[dict[str, Any]]], tuple[dict[str, int], list[float]]]
+
+
+async def _delivery_pass(
+    target: Any,
+    workers: Workers,
+    label: str,
+    users: list[str],
+    tabs: int,
+    rate: float,
+    meters: dict[str, Any],
+    send: Send,
+    tally: Tally,
 ) -> dict[str, Any]:
-    paths = [target.stream_path(f"fan{u}", t) for u in range(users) for t in range(tabs)]
-    answers = await workers.ask_all(
-        [{"op": "connect", "paths": p, "concurrency": 64} for p in _split(paths, workers.count)]
-    )
-    connected = sum(a["connected"] for a in answers)
-    await asyncio.sleep(2.0)
-    await workers.broadcast({"op": "reset"})
-    producer = Producer(target.port, 8)
-    await producer.start()
-    statuses: Counter[int] = Counter()
-    create_seconds: list[float] = []
+    """`tabs` streams for each of `users`; `send(i)` makes user i one notification, at `rate` per second.
+
+    The CPU is each meter's from the first send until 3 s after the last; the machine's (`HostMeter`)
+    while the sends were made, not the quiet tail.
+    """
+    connected = await _open_tabs(target, workers, users, tabs)
+    outcomes: Counter[str] = Counter()
+    send_seconds: list[float] = []
+
+    async def one(index: int) -> None:
+        sent = time.perf_counter()
+        outcomes[await send(index)] += 1
+        send_seconds.append(time.perf_counter() - sent)
+
     cpu_before = {role: meter.cpu_seconds() for role, meter in meters.items()}
     host = HostMeter()
-    started = time.perf_counter()
-
-    async def publish(user: int) -> None:
-        payload = {"k": f"fan{user}", "t0": time.time()}
-        path, headers, body = target.publish_request(f"fan{user}", payload)
-        sent = time.perf_counter()
-        statuses[await producer.post(path, headers, body)] += 1
-        create_seconds.append(time.perf_counter() - sent)
-
-    tasks = []
-    for user in range(users):
-        delay = started + user / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(publish(user)))
-    await asyncio.gather(*tasks)
-    host_percent = host.percent()  # while the creates were made and answered, not the quiet tail
-    await producer.close()
+    await _at_rate(len(users), rate, one)
+    host_percent = host.percent()
     await asyncio.sleep(3.0)
     cpu_seconds = {role: meter.cpu_seconds() - cpu_before[role] for role, meter in meters.items()}
-    reports = await workers.broadcast({"op": "report"})
-    delivered = duplicates = missing = wrong = 0
-    latencies: list[float] = []
-    for report in reports:
-        latencies.extend(report["latencies"])
-        for path, keys in report["keys"]:
-            expected = path.split("/")[-1].split("?")[0] if target.name == "nchan" else _user_of(path)
-            counts = Counter(keys)
-            delivered += counts.get(expected, 0) >= 1
-            duplicates += max(0, counts.get(expected, 0) - 1)
-            missing += counts.get(expected, 0) == 0
-            wrong += sum(n for k, n in counts.items() if k != expected)
+    counts, latencies = tally(await workers.broadcast({"op": "report"}))
     await workers.broadcast({"op": "close"})
     await asyncio.sleep(2.0)
     result = {
         "streams": connected,
-        "expected_deliveries": users * tabs,
-        "delivered": delivered,
-        "missing": missing,
-        "duplicates": duplicates,
-        "misdelivered": wrong,
-        "create_statuses": {str(k): v for k, v in statuses.items()},
+        "creates": len(users),
+        "expected_deliveries": len(users) * tabs,
+        **counts,
+        "create_statuses": dict(outcomes),
         "latency_ms": _quantiles_ms(latencies),
-        "create_response_ms": _quantiles_ms(create_seconds),
+        "create_response_ms": _quantiles_ms(send_seconds),
         "cpu_seconds": cpu_seconds,
-        "cpu_ms_per_create": {role: 1000 * seconds / users for role, seconds in cpu_seconds.items()},
+        "cpu_ms_per_create": {role: 1000 * seconds / len(users) for role, seconds in cpu_seconds.items()},
         "host_percent": host_percent,
     }
-    print(f"  {target.name} fan-out pass: {result}", flush=True)
-    return {**result, "latencies": latencies, "create_seconds": create_seconds}
+    print(f"  {target.name} {label} pass: {result}", flush=True)
+    return {**result, "latencies": latencies, "create_seconds": send_seconds}
+
+
+async def _api_pass(
+    target: Any, workers: Workers, prefix: str, users: int, tabs: int, rate: float, meters: dict[str, Any]
+) -> dict[str, Any]:
+    """A pass through the server's publish API; the latency from just before each POST, carried in its payload."""
+    names = [f"{prefix}{user}" for user in range(users)]
+    producer = Producer(target.port, 8)
+    await producer.start()
+
+    async def publish(index: int) -> str:
+        path, headers, body = target.publish_request(names[index], {"k": names[index], "t0": time.time()})
+        try:
+            return str(await producer.post(path, headers, body))
+        except (OSError, asyncio.IncompleteReadError) as error:
+            return type(error).__name__  # an overloaded server's dropped answer: counted, the pass goes on
+
+    def tally(reports: list[dict[str, Any]]) -> tuple[dict[str, int], list[float]]:
+        own = _channel_of if isinstance(target, Nchan) else _user_of
+        streams = [(path, keys) for report in reports for path, keys in report["keys"]]
+        return _count(streams, own), [x for report in reports for x in report["latencies"]]
+
+    try:
+        return await _delivery_pass(target, workers, "fan-out", names, tabs, rate, meters, publish, tally)
+    finally:
+        await producer.close()
+
+
+async def _watched_pass(
+    target: Bellcast,
+    workers: Workers,
+    collection: AsyncCollection[dict[str, Any]],
+    users: int,
+    tabs: int,
+    rate: float,
+    meters: dict[str, Any],
+) -> dict[str, Any]:
+    """A pass of documents inserted straight into the watched collection; the latency from just before
+    each `insert_one`, matched to the arrival by the document's `_id`, the event's id."""
+    names = [f"wat{user}" for user in range(users)]
+    inserted: dict[str, tuple[str, float]] = {}  # document _id: its user, the time it was inserted
+
+    async def insert(index: int) -> str:
+        document = laravel_notification(names[index])
+        inserted[document["_id"]] = (names[index], time.time())
+        try:
+            await collection.insert_one(document)
+        except PyMongoError as error:
+            return type(error).__name__
+        return "inserted"
+
+    def tally(reports: list[dict[str, Any]]) -> tuple[dict[str, int], list[float]]:
+        document_of = {user: document_id for document_id, (user, _) in inserted.items()}
+        each = [(path, arrivals) for report in reports for path, arrivals in report["arrivals"]]
+        expected = {path: document_of[_user_of(path)] for path, _ in each}
+        latencies = [
+            at - inserted[document_id][1]
+            for path, arrivals in each
+            for document_id, at in arrivals
+            if document_id == expected[path]
+        ]
+        streams = [(path, [document_id for document_id, _ in arrivals]) for path, arrivals in each]
+        return _count(streams, expected.__getitem__), latencies
+
+    return await _delivery_pass(target, workers, "watched", names, tabs, rate, meters, insert, tally)
+
+
+def laravel_notification(user: str) -> dict[str, Any]:
+    """A notification for `user` as Laravel's database channel writes it through laravel-mongodb."""
+    now = datetime.datetime.now(datetime.UTC)
+    return {
+        "_id": str(uuid.uuid4()),
+        "type": "App\\Notifications\\InvoicePaid",
+        "notifiable_type": "App\\Models\\User",
+        "notifiable_id": user,
+        "data": {"title": "Invoice paid", "body": "Invoice 1 was paid.", "url": "/invoices/1"},
+        "read_at": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def _first_watched_delivery(
+    target: Bellcast, workers: Workers, collection: AsyncCollection[dict[str, Any]]
+) -> float | None:
+    """Seconds from one inserted document to its event on a stream: the watcher is up once it arrives.
+
+    None when nothing arrived within WATCHER_READY_TIMEOUT (a bellcast that does not watch): the
+    passes still run, and show it.
+    """
+    await workers.ask(0, {"op": "connect", "paths": [target.stream_path("watch-warmup", 0)]})
+    await asyncio.sleep(1.0)
+    document = laravel_notification("watch-warmup")
+    started = time.monotonic()
+    await collection.insert_one(document)
+    arrived = None
+    while arrived is None and time.monotonic() - started < WATCHER_READY_TIMEOUT:
+        await asyncio.sleep(0.2)
+        report = await workers.ask(0, {"op": "report"})
+        if any(document_id == document["_id"] for _, arrivals in report["arrivals"] for document_id, _ in arrivals):
+            arrived = time.monotonic() - started
+    await workers.ask(0, {"op": "close"})
+    if arrived is None:
+        print(f"  no watched document arrived within {WATCHER_READY_TIMEOUT:.0f} s: does bellcast watch?", flush=True)
+    return arrived
+
+
+async def _open_tabs(target: Any, workers: Workers, users: list[str], tabs: int) -> int:
+    """Open `tabs` streams for each user, let them settle, forget what they got: how many opened."""
+    answers = await workers.connect([target.stream_path(user, tab) for user in users for tab in range(tabs)])
+    await asyncio.sleep(2.0)
+    await workers.broadcast({"op": "reset"})
+    return sum(answer["connected"] for answer in answers)
+
+
+async def _at_rate(count: int, rate: float, one: Callable[[int], Awaitable[None]]) -> None:
+    """Start `one(i)` for each i below `count`, the i-th i/rate seconds after the first; wait for them all."""
+    started = time.perf_counter()
+    tasks = []
+    for index in range(count):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(index)))
+    await asyncio.gather(*tasks)
+
+
+def _count(streams: list[tuple[str, list[str]]], expected_of: Callable[[str], str]) -> dict[str, int]:
+    """What each stream (its path, the keys it got) received against the one key it should have got once."""
+    delivered = duplicates = missing = wrong = 0
+    for path, keys in streams:
+        expected = expected_of(path)
+        counts = Counter(keys)
+        delivered += counts.get(expected, 0) >= 1
+        duplicates += max(0, counts.get(expected, 0) - 1)
+        missing += counts.get(expected, 0) == 0
+        wrong += sum(n for k, n in counts.items() if k != expected)
+    return {"delivered": delivered, "missing": missing, "duplicates": duplicates, "misdelivered": wrong}
+
+
+def _channel_of(path: str) -> str:
+    """The Nchan channel (the user) of a subscriber's path."""
+    return path.split("/")[-1].split("?")[0]
 
 
 def _user_of(path: str) -> str:
@@ -600,23 +796,16 @@ async def scenario_changes(target: Bellcast, workers: Workers, users: int, tabs:
         status, answer = await producer.post_for_body(path, headers, body)
         assert status == 201, answer[:200]
         notification_of[f"chg{user}"] = json.loads(answer)["id"]
-    paths = [target.stream_path(f"chg{u}", t) for u in range(users) for t in range(tabs)]
-    answers = await workers.ask_all(
-        [{"op": "connect", "paths": p, "concurrency": 64} for p in _split(paths, workers.count)]
-    )
-    connected = sum(a["connected"] for a in answers)
-    await asyncio.sleep(2.0)
-    await workers.broadcast({"op": "reset"})
-    meters: dict[str, Any] = {"server": target.meter(), "load generator": workers.meter()}
-    if (stores := embedded_store_meter()) is not None:
-        meters["stores"] = stores
+    readers = list(notification_of)
+    connected = await _open_tabs(target, workers, readers, tabs)
+    meters = _meters(target, workers)
     cpu_before = {role: meter.cpu_seconds() for role, meter in meters.items()}
     sent_at: dict[str, float] = {}
     statuses: Counter[int] = Counter()
     request_seconds: list[float] = []
-    started = time.perf_counter()
 
-    async def read(user: str) -> None:
+    async def read(index: int) -> None:
+        user = readers[index]
         notification_id = notification_of[user]
         token = target.authenticator.mint_user_token(user, 3600, time.time())
         sent_at[notification_id] = time.time()
@@ -625,13 +814,7 @@ async def scenario_changes(target: Bellcast, workers: Workers, users: int, tabs:
         statuses[await producer.post(path, {"Authorization": f"Bearer {token}"}, b"")] += 1
         request_seconds.append(time.perf_counter() - sent)
 
-    tasks = []
-    for index, reader in enumerate(notification_of):
-        delay = started + index / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(read(reader)))
-    await asyncio.gather(*tasks)
+    await _at_rate(len(readers), rate, read)
     await producer.close()
     await asyncio.sleep(3.0)
     cpu_seconds = {role: meter.cpu_seconds() - cpu_before[role] for role, meter in meters.items()}
@@ -705,7 +888,7 @@ async def scenario_churn(
 
 
 def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "n/a"
+    return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "n/a"
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -735,6 +918,8 @@ def print_table(results: dict[str, Any]) -> None:
             f"{c['missing']} missing, {c['duplicates']} duplicates; request to event "
             f"p50 {c['latency_ms']['p50']:.1f} ms, p99 {c['latency_ms']['p99']:.1f} ms; CPU ms per read: {cpu}"
         )
+    if "watched" in bell:
+        _print_watched(results, bell["watched"], bell.get("fanout"))
     if "multiprocess" in bell:
         m = bell["multiprocess"]
         held = f"{m['streams']} of {m['target_streams']} streams held"
@@ -790,24 +975,7 @@ def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> 
     print(f"\nScenario 2, fan-out at {results['fanout_rate']:.0f} creates/s")
     for name, data in (("bellcast", bell), ("nchan", nchan)):
         if data and "fanout" in data:
-            f = data["fanout"]
-            print(
-                f"  {name:>9}: {f['delivered']}/{f['expected_deliveries']} delivered, {f['duplicates']} duplicates, "
-                f"{f['misdelivered']} misdelivered, latency p50 {f['latency_ms']['p50']:.1f} ms, "
-                f"p99 {f['latency_ms']['p99']:.1f} ms, max {f['latency_ms']['max']:.1f} ms"
-            )
-            if len(f["passes"]) > 1:
-                each = ", ".join(
-                    f"{run['latency_ms']['p50']:.1f}/{run['latency_ms']['p99']:.1f}/{run['latency_ms']['max']:.1f}"
-                    for run in f["passes"]
-                )
-                print(f"  {'':>9}  {len(f['passes'])} passes pooled; each pass's p50/p99/max (ms): {each}")
-            cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in f["cpu_ms_per_create"].items())
-            print(f"  {'':>9}  CPU per create and its deliveries (ms): {cpu}")
-            host = ", ".join(
-                f"{run['host_percent']['busy']:.0f}/{run['host_percent']['steal']:.1f}" for run in f["passes"]
-            )
-            print(f"  {'':>9}  while creating, the machine's cores busy/stolen by the host, % per pass: {host}")
+            _print_deliveries(name, data["fanout"])
     if nchan and "fanout" in nchan:
         b, n = bell["fanout"]["latency_ms"], nchan["fanout"]["latency_ms"]
         server_cpu = [data["fanout"]["cpu_ms_per_create"]["server"] for data in (bell, nchan)]
@@ -815,6 +983,48 @@ def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> 
             f"  bellcast/nchan: p50 {_ratio(b['p50'], n['p50'])}, p99 {_ratio(b['p99'], n['p99'])}, "
             f"server CPU per create {_ratio(*server_cpu)}"
         )
+
+
+def _print_watched(results: dict[str, Any], w: dict[str, Any], fanout: dict[str, Any] | None) -> None:
+    """The watched collection beside the API of the same server, whose creates the watcher delivers too, and
+    beside bellcast's own collection (scenario 2) when the run had it."""
+    passes = len(w["watched"]["passes"])
+    print(
+        f"\nScenario 6, watched collection: {results['fanout_rate']:.0f} documents/s inserted straight into "
+        f"MongoDB, then as many API creates/s (which its watcher delivers too), on one bellcast watching it; "
+        f"{passes} pass(es) of each"
+    )
+    first = w["first_delivery_seconds"]
+    print(f"  first document's event after {first:.1f} s" if first is not None else "  no watched document arrived")
+    _print_deliveries("watched", w["watched"], "insert")
+    _print_deliveries("API", w["api"], "create")
+    a, b = w["watched"]["latency_ms"], w["api"]["latency_ms"]
+    print(f"  watched/API: p50 {_ratio(a['p50'], b['p50'])}, p99 {_ratio(a['p99'], b['p99'])}")
+    if fanout is not None:
+        c = fanout["latency_ms"]
+        print(
+            f"  watched/scenario 2 (API, bellcast's own collection, no watcher): "
+            f"p50 {_ratio(a['p50'], c['p50'])}, p99 {_ratio(a['p99'], c['p99'])}"
+        )
+
+
+def _print_deliveries(name: str, f: dict[str, Any], create: str = "create") -> None:
+    """One path's pooled passes: completeness, latency, CPU, and how busy the machine was."""
+    print(
+        f"  {name:>9}: {f['delivered']}/{f['expected_deliveries']} delivered, {f['missing']} missing, "
+        f"{f['duplicates']} duplicates, {f['misdelivered']} misdelivered, {create} → receive "
+        f"p50 {f['latency_ms']['p50']:.1f} ms, p99 {f['latency_ms']['p99']:.1f} ms, max {f['latency_ms']['max']:.1f} ms"
+    )
+    if len(f["passes"]) > 1:
+        each = ", ".join(
+            f"{run['latency_ms']['p50']:.1f}/{run['latency_ms']['p99']:.1f}/{run['latency_ms']['max']:.1f}"
+            for run in f["passes"]
+        )
+        print(f"  {'':>9}  {len(f['passes'])} passes pooled; each pass's p50/p99/max (ms): {each}")
+    cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in f["cpu_ms_per_create"].items())
+    print(f"  {'':>9}  CPU per {create} and its deliveries (ms): {cpu}")
+    host = ", ".join(f"{run['host_percent']['busy']:.0f}/{run['host_percent']['steal']:.1f}" for run in f["passes"])
+    print(f"  {'':>9}  while the {create}s were made, the machine's cores busy/stolen by the host, % per pass: {host}")
 
 
 def draw_plots(results: dict[str, Any], out_dir: Path, stamp: str) -> None:
@@ -883,12 +1093,12 @@ async def run_target(target: Any, args: argparse.Namespace, redis_url: str | Non
             result["hold"] = await scenario_hold(target, workers, args.sizes, args.hold_seconds, args.last_hold_seconds)
         if "fanout" in args.scenarios:
             result["fanout"] = await scenario_fanout(
-                target, workers, args.fanout_users, 10, args.fanout_rate, args.fanout_passes
+                target, workers, args.users, 10, args.fanout_rate, args.fanout_passes
             )
         if isinstance(target, Bellcast) and "burst" in args.scenarios:
             result["burst"] = await scenario_burst(target, workers, 10, args.burst)
         if isinstance(target, Bellcast) and "changes" in args.scenarios:
-            result["changes"] = await scenario_changes(target, workers, args.fanout_users, 10, args.fanout_rate)
+            result["changes"] = await scenario_changes(target, workers, args.users, 10, args.fanout_rate)
         if isinstance(target, Bellcast) and "churn" in args.scenarios:
             assert redis_url is not None
             result["churn"] = await scenario_churn(target, workers, args.churn, args.churn_seconds, redis_url)
@@ -942,6 +1152,29 @@ async def run_multiprocess(
         target.stop()
 
 
+async def run_watched(args: argparse.Namespace, mongodb_url: str, redis_url: str, log_path: Path) -> dict[str, Any]:
+    """Scenario 6 on a bellcast of its own, started to watch WATCHED_COLLECTION as Laravel's notifications."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url, tz_aware=True)
+    try:
+        database = client[MONGODB_DB]
+        if WATCHED_COLLECTION not in await database.list_collection_names():
+            await database.create_collection(WATCHED_COLLECTION)
+        source = {"SOURCE_COLLECTION": WATCHED_COLLECTION, "SOURCE_SCHEMA": "laravel"}
+        target = Bellcast(mongodb_url, redis_url, args.processes, log_path, env=source)
+        target.start()
+        workers = Workers(args.workers, target.port)
+        await workers.start()
+        try:
+            return await scenario_watched(
+                target, workers, database[WATCHED_COLLECTION], args.users, 10, args.fanout_rate, args.fanout_passes
+            )
+        finally:
+            await workers.stop()
+            target.stop()
+    finally:
+        await client.close()
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes and short holds, to try the harness")
@@ -968,7 +1201,15 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--fanout-passes", type=int, help="fan-out passes, pooled (default 3; 1 with --quick)")
     parser.add_argument(
-        "--fanout-rate", type=float, default=200.0, help="fan-out creates per second (default 200, the issue's)"
+        "--fanout-rate",
+        type=float,
+        default=200.0,
+        help="creates per second of the fan-out, the changes and the watched scenario (default 200, the issue's)",
+    )
+    parser.add_argument(
+        "--users",
+        type=int,
+        help="users of the fan-out, changes and watched scenarios, 10 tabs each (default 1000; 100 with --quick)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "bench")
@@ -981,7 +1222,7 @@ def parse_args() -> argparse.Namespace:
     # idle CPU includes them.
     args.last_hold_seconds = None if quick or args.hold_seconds else Settings().safety_scan_interval + 40.0
     args.hold_seconds = args.hold_seconds or (5.0 if quick else 60.0)
-    args.fanout_users = 100 if quick else 1000
+    args.users = args.users or (100 if quick else 1000)
     args.fanout_passes = args.fanout_passes or (1 if quick else 3)
     args.burst = 200 if quick else 1000
     args.churn = 1000 if quick else 10000
@@ -1015,7 +1256,9 @@ async def main() -> None:
     }
     try:
         bell = Bellcast(mongodb_url, redis_url, processes=args.processes, log_path=log_dir / "bellcast.log")
-        results["bellcast"] = await run_target(bell, args, redis_url)
+        results["bellcast"] = await run_target(bell, args, redis_url) if args.scenarios - {"watched"} else {}
+        if "watched" in args.scenarios:
+            results["bellcast"]["watched"] = await run_watched(args, mongodb_url, redis_url, log_dir / "watched.log")
         if not args.skip_multiprocess:
             results["bellcast"]["multiprocess"] = await run_multiprocess(
                 args, mongodb_url, redis_url, log_dir / "mp.log"
