@@ -716,7 +716,7 @@ class NotificationService:
         query = self._shown(user_id, parse_status(status), tag)
         with self._store_errors():
             if before is not None:
-                query = {"$and": [query, await self._older_than(user_id, before)]}
+                query = all_of(query, await self._older_than(user_id, before))
             cursor = self._collection.find(query).sort(self._schema.newest_first()).limit(limit + 1)
             documents = [document async for document in cursor]
         notifications = self._notifications_of(documents[:limit])
@@ -763,7 +763,7 @@ class NotificationService:
     async def counts_of(self, user_ids: list[str]) -> dict[str, Counts]:
         """The counts of each of these users now, in one aggregation."""
         schema = self._schema
-        shown = {"$and": [schema.users(user_ids), schema.not_expired(utc_now()), schema.unset("archived_at")]}
+        shown = all_of(schema.users(user_ids), schema.not_expired(utc_now()), schema.unset("archived_at"))
         pipeline = [
             {"$match": shown},
             {
@@ -796,7 +796,7 @@ class NotificationService:
         archived = self._schema.paths["archived_at"]
         with self._store_errors():
             document = await self._collection.find_one_and_update(
-                {"$and": [mine, self._schema.is_set("archived_at")]},
+                all_of(mine, self._schema.is_set("archived_at")),
                 {"$set": {archived: None}},
                 return_document=ReturnDocument.AFTER,
             )
@@ -840,7 +840,7 @@ class NotificationService:
         with self._store_errors():
             for unset, update in self._schema.set_now(field, utc_now()):
                 document = await self._collection.find_one_and_update(
-                    {"$and": [mine, unset]}, update, return_document=ReturnDocument.AFTER
+                    all_of(mine, unset), update, return_document=ReturnDocument.AFTER
                 )
                 if document is not None:
                     break
@@ -869,7 +869,7 @@ class NotificationService:
         with self._store_errors():
             # `$and`: the filter may name `field` itself (read-all on the read ones changes nothing).
             for unset, update in self._schema.set_now(field, utc_now()):
-                result = await self._collection.update_many({"$and": [query, unset]}, update)
+                result = await self._collection.update_many(all_of(query, unset), update)
                 updated += int(result.modified_count)
         counts = await self.publish_change(user_id, kind, (), filter) if updated else None
         return updated, counts or await self.counts(user_id)
@@ -941,9 +941,9 @@ class NotificationService:
         newer = self._schema.after_key(after, look_back)
         if newer is None:
             return None
-        live = {"$and": [self._schema.user(user_id), self._schema.not_expired(utc_now())]}
+        live = all_of(self._schema.user(user_id), self._schema.not_expired(utc_now()))
         if not look_back or self._schema.watched:
-            return {"$and": [live, newer]}
+            return all_of(live, newer)
         last_seen = ObjectId(after)
         with self._store_errors():
             last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
@@ -953,7 +953,7 @@ class NotificationService:
             branches.append(
                 {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
             )
-        return {"$and": [live, {"$or": branches}]}
+        return all_of(live, {"$or": branches})
 
     def _shown(self, user_id: str, status: str | None, tag: str | None) -> dict[str, Any]:
         """The query of the user's notifications a list shows: by status (None: all not archived), by tag, never
@@ -970,7 +970,7 @@ class NotificationService:
             parts.append(schema.is_set("read_at"))
         if tag is not None:
             parts.append(schema.tagged(parse_tag(tag)))
-        return {"$and": parts}
+        return all_of(*parts)
 
     @contextlib.contextmanager
     def _store_errors(self) -> Iterator[None]:
@@ -1139,6 +1139,24 @@ def is_valid_user_id(value: object) -> bool:
     except Invalid:
         return False
     return True
+
+
+def all_of(*parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The query that all `parts` match: one flat document where their fields differ, the others under `$and`.
+
+    Flat, because a query planner may use an index only for top-level fields (SecantusDB scans the whole
+    collection for a top-level `$and`: 195 ms instead of 2 ms per count among 10,000 notifications).
+    """
+    merged: dict[str, Any] = {}
+    rest: list[dict[str, Any]] = []
+    for part in parts:
+        if any(field in merged for field in part):
+            rest.append(dict(part))
+        else:
+            merged.update(part)
+    if rest:
+        merged["$and"] = [*merged.get("$and", []), *rest]
+    return merged
 
 
 def stream_key(created_at: datetime.datetime, id_text: str) -> str:

@@ -36,7 +36,7 @@ from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.logs import OutageLog
 from services.metrics import Metrics
-from services.notifications import Notification, NotificationService, Unmapped, utc_now
+from services.notifications import Notification, NotificationService, Unmapped, all_of, utc_now
 from services.settings import Settings
 from services.sources import MappedSchema
 from services.stores import MongoConnection
@@ -273,7 +273,7 @@ class SourceWatcher:
             return last_key, recent
         overlap_from = utc_now() - CATCH_UP_OVERLAP
         while True:
-            query = {"$and": [self._schema.filter, after]}
+            query = all_of(self._schema.filter, after)
             cursor = self._collection.find(query).sort(self._schema.oldest_first()).limit(CATCH_UP_PAGE)
             documents = [document async for document in cursor]
             if not documents:
