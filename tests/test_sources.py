@@ -383,14 +383,18 @@ async def test_stock_laravel_documents_with_text_dates_are_delivered_listed_and_
     assert listed["notifications"][0]["read_at"] is not None
 
 
+@pytest.mark.parametrize("dates", ["text", "bson"])
 @pytest.mark.gen_test(timeout=30)
-async def test_a_resume_within_a_second_of_text_dates_loses_nothing_created_later_in_that_second(
-    source: Any, open_stream: Any, runtime: Runtime
+async def test_a_resume_loses_nothing_created_later_within_the_same_second_or_millisecond(
+    source: Any, open_stream: Any, runtime: Runtime, dates: str
 ) -> None:
     await watching(runtime)
-    second = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC)
+    second = now.replace(microsecond=now.microsecond // 1000 * 1000)
     earlier = stock_laravel_notification("7", "earlier", second)
     later = stock_laravel_notification("7", "later", second)
+    if dates == "bson":  # an app's own model: BSON dates, to the millisecond
+        earlier["created_at"] = later["created_at"] = second
     # The later one's random UUID sorts first, as it does half of the time.
     earlier["_id"], later["_id"] = "f" + earlier["_id"][1:], "0" + later["_id"][1:]
     tab = await open_stream("7")
