@@ -848,9 +848,14 @@ class NotificationService:
             if document is None:
                 document = await self._collection.find_one(mine)
         notification = self._one(document)
-        if changed:
+        if changed and not self._announced_by_watcher(field):
             await self.publish_change(user_id, kind, (notification_id,))
         return notification
+
+    def _announced_by_watcher(self, field: str) -> bool:
+        """Whether a change of `field` is announced by the watcher of a source collection, which sees the app's reads
+        and bellcast's alike (announced here too, it would reach each stream twice)."""
+        return self._schema.watched and field == "read_at"
 
     def _one(self, document: Mapping[str, Any] | None) -> Notification:
         """The notification of a document found by id; NotFound if there is none, or it is no notification."""
@@ -871,7 +876,8 @@ class NotificationService:
             for unset, update in self._schema.set_now(field, utc_now()):
                 result = await self._collection.update_many(all_of(query, unset), update)
                 updated += int(result.modified_count)
-        counts = await self.publish_change(user_id, kind, (), filter) if updated else None
+        announce = updated and not self._announced_by_watcher(field)
+        counts = await self.publish_change(user_id, kind, (), filter) if announce else None
         return updated, counts or await self.counts(user_id)
 
     async def missed(

@@ -119,10 +119,11 @@ class MappedSchema(NotificationSchema):
     def after_key(self, key: str, look_back: bool = False) -> dict[str, Any] | None:
         """What comes after a stream key: later creation times, then later ids within the same time.
 
-        Creation times tell the millisecond, or as text (Laravel's `Y-m-d H:i:s`) only the second, and ids
-        need not grow (Laravel's random UUIDs): with `look_back` (a client resuming), the rest of that
-        millisecond or second is given whole, so that nothing created later within it is lost; the streams'
-        ledgers and the bell leave out what they have.
+        Ids need not grow (Laravel's random UUIDs), so within one creation time they order notifications
+        arbitrarily. Dates tell the millisecond, which one user's notifications rarely share; text (Laravel's
+        `Y-m-d H:i:s`) only the second, which they often do: with `look_back` (a client resuming) the rest of
+        that second is given whole, so that nothing created later within it is lost, at the cost of sending
+        again what the client had of it (the bell leaves out what it has).
         """
         created = self.paths["created_at"]
         if len(key) > 12 and key[11] == "|":  # a notification's key: its millisecond, then its id
@@ -134,14 +135,14 @@ class MappedSchema(NotificationSchema):
             text = key[12:]
             last_id = ObjectId(text) if _OBJECT_ID.match(text) else text
             as_text = moment.strftime(LARAVEL_DATE_FORMAT)
-            same_time = {"$ne": last_id} if look_back else {"$gt": last_id}
+            same_second = {"$ne": last_id} if look_back else {"$gt": last_id}
             # BSON compares a date only with dates and a text only with texts: one branch of each kind.
             return {
                 "$or": [
                     {created: {"$gt": moment}},
-                    {created: moment, "_id": same_time},
+                    {created: moment, "_id": {"$gt": last_id}},
                     {created: {"$gt": as_text}},
-                    {created: as_text, "_id": same_time},
+                    {created: as_text, "_id": same_second},
                 ]
             }
         try:  # the start of a second, as an ObjectId's hex

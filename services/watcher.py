@@ -111,7 +111,18 @@ class SourceWatcher:
         self._renew_seconds = min(RENEW_SECONDS, lease_seconds / 3)
         self._holder = secrets.token_hex(8)
         self._lease_key = f"{LEASE_PREFIX}{quote(database.name, safe='')}:{quote(collection, safe='')}:lease"
-        self._pipeline = [{"$match": {"operationType": "insert", **in_full_document(schema.filter)}}]
+        # Inserts, and updates of the read state (the app's `markAsRead()`, or bellcast's own marks).
+        read_state = f"updateDescription.updatedFields.{schema.paths['read_at']}"
+        self._pipeline = [
+            {
+                "$match": {
+                    "$or": [
+                        {"operationType": "insert", **in_full_document(schema.filter)},
+                        {"operationType": "update", read_state: {"$exists": True}},
+                    ]
+                }
+            }
+        ]
         self._outage = OutageLog(log, "source watcher: a store is unavailable")
         self._skipped: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -216,7 +227,8 @@ class SourceWatcher:
         the last one was delivered, so a change waits for no other (reading and delivering in turn, a batch would
         wait for the stream's next wait to end).
         """
-        options: dict[str, Any] = {"max_await_time_ms": AWAIT_CHANGES_MS}
+        # An update's document as it is after it: whose notification it is, and whether it is read.
+        options: dict[str, Any] = {"max_await_time_ms": AWAIT_CHANGES_MS, "full_document": "updateLookup"}
         if token is not None:
             options["resume_after"] = token
         stream = self._collection.watch(self._pipeline, **options)
@@ -244,7 +256,8 @@ class SourceWatcher:
                 if batch is None:  # closed by the server: another is opened from the stored point
                     log.info("source watcher: the server closed the change stream on %s; opening another", self._name)
                     return
-                documents = [c["fullDocument"] for c in batch if c.get("fullDocument") is not None]
+                documents = _documents(batch, "insert")
+                await self._announce_reads(_documents(batch, "update"))
                 if delivered_in_catch_up:
                     documents = [d for d in documents if str(d["_id"]) not in delivered_in_catch_up]
                 if documents:
@@ -288,6 +301,20 @@ class SourceWatcher:
                 return last_key, recent
             after = self._schema.after_key(last_key)
             assert after is not None
+
+    async def _announce_reads(self, documents: list[Mapping[str, Any]]) -> None:
+        """A `read` change for each user whose notifications were marked read, by the app or through bellcast: the
+        badges on every device follow the app's reads too."""
+        read_by_user: dict[str, list[str]] = {}
+        for document in documents:
+            try:
+                notification = self._schema.from_document(document)
+            except Unmapped:
+                continue
+            if notification.read_at is not None:
+                read_by_user.setdefault(notification.user_id, []).append(str(notification.id))
+        for user_id, ids in read_by_user.items():
+            await self._notifications.publish_change(user_id, "read", tuple(ids))
 
     async def _deliver(self, documents: list[Mapping[str, Any]]) -> str:
         """Run the observers on each document that is a notification; the newest stream key among them all."""
@@ -389,3 +416,8 @@ async def _next_batch(
     while len(batch) < BATCH and not arrived.empty():
         batch.append(arrived.get_nowait())
     return batch
+
+
+def _documents(changes: list[Mapping[str, Any]], operation: str) -> list[Mapping[str, Any]]:
+    """The documents of the changes of one kind (`insert`; `update`: as it is after the update)."""
+    return [c["fullDocument"] for c in changes if c["operationType"] == operation and c.get("fullDocument")]
