@@ -357,11 +357,12 @@ class NotificationSchema:
         """The query of what a list shows after `document` (older than it)."""
         return {"_id": {"$lt": document["_id"]}}
 
-    def after_key(self, key: str, look_back: bool = False) -> dict[str, Any] | None:
-        """The query of what comes after a stream key in stream order; None if `key` is not one. (`look_back`: a
-        client resumes; bellcast's own collection looks back in `missed`.)"""
+    def after_key(self, key: str, look_back: bool = False) -> list[dict[str, Any]] | None:
+        """The queries of what comes after a stream key, each flat, whose answers follow one another in stream
+        order; None if `key` is not one. (`look_back`: a client resumes; bellcast's own collection looks back in
+        `missed`.)"""
         try:
-            return {"_id": {"$gt": ObjectId(key)}}
+            return [{"_id": {"$gt": ObjectId(key)}}]
         except (InvalidId, TypeError):
             return None
 
@@ -895,14 +896,13 @@ class NotificationService:
         With `at_most`, MongoDB first counts them, stopping one past it: GapTooLarge when there are more,
         so a gap of any size is measured without being loaded.
         """
-        query = await self._missed_query(user_id, after, look_back)
-        if query is None:
+        queries = await self._missed_queries(user_id, after, look_back)
+        if queries is None:
             return [], None
         if at_most is not None:
-            await self._refuse_more_than(query, user_id, at_most)
+            await self._refuse_more_than(queries, user_id, at_most)
         with self._store_errors():
-            cursor = self._collection.find(query).sort(self._schema.oldest_first()).limit(limit + 1)
-            documents = [document async for document in cursor]
+            documents = await find_in_order(self._collection, queries, self._schema.oldest_first(), limit + 1)
         # Paged by documents, not by notifications: a page of an app's documents that do not map goes on.
         next_after = self._schema.key_of(documents[limit - 1]) if len(documents) > limit else None
         return self._notifications_of(documents[:limit]), next_after
@@ -929,11 +929,16 @@ class NotificationService:
                 raise GapTooLarge(await self._newest_key(user_id))
         return key
 
-    async def _refuse_more_than(self, query: dict[str, Any], user_id: str, at_most: int) -> None:
-        """GapTooLarge, naming the user's newest notification, if `query` matches more than `at_most`."""
+    async def _refuse_more_than(self, queries: list[dict[str, Any]], user_id: str, at_most: int) -> None:
+        """GapTooLarge, naming the user's newest notification, if `queries` match more than `at_most` together."""
         with self._store_errors():
-            # A limit of 0 would count everything: at_most + 1 is at least 1.
-            if await self._collection.count_documents(query, limit=at_most + 1) <= at_most:
+            counted = 0
+            for query in queries:
+                # A limit of 0 would count everything: at_most + 1 - counted is at least 1.
+                counted += await self._collection.count_documents(query, limit=at_most + 1 - counted)
+                if counted > at_most:
+                    break
+            else:
                 return
             newest = await self._newest_key(user_id)
         raise GapTooLarge(newest)
@@ -942,24 +947,28 @@ class NotificationService:
         newest = await self._collection.find_one(self._schema.user(user_id), sort=self._schema.newest_first())
         return self._schema.key_of(newest) if newest is not None else None
 
-    async def _missed_query(self, user_id: str, after: str, look_back: bool) -> dict[str, Any] | None:
-        """The query of what `missed` gives; None for an unparseable key."""
-        newer = self._schema.after_key(after, look_back)
-        if newer is None:
+    async def _missed_queries(self, user_id: str, after: str, look_back: bool) -> list[dict[str, Any]] | None:
+        """The queries of what `missed` gives, each flat, in stream order; None for an unparseable key.
+
+        Several flat queries rather than one `$or`: for a top-level `$or` a planner may scan the whole
+        collection (SecantusDB does: 147 ms instead of 5 ms among 10,000 notifications).
+        """
+        after_queries = self._schema.after_key(after, look_back)
+        if after_queries is None:
             return None
         live = all_of(self._schema.user(user_id), self._schema.not_expired(utc_now()))
+        queries = [all_of(live, query) for query in after_queries]
         if not look_back or self._schema.watched:
-            return all_of(live, newer)
+            return queries
         last_seen = ObjectId(after)
         with self._store_errors():
             last = await self._collection.find_one({"_id": last_seen, "user_id": user_id}, {"created_at": 1})
-        branches: list[dict[str, Any]] = [newer]
-        if last is not None:
-            window_start = ObjectId.from_datetime(last_seen.generation_time - CATCH_UP_WINDOW)
-            branches.append(
-                {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
-            )
-        return all_of(live, {"$or": branches})
+        if last is None:
+            return queries
+        # Older ids of the window created after the last one seen come first: their ids are smaller.
+        window_start = ObjectId.from_datetime(last_seen.generation_time - CATCH_UP_WINDOW)
+        window = {"_id": {"$gte": window_start, "$lt": last_seen}, "created_at": {"$gt": last["created_at"]}}
+        return [all_of(live, window), *queries]
 
     def _shown(self, user_id: str, status: str | None, tag: str | None) -> dict[str, Any]:
         """The query of the user's notifications a list shows: by status (None: all not archived), by tag, never
@@ -1145,6 +1154,19 @@ def is_valid_user_id(value: object) -> bool:
     except Invalid:
         return False
     return True
+
+
+async def find_in_order(
+    collection: Any, queries: list[dict[str, Any]], sort: list[tuple[str, int]], limit: int
+) -> list[Mapping[str, Any]]:
+    """Up to `limit` documents of `queries`, whose answers follow one another in `sort`'s order, in that order."""
+    documents: list[Mapping[str, Any]] = []
+    for query in queries:
+        cursor = collection.find(query).sort(sort).limit(limit - len(documents))
+        documents += [document async for document in cursor]
+        if len(documents) >= limit:
+            break
+    return documents
 
 
 def all_of(*parts: Mapping[str, Any]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ class MappedSchema(NotificationSchema):
         created_at = _path(document, created)
         return {"$or": [{created: {"$lt": created_at}}, {created: created_at, "_id": {"$lt": document["_id"]}}]}
 
-    def after_key(self, key: str, look_back: bool = False) -> dict[str, Any] | None:
+    def after_key(self, key: str, look_back: bool = False) -> list[dict[str, Any]] | None:
         """What comes after a stream key: later creation times, then later ids within the same time.
 
         Ids need not grow (Laravel's random UUIDs), so within one creation time they order notifications
@@ -136,20 +136,22 @@ class MappedSchema(NotificationSchema):
             last_id = ObjectId(text) if _OBJECT_ID.match(text) else text
             as_text = moment.strftime(LARAVEL_DATE_FORMAT)
             same_second = {"$ne": last_id} if look_back else {"$gt": last_id}
-            # BSON compares a date only with dates and a text only with texts: one branch of each kind.
-            return {
-                "$or": [
-                    {created: {"$gt": moment}},
-                    {created: moment, "_id": {"$gt": last_id}},
-                    {created: {"$gt": as_text}},
-                    {created: as_text, "_id": same_second},
-                ]
-            }
+            # BSON compares a date only with dates and a text only with texts: queries of each kind.
+            # In stream order: BSON sorts every text before every date.
+            return [
+                {created: as_text, "_id": same_second},
+                {created: {"$gt": as_text}},
+                {created: moment, "_id": {"$gt": last_id}},
+                {created: {"$gt": moment}},
+            ]
         try:  # the start of a second, as an ObjectId's hex
             second = ObjectId(key).generation_time
         except (InvalidId, TypeError):
             return None
-        return {"$or": [{created: {"$gte": second}}, {created: {"$gte": second.strftime(LARAVEL_DATE_FORMAT)}}]}
+        return [
+            {created: {"$gte": second.strftime(LARAVEL_DATE_FORMAT)}},
+            {created: {"$gte": second}},
+        ]
 
     # -- users and states --------------------------------------------------------------------------
 

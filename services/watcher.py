@@ -36,7 +36,7 @@ from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.logs import OutageLog
 from services.metrics import Metrics
-from services.notifications import Notification, NotificationService, Unmapped, all_of, utc_now
+from services.notifications import Notification, NotificationService, Unmapped, all_of, find_in_order, utc_now
 from services.settings import Settings
 from services.sources import MappedSchema
 from services.stores import MongoConnection
@@ -286,9 +286,8 @@ class SourceWatcher:
             return last_key, recent
         overlap_from = utc_now() - CATCH_UP_OVERLAP
         while True:
-            query = all_of(self._schema.filter, after)
-            cursor = self._collection.find(query).sort(self._schema.oldest_first()).limit(CATCH_UP_PAGE)
-            documents = [document async for document in cursor]
+            queries = [all_of(self._schema.filter, query) for query in after]
+            documents = await find_in_order(self._collection, queries, self._schema.oldest_first(), CATCH_UP_PAGE)
             if not documents:
                 return last_key, recent
             last_key = max(last_key or "", await self._deliver(documents))
