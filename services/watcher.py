@@ -196,8 +196,7 @@ class SourceWatcher:
             await self._watch(position)
         finally:
             self._metrics.source_watching.set(0)
-            renewing.cancel()
-            await asyncio.gather(renewing, return_exceptions=True)
+            await stop_task(renewing, "the source lease's renewal")
 
     async def _watch(self, position: Mapping[str, Any]) -> None:
         """Follow change streams from the stored point until stopped: reopened when the server closes one, and
