@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -796,14 +796,11 @@ class NotificationService:
         mine = {**self._schema.by_id(notification_id), **self._schema.user(user_id)}
         archived = self._schema.paths["archived_at"]
         with self._store_errors():
-            document = await self._collection.find_one_and_update(
-                all_of(mine, self._schema.is_set("archived_at")),
-                {"$set": {archived: None}},
-                return_document=ReturnDocument.AFTER,
+            result = await self._collection.update_one(
+                all_of(mine, self._schema.is_set("archived_at")), {"$set": {archived: None}}
             )
-            changed = document is not None
-            if document is None:
-                document = await self._collection.find_one(mine)
+            changed = bool(result.modified_count)
+            document = await self._collection.find_one(mine)
         notification = self._one(document)
         if changed:
             await self.publish_change(user_id, "unarchived", (notification_id,))
@@ -837,17 +834,15 @@ class NotificationService:
     async def _set_once(self, user_id: str, notification_id: str, field: str, kind: str) -> Notification:
         """Set `field` of one of the user's notifications to now, unless it is set already."""
         mine = {**self._schema.by_id(notification_id), **self._schema.user(user_id)}
-        document = None
+        changed = False
         with self._store_errors():
+            # An update, then a read, rather than one find_one_and_update: SecantusDB answers that by scanning
+            # the whole collection (73 ms against 3 ms among 10,000 notifications).
             for unset, update in self._schema.set_now(field, utc_now()):
-                document = await self._collection.find_one_and_update(
-                    all_of(mine, unset), update, return_document=ReturnDocument.AFTER
-                )
-                if document is not None:
+                if (await self._collection.update_one(all_of(mine, unset), update)).modified_count:
+                    changed = True
                     break
-            changed = document is not None
-            if document is None:
-                document = await self._collection.find_one(mine)
+            document = await self._collection.find_one(mine)
         notification = self._one(document)
         if changed and not self._announced_by_watcher(field):
             await self.publish_change(user_id, kind, (notification_id,))
