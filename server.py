@@ -40,7 +40,7 @@ from services.health import HealthService
 from services.logs import LOG_LEVELS, UserIdHasher, configure_logging
 from services.memory import ScheduledFullCollections
 from services.metrics import Metrics, MetricsDirectory
-from services.notifications import NotificationService
+from services.notifications import COLLECTION, NotificationService
 from services.ratelimit import ProducerRateLimiter
 from services.recovery import RECOVERY_JITTER_SECONDS, RecoveryReads
 from services.redis_backend import RedisBackend, connect_redis_backend
@@ -120,10 +120,8 @@ async def start_runtime(
     redis_backend = connect_redis_backend(redis_url, settings.redis_cluster, settings.store_timeout)
     redis = redis_backend.client
     source = settings.source
-    if source is not None and settings.source_collection is not None:
-        notifications = NotificationService(mongo.database, metrics, settings.source_collection, source)
-    else:
-        notifications = NotificationService(mongo.database, metrics)
+    collection = settings.source_collection or COLLECTION
+    notifications = NotificationService(mongo.database, metrics, collection, source)
     batcher = CommandBatcher(redis_backend, settings.store_timeout, metrics)
     wakeups = WakeupHub(redis_backend, batcher)
     delivery_cache = DeliveryCache(
@@ -145,8 +143,8 @@ async def start_runtime(
         ),
         expiry=ExpiryAnnouncer(notifications, batcher),
         watcher=None
-        if source is None or settings.source_collection is None
-        else SourceWatcher(mongo.database, settings.source_collection, source, notifications, batcher, metrics),
+        if source is None
+        else SourceWatcher(mongo.database, collection, source, notifications, batcher, metrics),
         delivery_cache=delivery_cache,
         authenticator=Authenticator(
             settings.jwt_secret,

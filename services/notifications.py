@@ -868,7 +868,7 @@ class NotificationService:
         """Set `field` to now on each notification `query` matches where it is not set yet."""
         updated = 0
         with self._store_errors():
-            # `$and`: the filter may name `field` itself (read-all on the read ones changes nothing).
+            # The filter may name `field` itself (read-all on the read ones): all_of keeps both conditions.
             for unset, update in self._schema.set_now(field, utc_now()):
                 result = await self._collection.update_many(all_of(query, unset), update)
                 updated += int(result.modified_count)

@@ -156,22 +156,11 @@ class MappedSchema(NotificationSchema):
     # -- users and states --------------------------------------------------------------------------
 
     def user(self, user_id: str) -> dict[str, Any]:
-        path = self.paths["user_id"]
-        # The app may keep a user id as an ObjectId (a MongoDB user), or a number (a user in SQL).
-        if _OBJECT_ID.match(user_id):
-            return {**self.filter, path: {"$in": [user_id, ObjectId(user_id)]}}
-        if _WHOLE_NUMBER.match(user_id):
-            return {**self.filter, path: {"$in": [user_id, int(user_id)]}}
-        return {**self.filter, path: user_id}
+        variants = _user_id_values(user_id)
+        return {**self.filter, self.paths["user_id"]: variants[0] if len(variants) == 1 else {"$in": variants}}
 
     def users(self, user_ids: list[str]) -> dict[str, Any]:
-        variants: list[Any] = []
-        for user_id in user_ids:
-            variants.append(user_id)
-            if _OBJECT_ID.match(user_id):
-                variants.append(ObjectId(user_id))
-            elif _WHOLE_NUMBER.match(user_id):
-                variants.append(int(user_id))
+        variants = [value for user_id in user_ids for value in _user_id_values(user_id)]
         return {**self.filter, self.paths["user_id"]: {"$in": variants}}
 
     def unset(self, field: str) -> dict[str, Any]:
@@ -371,6 +360,16 @@ def make_schema(schema: str | None, fields: Mapping[str, str], filter: Mapping[s
             raise ValueError(f"with SOURCE_SCHEMA=laravel, SOURCE_FIELDS may only map {mappable} (not {refused[0]})")
         return LaravelSchema(fields, filter)
     return MappedSchema(fields, filter)
+
+
+def _user_id_values(user_id: str) -> list[Any]:
+    """The values the app may keep a user id as: the text, and an ObjectId (a MongoDB user) or a number (a user
+    in SQL) where it reads as one."""
+    if _OBJECT_ID.match(user_id):
+        return [user_id, ObjectId(user_id)]
+    if _WHOLE_NUMBER.match(user_id):
+        return [user_id, int(user_id)]
+    return [user_id]
 
 
 def _path(document: Mapping[str, Any], path: str) -> Any:

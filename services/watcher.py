@@ -36,7 +36,15 @@ from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.logs import OutageLog
 from services.metrics import Metrics
-from services.notifications import Notification, NotificationService, Unmapped, all_of, find_in_order, utc_now
+from services.notifications import (
+    Notification,
+    NotificationService,
+    Unmapped,
+    all_of,
+    find_in_order,
+    stream_key,
+    utc_now,
+)
 from services.settings import Settings
 from services.sources import MappedSchema
 from services.stores import MongoConnection
@@ -283,7 +291,8 @@ class SourceWatcher:
         after = self._schema.after_key(last_key) if last_key else None
         if after is None:  # nothing handled yet: there is nothing to catch up with
             return last_key, recent
-        overlap_from = utc_now() - CATCH_UP_OVERLAP
+        # Stream keys sort by creation time: a key at or after this one was created within the overlap.
+        overlap_floor = stream_key(utc_now() - CATCH_UP_OVERLAP, "")
         while True:
             queries = [all_of(self._schema.filter, query) for query in after]
             documents = await find_in_order(self._collection, queries, self._schema.oldest_first(), CATCH_UP_PAGE)
@@ -292,8 +301,7 @@ class SourceWatcher:
             last_key = max(last_key or "", await self._deliver(documents))
             await self._save(epoch, None, last_key)
             for document in documents:
-                created_at = document_created_at(self._schema, document)
-                if created_at is not None and created_at >= overlap_from:
+                if (key := self._schema.key_of(document)) is not None and key >= overlap_floor:
                     recent.add(str(document["_id"]))
             if len(documents) < CATCH_UP_PAGE:
                 return last_key, recent
@@ -354,14 +362,6 @@ def in_full_document(query: Mapping[str, Any]) -> dict[str, Any]:
         else:
             matched[f"fullDocument.{key}"] = value
     return matched
-
-
-def document_created_at(schema: MappedSchema, document: Mapping[str, Any]) -> datetime.datetime | None:
-    """A source document's creation time, if it keeps one."""
-    try:
-        return schema.from_document(document).created_at
-    except Unmapped:
-        return None
 
 
 async def change_streams_unavailable(settings: Settings) -> str | None:
