@@ -3,9 +3,10 @@
 Scenarios (each bounded in time): 1 hold idle streams, 2 fan-out, 3 burst, 4 churn, 5 changes (each user
 marks a notification read; every tab must get the `changed` event), 6 watched (Laravel notifications
 inserted straight into a collection bellcast watches, beside the API path on the same server); Nchan runs
-1 and 2, and a minimal Tornado server (bench/tornado_minimal.py) runs 1, to show what Tornado
-itself costs on the machine of the run. Prints a table with bellcast/Nchan and bellcast/Tornado
-ratios, writes bench/results.json, and draws
+1 and 2, and a minimal Tornado push server (bench/tornado_minimal.py: one Redis subscription and a
+queue per stream) runs 1 and 2, to show what Tornado and Redis themselves cost on the machine of the
+run. The fan-out runs at each of --fanout-rates. Prints a table with bellcast/Nchan and
+bellcast/Tornado ratios, writes bench/results.json, and draws
 docs/bench/latency.png and docs/bench/memory.png. Options: --quick for a small smoke run.
 """
 
@@ -113,12 +114,12 @@ class HostMeter:
         return {"busy": 100.0 * busy / total, "steal": 100.0 * spent.get("steal", 0.0) / total}
 
 
-def embedded_store_meter() -> CpuMeter | None:
-    """The embedded SecantusDB and valkey-server this run started, if it started them."""
+def embedded_store_meter(names: tuple[str, ...] = ("secantusd", "valkey-server")) -> CpuMeter | None:
+    """The embedded SecantusDB and valkey-server this run started (those of `names`), if it started them."""
     pids = [
         child.pid
         for child in psutil.Process().children(recursive=True)
-        if any(name in " ".join(child.cmdline()) for name in ("secantusd", "valkey-server"))
+        if any(name in " ".join(child.cmdline()) for name in names)
     ]
     return CpuMeter(pids) if pids else None
 
@@ -136,6 +137,10 @@ class Server:
     def meter(self) -> ProcessMeter:
         assert self.process is not None
         return ProcessMeter(self.process.pid)
+
+    def stores_meter(self) -> CpuMeter | None:
+        """The embedded stores this server uses, when the run started them: their CPU is the server's too."""
+        return None
 
 
 class Bellcast(Server):
@@ -185,6 +190,16 @@ class Bellcast(Server):
     def created_status(self) -> int:
         return 201
 
+    def stores_meter(self) -> CpuMeter | None:
+        return embedded_store_meter()
+
+    def user_of(self, path: str) -> str:
+        """The user a stream's path is for: its token's subject."""
+        import jwt
+
+        token = path.split("access_token=")[1].split("&")[0]
+        return str(jwt.decode(token, options={"verify_signature": False})["sub"])
+
 
 class Nchan(Server):
     name = "nchan"
@@ -225,20 +240,28 @@ class Nchan(Server):
     def created_status(self) -> int:
         return 202
 
+    def user_of(self, path: str) -> str:
+        """The channel (the user) of a subscriber's path."""
+        return path.split("/")[-1].split("?")[0]
+
 
 class MinimalTornado(Server):
-    """bench/tornado_minimal.py: what Tornado alone costs per stream on this machine (hold only)."""
+    """bench/tornado_minimal.py: what Tornado and one Redis subscription cost per stream and per delivery."""
 
     name = "tornado"
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, redis_url: str, log_dir: Path) -> None:
         self.port = free_port()
+        self.redis_url = redis_url
         self.log_path = log_dir / "tornado-minimal.log"
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.tornado_minimal", str(self.port)], cwd=ROOT, stdout=log, stderr=log
+                [sys.executable, "-m", "bench.tornado_minimal", str(self.port), self.redis_url],
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
             )
         _wait_http(self.port, "/healthz", self.process)
 
@@ -248,6 +271,19 @@ class MinimalTornado(Server):
 
     def stream_path(self, user: str, tab: int) -> str:
         return f"/notifications/stream?user={user}&tab={tab}"
+
+    def publish_request(self, user: str, payload: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+        return f"/pub/{user}", {"Content-Type": "application/json"}, json.dumps({"data": payload}).encode()
+
+    def created_status(self) -> int:
+        return 202
+
+    def stores_meter(self) -> CpuMeter | None:
+        return embedded_store_meter(("valkey-server",))
+
+    def user_of(self, path: str) -> str:
+        """The user of a stream's path."""
+        return path.split("user=")[1].split("&")[0]
 
 
 def _stop(process: subprocess.Popen[bytes] | None, signum: int) -> None:
@@ -501,8 +537,8 @@ async def scenario_watched(
 
 def _meters(target: Any, workers: Workers) -> dict[str, Any]:
     """The CPU meters of a pass: the server, the load generator, and the embedded stores under bellcast."""
-    meters = {"server": target.meter(), "load generator": workers.meter()}
-    if isinstance(target, Bellcast) and (stores := embedded_store_meter()) is not None:
+    meters: dict[str, Any] = {"server": target.meter(), "load generator": workers.meter()}
+    if (stores := target.stores_meter()) is not None:
         meters["stores"] = stores
     return meters
 
@@ -612,9 +648,8 @@ async def _api_pass(
             return type(error).__name__  # an overloaded server's dropped answer: counted, the pass goes on
 
     def tally(reports: list[dict[str, Any]]) -> tuple[dict[str, int], list[float]]:
-        own = _channel_of if isinstance(target, Nchan) else _user_of
         streams = [(path, keys) for report in reports for path, keys in report["keys"]]
-        return _count(streams, own), [x for report in reports for x in report["latencies"]]
+        return _count(streams, target.user_of), [x for report in reports for x in report["latencies"]]
 
     try:
         return await _delivery_pass(target, workers, "fan-out", names, tabs, rate, meters, publish, tally)
@@ -648,7 +683,7 @@ async def _watched_pass(
     def tally(reports: list[dict[str, Any]]) -> tuple[dict[str, int], list[float]]:
         document_of = {user: document_id for document_id, (user, _) in inserted.items()}
         each = [(path, arrivals) for report in reports for path, arrivals in report["arrivals"]]
-        expected = {path: document_of[_user_of(path)] for path, _ in each}
+        expected = {path: document_of[target.user_of(path)] for path, _ in each}
         latencies = [
             at - inserted[document_id][1]
             for path, arrivals in each
@@ -734,18 +769,6 @@ def _count(streams: list[tuple[str, list[str]]], expected_of: Callable[[str], st
     return {"delivered": delivered, "missing": missing, "duplicates": duplicates, "misdelivered": wrong}
 
 
-def _channel_of(path: str) -> str:
-    """The Nchan channel (the user) of a subscriber's path."""
-    return path.split("/")[-1].split("?")[0]
-
-
-def _user_of(path: str) -> str:
-    import jwt
-
-    token = path.split("access_token=")[1].split("&")[0]
-    return str(jwt.decode(token, options={"verify_signature": False})["sub"])
-
-
 async def scenario_burst(target: Bellcast, workers: Workers, tabs: int, count: int) -> dict[str, Any]:
     """One user, `tabs` streams, `count` notifications created one after another as fast as the API answers."""
     paths = [target.stream_path("burst", t) for t in range(tabs)]
@@ -823,7 +846,7 @@ async def scenario_changes(target: Bellcast, workers: Workers, users: int, tabs:
     latencies: list[float] = []
     for report in reports:
         for path, changes in report["changes"]:
-            expected = f"read:{notification_of[_user_of(path)]}"
+            expected = f"read:{notification_of[target.user_of(path)]}"
             arrivals = [at for key, at in changes if key == expected]
             delivered += len(arrivals) >= 1
             duplicates += max(0, len(arrivals) - 1)
@@ -919,7 +942,7 @@ def print_table(results: dict[str, Any]) -> None:
             f"p50 {c['latency_ms']['p50']:.1f} ms, p99 {c['latency_ms']['p99']:.1f} ms; CPU ms per read: {cpu}"
         )
     if "watched" in bell:
-        _print_watched(results, bell["watched"], bell.get("fanout"))
+        _print_watched(results, bell["watched"], bell.get("fanout", {}).get(_rate_key(results["fanout_rate"])))
     if "multiprocess" in bell:
         m = bell["multiprocess"]
         held = f"{m['streams']} of {m['target_streams']} streams held"
@@ -971,18 +994,40 @@ def _print_hold(results: dict[str, Any], bell: dict[str, Any], nchan: Any, torna
         )
 
 
+def _rate_key(rate: float) -> str:
+    return f"{rate:g}"
+
+
+def server_side_ms(fanout: dict[str, Any]) -> float:
+    """CPU ms per create of every server-side process: the server's and its stores'."""
+    cpu = fanout["cpu_ms_per_create"]
+    return float(cpu["server"] + cpu.get("stores", 0.0))
+
+
 def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> None:
-    print(f"\nScenario 2, fan-out at {results['fanout_rate']:.0f} creates/s")
-    for name, data in (("bellcast", bell), ("nchan", nchan)):
-        if data and "fanout" in data:
-            _print_deliveries(name, data["fanout"])
-    if nchan and "fanout" in nchan:
-        b, n = bell["fanout"]["latency_ms"], nchan["fanout"]["latency_ms"]
-        server_cpu = [data["fanout"]["cpu_ms_per_create"]["server"] for data in (bell, nchan)]
-        print(
-            f"  bellcast/nchan: p50 {_ratio(b['p50'], n['p50'])}, p99 {_ratio(b['p99'], n['p99'])}, "
-            f"server CPU per create {_ratio(*server_cpu)}"
-        )
+    tornado = results.get("tornado")
+    within = []
+    for rate, fanout in bell["fanout"].items():
+        print(f"\nScenario 2, fan-out at {rate} creates/s")
+        others = {
+            name: data["fanout"][rate]
+            for name, data in (("tornado", tornado), ("nchan", nchan))
+            if data and rate in data.get("fanout", {})
+        }
+        for name, f in (("bellcast", fanout), *others.items()):
+            _print_deliveries(name, f)
+        for name, f in others.items():
+            b, o = fanout["latency_ms"], f["latency_ms"]
+            server = _ratio(fanout["cpu_ms_per_create"]["server"], f["cpu_ms_per_create"]["server"])
+            print(
+                f"  bellcast/{name}: p50 {_ratio(b['p50'], o['p50'])}, p99 {_ratio(b['p99'], o['p99'])}, "
+                f"CPU per create of the server {server}, "
+                f"of every server-side process (with its stores) {_ratio(server_side_ms(fanout), server_side_ms(f))}"
+            )
+        if "tornado" in others and fanout["latency_ms"]["p99"] <= 5 * others["tornado"]["latency_ms"]["p99"]:
+            within.append(rate)
+    if tornado:
+        print(f"\nfan-out rates at which bellcast's p99 is within 5x the minimal Tornado server's: {within or 'none'}")
 
 
 def _print_watched(results: dict[str, Any], w: dict[str, Any], fanout: dict[str, Any] | None) -> None:
@@ -1042,11 +1087,12 @@ def draw_plots(results: dict[str, Any], out_dir: Path, stamp: str) -> None:
 
 def _draw_latency(plt: Any, results: dict[str, Any], out_dir: Path, stamp: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name in ("bellcast", "nchan"):
+    for name in ("bellcast", "tornado", "nchan"):
         data = results.get(name)
-        if data and "fanout" in data and data["fanout"]["latencies_ms"]:
-            values = sorted(data["fanout"]["latencies_ms"])
-            ax.plot(values, [i / len(values) for i in range(len(values))], label=name)
+        for rate, fanout in (data or {}).get("fanout", {}).items():
+            if fanout["latencies_ms"]:
+                values = sorted(fanout["latencies_ms"])
+                ax.plot(values, [i / len(values) for i in range(len(values))], label=f"{name}, {rate}/s")
     ax.set_xscale("log")
     ax.set_xlabel("create → receive latency (ms, log scale)")
     ax.set_ylabel("fraction of deliveries")
@@ -1083,18 +1129,23 @@ def _draw_memory(plt: Any, results: dict[str, Any], out_dir: Path, stamp: str) -
 # ---------------------------------------------------------------- main
 
 
-async def run_target(target: Any, args: argparse.Namespace, redis_url: str | None) -> dict[str, Any]:
+async def run_target(
+    target: Any, args: argparse.Namespace, redis_url: str | None, hold_seconds: float | None = None
+) -> dict[str, Any]:
+    """The scenarios of `args` that `target` runs; its holds last `hold_seconds` when given."""
     target.start()
     workers = Workers(args.workers, target.port)
     await workers.start()
     try:
         result = {}
         if "hold" in args.scenarios:
-            result["hold"] = await scenario_hold(target, workers, args.sizes, args.hold_seconds, args.last_hold_seconds)
+            seconds, last = (hold_seconds, None) if hold_seconds else (args.hold_seconds, args.last_hold_seconds)
+            result["hold"] = await scenario_hold(target, workers, args.sizes, seconds, last)
         if "fanout" in args.scenarios:
-            result["fanout"] = await scenario_fanout(
-                target, workers, args.users, 10, args.fanout_rate, args.fanout_passes
-            )
+            result["fanout"] = {
+                _rate_key(rate): await scenario_fanout(target, workers, args.users, 10, rate, args.fanout_passes)
+                for rate in args.fanout_rates
+            }
         if isinstance(target, Bellcast) and "burst" in args.scenarios:
             result["burst"] = await scenario_burst(target, workers, 10, args.burst)
         if isinstance(target, Bellcast) and "changes" in args.scenarios:
@@ -1180,7 +1231,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes and short holds, to try the harness")
     parser.add_argument("--skip-nchan", action="store_true")
     parser.add_argument("--skip-multiprocess", action="store_true")
-    parser.add_argument("--skip-tornado", action="store_true", help="skip the minimal Tornado server's hold")
+    parser.add_argument("--skip-tornado", action="store_true", help="skip the minimal Tornado server")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
         "--processes", type=int, default=1, help="bellcast's PROCESSES for the scenarios (default 1, as the targets)"
@@ -1199,12 +1250,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--hold-seconds", type=float, help="each hold's length (default 60; the largest: the safety scan interval + 40)"
     )
-    parser.add_argument("--fanout-passes", type=int, help="fan-out passes, pooled (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--fanout-passes", type=int, help="fan-out passes at each rate, pooled (default 3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--fanout-rates",
+        type=lambda text: [float(rate) for rate in text.split(",")],
+        default=[200.0, 500.0],
+        help="the fan-out's creates per second, each run in turn, comma-separated (default 200,500, the targets')",
+    )
     parser.add_argument(
         "--fanout-rate",
         type=float,
         default=200.0,
-        help="creates per second of the fan-out, the changes and the watched scenario (default 200, the issue's)",
+        help="creates (or reads) per second of the changes and the watched scenario (default 200)",
     )
     parser.add_argument(
         "--users",
@@ -1252,6 +1311,7 @@ async def main() -> None:
         "machine": stamp,
         "quick": args.quick,
         "fanout_rate": args.fanout_rate,
+        "fanout_rates": args.fanout_rates,
         "processes": args.processes,
     }
     try:
@@ -1274,11 +1334,10 @@ async def main() -> None:
                 )
             else:
                 print("nginx with the Nchan module is not installed: no baseline (make bench installs it)")
-        if not args.skip_tornado and "hold" in args.scenarios:
-            # Connects and RSS are what it is run for; idle, it does nothing (no heartbeats).
-            results["tornado"] = await run_hold_only(
-                MinimalTornado(log_dir), args, args.sizes, TORNADO_HOLD_SECONDS, None
-            )
+        if not args.skip_tornado and args.scenarios & {"hold", "fanout"}:
+            # Idle, it does nothing (no heartbeats): its holds are only long enough to read its RSS.
+            tornado = MinimalTornado(redis_url, log_dir)
+            results["tornado"] = await run_target(tornado, args, None, hold_seconds=TORNADO_HOLD_SECONDS)
     finally:
         for store in stores:
             store.stop()
