@@ -30,7 +30,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 from pymongo import AsyncMongoClient
@@ -55,6 +55,8 @@ SCENARIOS = ("hold", "fanout", "burst", "churn", "changes", "watched")
 MONGODB_DB = "bellcast_bench"
 # The app's collection in the watched scenario: named apart from bellcast's own `notifications`.
 WATCHED_COLLECTION = "app_notifications"
+# py-spy's sampling of `--profile`: without pausing the process, 100 samples a second, stacks as text.
+PY_SPY = ("py-spy", "record", "--nonblocking", "--subprocesses", "-r", "100", "-f", "raw")
 # How long the watched scenario waits for its first document's event before it measures anyway.
 WATCHER_READY_TIMEOUT = 30.0
 
@@ -79,6 +81,9 @@ class ProcessMeter:
     def cpu_seconds(self) -> float:
         return _cpu_seconds(self._tree())
 
+    def processes(self) -> list[psutil.Process]:
+        return self._tree()
+
 
 class CpuMeter:
     """CPU time of a fixed set of processes, their children not included."""
@@ -88,6 +93,9 @@ class CpuMeter:
 
     def cpu_seconds(self) -> float:
         return _cpu_seconds(self._processes)
+
+    def processes(self) -> list[psutil.Process]:
+        return self._processes
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -133,18 +141,19 @@ class Server:
     name: str
     port: int
     process: subprocess.Popen[bytes] | None = None
+    # The embedded stores it uses, by role, as embedded_store_meter finds them: their CPU is the server's too.
+    stores: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Where `--profile` puts py-spy's samples of its passes.
+    profile_dir: Path | None = None
 
     def meter(self) -> ProcessMeter:
         assert self.process is not None
         return ProcessMeter(self.process.pid)
 
-    def stores_meter(self) -> CpuMeter | None:
-        """The embedded stores this server uses, when the run started them: their CPU is the server's too."""
-        return None
-
 
 class Bellcast(Server):
     name = "bellcast"
+    stores: ClassVar[dict[str, tuple[str, ...]]] = {"mongodb": ("secantusd",), "redis": ("valkey-server",)}
 
     def __init__(
         self, mongodb_url: str, redis_url: str, processes: int, log_path: Path, env: dict[str, str] | None = None
@@ -189,9 +198,6 @@ class Bellcast(Server):
 
     def created_status(self) -> int:
         return 201
-
-    def stores_meter(self) -> CpuMeter | None:
-        return embedded_store_meter()
 
     def user_of(self, path: str) -> str:
         """The user a stream's path is for: its token's subject."""
@@ -249,6 +255,7 @@ class MinimalTornado(Server):
     """bench/tornado_minimal.py: what Tornado and one Redis subscription cost per stream and per delivery."""
 
     name = "tornado"
+    stores: ClassVar[dict[str, tuple[str, ...]]] = {"redis": ("valkey-server",)}
 
     def __init__(self, redis_url: str, log_dir: Path) -> None:
         self.port = free_port()
@@ -277,9 +284,6 @@ class MinimalTornado(Server):
 
     def created_status(self) -> int:
         return 202
-
-    def stores_meter(self) -> CpuMeter | None:
-        return embedded_store_meter(("valkey-server",))
 
     def user_of(self, path: str) -> str:
         """The user of a stream's path."""
@@ -536,11 +540,63 @@ async def scenario_watched(
 
 
 def _meters(target: Any, workers: Workers) -> dict[str, Any]:
-    """The CPU meters of a pass: the server, the load generator, and the embedded stores under bellcast."""
+    """The CPU meters of a pass: the server, the load generator, and each embedded store the server uses."""
     meters: dict[str, Any] = {"server": target.meter(), "load generator": workers.meter()}
-    if (stores := target.stores_meter()) is not None:
-        meters["stores"] = stores
+    for role, names in target.stores.items():
+        if (store := embedded_store_meter(names)) is not None:
+            meters[role] = store
     return meters
+
+
+class Profiler:
+    """py-spy on each server-side Python process of a pass while it makes its creates (`--profile DIR`).
+
+    Writes one raw file per process, and appends the pass to DIR/profiles.json with its CPU per create,
+    for `python -m bench.roles DIR`. Does nothing without `--profile`.
+    """
+
+    def __init__(self, target: Any, meters: dict[str, Any], label: str) -> None:
+        self.directory: Path | None = target.profile_dir
+        self.target, self.label = target.name, label
+        self.files: dict[str, str] = {}
+        self.recorders: list[subprocess.Popen[bytes]] = []
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for role, meter in meters.items():
+            pids = [p.pid for p in meter.processes() if "valkey-server" not in " ".join(p.cmdline())]
+            if role == "load generator" or not pids:
+                continue
+            file = self.directory / f"{self.target}-{label}-{role}-{time.time():.0f}.txt"
+            self.files[role] = str(file)
+            self.recorders.append(
+                subprocess.Popen(
+                    [*PY_SPY, "-o", str(file), "-p", str(pids[0])],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+    def stop(self, cpu_ms_per_create: dict[str, float], rate: float) -> None:
+        """Stop recording; note the pass in profiles.json."""
+        if self.directory is None:
+            return
+        for recorder in self.recorders:
+            recorder.send_signal(signal.SIGINT)
+        for recorder in self.recorders:
+            recorder.wait(timeout=30)
+        index = self.directory / "profiles.json"
+        entries = json.loads(index.read_text()) if index.exists() else []
+        entries.append(
+            {
+                "target": self.target,
+                "label": self.label,
+                "rate": rate,
+                "files": {role: file for role, file in self.files.items() if Path(file).exists()},
+                "cpu_ms_per_create": cpu_ms_per_create,
+            }
+        )
+        index.write_text(json.dumps(entries, indent=1))
 
 
 def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -607,12 +663,14 @@ async def _delivery_pass(
         outcomes[await send(index)] += 1
         send_seconds.append(time.perf_counter() - sent)
 
+    profiler = Profiler(target, meters, f"{label}-{rate:g}")
     cpu_before = {role: meter.cpu_seconds() for role, meter in meters.items()}
     host = HostMeter()
     await _at_rate(len(users), rate, one)
     host_percent = host.percent()
     await asyncio.sleep(3.0)
     cpu_seconds = {role: meter.cpu_seconds() - cpu_before[role] for role, meter in meters.items()}
+    profiler.stop({role: 1000 * seconds / len(users) for role, seconds in cpu_seconds.items()}, rate)
     counts, latencies = tally(await workers.broadcast({"op": "report"}))
     await workers.broadcast({"op": "close"})
     await asyncio.sleep(2.0)
@@ -1000,8 +1058,7 @@ def _rate_key(rate: float) -> str:
 
 def server_side_ms(fanout: dict[str, Any]) -> float:
     """CPU ms per create of every server-side process: the server's and its stores'."""
-    cpu = fanout["cpu_ms_per_create"]
-    return float(cpu["server"] + cpu.get("stores", 0.0))
+    return sum(ms for role, ms in fanout["cpu_ms_per_create"].items() if role != "load generator")
 
 
 def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> None:
@@ -1133,6 +1190,7 @@ async def run_target(
     target: Any, args: argparse.Namespace, redis_url: str | None, hold_seconds: float | None = None
 ) -> dict[str, Any]:
     """The scenarios of `args` that `target` runs; its holds last `hold_seconds` when given."""
+    target.profile_dir = args.profile
     target.start()
     workers = Workers(args.workers, target.port)
     await workers.start()
@@ -1271,6 +1329,12 @@ def parse_args() -> argparse.Namespace:
         help="users of the fan-out, changes and watched scenarios, 10 tabs each (default 1000; 100 with --quick)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record py-spy samples of each server-side process during each pass's creates into this directory "
+        "(then: python -m bench.roles DIR)",
+    )
     parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "bench")
     args = parser.parse_args()
     if not args.scenarios <= set(SCENARIOS):
