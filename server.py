@@ -30,7 +30,7 @@ import handlers
 from handlers.connections import BoundedHTTPServer
 from services.attempts import FailedAttempts
 from services.auth import Authenticator
-from services.cache import CacheObserver, DeliveryCache
+from services.cache import CacheObserver, CountsCache, DeliveryCache
 from services.command_batcher import CommandBatcher
 from services.command_line import parse_command, print_token
 from services.connection import MAX_ENTRIES_PER_SEND
@@ -121,15 +121,14 @@ async def start_runtime(
     redis = redis_backend.client
     source = settings.source
     collection = settings.source_collection or COLLECTION
-    notifications = NotificationService(mongo.database, metrics, collection, source)
     batcher = CommandBatcher(redis_backend, settings.store_timeout, metrics)
+    notifications = NotificationService(mongo.database, metrics, collection, source, CountsCache(batcher))
     wakeups = WakeupHub(redis_backend, batcher)
     delivery_cache = DeliveryCache(
         redis_backend, batcher, settings.wakeup_hints, metrics, inbox_cap=settings.max_queued_per_stream
     )
-    cache_observer = CacheObserver(delivery_cache, wakeups)
-    notifications.register_observer(cache_observer)
-    notifications.register_change_observer(cache_observer)
+    # Told of creates as changes: each new notification and the counts after it reach a stream together.
+    notifications.register_change_observer(CacheObserver(delivery_cache, wakeups))
     assert settings.jwt_secret is not None and settings.api_key is not None
     runtime = Runtime(
         mongo=mongo,

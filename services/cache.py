@@ -10,6 +10,8 @@ Keys, all of one user inside one hash tag so they share a Redis Cluster slot:
   scored by the time their registration expires.
 * ``bellcast:{u:<user>}:inbox:<connection>`` — hash of notification id → notification JSON
   not yet delivered on that connection.
+* ``bellcast:{u:<user>}:counts`` — the user's unread and unseen counts (`CountsCache`), which a
+  create adds to instead of counting in MongoDB.
 
 Both carry a TTL: a live connection renews its registration every
 ``REGISTRATION_RENEWAL_INTERVAL``, and an inbox lives ``INBOX_TTL`` after its last write,
@@ -38,7 +40,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
-from services.notifications import Change, Notification
+from services.notifications import Change, Counts
 from services.redis_backend import OVERFLOW_MARK, RedisBackend
 from services.stores import redis_unavailable
 from services.wakeups import WakeupHub
@@ -78,32 +80,106 @@ def inbox_key(user_id: str, connection_id: str) -> str:
     return f"{KEY_PREFIX}:{user_tag(user_id)}:inbox:{connection_id}"
 
 
+def counts_key(user_id: str) -> str:
+    """The hash of a user's counts, as of their last recount and the creates since."""
+    return f"{KEY_PREFIX}:{user_tag(user_id)}:counts"
+
+
+# How long a user's counts are trusted after MongoDB last counted them: a notification deleted behind bellcast's
+# back (straight in MongoDB) shows in the counts within this, at the latest.
+COUNTS_TTL = 600
+
+
+class CountsCache:
+    """Each user's unread and unseen counts in Redis, so that a create adds one instead of counting in MongoDB.
+
+    MongoDB stays the source of truth. Every change but a create recounts there (`recount`), and so does a
+    create that finds no counts; a create adds its notifications to counts that are there. A recount marks
+    the counts as being recounted before it reads MongoDB, and stores what it read only if nothing marked
+    them since: a create that comes meanwhile (whose notification MongoDB may or may not have counted) marks
+    them too, and recounts itself after its insert. So the counts stored are MongoDB's at a moment after
+    every create that added to them; they expire COUNTS_TTL after the recount that stored them.
+    """
+
+    # KEYS[1] the counts; ARGV[1] notifications created, ARGV[2] a mark of its own, ARGV[3] COUNTS_TTL. The new
+    # counts, or false (and the counts marked, so that a recount under way stores nothing) when there are none.
+    ADD_CREATED = """
+if redis.call('HEXISTS', KEYS[1], 'unread') == 1 then
+  return {redis.call('HINCRBY', KEYS[1], 'unread', ARGV[1]), redis.call('HINCRBY', KEYS[1], 'unseen', ARGV[1])}
+end
+redis.call('HSET', KEYS[1], 'recount', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return false
+"""
+    # KEYS[1] the counts; ARGV[1] the recount's mark, ARGV[2] COUNTS_TTL.
+    BEGIN_RECOUNT = """
+redis.call('HDEL', KEYS[1], 'unread', 'unseen')
+redis.call('HSET', KEYS[1], 'recount', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+    # KEYS[1] the counts; ARGV[1] the recount's mark, ARGV[2] and ARGV[3] what MongoDB counted, ARGV[4] COUNTS_TTL.
+    FINISH_RECOUNT = """
+if redis.call('HGET', KEYS[1], 'recount') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'recount')
+  redis.call('HSET', KEYS[1], 'unread', ARGV[2], 'unseen', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+"""
+
+    def __init__(self, batcher: CommandBatcher) -> None:
+        self._batcher = batcher
+
+    async def add_created(self, created: dict[str, int]) -> dict[str, Counts]:
+        """Add each user's new notifications to their counts; the counts of the users who have some (the others'
+        must be recounted). Raises StoreUnavailable when Redis does not answer."""
+        users = list(created)
+        replies = await self._batcher.execute_many(
+            [("EVAL", self.ADD_CREATED, 1, counts_key(user), created[user], _mark(), COUNTS_TTL) for user in users]
+        )
+        return {user: Counts(int(reply[0]), int(reply[1])) for user, reply in zip(users, replies, strict=True) if reply}
+
+    async def begin_recount(self, user_ids: list[str]) -> list[str]:
+        """Mark these users' counts as being recounted, before MongoDB is read; the marks, for `finish_recount`."""
+        marks = [_mark() for _ in user_ids]
+        await self._batcher.execute_many(
+            [
+                ("EVAL", self.BEGIN_RECOUNT, 1, counts_key(user), mark, COUNTS_TTL)
+                for user, mark in zip(user_ids, marks, strict=True)
+            ]
+        )
+        return marks
+
+    async def finish_recount(self, marks: list[str], counts: dict[str, Counts]) -> None:
+        """Store what MongoDB counted for each user whose counts nothing marked since `begin_recount`."""
+        await self._batcher.execute_many(
+            [
+                ("EVAL", self.FINISH_RECOUNT, 1, counts_key(user), mark, found.unread, found.unseen, COUNTS_TTL)
+                for (user, found), mark in zip(counts.items(), marks, strict=True)
+            ]
+        )
+
+
+def _mark() -> str:
+    return uuid.uuid4().hex
+
+
 class CacheObserver:
-    """The observer that puts each new notification in the inboxes of its user's live connections."""
+    """The observer that puts each change, and each new notification with the change that announces it, in the
+    inboxes of its user's live connections."""
 
     def __init__(self, cache: DeliveryCache, wakeups: WakeupHub) -> None:
         self._cache = cache
         self._wakeups = wakeups
 
-    async def created(self, notification: Notification) -> None:
-        """Queue the notification for delivery on every open stream of its user.
-
-        If it cannot be queued, the user's streams catch up from MongoDB, which has it, and the
-        failure is raised for the service to log and count.
-        """
-        try:
-            await self._cache.enqueue(notification)
-        except Exception:
-            self._wakeups.announce_recovery(notification.user_id)
-            raise
-
     async def changed(self, change: Change) -> None:
-        """Queue the change, with the user's counts, for every open stream of its user.
+        """Queue the change (for `created`, its notifications and then the change) for every open stream of its
+        user, in one command.
 
-        If it cannot be queued, the user's streams recover, and send fresh counts once they have.
+        If it cannot be queued, the user's streams catch up from MongoDB, which has the notifications, and
+        send fresh counts once they have; the failure is raised for the service to log and count.
         """
         try:
-            await self._cache.enqueue_change(change)
+            await self._cache.enqueue(change)
         except Exception:
             self._wakeups.announce_recovery(change.user_id)
             raise
@@ -136,29 +212,22 @@ class DeliveryCache:
         connection_id = f"{self._connection_prefix}{next(self._connection_serial):x}"
         return ConnectionInbox(self._batcher, user_id, connection_id)
 
-    async def enqueue(self, notification: Notification) -> int:
-        """Queue the notification for every live connection of its user and hint them; returns how many.
+    async def enqueue(self, change: Change) -> int:
+        """Queue the change's notifications and its `changed` event (when it has counts) for every live connection
+        of its user, and hint them; returns how many connections.
 
         Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
         """
-        return await self._redis.queue_for_live_connections(
-            self._batcher.execute_many,
-            connections_key(notification.user_id),
-            inbox_key(notification.user_id, ""),
-            (notification.key, notification.to_json()),
-            INBOX_TTL,
-            self._inbox_cap,
-            notification.user_id if self._publish_hints else None,
-        )
-
-    async def enqueue_change(self, change: Change) -> int:
-        """Queue a `changed` event for every live connection of the user and hint them; returns how many."""
-        field = f"{CHANGE_FIELD_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}"
+        entries = [(notification.key, notification.to_json()) for notification in change.notifications]
+        if change.counts is not None:
+            entries.append((f"{CHANGE_FIELD_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}", change.to_json()))
+        if not entries:
+            return 0
         return await self._redis.queue_for_live_connections(
             self._batcher.execute_many,
             connections_key(change.user_id),
             inbox_key(change.user_id, ""),
-            (field, change.to_json()),
+            entries,
             INBOX_TTL,
             self._inbox_cap,
             change.user_id if self._publish_hints else None,

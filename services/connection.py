@@ -435,13 +435,23 @@ class LiveConnection:
         else:
             self._last_write = time.monotonic()
 
-    async def _send_entries(self, entries: list[Entry], live: bool) -> bool:
+    async def _send_entries(self, entries: list[Entry], live: bool, changes: Sequence[bytes | str] = ()) -> bool:
+        """Write notification events, then `changed` events, in one write; False once the client has gone.
+
+        The changes' id is the newest notification sent (these included), so that a reconnect resumes there.
+        """
         chunk = b"".join(encode_event(event_id(key), NOTIFICATION_EVENT, data) for key, data in entries)
+        if changes:
+            newest = max([key for key, _ in entries] + ([self._newest_sent] if self._newest_sent else []), default="")
+            chunk += b"".join(encode_event(event_id(newest), CHANGED_EVENT, data) for data in changes)
         if not await self.send(chunk):
             return False
-        self._events_sent += len(entries)
-        self._metrics.delivered(entries, live)
-        self._note_sent([notification_id for notification_id, _ in entries])
+        self._events_sent += len(entries) + len(changes)
+        if entries:
+            self._metrics.delivered(entries, live)
+            self._note_sent([notification_id for notification_id, _ in entries])
+        if changes:
+            self._metrics.changes_delivered.inc(len(changes))
         return True
 
     # -- wakes, ticks and scans ------------------------------------------------------------------
@@ -551,15 +561,6 @@ class LiveConnection:
             self._events_sent += 1
             self._note_sent([newest])
 
-    async def _send_changes(self, changes: list[bytes | str]) -> bool:
-        """Write `changed` events; their id is the newest notification sent, so that a reconnect resumes there."""
-        newest = event_id(self._newest_sent or "")
-        if not await self.send(b"".join(encode_event(newest, CHANGED_EVENT, data) for data in changes)):
-            return False
-        self._events_sent += len(changes)
-        self._metrics.changes_delivered.inc(len(changes))
-        return True
-
     async def _send_counts(self) -> bool:
         """The user's counts as they are, as a `changed` event of kind `counts`; False if the stream ended."""
         try:
@@ -568,7 +569,7 @@ class LiveConnection:
             self._retry_later()
             return False
         self._counts_owed = False
-        return await self._send_changes([Change(self.user_id, "counts", (), counts).to_json()])
+        return await self._send_entries([], live=True, changes=[Change(self.user_id, "counts", (), counts).to_json()])
 
     async def _drain(self) -> None:
         """While woken: send what is owed in id order, then delete exactly that from the inbox."""
@@ -586,13 +587,12 @@ class LiveConnection:
             self._failed_scans = 0
             if entries:
                 self._metrics.cache_scan.observe(time.perf_counter() - scan_started)
-                if not await self._send_entries(entries, live=True):
-                    return
                 if len(entries) >= MAX_ENTRIES_PER_SEND:
                     self._woken = True  # more is queued than one send takes
-            delivered = [*delivered_before, *(notification_id for notification_id, _ in entries)]
-            if changes and not await self._send_changes([data for _, data in changes]):
+            # A create's notification and the change that carries the counts after it go out in one write.
+            if (entries or changes) and not await self._send_entries(entries, True, [data for _, data in changes]):
                 return
+            delivered = [*delivered_before, *(notification_id for notification_id, _ in entries)]
             with contextlib.suppress(StoreUnavailable):
                 await self._delete(delivered, [field for field, _ in changes])
             if self._counts_owed and not self._recovering and not await self._send_counts():

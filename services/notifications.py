@@ -304,16 +304,28 @@ class Change:
     # changed: the counts a stream sends when it resumes or recovers)
     kind: str
     ids: tuple[str, ...]
-    counts: Counts
+    # None when they could not be read (MongoDB did not answer): then only `notifications` are delivered.
+    counts: Counts | None
     # What a bulk change (read_all, archived_all) acted on: its `status` and `tag`, those given ({}: every
     # notification not archived). None for the others.
     filter: Mapping[str, str] | None = None
+    # For `created`: the notifications themselves, so that an observer delivers them and the counts together
+    # (the cache observer queues both in one command, and each stream sends them in one write).
+    notifications: tuple[Notification, ...] = ()
+
+    @classmethod
+    def of_created(cls, user_id: str, notifications: Sequence[Notification], counts: Counts | None) -> Change:
+        """The change that announces a user's new notifications, and carries them."""
+        ids = tuple(str(notification.id) for notification in notifications)
+        return cls(user_id, "created", ids, counts, notifications=tuple(notifications))
 
     def to_json(self) -> str:
         """The event's data: what changed, and the counts at its top level."""
         change: dict[str, Any] = {"change": self.kind, "ids": list(self.ids)}
         if self.filter is not None:
             change["filter"] = dict(self.filter)
+        if self.counts is None:
+            raise ValueError(f"a {self.kind} change without counts has no event")
         change.update(unread_count=self.counts.unread, unseen_count=self.counts.unseen)
         return json.dumps(change, separators=(",", ":"))
 
@@ -433,10 +445,24 @@ class NotificationSchema:
 
 
 class NotificationObserver(Protocol):
-    """Told of every notification once it is stored."""
+    """Told of every notification once it is stored (after the change observers were told of its creation)."""
 
     async def created(self, notification: Notification) -> None:
         """React to a stored notification; raising does not undo the insert."""
+
+
+class CountsCounter(Protocol):
+    """Users' counts kept where a create can add to them (`services.cache.CountsCache`): MongoDB counts only what
+    a create cannot add, and every other change."""
+
+    async def add_created(self, created: dict[str, int]) -> dict[str, Counts]:
+        """Add each user's new notifications; the counts of the users who had some (the others need a recount)."""
+
+    async def begin_recount(self, user_ids: list[str]) -> list[str]:
+        """Mark these users' counts as being recounted, before MongoDB is read; the marks."""
+
+    async def finish_recount(self, marks: list[str], counts: dict[str, Counts]) -> None:
+        """Keep what MongoDB counted, for each user whose counts nothing marked since."""
 
 
 class ChangeObserver(Protocol):
@@ -447,8 +473,9 @@ class ChangeObserver(Protocol):
 
 
 # The counts a change carries are read once for the changes of a user that come together (a burst of
-# creates, one insert_many for many users): each read waits this long for others to join, and at most
-# CHANGE_COUNT_READS run at once, so that changes never take the connections creates and lists need.
+# reads): each read waits this long for others to join, and at most CHANGE_COUNT_READS run at once, so
+# that changes never take the connections creates and lists need. The counts of a create go out with
+# its notification: they wait for no one, and are shared only by the creates of one loop iteration.
 CHANGE_COUNT_DELAY_SECONDS = 0.01
 CHANGE_COUNT_READS = 16
 
@@ -514,10 +541,14 @@ class NotificationService:
         metrics: Metrics | None = None,
         collection: str = COLLECTION,
         schema: NotificationSchema | None = None,
+        counter: CountsCounter | None = None,
     ) -> None:
         # bellcast's own collection, or with `schema` an app's (SOURCE_COLLECTION) whose watcher delivers
         # what is inserted: then creates store and leave delivery to it.
         self._schema = schema or NotificationSchema()
+        # Not on an app's collection: the app deletes notifications without telling bellcast, and counts a
+        # create adds to would not see it.
+        self._counter = None if self._schema.watched else counter
         self._collection = database[collection]
         self._inserts = InsertBatcher(self._collection)
         self._idempotency = IdempotencyRecords(database)
@@ -526,6 +557,7 @@ class NotificationService:
         self._mongodb_outage = OutageLog(log, "MongoDB unavailable")
         self._change_observers: list[ChangeObserver] = []
         self._change_counts = SharedReads(CHANGE_COUNT_READS, delay=CHANGE_COUNT_DELAY_SECONDS)
+        self._created_counts = SharedReads(CHANGE_COUNT_READS)
         # Each observer's store outage, logged once however many notifications it could not take.
         self._observer_outages: dict[str, OutageLog] = {}
 
@@ -605,35 +637,62 @@ class NotificationService:
             return [error]
 
     async def deliver(self, notifications: list[Notification]) -> None:
-        """Run the observers on each stored notification, in order for each; the notifications' in parallel, so
-        that their writes to Redis share round trips. Creates call it, or the watcher of a source collection."""
-        if len(notifications) == 1:
-            [notification] = notifications
-            await self._tell_observers_of(notification)
-            await self.publish_change(notification.user_id, "created", (str(notification.id),))
-        elif notifications:
-            await asyncio.gather(*(self._tell_observers_of(notification) for notification in notifications))
-            await self._publish_created(notifications)
+        """Tell the change observers of each user's new notifications, with the user's counts (the cache observer
+        queues both for the user's streams at once), then run the notification observers on each, in order for
+        each. Users in parallel, so that their writes to Redis share round trips. Creates call it, or the
+        watcher of a source collection."""
+        if not notifications:
+            return
+        if self._change_observers:
+            by_user: dict[str, list[Notification]] = {}
+            for notification in notifications:
+                by_user.setdefault(notification.user_id, []).append(notification)
+            counts = await self._counts_after_create({user: len(mine) for user, mine in by_user.items()})
+            await asyncio.gather(
+                *(self._announce(Change.of_created(user, mine, counts.get(user))) for user, mine in by_user.items())
+            )
+        await asyncio.gather(*(self._tell_observers_of(notification) for notification in notifications))
+
+    async def _counts_after_create(self, created: dict[str, int]) -> dict[str, Counts]:
+        """The counts of users who were just given notifications (how many each): added to the counter's, or
+        recounted, in one aggregation for all of them; one user's recount shared by the creates of one loop
+        iteration. Those MongoDB could not count are left out (their notifications go out without, and the
+        streams get the counts when they next resume)."""
+        counts: dict[str, Counts] = {}
+        if self._counter is not None:
+            with contextlib.suppress(StoreUnavailable):  # then MongoDB counts, as without a counter
+                counts = await self._counter.add_created(created)
+        missing = [user_id for user_id in created if user_id not in counts]
+        try:
+            if len(missing) == 1:
+                [user_id] = missing
+                counts[user_id] = await self._created_counts.read(user_id, lambda: self._recount_one(user_id))
+            elif missing:
+                counts.update(await self.recount(missing))
+        except StoreUnavailable:
+            pass
+        return counts
+
+    async def recount(self, user_ids: list[str]) -> dict[str, Counts]:
+        """The users' counts as MongoDB has them now, in one aggregation, kept by the counter for the creates that
+        follow unless a create came meanwhile (which then recounts)."""
+        if self._counter is None:
+            return await self.counts_of(user_ids)
+        try:
+            marks = await self._counter.begin_recount(user_ids)
+        except StoreUnavailable:
+            return await self.counts_of(user_ids)
+        counts = await self.counts_of(user_ids)
+        with contextlib.suppress(StoreUnavailable):  # the counts are marked: the next create recounts
+            await self._counter.finish_recount(marks, counts)
+        return counts
+
+    async def _recount_one(self, user_id: str) -> Counts:
+        return (await self.recount([user_id]))[user_id]
 
     async def _tell_observers_of(self, notification: Notification) -> None:
         for observer in self._observers:
             await self._tell(observer, observer.created(notification), f"notification {notification.id}")
-
-    async def _publish_created(self, notifications: list[Notification]) -> None:
-        """One `created` change per user for many notifications stored together (a create for `user_ids`, a batch of
-        the watcher's), with every user's counts read in one aggregation rather than two counts per user."""
-        if not self._change_observers:
-            return
-        ids_by_user: dict[str, list[str]] = {}
-        for notification in notifications:
-            ids_by_user.setdefault(notification.user_id, []).append(str(notification.id))
-        try:
-            counts = await self.counts_of(list(ids_by_user))
-        except StoreUnavailable:
-            return  # the streams get the counts when they next resume
-        await asyncio.gather(
-            *(self._announce(Change(user, "created", tuple(ids), counts[user])) for user, ids in ids_by_user.items())
-        )
 
     async def _tell(self, observer: object, call: Awaitable[None], about: str) -> None:
         """Await an observer's `call`; its failure is logged (once per store outage) and counted, never raised."""
@@ -664,7 +723,7 @@ class NotificationService:
         if not self._change_observers:
             return None
         try:
-            counts = await self._change_counts.read(user_id, lambda: self.counts(user_id))
+            counts = await self._change_counts.read(user_id, lambda: self._recount_one(user_id))
         except StoreUnavailable:
             return None
         await self._announce(Change(user_id, kind, ids, counts, filter))
@@ -687,6 +746,7 @@ class NotificationService:
     async def close(self) -> None:
         """Cancel the counts still being read for changes (shutdown)."""
         await self._change_counts.close()
+        await self._created_counts.close()
 
     async def _insert_once(self, document: dict[str, Any]) -> bool:
         """Store `document` once, even when the connection drops before MongoDB's answer: True if this call

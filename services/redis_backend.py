@@ -15,6 +15,7 @@ refuses PUBLISH), and the hub, subscribed on every primary, notices any of them 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -94,14 +95,14 @@ class RedisBackend(Protocol):
         execute_many: ExecuteMany,
         connections_key: str,
         inbox_prefix: str,
-        entry: tuple[str, str],
+        entries: Sequence[tuple[str, str]],
         inbox_ttl: int,
         inbox_cap: int,
         hint: str | None,
     ) -> int:
-        """Queue `entry` (id, JSON) in the inbox of each live connection in `connections_key`, publish `hint`
+        """Queue `entries` (field, JSON) in the inbox of each live connection in `connections_key`, publish `hint`
         (a user id) if any was; returns how many were. An inbox holding `inbox_cap` fields gets the
-        OVERFLOW_MARK instead of the entry: its stream then catches up from MongoDB."""
+        OVERFLOW_MARK instead of the entries: its stream then catches up from MongoDB."""
 
     async def safety_scan(
         self, execute_many: ExecuteMany, inboxes: Sequence[ConnectionInbox], registration_ttl: int
@@ -132,10 +133,11 @@ class SingleRedis:
     publish_command = "PUBLISH"
     transactions = True
 
-    # The observer's one command: drops the user's expired registrations (KEYS[1]), queues the
-    # notification (ARGV[3], ARGV[4]) in the inbox of each live one (ARGV[2] and the connection id), or
-    # the overflow mark (ARGV[9]) in one that holds ARGV[8] fields already, renews the inboxes' TTL
-    # (ARGV[5]) and, if any was written, publishes the hint (ARGV[7] on channel ARGV[6]; none if empty).
+    # The observer's one command: drops the user's expired registrations (KEYS[1]), queues the entries
+    # (field and value pairs from ARGV[8] on: a create's notification and its change) in the inbox of
+    # each live one (ARGV[2] and the connection id), or the overflow mark (ARGV[7]) in one that holds
+    # ARGV[6] fields already, renews the inboxes' TTL (ARGV[3]) and, if any was written, publishes the
+    # hint (ARGV[5] on channel ARGV[4]; none if empty).
     # One round trip and one command per create where a cluster's observer needs two pipelines: the
     # inboxes' names are made here, which only a single Redis allows (a cluster must be told every key a
     # script touches, to route it). Sent with EVAL, not EVALSHA:
@@ -145,15 +147,15 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 for _, connection in ipairs(connections) do
   local inbox = ARGV[2] .. connection
-  if redis.call('HLEN', inbox) < tonumber(ARGV[8]) then
-    redis.call('HSET', inbox, ARGV[3], ARGV[4])
+  if redis.call('HLEN', inbox) < tonumber(ARGV[6]) then
+    redis.call('HSET', inbox, unpack(ARGV, 8))
   else
-    redis.call('HSET', inbox, ARGV[9], '')
+    redis.call('HSET', inbox, ARGV[7], '')
   end
-  redis.call('EXPIRE', inbox, ARGV[5])
+  redis.call('EXPIRE', inbox, ARGV[3])
 end
-if #connections > 0 and ARGV[6] ~= '' then
-  redis.call('PUBLISH', ARGV[6], ARGV[7])
+if #connections > 0 and ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return #connections
 """
@@ -249,13 +251,12 @@ return holding
         execute_many: ExecuteMany,
         connections_key: str,
         inbox_prefix: str,
-        entry: tuple[str, str],
+        entries: Sequence[tuple[str, str]],
         inbox_ttl: int,
         inbox_cap: int,
         hint: str | None,
     ) -> int:
-        """One script queues the entry for every live connection and publishes the hint."""
-        notification_id, payload = entry
+        """One script queues the entries for every live connection and publishes the hint."""
         [queued] = await execute_many(
             [
                 (
@@ -265,13 +266,12 @@ return holding
                     connections_key,
                     time.time(),
                     inbox_prefix,
-                    notification_id,
-                    payload,
                     inbox_ttl,
                     WAKEUP_CHANNEL if hint is not None else "",
                     hint or "",
                     inbox_cap,
                     OVERFLOW_MARK,
+                    *itertools.chain.from_iterable(entries),
                 )
             ]
         )
@@ -343,17 +343,18 @@ class ClusterRedis:
     publish_command = "SPUBLISH"
     transactions = False
 
-    # Queues one notification in each inbox named (KEYS), or the overflow mark (ARGV[5]) in one that holds
-    # ARGV[4] fields already, and renews their TTL: one command for all of a user's connections instead of
-    # two per connection. The keys share the user's hash tag, so the cluster runs it on one node.
+    # Queues the entries (field and value pairs from ARGV[4] on) in each inbox named (KEYS), or the overflow
+    # mark (ARGV[3]) in one that holds ARGV[2] fields already, and renews their TTL (ARGV[1]): one command for
+    # all of a user's connections instead of two per connection. The keys share the user's hash tag, so the
+    # cluster runs it on one node.
     QUEUE_IN_INBOXES = """
 for _, inbox in ipairs(KEYS) do
-  if redis.call('HLEN', inbox) < tonumber(ARGV[4]) then
-    redis.call('HSET', inbox, ARGV[1], ARGV[2])
+  if redis.call('HLEN', inbox) < tonumber(ARGV[2]) then
+    redis.call('HSET', inbox, unpack(ARGV, 4))
   else
-    redis.call('HSET', inbox, ARGV[5], '')
+    redis.call('HSET', inbox, ARGV[3], '')
   end
-  redis.call('EXPIRE', inbox, ARGV[3])
+  redis.call('EXPIRE', inbox, ARGV[1])
 end
 return #KEYS
 """
@@ -386,12 +387,12 @@ return #KEYS
         execute_many: ExecuteMany,
         connections_key: str,
         inbox_prefix: str,
-        entry: tuple[str, str],
+        entries: Sequence[tuple[str, str]],
         inbox_ttl: int,
         inbox_cap: int,
         hint: str | None,
     ) -> int:
-        """Two pipelines: which connections are live, then the entry in each inbox and the hint."""
+        """Two pipelines: which connections are live, then the entries in each inbox and the hint."""
         now = time.time()
         _, connection_ids = await execute_many(
             [("ZREMRANGEBYSCORE", connections_key, "-inf", now), ("ZRANGEBYSCORE", connections_key, now, "+inf")]
@@ -400,7 +401,16 @@ return #KEYS
             return 0
         inboxes = [inbox_prefix + connection_id.decode() for connection_id in connection_ids]
         commands: list[tuple[object, ...]] = [
-            ("EVAL", self.QUEUE_IN_INBOXES, len(inboxes), *inboxes, *entry, inbox_ttl, inbox_cap, OVERFLOW_MARK)
+            (
+                "EVAL",
+                self.QUEUE_IN_INBOXES,
+                len(inboxes),
+                *inboxes,
+                inbox_ttl,
+                inbox_cap,
+                OVERFLOW_MARK,
+                *itertools.chain.from_iterable(entries),
+            )
         ]
         if hint is not None:
             commands.append(("SPUBLISH", wakeup_shard_channel(connections_key), hint))

@@ -111,8 +111,10 @@ class SSEStream:
         self.headers: dict[str, str] = {}
         self._buffer = b""
         self._chunked = False
-        # Every byte of the event stream received so far (de-chunked), for tests of the framing itself.
+        # Every byte of the event stream received so far (de-chunked), for tests of the framing itself, and each
+        # HTTP chunk apart (a chunk is what one write of the server flushed).
         self.received = bytearray()
+        self.chunks: list[bytes] = []
         # `changed` events, kept apart: `next_event` passes them by, `next_change` takes them in order.
         self.changes: list[Event] = []
         self._changes_taken = 0
@@ -157,6 +159,7 @@ class SSEStream:
             if size == 0:
                 raise StreamClosedError()
             data = chunk[:-2]
+            self.chunks.append(data)
         else:
             data = await self._stream.read_bytes(65536, partial=True)
         self._buffer += data
@@ -324,10 +327,11 @@ EXPIRY_KEY_PREFIX = EXPIRY_KEY_PREFIX_TEXT.encode()
 
 
 async def cache_keys(redis: Any) -> list[bytes]:
-    """bellcast's keys in Redis, from every node of a cluster, but the expiry sweep's: one lock and one bookmark
-    for the whole deployment, which no stream or request leaves behind (services/expiry.py)."""
+    """bellcast's keys in Redis, from every node of a cluster, but the expiry sweep's (one lock and one bookmark
+    for the whole deployment, services/expiry.py) and users' counts (one per user who was given a notification
+    or changed one, expiring on their own): none of those is a stream's or a request's to leave behind."""
     keys = await redis.keys("bellcast:*", **on_every_node(redis))
-    return [key for key in keys if not key.startswith(EXPIRY_KEY_PREFIX)]
+    return [key for key in keys if not key.startswith(EXPIRY_KEY_PREFIX) and not key.endswith(b":counts")]
 
 
 async def command_calls(redis: Any, command: str) -> int:

@@ -10,7 +10,8 @@ import pytest
 from server import Settings, SettingsError
 from services import cache
 from services.cache import INBOX_TTL, REGISTRATION_TTL, connections_key, inbox_key
-from tests.support import SSEStream, cache_keys, eventually
+from services.notifications import Change
+from tests.support import SSEStream, cache_keys, command_calls, eventually
 
 
 @pytest.mark.gen_test
@@ -48,6 +49,34 @@ async def test_two_tabs_of_one_user_each_receive_a_notification_once(api, open_s
         assert event.id == created["id"]
     for tab in (first_tab, second_tab):
         await tab.assert_silent(0.3)
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_a_create_reaches_each_tab_as_one_write_of_the_notification_and_the_counts_after_it(
+    api, open_stream, runtime
+):
+    """The observer queues the notification and its `created` change in one command; each tab reads its inbox
+    once and writes both events in one chunk."""
+    tabs = [await open_stream("alice") for _ in range(2)]
+    for tab in tabs:
+        await tab.next_event()
+    await api.create("alice", "before")  # the first change of a user may come with counts read apart
+    for tab in tabs:
+        await tab.notifications(1)
+        await tab.next_change()
+    scans_before = await command_calls(runtime.redis, "hgetall")
+
+    created = await api.create("alice", "Build finished")
+
+    for tab in tabs:
+        [event] = await tab.notifications(1)
+        assert event.id == created["id"]
+        change = await tab.next_change()
+        assert change == {"change": "created", "ids": [created["id"]], "unread_count": 2, "unseen_count": 2}
+        [written] = [chunk for chunk in tab.chunks if created["id"].encode() in chunk and b"event: changed" in chunk]
+        assert written.index(b"event: notification") < written.index(b"event: changed")
+    assert await command_calls(runtime.redis, "hgetall") - scans_before == len(tabs)
 
 
 @pytest.mark.gen_test
@@ -226,7 +255,7 @@ async def test_cache_entries_carry_a_ttl(runtime):
     inbox = runtime.delivery_cache.open_inbox("alice")
     await inbox.register()
     notification = validate_new_notification({"user_id": "alice", "title": "t"}, now=utc_now())
-    assert await runtime.delivery_cache.enqueue(notification) == 1
+    assert await runtime.delivery_cache.enqueue(Change.of_created(notification.user_id, [notification], None)) == 1
     key = inbox_key("alice", inbox.connection_id)
     assert await runtime.redis.hexists(key, str(notification.id))
     assert 0 < await runtime.redis.ttl(key) <= INBOX_TTL
@@ -256,7 +285,7 @@ async def test_a_safety_scan_finds_the_inboxes_holding_entries_and_renews_the_re
         await runtime.redis.zadd(inbox.connections_key, {inbox.connection_id: time.time() + 5}, xx=True)
         await runtime.redis.expire(inbox.connections_key, 5)
     notification = validate_new_notification({"user_id": "alice", "title": "t"}, now=utc_now())
-    assert await delivery_cache.enqueue(notification) == 2
+    assert await delivery_cache.enqueue(Change.of_created(notification.user_id, [notification], None)) == 2
 
     assert await delivery_cache.safety_scan([alice, bob, carol, alice_too]) == [True, True, False, True]
     assert [inbox.registration_lost for inbox in (alice, bob, carol, alice_too)] == [False, True, False, False]
@@ -280,7 +309,7 @@ async def test_a_create_queues_for_each_live_registration_and_drops_the_expired_
     await runtime.redis.zadd(expired.connections_key, {expired.connection_id: time.time() - 1}, xx=True)
     notification = validate_new_notification({"user_id": "erin", "title": "t"}, now=utc_now())
 
-    assert await runtime.delivery_cache.enqueue(notification) == 2
+    assert await runtime.delivery_cache.enqueue(Change.of_created(notification.user_id, [notification], None)) == 2
 
     assert [await inbox.pending() for inbox in (live, also_live)] == [
         [(str(notification.id), notification.to_json().encode())]
@@ -289,7 +318,7 @@ async def test_a_create_queues_for_each_live_registration_and_drops_the_expired_
     registered = set(await runtime.redis.zrange(connections_key("erin"), 0, -1))
     assert registered == {inbox.connection_id.encode() for inbox in (live, also_live)}
     nobody = validate_new_notification({"user_id": "frank", "title": "t"}, now=utc_now())
-    assert await runtime.delivery_cache.enqueue(nobody) == 0
+    assert await runtime.delivery_cache.enqueue(Change.of_created(nobody.user_id, [nobody], None)) == 0
 
 
 @pytest.mark.gen_test

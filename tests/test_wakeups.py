@@ -11,7 +11,7 @@ import pytest
 from services import cache
 from services.cache import ConnectionInbox, DeliveryCache
 from services.command_batcher import CommandBatcher
-from services.notifications import utc_now, validate_new_notification
+from services.notifications import Change, utc_now, validate_new_notification
 from services.redis_backend import WAKEUP_CHANNEL, SingleRedis, connect_redis_backend
 from services.stores import connect_redis
 from services.wakeups import WakeupHub
@@ -89,7 +89,7 @@ async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, run
     # Queue directly in the cache without publishing, as if the hint had been lost.
     silent_cache = DeliveryCache(runtime.redis_backend, runtime.batcher, publish_hints=False)
     notification = validate_new_notification({"user_id": "alice", "title": "no hint"}, now=utc_now())
-    assert await silent_cache.enqueue(notification) == 1
+    assert await silent_cache.enqueue(Change.of_created(notification.user_id, [notification], None)) == 1
     [event] = await stream.notifications(1, timeout=5)
     assert event.id == str(notification.id)
     assert metric_value(runtime.metrics, "safety_scans_total", found="entries") >= 1

@@ -1,0 +1,105 @@
+"""The counts each `changed` event carries: kept in Redis for creates to add to, MongoDB's after every other change."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from bson import ObjectId
+
+from services.cache import CountsCache, counts_key
+from services.notifications import Counts
+
+
+async def _created_change(stream, notification_id: str) -> dict:
+    """The `created` change of one notification, passing the others by."""
+    while (change := await stream.next_change())["ids"] != [notification_id]:
+        pass
+    return change
+
+
+def _counts_of(change: dict) -> Counts:
+    return Counts(change["unread_count"], change["unseen_count"])
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.also_on_cluster
+async def test_concurrent_creates_and_reads_of_one_user_leave_the_counts_equal_to_mongodbs(api, open_stream, runtime):
+    """Creates add to the kept counts while reads recount them: whichever order they meet Redis and MongoDB
+    in, the counts a create carries afterwards are MongoDB's."""
+    stream = await open_stream("alice")
+    await stream.next_event()
+    first = [await api.create("alice", f"before {i}") for i in range(10)]
+
+    async def read(notification_id: str) -> None:
+        response = await api.as_user("alice", "POST", f"/api/notifications/{notification_id}/read", b"")
+        assert response.code == 200, response.body
+
+    await asyncio.gather(
+        *(api.create("alice", f"during {i}") for i in range(40)), *(read(created["id"]) for created in first)
+    )
+    last = await api.create("alice", "after")
+
+    change = await _created_change(stream, last["id"])
+    assert _counts_of(change) == await runtime.notifications.counts("alice") == Counts(41, 51)
+    kept = await runtime.redis.hgetall(counts_key("alice"))
+    assert kept in ({}, {b"unread": b"41", b"unseen": b"51"}), kept
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_a_create_adds_to_the_kept_counts_and_any_other_change_recounts_them_from_mongodb(
+    api, open_stream, runtime
+):
+    """What changed behind bellcast's back (a notification deleted straight from MongoDB) shows in the counts at
+    the next change other than a create, or when the kept counts expire: a create does not count in MongoDB."""
+    stream = await open_stream("alice")
+    await stream.next_event()
+    created = [await api.create("alice", f"n{i}") for i in range(3)]
+    assert _counts_of(await _created_change(stream, created[-1]["id"])) == Counts(3, 3)
+    await runtime.mongo.database["notifications"].delete_one({"_id": ObjectId(created[0]["id"])})
+
+    added = await api.create("alice", "added to the kept counts")
+    assert _counts_of(await _created_change(stream, added["id"])) == Counts(4, 4)
+
+    response = await api.as_user("alice", "POST", f"/api/notifications/{added['id']}/read", b"")
+    assert response.code == 200
+    while (change := await stream.next_change())["change"] != "read":
+        pass
+    assert _counts_of(change) == Counts(2, 3)
+    recounted = await api.create("alice", "added to the recount")
+    assert _counts_of(await _created_change(stream, recounted["id"])) == Counts(3, 4)
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_counts_lost_from_redis_are_recounted_by_the_next_create(api, open_stream, runtime):
+    stream = await open_stream("alice")
+    await stream.next_event()
+    for i in range(2):
+        created = await api.create("alice", f"n{i}")
+    await _created_change(stream, created["id"])
+    await runtime.mongo.database["notifications"].delete_one({"_id": ObjectId(created["id"])})
+    await runtime.redis.delete(counts_key("alice"))  # evicted, or Redis restarted empty
+
+    again = await api.create("alice", "again")
+
+    assert _counts_of(await _created_change(stream, again["id"])) == Counts(2, 2)
+    assert await runtime.redis.hgetall(counts_key("alice")) == {b"unread": b"2", b"unseen": b"2"}
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_a_recount_that_a_create_overtook_keeps_nothing(runtime):
+    """A recount read MongoDB, then a create came (MongoDB may or may not have counted its notification): what the
+    recount read is not kept, and the create finds no counts to add to, so it recounts after its insert."""
+    counter = CountsCache(runtime.batcher)
+    marks = await counter.begin_recount(["alice"])
+    assert await counter.add_created({"alice": 1}) == {}
+
+    await counter.finish_recount(marks, {"alice": Counts(5, 5)})
+
+    assert b"unread" not in await runtime.redis.hgetall(counts_key("alice"))
+    own = await counter.begin_recount(["alice"])
+    await counter.finish_recount(own, {"alice": Counts(6, 6)})
+    assert await counter.add_created({"alice": 2}) == {"alice": Counts(8, 8)}
