@@ -730,8 +730,13 @@ class NotificationService:
         return counts
 
     async def _announce(self, change: Change) -> None:
+        if change.notifications:
+            more = len(change.ids) - 1
+            about = f"notification {change.ids[0]}" + (f" and {more} more of {change.user_id}" if more else "")
+        else:
+            about = f"a change ({change.kind})"
         for observer in self._change_observers:
-            await self._tell(observer, observer.changed(change), f"a change ({change.kind})")
+            await self._tell(observer, observer.changed(change), about)
 
     @property
     def watched(self) -> bool:

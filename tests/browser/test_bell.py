@@ -141,6 +141,7 @@ def test_after_a_server_restart_the_bell_reconnects_and_shows_what_was_created_m
     expect(state(page)).to_have_text(re.compile(r"Reconnecting…|Offline"))
     shot(page, "reconnecting")
     server.store_quietly(user, "While down 1", "While down 2")
+    stored_in = int(time.time())
     server.restart()
     server.wait_until_ready()
 
@@ -149,6 +150,8 @@ def test_after_a_server_restart_the_bell_reconnects_and_shows_what_was_created_m
     # Each once. (Within one second, ObjectIds of two processes are not in creation order, nor the list.)
     assert sorted(titles(page)) == ["Before the restart", "While down 1", "While down 2"]
     expect(badge(page)).to_have_text("3")
+    # A second later than those stored while down, so that its ObjectId sorts first whatever process made it.
+    time.sleep(max(0.0, stored_in + 1 - time.time()))
     server.create(user, "After the restart")
     expect(items(page)).to_have_count(4, timeout=LIVE_MS)
     assert titles(page)[0] == "After the restart"
