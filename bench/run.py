@@ -145,6 +145,8 @@ class Server:
     stores: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Where `--profile` puts py-spy's samples of its passes.
     profile_dir: Path | None = None
+    # Whether the fan-out measures each user's first create (`--no-warm-up`).
+    no_warm_up = False
 
     def meter(self) -> ProcessMeter:
         assert self.process is not None
@@ -498,7 +500,14 @@ async def scenario_fanout(
     The CPU per create is each role's (server, embedded stores, load generator) from the first create
     until 3 s after the last, so it includes what the idle streams cost meanwhile (bellcast's 10,000:
     about 1 % of a core, some 0.1 ms per create).
+
+    Each user is first sent one notification, unmeasured, with no stream open: the users of the passes are
+    users who had a notification in the last few minutes, as those of an app that notifies them are. (A
+    user's first create in COUNTS_TTL costs bellcast a count in MongoDB more: measured apart with
+    `--no-warm-up`.)
     """
+    if not target.no_warm_up:
+        await _warm_up(target, [f"fan{user}" for user in range(users)], rate)
     meters = _meters(target, workers)
     result = _pooled([await _api_pass(target, workers, "fan", users, tabs, rate, meters) for _ in range(passes)])
     summary = {k: v for k, v in result.items() if k not in ("latencies_ms", "passes")}
@@ -537,6 +546,23 @@ async def scenario_watched(
         summary = {k: v for k, v in result[path].items() if k not in ("latencies_ms", "passes")}
         print(f"  bellcast watched scenario, {path} path, {passes} passes: {summary}", flush=True)
     return result
+
+
+async def _warm_up(target: Any, names: list[str], rate: float) -> None:
+    """One notification for each user, at `rate`, nobody listening; every create must succeed."""
+    producer = Producer(target.port, 8)
+    await producer.start()
+    statuses: Counter[int] = Counter()
+
+    async def publish(index: int) -> None:
+        path, headers, body = target.publish_request(names[index], {"k": "warm-up", "t0": time.time()})
+        statuses[await producer.post(path, headers, body)] += 1
+
+    try:
+        await _at_rate(len(names), rate, publish)
+    finally:
+        await producer.close()
+    assert set(statuses) == {target.created_status()}, statuses
 
 
 def _meters(target: Any, workers: Workers) -> dict[str, Any]:
@@ -1191,6 +1217,7 @@ async def run_target(
 ) -> dict[str, Any]:
     """The scenarios of `args` that `target` runs; its holds last `hold_seconds` when given."""
     target.profile_dir = args.profile
+    target.no_warm_up = args.no_warm_up
     target.start()
     workers = Workers(args.workers, target.port)
     await workers.start()
@@ -1329,6 +1356,11 @@ def parse_args() -> argparse.Namespace:
         help="users of the fan-out, changes and watched scenarios, 10 tabs each (default 1000; 100 with --quick)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="measure each fan-out user's first create (by default each user is sent one, unmeasured, first)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,

@@ -384,6 +384,14 @@ class ConnectionInbox:
         if notification_ids:
             await self._batcher.execute("HDEL", self._inbox_key, *notification_ids)
 
+    async def remove_and_count(self, notification_ids: Collection[str]) -> int:
+        """Delete exactly these entries, once they have been sent without reading the inbox; how many it still
+        holds (queued since, or left from before: its stream then reads it)."""
+        _, left = await self._batcher.execute_many(
+            [("HDEL", self._inbox_key, *notification_ids), ("HLEN", self._inbox_key)]
+        )
+        return int(left)
+
     async def deregister(self) -> None:
         """Forget the connection and drop whatever it had not sent."""
         if self._registration is not None and not self._registration.done():

@@ -463,6 +463,26 @@ class LiveConnection:
             self._scanning = True
             self._wake_scan = asyncio.ensure_future(self._scan_on_wake())
 
+    def deliver(self, entries: Sequence[Entry]) -> None:
+        """These entries were just queued in this stream's inbox (the hint carried them): send them and delete
+        exactly them, without reading the inbox. A stream that is busy (scanning, recovering, resuming, or
+        backing off after a failure) scans instead, as for a plain hint: the inbox has them too."""
+        if (
+            self._scanning
+            or self._closed.done()
+            or not self._registered
+            or self._recovering
+            or self._replay_owed
+            or self._retry is not None
+            or self._wakeups.epoch != self._epoch_seen
+            or self._inbox.registration_lost
+        ):
+            self.wake()
+            return
+        self._woken = True
+        self._scanning = True
+        self._wake_scan = asyncio.ensure_future(self._scan_on_wake(entries))
+
     def recover(self) -> None:
         """A notification for this user could not be queued: catch up from MongoDB, then scan as usual.
 
@@ -473,9 +493,9 @@ class LiveConnection:
         if self._registered and self._retry is None:
             self.wake()
 
-    async def _scan_on_wake(self) -> None:
+    async def _scan_on_wake(self, hinted: Sequence[Entry] | None = None) -> None:
         try:
-            await self._drain()
+            await self._drain(hinted)
         finally:
             self._scanning = False
             self._wake_scan = None
@@ -571,8 +591,9 @@ class LiveConnection:
         self._counts_owed = False
         return await self._send_entries([], live=True, changes=[Change(self.user_id, "counts", (), counts).to_json()])
 
-    async def _drain(self) -> None:
-        """While woken: send what is owed in id order, then delete exactly that from the inbox."""
+    async def _drain(self, hinted: Sequence[Entry] | None = None) -> None:
+        """While woken: send what is owed in id order, then delete exactly that from the inbox. The first scan takes
+        what a hint carried (`hinted`) in place of reading the inbox."""
         while self._woken and not self._closed.done() and self._registered:
             self._woken = False
             if self._replay_owed and not await self._catch_up():
@@ -580,7 +601,7 @@ class LiveConnection:
             try:
                 await self._inbox.renew_if_due()
                 scan_started = time.perf_counter()
-                entries, delivered_before, changes = await self._take()
+                entries, delivered_before, changes = await self._take(hinted)
             except StoreUnavailable:
                 self._retry_later()
                 return
@@ -594,13 +615,15 @@ class LiveConnection:
                 return
             delivered = [*delivered_before, *(notification_id for notification_id, _ in entries)]
             with contextlib.suppress(StoreUnavailable):
-                await self._delete(delivered, [field for field, _ in changes])
+                await self._delete(delivered, [field for field, _ in changes], hinted is not None)
+            hinted = None
             if self._counts_owed and not self._recovering and not await self._send_counts():
                 return
 
-    async def _take(self) -> tuple[list[Entry], list[str], list[Entry]]:
-        """What to send now, in id order (after an outage first MongoDB's catch-up, then the inbox), the
-        inbox's entries that were already sent on this connection, to delete, and the changes queued.
+    async def _take(self, hinted: Sequence[Entry] | None = None) -> tuple[list[Entry], list[str], list[Entry]]:
+        """What to send now, in id order (after an outage first MongoDB's catch-up, then the inbox, or what a hint
+        carried), the inbox's entries that were already sent on this connection, to delete, and the changes
+        queued.
 
         Raises StoreUnavailable while a store is unreachable; what is owed is kept for later.
         """
@@ -623,7 +646,7 @@ class LiveConnection:
             if recovered_up_to is not None:
                 self._woken = True  # the next scan goes on from the last id of this page
         try:
-            queued = await self._inbox.pending()
+            queued = list(hinted) if hinted is not None and not self._recovering else await self._inbox.pending()
             if self._inbox.overflowed:
                 # Redis held MAX_QUEUED_PER_STREAM and dropped the rest: MongoDB has them. Sent now, the inbox's
                 # newer entries would move the resume point past them: recover first, from the newest sent.
@@ -726,15 +749,22 @@ class LiveConnection:
         self._sent = sent
         self._forget_old()
 
-    async def _delete(self, notification_ids: list[str], change_fields: Sequence[str] = ()) -> None:
+    async def _delete(
+        self, notification_ids: list[str], change_fields: Sequence[str] = (), hinted: bool = False
+    ) -> None:
         """Delete exactly these entries (and the changes sent with them) from the inbox once they were sent, in one
-        command; the ledger keeps the notifications until done."""
+        command; the ledger keeps the notifications until done. After sending what a hint carried, also ask what
+        the inbox still holds: anything (an entry left from before) has the stream read it."""
         if not notification_ids and not change_fields:
             return
         sent = self._sent = self._sent if self._sent is not None else {}
         for notification_id in notification_ids:
             sent[notification_id] = True
-        await self._inbox.remove([*notification_ids, *change_fields])
+        if hinted:
+            if await self._inbox.remove_and_count([*notification_ids, *change_fields]):
+                self._woken = True
+        else:
+            await self._inbox.remove([*notification_ids, *change_fields])
         for notification_id in notification_ids:
             sent[notification_id] = False  # the next send forgets it once it is out of the window
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("bellcast.wakeups")
 
 WAKEUP_CHANNEL = "bellcast:wakeups"
+# On a single Redis, a hint that carries what it announces: `[user id, [field, value, ...]]` in JSON, the entries
+# the observer queued in every inbox of the user, so that an idle stream sends them without reading its inbox
+# (it still deletes exactly what it sent). One whose inboxes did not all take the entries (a full one got the
+# overflow mark) is a plain hint on WAKEUP_CHANNEL: its streams read their inboxes.
+DELIVERY_CHANNEL = "bellcast:deliveries"
 # Where an observer that could not queue a notification asks every process to have that user's
 # streams catch up from MongoDB (see `WakeupHub.announce_recovery`). In a cluster it is one
 # sharded channel: announcements are rare, and a hub that loses its node recovers every stream.
@@ -134,10 +140,11 @@ class SingleRedis:
     transactions = True
 
     # The observer's one command: drops the user's expired registrations (KEYS[1]), queues the entries
-    # (field and value pairs from ARGV[8] on: a create's notification and its change) in the inbox of
-    # each live one (ARGV[2] and the connection id), or the overflow mark (ARGV[7]) in one that holds
-    # ARGV[6] fields already, renews the inboxes' TTL (ARGV[3]) and, if any was written, publishes the
-    # hint (ARGV[5] on channel ARGV[4]; none if empty).
+    # (field and value pairs from ARGV[10] on: a create's notification and its change) in the inbox of
+    # each live one (ARGV[2] and the connection id), or the overflow mark (ARGV[5]) in one that holds
+    # ARGV[4] fields already, renews the inboxes' TTL (ARGV[3]) and, if any was written, publishes the
+    # hint (none if ARGV[6] is empty): with the entries (ARGV[9] on channel ARGV[8]) if every inbox took
+    # them, else the user id alone (ARGV[7] on channel ARGV[6]).
     # One round trip and one command per create where a cluster's observer needs two pipelines: the
     # inboxes' names are made here, which only a single Redis allows (a cluster must be told every key a
     # script touches, to route it). Sent with EVAL, not EVALSHA:
@@ -145,17 +152,23 @@ class SingleRedis:
     QUEUE_FOR_LIVE_CONNECTIONS = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local overflowed = false
 for _, connection in ipairs(connections) do
   local inbox = ARGV[2] .. connection
-  if redis.call('HLEN', inbox) < tonumber(ARGV[6]) then
-    redis.call('HSET', inbox, unpack(ARGV, 8))
+  if redis.call('HLEN', inbox) < tonumber(ARGV[4]) then
+    redis.call('HSET', inbox, unpack(ARGV, 10))
   else
-    redis.call('HSET', inbox, ARGV[7], '')
+    redis.call('HSET', inbox, ARGV[5], '')
+    overflowed = true
   end
   redis.call('EXPIRE', inbox, ARGV[3])
 end
-if #connections > 0 and ARGV[4] ~= '' then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+if #connections > 0 and ARGV[6] ~= '' then
+  if overflowed then
+    redis.call('PUBLISH', ARGV[6], ARGV[7])
+  else
+    redis.call('PUBLISH', ARGV[8], ARGV[9])
+  end
 end
 return #connections
 """
@@ -256,7 +269,8 @@ return holding
         inbox_cap: int,
         hint: str | None,
     ) -> int:
-        """One script queues the entries for every live connection and publishes the hint."""
+        """One script queues the entries for every live connection and publishes the hint, with the entries."""
+        flat = list(itertools.chain.from_iterable(entries))
         [queued] = await execute_many(
             [
                 (
@@ -267,11 +281,13 @@ return holding
                     time.time(),
                     inbox_prefix,
                     inbox_ttl,
-                    WAKEUP_CHANNEL if hint is not None else "",
-                    hint or "",
                     inbox_cap,
                     OVERFLOW_MARK,
-                    *itertools.chain.from_iterable(entries),
+                    WAKEUP_CHANNEL if hint is not None else "",
+                    hint or "",
+                    DELIVERY_CHANNEL,
+                    json.dumps([hint, flat], separators=(",", ":")) if hint is not None else "",
+                    *flat,
                 )
             ]
         )
@@ -318,7 +334,7 @@ return holding
         """One subscription to both channels."""
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(WAKEUP_CHANNEL, RECOVERY_CHANNEL)
+            await pubsub.subscribe(WAKEUP_CHANNEL, DELIVERY_CHANNEL, RECOVERY_CHANNEL)
             await on_subscribed()
             while True:
                 message = await pubsub.get_message(timeout=SUBSCRIPTION_POLL_SECONDS)

@@ -1,16 +1,19 @@
 """This process's one subscription to wake-up hints, fanned out to its local streams.
 
-The cache observer publishes the user id of each new notification; the `WakeupHub` wakes the
-local streams of that user so they scan at once, and idle streams touch no network. Hints only
-make delivery fast: a stream also scans on its own now and then, and after the subscription was
-lost every stream recovers. A notification Redis would not queue is announced on a second
-channel instead: its user's streams catch up from MongoDB.
+The cache observer publishes the user id of each new notification (on a single Redis, with the
+entries it queued); the `WakeupHub` wakes the local streams of that user so they scan at once, or
+hands them the entries, and idle streams touch no network. Hints only make delivery fast: a
+stream also scans on its own now and then, and after the subscription was lost every stream
+recovers. A notification Redis would not queue is announced on a third channel instead: its
+user's streams catch up from MongoDB.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -18,11 +21,12 @@ from redis.exceptions import RedisClusterException, RedisError
 from services.background import stop_task
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
-from services.redis_backend import RECOVERY_CHANNEL, RedisBackend
+from services.redis_backend import DELIVERY_CHANNEL, RECOVERY_CHANNEL, RedisBackend
 
 log = logging.getLogger("bellcast.wakeups")
 
 RECOVERY_CHANNEL_BYTES = RECOVERY_CHANNEL.encode()
+DELIVERY_CHANNEL_BYTES = DELIVERY_CHANNEL.encode()
 # Every stream's recovery waits for the subscription to notice Redis is back: try often (a connect is cheap).
 RECONNECT_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0)
 
@@ -32,6 +36,9 @@ class Wakeable(Protocol):
 
     def wake(self) -> None:
         """Scan the inbox soon."""
+
+    def deliver(self, entries: Sequence[tuple[str, str]]) -> None:
+        """These entries were queued in the inbox: send them (and delete them) soon, or scan."""
 
     def recover(self) -> None:
         """Something owed may be missing from the inbox: catch up from MongoDB with the next scan."""
@@ -133,7 +140,13 @@ class WakeupHub:
             listener.recover()
 
     def _on_message(self, message: dict[str, Any]) -> None:
-        if message["channel"] == RECOVERY_CHANNEL_BYTES:
+        channel = message["channel"]
+        if channel == DELIVERY_CHANNEL_BYTES:
+            user_id, flat = json.loads(message["data"])
+            entries = list(zip(flat[::2], flat[1::2], strict=True))
+            for listener in self._listening(user_id):
+                listener.deliver(entries)
+        elif channel == RECOVERY_CHANNEL_BYTES:
             self._recover(message["data"].decode())
         else:
             self._wake(message["data"].decode())

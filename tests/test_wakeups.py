@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -187,9 +188,13 @@ class RecordingStream:
     def __init__(self) -> None:
         self.woken = 0
         self.recovered = 0
+        self.delivered: list[list[tuple[str, str]]] = []
 
     def wake(self) -> None:
         self.woken += 1
+
+    def deliver(self, entries: Sequence[tuple[str, str]]) -> None:
+        self.delivered.append(list(entries))
 
     def recover(self) -> None:
         self.recovered += 1
@@ -299,5 +304,49 @@ async def test_the_hub_subscribes_again_after_an_unexpected_error_and_wakes_stre
         assert "subscribing again" in error.message and error.exc_info is not None
     finally:
         await hub.close()
+        await batcher.close()
+        await backend.aclose()
+
+
+@pytest.mark.gen_test
+async def test_on_a_single_redis_a_hint_carries_what_it_announces_unless_an_inbox_was_full(redis_url):
+    """The streams of every process get the entries with the hint, and send them without reading their inbox; a
+    hint for an inbox that could not take them (full: the overflow mark instead) only wakes, and the stream reads
+    its inbox, where the mark has it recover from MongoDB."""
+    backend = SingleRedis(redis_url)
+    batcher = CommandBatcher(backend)
+    hubs = [WakeupHub(backend, batcher) for _ in range(2)]
+    alice = [RecordingStream(), RecordingStream()]
+    delivery_cache = DeliveryCache(backend, batcher, inbox_cap=2)
+    try:
+        for hub, stream in zip(hubs, alice, strict=True):
+            hub.listen("alice", stream)
+            hub.start()
+            await hub.wait_subscribed()
+        inbox = delivery_cache.open_inbox("alice")
+        await inbox.register()
+        first = validate_new_notification({"user_id": "alice", "title": "one"}, now=utc_now())
+        await delivery_cache.enqueue(Change.of_created("alice", [first], None))
+
+        async def delivered() -> bool:
+            return all(stream.delivered for stream in alice)
+
+        await eventually(delivered)
+        assert [stream.delivered for stream in alice] == [[[(str(first.id), first.to_json())]]] * 2
+        assert [stream.woken for stream in alice] == [0, 0]
+
+        second = validate_new_notification({"user_id": "alice", "title": "two"}, now=utc_now())
+        await delivery_cache.enqueue(Change.of_created("alice", [second], None))
+        third = validate_new_notification({"user_id": "alice", "title": "three"}, now=utc_now())
+        await delivery_cache.enqueue(Change.of_created("alice", [third], None))  # the inbox holds two: full
+
+        async def woken() -> bool:
+            return all(stream.woken == 1 for stream in alice)
+
+        await eventually(woken)
+        assert [len(stream.delivered) for stream in alice] == [2, 2]
+    finally:
+        for hub in hubs:
+            await hub.close()
         await batcher.close()
         await backend.aclose()
