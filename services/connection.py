@@ -2,7 +2,7 @@
 
 `LiveConnection` is everything a stream does once its handler has accepted it: it registers its
 inbox in Redis, catches up from MongoDB after `Last-Event-ID`, scans the inbox when woken or on its
-PeriodicCallback, writes each batch (`await self.flush()`), and deletes what it delivered. It keeps
+PeriodicCallback, writes each batch (straight to the socket), and deletes what it delivered. It keeps
 the one ledger of what was sent on this connection, so nothing goes out twice, and is the one
 writer of its socket: heartbeats go through it too.
 """
@@ -51,8 +51,6 @@ TICK_JITTER = 0.1
 # Ticks fall on the multiples of this many seconds, so that streams share wake-ups instead of one each.
 TICK_ALIGNMENT = 0.1
 HEARTBEAT = encode_comment("heartbeat")
-# The heartbeat as Tornado frames it on an HTTP/1.1 response (chunked), ready for the socket.
-HEARTBEAT_CHUNK = b"%x\r\n%s\r\n" % (len(HEARTBEAT), HEARTBEAT)
 # After a failed scan (a store unreachable), scan again after this long, doubling up to the maximum.
 SCAN_RETRY_FIRST_SECONDS = 0.5
 SCAN_RETRY_MAX_SECONDS = 10.0
@@ -63,6 +61,18 @@ CATCH_UP_WINDOW_SECONDS = int(CATCH_UP_WINDOW.total_seconds())
 MAX_USER_TIMEOUT_MS = 2**31 - 1
 
 Entry = tuple[str, bytes | str]
+
+
+def chunk_of(data: bytes) -> bytes:
+    """`data` as Tornado frames it on a chunked response (HTTP/1.1): its length in hex, CRLF, itself, CRLF.
+
+    Nothing for no data: an empty chunk would end the response.
+    """
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+# The heartbeat framed once for all streams, ready for the socket.
+HEARTBEAT_CHUNK = chunk_of(HEARTBEAT)
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,7 @@ class LiveConnection:
 
     __slots__ = (
         "__weakref__",  # so that a test can tell a closed stream was freed
+        "_chunked",
         "_closed",
         "_counts_owed",
         "_ended_by",
@@ -160,7 +171,7 @@ class LiveConnection:
         "_epoch_seen",
         "_events_sent",
         "_failed_scans",
-        "_heartbeat",
+        "_headers_sent",
         "_inbox",
         "_last_write",
         "_max_replay",
@@ -202,7 +213,10 @@ class LiveConnection:
     ) -> None:
         self._response = response
         self._socket = socket_stream
-        self._heartbeat = HEARTBEAT_CHUNK if chunked else HEARTBEAT
+        # Whether Tornado chunks this response (HTTP/1.1): writes that bypass it must frame themselves alike.
+        self._chunked = chunked
+        # Until the first write, which carries the headers and so goes through Tornado, nothing bypasses it.
+        self._headers_sent = False
         self._inbox = inbox
         self._reads = reads
         self._wakeups = wakeups
@@ -365,16 +379,31 @@ class LiveConnection:
     # -- the one writer of the socket ------------------------------------------------------------
 
     async def send(self, chunk: bytes) -> bool:
-        """Write and flush, after any write under way; False once the client has gone."""
+        """Write and flush, after any write under way; False once the client has gone.
+
+        Like heartbeats, events go straight to the socket when nothing is in flight (`_send_now`):
+        Tornado's write path costs more than the send itself. Tornado writes the first chunk, which
+        carries the headers, and any chunk that finds bytes still queued (a heartbeat's rest, begun
+        while this waited), behind them.
+        """
         if self._closed.done() and not self._ending:
             return False
         if self._pending_write is not None:
             await asyncio.wait([self._pending_write])
         if self._closed.done() and not self._ending:
             return False
-        self._response.write(chunk)
+        stream = self._socket
         try:
-            await self.flush()
+            if not self._headers_sent or self._pending_write is not None or stream.writing():
+                self._headers_sent = True
+                self._response.write(chunk)
+                await self.flush()
+            elif stream.closed():
+                return False
+            else:
+                rest = self._send_now(chunk_of(chunk) if self._chunked else chunk, time.monotonic())
+                if rest is not None:
+                    await rest
         except StreamClosedError:
             return False
         return True
@@ -386,16 +415,30 @@ class LiveConnection:
     def heartbeat(self, now: float) -> None:
         """A comment, so that proxies do not close an idle stream; the registry's sweep calls it.
 
-        At thousands of idle streams heartbeats are most of the work, and Tornado's write path
-        (RequestHandler.flush, HTTP1Connection, IOStream and their futures) costs more than the
-        send itself: the heartbeat, framed as Tornado frames a chunk, goes straight to the socket.
-        Only with nothing in flight, so that bytes never interleave; a partial send hands the rest
-        to the IOStream as the write under way, which `send` waits for like any other.
+        At thousands of idle streams heartbeats are most of the work: they go straight to the
+        socket (`_send_now`), and only with nothing in flight, so that bytes never interleave.
         """
         stream = self._socket
-        if self._closed.done() or self._pending_write is not None or stream.closed() or stream.writing():
+        if (
+            self._closed.done()
+            or not self._headers_sent
+            or self._pending_write is not None
+            or stream.closed()
+            or stream.writing()
+        ):
             return  # gone, or bytes still queued: the sweep tries again a heartbeat interval later
-        framed = self._heartbeat
+        with contextlib.suppress(StreamClosedError):
+            self._send_now(HEARTBEAT_CHUNK if self._chunked else HEARTBEAT, now)
+
+    def _send_now(self, framed: bytes, now: float) -> asyncio.Future[None] | None:
+        """Hand `framed`, bytes as Tornado would put them on the wire, to the socket; nothing may be in flight.
+
+        What the kernel does not take now goes to the IOStream as the write under way, returned to
+        be awaited; the sweep drops the client if it stays there past STREAM_WRITE_TIMEOUT. None when
+        all went out. StreamClosedError, as Tornado would raise it, when the connection failed: then
+        it is closed.
+        """
+        stream = self._socket
         try:
             sent = stream.socket.send(framed)
         except BlockingIOError:
@@ -405,11 +448,11 @@ class LiveConnection:
             # error, as Tornado would, so that the stream's end says why (`_count_if_unacknowledged`).
             stream.close(exc_info=error)
             self.close()
-            return
+            raise StreamClosedError(real_error=error) from error
         if sent == len(framed):
             self._last_write = now
-        else:
-            self._track_write(stream.write(framed[sent:]))
+            return None
+        return self._track_write(stream.write(framed[sent:]))
 
     def stalled_since(self) -> float | None:
         """When the write under way began (time.monotonic()), if one is."""

@@ -129,11 +129,20 @@ class SSEStream:
         headers: dict[str, str] | None = None,
         http_version: str = "HTTP/1.1",
         ticket: str | None = None,
+        receive_buffer: int | None = None,
     ) -> SSEStream:
         """Connect and read the response head; `headers` are sent too (an Origin, say). The credential in
-        the URL: the `ticket` if given, else the `token`."""
+        the URL: the `ticket` if given, else the `token`. `receive_buffer` shrinks the socket's (SO_RCVBUF),
+        so that what the client does not read soon fills the kernel's buffers."""
         url = urlsplit(base_url)
-        stream = await TCPClient().connect(url.hostname or "127.0.0.1", url.port or 80)
+        if receive_buffer is None:
+            stream = await TCPClient().connect(url.hostname or "127.0.0.1", url.port or 80)
+        else:
+            sock = socket.socket()
+            # Before connecting: the window the client offers is fixed as the connection opens.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            stream = IOStream(sock)
+            await stream.connect((url.hostname or "127.0.0.1", url.port or 80))
         query = f"?ticket={ticket}" if ticket is not None else f"?access_token={token}" if token else ""
         path = "/notifications/stream" + query
         lines = [f"GET {path} {http_version}", f"Host: {url.netloc}", "Accept: text/event-stream"]

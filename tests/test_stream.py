@@ -240,6 +240,27 @@ async def test_an_http_1_0_client_gets_heartbeats_and_events_unchunked(api, base
         stream.close()
 
 
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("http_version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_events_more_than_the_socket_buffers_hold_reach_a_client_that_reads_late_whole_and_in_order(
+    api, base_url, http_version
+):
+    """Events go straight to the socket when nothing is in flight: what the kernel cannot take follows
+    through the IOStream, and the next events wait behind it."""
+    stream = await SSEStream.open(base_url, api.token("alice"), http_version=http_version, receive_buffer=4096)
+    try:
+        assert (await stream.next_event()).retry is not None
+        # About 3 MB left unread: more than the kernel buffers on both sides hold.
+        created = [
+            await api.create("alice", f"n{i}", data={"blob": chr(ord("a") + i % 26) * 30000}) for i in range(100)
+        ]
+        events = await stream.notifications(len(created), timeout=30)
+        assert [event.id for event in events] == [notification["id"] for notification in created]
+        assert [event.json()["data"] for event in events] == [notification["data"] for notification in created]
+    finally:
+        stream.close()
+
+
 @pytest.mark.gen_test
 @pytest.mark.also_on_cluster
 async def test_stream_registers_its_connection_with_a_ttl(open_stream, runtime):
