@@ -32,7 +32,7 @@ import logging
 import time
 import uuid
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -41,7 +41,7 @@ from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.notifications import Change, Counts
-from services.redis_backend import OVERFLOW_MARK, RedisBackend
+from services.redis_backend import OVERFLOW_MARK, CountsToAdd, RedisBackend
 from services.stores import redis_unavailable
 from services.wakeups import WakeupHub
 
@@ -94,23 +94,14 @@ class CountsCache:
     """Each user's unread and unseen counts in Redis, so that a create adds one instead of counting in MongoDB.
 
     MongoDB stays the source of truth. Every change but a create recounts there (`recount`), and so does a
-    create that finds no counts; a create adds its notifications to counts that are there. A recount marks
-    the counts as being recounted before it reads MongoDB, and stores what it read only if nothing marked
-    them since: a create that comes meanwhile (whose notification MongoDB may or may not have counted) marks
-    them too, and recounts itself after its insert. So the counts stored are MongoDB's at a moment after
-    every create that added to them; they expire COUNTS_TTL after the recount that stored them.
+    create that finds no counts; a create adds its notifications to counts that are there, in the command
+    that queues it (`DeliveryCache.enqueue`). A recount marks the counts as being recounted before it reads
+    MongoDB, and stores what it read only if nothing marked them since: a create that comes meanwhile
+    (whose notification MongoDB may or may not have counted) marks them too, and recounts itself after its
+    insert. So the counts stored are MongoDB's at a moment after every create that added to them; they
+    expire COUNTS_TTL after the recount that stored them.
     """
 
-    # KEYS[1] the counts; ARGV[1] notifications created, ARGV[2] a mark of its own, ARGV[3] COUNTS_TTL. The new
-    # counts, or false (and the counts marked, so that a recount under way stores nothing) when there are none.
-    ADD_CREATED = """
-if redis.call('HEXISTS', KEYS[1], 'unread') == 1 then
-  return {redis.call('HINCRBY', KEYS[1], 'unread', ARGV[1]), redis.call('HINCRBY', KEYS[1], 'unseen', ARGV[1])}
-end
-redis.call('HSET', KEYS[1], 'recount', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return false
-"""
     # KEYS[1] the counts; ARGV[1] the recount's mark, ARGV[2] COUNTS_TTL.
     BEGIN_RECOUNT = """
 redis.call('HDEL', KEYS[1], 'unread', 'unseen')
@@ -128,15 +119,6 @@ end
 
     def __init__(self, batcher: CommandBatcher) -> None:
         self._batcher = batcher
-
-    async def add_created(self, created: dict[str, int]) -> dict[str, Counts]:
-        """Add each user's new notifications to their counts; the counts of the users who have some (the others'
-        must be recounted). Raises StoreUnavailable when Redis does not answer."""
-        users = list(created)
-        replies = await self._batcher.execute_many(
-            [("EVAL", self.ADD_CREATED, 1, counts_key(user), created[user], _mark(), COUNTS_TTL) for user in users]
-        )
-        return {user: Counts(int(reply[0]), int(reply[1])) for user, reply in zip(users, replies, strict=True) if reply}
 
     async def begin_recount(self, user_ids: list[str]) -> list[str]:
         """Mark these users' counts as being recounted, before MongoDB is read; the marks, for `finish_recount`."""
@@ -171,18 +153,26 @@ class CacheObserver:
         self._cache = cache
         self._wakeups = wakeups
 
-    async def changed(self, change: Change) -> None:
+    async def changed(self, change: Change) -> Counts | None:
         """Queue the change (for `created`, its notifications and then the change) for every open stream of its
-        user, in one command.
+        user, in one command; with `change.count`, add the notifications to the user's kept counts in that
+        command and answer the counts after it (None if none are kept: then only the notifications are queued).
 
         If it cannot be queued, the user's streams catch up from MongoDB, which has the notifications, and
         send fresh counts once they have; the failure is raised for the service to log and count.
         """
         try:
-            await self._cache.enqueue(change)
+            return (await self._cache.enqueue(change)).counts
         except Exception:
             self._wakeups.announce_recovery(change.user_id)
             raise
+
+
+class Queued(NamedTuple):
+    """What `DeliveryCache.enqueue` did: how many connections it queued for, and the user's counts it added to."""
+
+    connections: int
+    counts: Counts | None
 
 
 class DeliveryCache:
@@ -212,18 +202,28 @@ class DeliveryCache:
         connection_id = f"{self._connection_prefix}{next(self._connection_serial):x}"
         return ConnectionInbox(self._batcher, user_id, connection_id)
 
-    async def enqueue(self, change: Change) -> int:
-        """Queue the change's notifications and its `changed` event (when it has counts) for every live connection
-        of its user, and hint them; returns how many connections.
+    async def enqueue(self, change: Change) -> Queued:
+        """Queue the change's notifications and its `changed` event for every live connection of its user, and hint
+        them. The event goes with counts the change has, or with `change.count` those kept for the user, to which
+        the notifications are added in the same command: answered with the connections, or None if none are
+        kept (then the event is not queued, and the user's counts are marked so that a recount under way keeps
+        nothing).
 
         Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
         """
         entries = [(notification.key, notification.to_json()) for notification in change.notifications]
+        field = f"{CHANGE_FIELD_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}"
+        counting = None
         if change.counts is not None:
-            entries.append((f"{CHANGE_FIELD_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}", change.to_json()))
-        if not entries:
-            return 0
-        return await self._redis.queue_for_live_connections(
+            entries.append((field, change.to_json()))
+        elif change.count:
+            created = len(change.notifications)
+            counting = CountsToAdd(
+                counts_key(change.user_id), created, _mark(), COUNTS_TTL, field, change.json_before_counts()
+            )
+        if not entries and counting is None:
+            return Queued(0, None)
+        connections, counts = await self._redis.queue_for_live_connections(
             self._batcher.execute_many,
             connections_key(change.user_id),
             inbox_key(change.user_id, ""),
@@ -231,7 +231,9 @@ class DeliveryCache:
             INBOX_TTL,
             self._inbox_cap,
             change.user_id if self._publish_hints else None,
+            counting,
         )
+        return Queued(connections, Counts(*counts) if counts is not None else None)
 
     async def safety_scan(self, inboxes: Sequence[ConnectionInbox]) -> list[bool]:
         """Which of these inboxes hold entries, asked together with renewing the registrations due.

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bson import ObjectId
 from bson.errors import InvalidId
@@ -31,6 +31,9 @@ from services.errors import Invalid, NotFound, StoreUnavailable
 from services.idempotency import IdempotencyKey, IdempotencyRecords
 from services.logs import OutageLog
 from services.metrics import Metrics
+
+# What an observer answers.
+Answer = TypeVar("Answer")
 
 log = logging.getLogger("bellcast.notifications")
 
@@ -312,22 +315,31 @@ class Change:
     # For `created`: the notifications themselves, so that an observer delivers them and the counts together
     # (the cache observer queues both in one command, and each stream sends them in one write).
     notifications: tuple[Notification, ...] = ()
+    # For `created` without counts: the observer that keeps the users' counts (the cache observer) adds the
+    # notifications to them and answers the counts after it, or None when it keeps none for the user.
+    count: bool = False
 
     @classmethod
-    def of_created(cls, user_id: str, notifications: Sequence[Notification], counts: Counts | None) -> Change:
+    def of_created(
+        cls, user_id: str, notifications: Sequence[Notification], counts: Counts | None, count: bool = False
+    ) -> Change:
         """The change that announces a user's new notifications, and carries them."""
         ids = tuple(str(notification.id) for notification in notifications)
-        return cls(user_id, "created", ids, counts, notifications=tuple(notifications))
+        return cls(user_id, "created", ids, counts, notifications=tuple(notifications), count=count)
 
-    def to_json(self) -> str:
-        """The event's data: what changed, and the counts at its top level."""
+    def json_before_counts(self) -> str:
+        """The event's data up to its counts, which end it: `to_json()` less `"unread_count":…}`."""
         change: dict[str, Any] = {"change": self.kind, "ids": list(self.ids)}
         if self.filter is not None:
             change["filter"] = dict(self.filter)
+        return json.dumps(change, separators=(",", ":"))[:-1] + ","
+
+    def to_json(self) -> str:
+        """The event's data: what changed, and the counts at its top level."""
         if self.counts is None:
             raise ValueError(f"a {self.kind} change without counts has no event")
-        change.update(unread_count=self.counts.unread, unseen_count=self.counts.unseen)
-        return json.dumps(change, separators=(",", ":"))
+        counts = f'"unread_count":{self.counts.unread},"unseen_count":{self.counts.unseen}}}'
+        return self.json_before_counts() + counts
 
 
 class NotificationSchema:
@@ -452,11 +464,8 @@ class NotificationObserver(Protocol):
 
 
 class CountsCounter(Protocol):
-    """Users' counts kept where a create can add to them (`services.cache.CountsCache`): MongoDB counts only what
-    a create cannot add, and every other change."""
-
-    async def add_created(self, created: dict[str, int]) -> dict[str, Counts]:
-        """Add each user's new notifications; the counts of the users who had some (the others need a recount)."""
+    """Users' counts kept in Redis (`services.cache.CountsCache`), which the cache observer adds each create to
+    (`Change.count`): MongoDB counts what a create finds missing, and after every other change."""
 
     async def begin_recount(self, user_ids: list[str]) -> list[str]:
         """Mark these users' counts as being recounted, before MongoDB is read; the marks."""
@@ -468,8 +477,9 @@ class CountsCounter(Protocol):
 class ChangeObserver(Protocol):
     """Told of every change to a user's notifications, creates included."""
 
-    async def changed(self, change: Change) -> None:
-        """React to a change; raising does not undo it."""
+    async def changed(self, change: Change) -> Counts | None:
+        """React to a change; raising does not undo it. An observer that keeps the users' counts answers those
+        it added a `created` change's notifications to (`Change.count`); the others answer None."""
 
 
 # The counts a change carries are read once for the changes of a user that come together (a burst of
@@ -647,31 +657,47 @@ class NotificationService:
             by_user: dict[str, list[Notification]] = {}
             for notification in notifications:
                 by_user.setdefault(notification.user_id, []).append(notification)
-            counts = await self._counts_after_create({user: len(mine) for user, mine in by_user.items()})
-            await asyncio.gather(
-                *(self._announce(Change.of_created(user, mine, counts.get(user))) for user, mine in by_user.items())
-            )
+            if self._counter is not None:
+                await self._announce_created_and_counted(by_user)
+            else:
+                counts = await self._counts_after_create(list(by_user))
+                await asyncio.gather(
+                    *(self._announce(Change.of_created(user, mine, counts.get(user))) for user, mine in by_user.items())
+                )
         await asyncio.gather(*(self._tell_observers_of(notification) for notification in notifications))
 
-    async def _counts_after_create(self, created: dict[str, int]) -> dict[str, Counts]:
-        """The counts of users who were just given notifications (how many each): added to the counter's, or
-        recounted, in one aggregation for all of them; one user's recount shared by the creates of one loop
-        iteration. Those MongoDB could not count are left out (their notifications go out without, and the
-        streams get the counts when they next resume)."""
-        counts: dict[str, Counts] = {}
-        if self._counter is not None:
-            with contextlib.suppress(StoreUnavailable):  # then MongoDB counts, as without a counter
-                counts = await self._counter.add_created(created)
-        missing = [user_id for user_id in created if user_id not in counts]
+    async def _announce_created_and_counted(self, by_user: dict[str, list[Notification]]) -> None:
+        """Have the cache observer add each user's new notifications to the counts it keeps, and queue them with
+        the counts after them, in one command; the counts of a user it keeps none for are MongoDB's, and go out
+        in a change of their own."""
+        changes = [Change.of_created(user, mine, None, count=True) for user, mine in by_user.items()]
+        announced = await asyncio.gather(*(self._announce(change) for change in changes))
+        # Where an observer failed, the user's streams recover from MongoDB, and get the counts after that.
+        uncounted = [change for change, (taken, counts) in zip(changes, announced, strict=True) if taken and not counts]
+        if not uncounted:
+            return
+        counts = await self._counts_after_create([change.user_id for change in uncounted])
+        await asyncio.gather(
+            *(
+                self._announce(
+                    dataclasses.replace(change, counts=counts[change.user_id], notifications=(), count=False)
+                )
+                for change in uncounted
+                if change.user_id in counts
+            )
+        )
+
+    async def _counts_after_create(self, user_ids: list[str]) -> dict[str, Counts]:
+        """The counts of users who were just given notifications, from MongoDB: one aggregation for all of them;
+        one user's shared by the creates of one loop iteration. Those MongoDB could not count are left out (their
+        notifications go out without, and the streams get the counts when they next resume)."""
         try:
-            if len(missing) == 1:
-                [user_id] = missing
-                counts[user_id] = await self._created_counts.read(user_id, lambda: self._recount_one(user_id))
-            elif missing:
-                counts.update(await self.recount(missing))
+            if len(user_ids) == 1:
+                [user_id] = user_ids
+                return {user_id: await self._created_counts.read(user_id, lambda: self._recount_one(user_id))}
+            return await self.recount(user_ids)
         except StoreUnavailable:
-            pass
-        return counts
+            return {}
 
     async def recount(self, user_ids: list[str]) -> dict[str, Counts]:
         """The users' counts as MongoDB has them now, in one aggregation, kept by the counter for the creates that
@@ -694,12 +720,13 @@ class NotificationService:
         for observer in self._observers:
             await self._tell(observer, observer.created(notification), f"notification {notification.id}")
 
-    async def _tell(self, observer: object, call: Awaitable[None], about: str) -> None:
-        """Await an observer's `call`; its failure is logged (once per store outage) and counted, never raised."""
+    async def _tell(self, observer: object, call: Awaitable[Answer], about: str) -> tuple[bool, Answer | None]:
+        """Await an observer's `call`: whether it succeeded, and what it answered. Its failure is logged (once per
+        store outage) and counted, never raised."""
         name = type(observer).__name__
         outage = self._observer_outages[name]
         try:
-            await call
+            answer = await call
         except StoreUnavailable as error:
             # An outage: a warning when it begins, with no traceback but what the store said, which
             # tells a refusal (NOPERM, READONLY, OOM) from silence; every failure is counted.
@@ -713,6 +740,8 @@ class NotificationService:
             log.exception("observer %s failed for %s", name, about)
         else:
             outage.succeeded()
+            return True, answer
+        return False, None
 
     async def publish_change(
         self, user_id: str, kind: str, ids: tuple[str, ...], filter: Mapping[str, str] | None = None
@@ -729,14 +758,19 @@ class NotificationService:
         await self._announce(Change(user_id, kind, ids, counts, filter))
         return counts
 
-    async def _announce(self, change: Change) -> None:
+    async def _announce(self, change: Change) -> tuple[bool, Counts | None]:
+        """Tell each change observer of the change, in order: whether all of them took it, and the counts one of
+        them added it to, if any."""
         if change.notifications:
             more = len(change.ids) - 1
             about = f"notification {change.ids[0]}" + (f" and {more} more of {change.user_id}" if more else "")
         else:
             about = f"a change ({change.kind})"
+        taken, counted = True, None
         for observer in self._change_observers:
-            await self._tell(observer, observer.changed(change), about)
+            ok, counts = await self._tell(observer, observer.changed(change), about)
+            taken, counted = taken and ok, counts or counted
+        return taken, counted
 
     @property
     def watched(self) -> bool:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import hiredis
@@ -55,6 +55,35 @@ OVERFLOW_MARK = ""
 WAKEUP_SHARDS = 64
 # How long one read of the subscription waits for a message before it looks again.
 SUBSCRIPTION_POLL_SECONDS = 1.0
+
+# Adds a create's notifications (ARGV[created]) to the user's counts (KEYS[counts]) where they are kept, and
+# answers the counts after it; where they are not, marks them (ARGV[mark], for COUNTS_TTL ARGV[ttl]) so that a
+# count under way keeps nothing (services/cache.py, CountsCache), and answers nil. The scripts that queue
+# begin with it, so that a create is counted and queued with its counts in one command.
+ADD_TO_COUNTS = """
+local function add_to_counts(key, created, mark, ttl)
+  if redis.call('HEXISTS', key, 'unread') == 1 then
+    return {redis.call('HINCRBY', key, 'unread', created), redis.call('HINCRBY', key, 'unseen', created)}
+  end
+  redis.call('HSET', key, 'recount', mark)
+  redis.call('EXPIRE', key, ttl)
+  return nil
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CountsToAdd:
+    """A create's notifications to add to the user's kept counts, and the `changed` event to queue with them."""
+
+    key: str
+    created: int
+    mark: str
+    ttl: int
+    # The change's inbox field, and its JSON up to the counts, which the script completes.
+    field: str
+    json_before_counts: str
+
 
 # Commands the batcher runs on behalf of one caller; the future has their replies.
 ExecuteMany = Callable[[Sequence[Sequence[Any]]], Awaitable[list[Any]]]
@@ -105,10 +134,12 @@ class RedisBackend(Protocol):
         inbox_ttl: int,
         inbox_cap: int,
         hint: str | None,
-    ) -> int:
+        counting: CountsToAdd | None = None,
+    ) -> tuple[int, tuple[int, int] | None]:
         """Queue `entries` (field, JSON) in the inbox of each live connection in `connections_key`, publish `hint`
-        (a user id) if any was; returns how many were. An inbox holding `inbox_cap` fields gets the
-        OVERFLOW_MARK instead of the entries: its stream then catches up from MongoDB."""
+        (a user id) if any was; how many were, and with `counting` the counts after it, if kept (then the change
+        was queued after the entries). An inbox holding `inbox_cap` fields gets the OVERFLOW_MARK instead of the
+        entries: its stream then catches up from MongoDB."""
 
     async def safety_scan(
         self, execute_many: ExecuteMany, inboxes: Sequence[ConnectionInbox], registration_ttl: int
@@ -139,24 +170,38 @@ class SingleRedis:
     publish_command = "PUBLISH"
     transactions = True
 
-    # The observer's one command: drops the user's expired registrations (KEYS[1]), queues the entries
-    # (field and value pairs from ARGV[10] on: a create's notification and its change) in the inbox of
-    # each live one (ARGV[2] and the connection id), or the overflow mark (ARGV[5]) in one that holds
-    # ARGV[4] fields already, renews the inboxes' TTL (ARGV[3]) and, if any was written, publishes the
-    # hint (none if ARGV[6] is empty): with the entries (ARGV[9] on channel ARGV[8]) if every inbox took
-    # them, else the user id alone (ARGV[7] on channel ARGV[6]).
+    # The observer's one command: with ARGV[9] created notifications, adds them to the user's counts
+    # (KEYS[2]; ARGV[10] the mark and ARGV[11] the TTL if there are none) and, if kept, appends the change
+    # (field ARGV[12], its JSON ARGV[13] completed with the counts) to the entries; drops the user's
+    # expired registrations (KEYS[1]), queues the entries (field and value pairs from ARGV[14] on) in the
+    # inbox of each live one (ARGV[2] and the connection id), or the overflow mark (ARGV[5]) in one that
+    # holds ARGV[4] fields already, renews the inboxes' TTL (ARGV[3]) and, if any was written, publishes
+    # the hint (none if ARGV[6] is empty): the user and the entries as JSON on ARGV[8] if every inbox
+    # took them, else the user id alone (ARGV[7] on ARGV[6]). Answers the connections and the counts.
     # One round trip and one command per create where a cluster's observer needs two pipelines: the
     # inboxes' names are made here, which only a single Redis allows (a cluster must be told every key a
     # script touches, to route it). Sent with EVAL, not EVALSHA:
     # Redis caches the script by its digest, and a restarted Redis needs nothing loaded again.
-    QUEUE_FOR_LIVE_CONNECTIONS = """
+    QUEUE_FOR_LIVE_CONNECTIONS = (
+        ADD_TO_COUNTS
+        + """
+local entries = {unpack(ARGV, 14)}
+local counts = {-1, -1}
+if ARGV[9] ~= '0' then
+  local kept = add_to_counts(KEYS[2], ARGV[9], ARGV[10], ARGV[11])
+  if kept then
+    counts = kept
+    entries[#entries + 1] = ARGV[12]
+    entries[#entries + 1] = ARGV[13] .. '"unread_count":' .. kept[1] .. ',"unseen_count":' .. kept[2] .. '}'
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 local overflowed = false
 for _, connection in ipairs(connections) do
   local inbox = ARGV[2] .. connection
   if redis.call('HLEN', inbox) < tonumber(ARGV[4]) then
-    redis.call('HSET', inbox, unpack(ARGV, 10))
+    redis.call('HSET', inbox, unpack(entries))
   else
     redis.call('HSET', inbox, ARGV[5], '')
     overflowed = true
@@ -167,11 +212,12 @@ if #connections > 0 and ARGV[6] ~= '' then
   if overflowed then
     redis.call('PUBLISH', ARGV[6], ARGV[7])
   else
-    redis.call('PUBLISH', ARGV[8], ARGV[9])
+    redis.call('PUBLISH', ARGV[8], cjson.encode({ARGV[7], entries}))
   end
 end
-return #connections
+return {#connections, counts[1], counts[2]}
 """
+    )
 
     # A safety scan, one command however many streams it covers: renews the due registrations (the
     # KEYS after the ARGV[1] inboxes; their connection ids from ARGV[4]), then answers which inboxes
@@ -268,16 +314,18 @@ return holding
         inbox_ttl: int,
         inbox_cap: int,
         hint: str | None,
-    ) -> int:
-        """One script queues the entries for every live connection and publishes the hint, with the entries."""
-        flat = list(itertools.chain.from_iterable(entries))
-        [queued] = await execute_many(
+        counting: CountsToAdd | None = None,
+    ) -> tuple[int, tuple[int, int] | None]:
+        """One script counts, queues the entries for every live connection and publishes the hint, with them."""
+        add = counting or CountsToAdd(connections_key, 0, "", 0, "", "")
+        [(queued, unread, unseen)] = await execute_many(
             [
                 (
                     "EVAL",
                     self.QUEUE_FOR_LIVE_CONNECTIONS,
-                    1,
+                    2,
                     connections_key,
+                    add.key,
                     time.time(),
                     inbox_prefix,
                     inbox_ttl,
@@ -286,12 +334,16 @@ return holding
                     WAKEUP_CHANNEL if hint is not None else "",
                     hint or "",
                     DELIVERY_CHANNEL,
-                    json.dumps([hint, flat], separators=(",", ":")) if hint is not None else "",
-                    *flat,
+                    add.created,
+                    add.mark,
+                    add.ttl,
+                    add.field,
+                    add.json_before_counts,
+                    *itertools.chain.from_iterable(entries),
                 )
             ]
         )
-        return int(queued)
+        return int(queued), (int(unread), int(unseen)) if unread >= 0 else None
 
     async def safety_scan(
         self, execute_many: ExecuteMany, inboxes: Sequence[ConnectionInbox], registration_ttl: int
@@ -359,21 +411,37 @@ class ClusterRedis:
     publish_command = "SPUBLISH"
     transactions = False
 
-    # Queues the entries (field and value pairs from ARGV[4] on) in each inbox named (KEYS), or the overflow
-    # mark (ARGV[3]) in one that holds ARGV[2] fields already, and renews their TTL (ARGV[1]): one command for
-    # all of a user's connections instead of two per connection. The keys share the user's hash tag, so the
-    # cluster runs it on one node.
-    QUEUE_IN_INBOXES = """
-for _, inbox in ipairs(KEYS) do
+    # With ARGV[4] created notifications, adds them to the user's counts (the last key; ARGV[5] the mark and
+    # ARGV[6] the TTL if there are none) and, if kept, appends the change (field ARGV[7], its JSON ARGV[8]
+    # completed with the counts) to the entries; queues the entries (field and value pairs from ARGV[9] on)
+    # in each inbox named (the other KEYS), or the overflow mark (ARGV[3]) in one that holds ARGV[2] fields
+    # already, and renews their TTL (ARGV[1]): one command for all of a user's connections instead of two per
+    # connection. The keys share the user's hash tag, so the cluster runs it on one node. Answers the counts.
+    QUEUE_IN_INBOXES = (
+        ADD_TO_COUNTS
+        + """
+local entries = {unpack(ARGV, 9)}
+local counts = {-1, -1}
+if ARGV[4] ~= '0' then
+  local kept = add_to_counts(KEYS[#KEYS], ARGV[4], ARGV[5], ARGV[6])
+  if kept then
+    counts = kept
+    entries[#entries + 1] = ARGV[7]
+    entries[#entries + 1] = ARGV[8] .. '"unread_count":' .. kept[1] .. ',"unseen_count":' .. kept[2] .. '}'
+  end
+end
+for i = 1, #KEYS - 1 do
+  local inbox = KEYS[i]
   if redis.call('HLEN', inbox) < tonumber(ARGV[2]) then
-    redis.call('HSET', inbox, unpack(ARGV, 4))
+    redis.call('HSET', inbox, unpack(entries))
   else
     redis.call('HSET', inbox, ARGV[3], '')
   end
   redis.call('EXPIRE', inbox, ARGV[1])
 end
-return #KEYS
+return counts
 """
+    )
 
     def __init__(self, url: str, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS) -> None:
         self._client: RedisCluster = connect_redis(url, cluster=True, timeout=timeout)  # type: ignore[assignment]
@@ -407,31 +475,39 @@ return #KEYS
         inbox_ttl: int,
         inbox_cap: int,
         hint: str | None,
-    ) -> int:
-        """Two pipelines: which connections are live, then the entries in each inbox and the hint."""
+        counting: CountsToAdd | None = None,
+    ) -> tuple[int, tuple[int, int] | None]:
+        """Two pipelines: which connections are live, then the counts, the entries in each inbox and the hint."""
         now = time.time()
         _, connection_ids = await execute_many(
             [("ZREMRANGEBYSCORE", connections_key, "-inf", now), ("ZRANGEBYSCORE", connections_key, now, "+inf")]
         )
-        if not connection_ids:
-            return 0
+        if not connection_ids and counting is None:
+            return 0, None
+        add = counting or CountsToAdd(connections_key, 0, "", 0, "", "")
         inboxes = [inbox_prefix + connection_id.decode() for connection_id in connection_ids]
         commands: list[tuple[object, ...]] = [
             (
                 "EVAL",
                 self.QUEUE_IN_INBOXES,
-                len(inboxes),
+                len(inboxes) + 1,
                 *inboxes,
+                add.key,
                 inbox_ttl,
                 inbox_cap,
                 OVERFLOW_MARK,
+                add.created,
+                add.mark,
+                add.ttl,
+                add.field,
+                add.json_before_counts,
                 *itertools.chain.from_iterable(entries),
             )
         ]
-        if hint is not None:
+        if hint is not None and connection_ids:
             commands.append(("SPUBLISH", wakeup_shard_channel(connections_key), hint))
-        await execute_many(commands)
-        return len(connection_ids)
+        [(unread, unseen), *_] = await execute_many(commands)
+        return len(connection_ids), (int(unread), int(unseen)) if unread >= 0 else None
 
     async def safety_scan(
         self, execute_many: ExecuteMany, inboxes: Sequence[ConnectionInbox], registration_ttl: int

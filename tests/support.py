@@ -35,11 +35,11 @@ from tornado.testing import bind_unused_port
 from tornado.web import Application
 
 from services.auth import Authenticator
-from services.cache import connections_key
+from services.cache import DeliveryCache, connections_key
 from services.embedded import EmbeddedRedis, free_port
 from services.expiry import KEY_PREFIX as EXPIRY_KEY_PREFIX_TEXT
 from services.metrics import NAMESPACE, Metrics
-from services.notifications import Notification
+from services.notifications import Change, Notification
 
 
 @dataclass
@@ -574,3 +574,8 @@ class ServerProcess:
         client: Any = pymongo.MongoClient(self.environ["MONGODB_URL"])
         with client:
             client.drop_database(self.database)
+
+
+async def queue_created(cache: DeliveryCache, notification: Notification) -> int:
+    """Queue a new notification as the cache observer does (its counts aside): how many connections it reached."""
+    return (await cache.enqueue(Change.of_created(notification.user_id, [notification], None))).connections

@@ -8,7 +8,7 @@ import pytest
 from bson import ObjectId
 
 from services.cache import CountsCache, counts_key
-from services.notifications import Counts
+from services.notifications import Change, Counts, utc_now, validate_new_notification
 
 
 async def _created_change(stream, notification_id: str) -> dict:
@@ -94,12 +94,18 @@ async def test_a_recount_that_a_create_overtook_keeps_nothing(runtime):
     """A recount read MongoDB, then a create came (MongoDB may or may not have counted its notification): what the
     recount read is not kept, and the create finds no counts to add to, so it recounts after its insert."""
     counter = CountsCache(runtime.batcher)
+
+    async def create(count: int) -> Counts | None:
+        now = utc_now()
+        made = [validate_new_notification({"user_id": "alice", "title": "t"}, now=now) for _ in range(count)]
+        return (await runtime.delivery_cache.enqueue(Change.of_created("alice", made, None, count=True))).counts
+
     marks = await counter.begin_recount(["alice"])
-    assert await counter.add_created({"alice": 1}) == {}
+    assert await create(1) is None
 
     await counter.finish_recount(marks, {"alice": Counts(5, 5)})
 
     assert b"unread" not in await runtime.redis.hgetall(counts_key("alice"))
     own = await counter.begin_recount(["alice"])
     await counter.finish_recount(own, {"alice": Counts(6, 6)})
-    assert await counter.add_created({"alice": 2}) == {"alice": Counts(8, 8)}
+    assert await create(2) == Counts(8, 8)

@@ -10,8 +10,7 @@ import pytest
 from server import Settings, SettingsError
 from services import cache
 from services.cache import INBOX_TTL, REGISTRATION_TTL, connections_key, inbox_key
-from services.notifications import Change
-from tests.support import SSEStream, cache_keys, command_calls, eventually
+from tests.support import SSEStream, cache_keys, command_calls, eventually, queue_created
 
 
 @pytest.mark.gen_test
@@ -283,7 +282,7 @@ async def test_cache_entries_carry_a_ttl(runtime):
     inbox = runtime.delivery_cache.open_inbox("alice")
     await inbox.register()
     notification = validate_new_notification({"user_id": "alice", "title": "t"}, now=utc_now())
-    assert await runtime.delivery_cache.enqueue(Change.of_created(notification.user_id, [notification], None)) == 1
+    assert await queue_created(runtime.delivery_cache, notification) == 1
     key = inbox_key("alice", inbox.connection_id)
     assert await runtime.redis.hexists(key, str(notification.id))
     assert 0 < await runtime.redis.ttl(key) <= INBOX_TTL
@@ -313,7 +312,7 @@ async def test_a_safety_scan_finds_the_inboxes_holding_entries_and_renews_the_re
         await runtime.redis.zadd(inbox.connections_key, {inbox.connection_id: time.time() + 5}, xx=True)
         await runtime.redis.expire(inbox.connections_key, 5)
     notification = validate_new_notification({"user_id": "alice", "title": "t"}, now=utc_now())
-    assert await delivery_cache.enqueue(Change.of_created(notification.user_id, [notification], None)) == 2
+    assert await queue_created(delivery_cache, notification) == 2
 
     assert await delivery_cache.safety_scan([alice, bob, carol, alice_too]) == [True, True, False, True]
     assert [inbox.registration_lost for inbox in (alice, bob, carol, alice_too)] == [False, True, False, False]
@@ -337,7 +336,7 @@ async def test_a_create_queues_for_each_live_registration_and_drops_the_expired_
     await runtime.redis.zadd(expired.connections_key, {expired.connection_id: time.time() - 1}, xx=True)
     notification = validate_new_notification({"user_id": "erin", "title": "t"}, now=utc_now())
 
-    assert await runtime.delivery_cache.enqueue(Change.of_created(notification.user_id, [notification], None)) == 2
+    assert await queue_created(runtime.delivery_cache, notification) == 2
 
     assert [await inbox.pending() for inbox in (live, also_live)] == [
         [(str(notification.id), notification.to_json().encode())]
@@ -346,7 +345,7 @@ async def test_a_create_queues_for_each_live_registration_and_drops_the_expired_
     registered = set(await runtime.redis.zrange(connections_key("erin"), 0, -1))
     assert registered == {inbox.connection_id.encode() for inbox in (live, also_live)}
     nobody = validate_new_notification({"user_id": "frank", "title": "t"}, now=utc_now())
-    assert await runtime.delivery_cache.enqueue(Change.of_created(nobody.user_id, [nobody], None)) == 0
+    assert await queue_created(runtime.delivery_cache, nobody) == 0
 
 
 @pytest.mark.gen_test

@@ -12,11 +12,11 @@ import pytest
 from services import cache
 from services.cache import ConnectionInbox, DeliveryCache
 from services.command_batcher import CommandBatcher
-from services.notifications import Change, utc_now, validate_new_notification
+from services.notifications import utc_now, validate_new_notification
 from services.redis_backend import WAKEUP_CHANNEL, SingleRedis, connect_redis_backend
 from services.stores import connect_redis
 from services.wakeups import WakeupHub
-from tests.support import cache_keys, command_calls, eventually, metric_value, on_every_node
+from tests.support import cache_keys, command_calls, eventually, metric_value, on_every_node, queue_created
 
 
 async def _hgetall_calls(redis) -> int:
@@ -90,7 +90,7 @@ async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, run
     # Queue directly in the cache without publishing, as if the hint had been lost.
     silent_cache = DeliveryCache(runtime.redis_backend, runtime.batcher, publish_hints=False)
     notification = validate_new_notification({"user_id": "alice", "title": "no hint"}, now=utc_now())
-    assert await silent_cache.enqueue(Change.of_created(notification.user_id, [notification], None)) == 1
+    assert await queue_created(silent_cache, notification) == 1
     [event] = await stream.notifications(1, timeout=5)
     assert event.id == str(notification.id)
     assert metric_value(runtime.metrics, "safety_scans_total", found="entries") >= 1
@@ -326,7 +326,7 @@ async def test_on_a_single_redis_a_hint_carries_what_it_announces_unless_an_inbo
         inbox = delivery_cache.open_inbox("alice")
         await inbox.register()
         first = validate_new_notification({"user_id": "alice", "title": "one"}, now=utc_now())
-        await delivery_cache.enqueue(Change.of_created("alice", [first], None))
+        await queue_created(delivery_cache, first)
 
         async def delivered() -> bool:
             return all(stream.delivered for stream in alice)
@@ -336,9 +336,9 @@ async def test_on_a_single_redis_a_hint_carries_what_it_announces_unless_an_inbo
         assert [stream.woken for stream in alice] == [0, 0]
 
         second = validate_new_notification({"user_id": "alice", "title": "two"}, now=utc_now())
-        await delivery_cache.enqueue(Change.of_created("alice", [second], None))
+        await queue_created(delivery_cache, second)
         third = validate_new_notification({"user_id": "alice", "title": "three"}, now=utc_now())
-        await delivery_cache.enqueue(Change.of_created("alice", [third], None))  # the inbox holds two: full
+        await queue_created(delivery_cache, third)  # the inbox holds two: full
 
         async def woken() -> bool:
             return all(stream.woken == 1 for stream in alice)
