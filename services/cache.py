@@ -204,10 +204,12 @@ class DeliveryCache:
 
     async def enqueue(self, change: Change) -> Queued:
         """Queue the change's notifications and its `changed` event for every live connection of its user, and hint
-        them. The event goes with counts the change has, or with `change.count` those kept for the user, to which
-        the notifications are added in the same command: answered with the connections, or None if none are
-        kept (then the event is not queued, and the user's counts are marked so that a recount under way keeps
-        nothing).
+        them; answer how many connections, and the counts it added the notifications to.
+
+        The event goes with the change's counts or, with `change.count`, with those kept for the user after
+        the notifications are added to them in the same command. Where none are kept, the event is not queued
+        (the counts answered are None) and the user's counts are marked, so that a recount under way keeps
+        nothing.
 
         Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
         """
