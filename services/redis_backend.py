@@ -56,18 +56,25 @@ WAKEUP_SHARDS = 64
 # How long one read of the subscription waits for a message before it looks again.
 SUBSCRIPTION_POLL_SECONDS = 1.0
 
-# Adds a create's notifications (ARGV[created]) to the user's counts (KEYS[counts]) where they are kept, and
-# answers the counts after it; where they are not, marks them (ARGV[mark], for COUNTS_TTL ARGV[ttl]) so that a
-# count under way keeps nothing (services/cache.py, CountsCache), and answers nil. The scripts that queue
-# begin with it, so that a create is counted and queued with its counts in one command.
+# With `created` notifications (none: '0'), adds them to the user's counts (`key`) where they are kept, appends
+# the change (its inbox `field`, its JSON up to the counts completed with them) to `entries`, and answers the
+# counts after it; where they are not kept, marks them (`mark`, for COUNTS_TTL `ttl`) so that a count under way
+# keeps nothing (services/cache.py, CountsCache). Answers {-1, -1} when nothing was counted. The scripts that
+# queue begin with it, so that a create is counted and queued with its counts in one command.
 ADD_TO_COUNTS = """
-local function add_to_counts(key, created, mark, ttl)
-  if redis.call('HEXISTS', key, 'unread') == 1 then
-    return {redis.call('HINCRBY', key, 'unread', created), redis.call('HINCRBY', key, 'unseen', created)}
+local function add_to_counts(key, created, mark, ttl, entries, field, json_before_counts)
+  if created == '0' then
+    return {-1, -1}
   end
-  redis.call('HSET', key, 'recount', mark)
-  redis.call('EXPIRE', key, ttl)
-  return nil
+  if redis.call('HEXISTS', key, 'unread') == 0 then
+    redis.call('HSET', key, 'recount', mark)
+    redis.call('EXPIRE', key, ttl)
+    return {-1, -1}
+  end
+  local kept = {redis.call('HINCRBY', key, 'unread', created), redis.call('HINCRBY', key, 'unseen', created)}
+  entries[#entries + 1] = field
+  entries[#entries + 1] = json_before_counts .. '"unread_count":' .. kept[1] .. ',"unseen_count":' .. kept[2] .. '}'
+  return kept
 end
 """
 
@@ -186,15 +193,7 @@ class SingleRedis:
         ADD_TO_COUNTS
         + """
 local entries = {unpack(ARGV, 14)}
-local counts = {-1, -1}
-if ARGV[9] ~= '0' then
-  local kept = add_to_counts(KEYS[2], ARGV[9], ARGV[10], ARGV[11])
-  if kept then
-    counts = kept
-    entries[#entries + 1] = ARGV[12]
-    entries[#entries + 1] = ARGV[13] .. '"unread_count":' .. kept[1] .. ',"unseen_count":' .. kept[2] .. '}'
-  end
-end
+local counts = add_to_counts(KEYS[2], ARGV[9], ARGV[10], ARGV[11], entries, ARGV[12], ARGV[13])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 local overflowed = false
@@ -421,15 +420,7 @@ class ClusterRedis:
         ADD_TO_COUNTS
         + """
 local entries = {unpack(ARGV, 9)}
-local counts = {-1, -1}
-if ARGV[4] ~= '0' then
-  local kept = add_to_counts(KEYS[#KEYS], ARGV[4], ARGV[5], ARGV[6])
-  if kept then
-    counts = kept
-    entries[#entries + 1] = ARGV[7]
-    entries[#entries + 1] = ARGV[8] .. '"unread_count":' .. kept[1] .. ',"unseen_count":' .. kept[2] .. '}'
-  end
-end
+local counts = add_to_counts(KEYS[#KEYS], ARGV[4], ARGV[5], ARGV[6], entries, ARGV[7], ARGV[8])
 for i = 1, #KEYS - 1 do
   local inbox = KEYS[i]
   if redis.call('HLEN', inbox) < tonumber(ARGV[2]) then
