@@ -81,6 +81,8 @@ export class BellStore {
     this.arrivedDuringLoad = new Set();
     this.countsChangedDuringLoad = false;
     this.changesDuringLoad = []; // `changed` events received while a page was on its way
+    // How many `changed` events came: an answer to a request sent before the last of them may carry older counts.
+    this.changesReceived = 0;
     this.generation = 0; // of list requests: only the newest one's answer is shown
   }
 
@@ -243,10 +245,12 @@ export class BellStore {
   async markAllRead() {
     const filter = this.filter();
     try {
+      const changesBefore = this.changesReceived;
       const answer = await this.api.markAllRead(filter);
       const readAt = new Date().toISOString();
       this.applyReadAll(readAt, filter);
-      if (answer) this.setCounts(answer);
+      // The stream's events since the request carry newer counts (its own read_all's among them).
+      if (answer && this.changesReceived === changesBefore) this.setCounts(answer);
       this.publish({ type: "read-all", read_at: readAt, filter: filter });
     } catch (error) {
       this.state.problem = { key: "couldNotMarkAllRead", error: error.message };
@@ -257,12 +261,14 @@ export class BellStore {
   async markSeen() {
     if (!this.state.unseen) return;
     try {
+      const changesBefore = this.changesReceived;
       const answer = await this.api.markSeen();
       const seenAt = new Date().toISOString();
       this.known.forEach((item) => {
         if (!item.seen_at) item.seen_at = seenAt;
       });
-      this.setCounts(answer);
+      // A read on any device while the request was on its way: the stream's counts are newer than the answer's.
+      if (this.changesReceived === changesBefore) this.setCounts(answer);
     } catch (error) {
       // Nothing the user can do about it: the badge stays as it is.
       console.warn("bellcast: could not mark as seen", error);
@@ -300,6 +306,7 @@ export class BellStore {
     if (!change || typeof change !== "object") return;
     this.serverCounts = true;
     this.countsChangedDuringLoad = true;
+    this.changesReceived += 1;
     this.setCounts(change);
     const ids = Array.isArray(change.ids) ? change.ids : [];
     if (!ids.length && !change.filter && BULK_CHANGES_OF_THE_LIST.has(change.change)) {

@@ -113,6 +113,24 @@ SCENARIOS = {
       await loading;
       return snapshot();
     }""",
+    # A mark's answer that comes after a `changed` event carries counts older than the event's: the event's stay
+    # (the panel opened, so everything is seen; meanwhile another device read one, or this one read all).
+    "counts_answered_after_a_change": """{
+      const answers = [];
+      store.api.markSeen = () => new Promise((resolve) => answers.push(resolve));
+      store.api.markAllRead = () => new Promise((resolve) => answers.push(resolve));
+      await listed("inbox", [item(C), item(B), item(A)], { unread_count: 3, unseen_count: 3 });
+      const seeing = store.markSeen();
+      store.applyChange({ change: "read", ids: [C], unread_count: 2, unseen_count: 0 });
+      answers[0]({ unread_count: 3, unseen_count: 0 });
+      await seeing;
+      const afterSeen = snapshot();
+      const readingAll = store.markAllRead();
+      store.applyChange({ change: "archived", ids: [B], unread_count: 1, unseen_count: 0 });
+      answers[1]({ unread_count: 2, unseen_count: 0 });
+      await readingAll;
+      return { afterSeen, afterReadAll: snapshot() };
+    }""",
     # An answer for a tab left meanwhile is dropped: the newest request's wins.
     "answer_for_a_tab_left_meanwhile": """{
       const first = store.selectTab("archived");
@@ -205,6 +223,20 @@ EXPECTED = {
         "unseen": 0,
     },
     "counts_during_a_load": {"ids": ["0000000000000000000000a1"], "read": [], "unread": 7, "unseen": 4},
+    "counts_answered_after_a_change": {
+        "afterSeen": {
+            "ids": ["0000000000000000000000c3", "0000000000000000000000b2", "0000000000000000000000a1"],
+            "read": ["0000000000000000000000c3"],
+            "unread": 2,
+            "unseen": 0,
+        },
+        "afterReadAll": {
+            "ids": ["0000000000000000000000c3", "0000000000000000000000a1"],
+            "read": ["0000000000000000000000c3", "0000000000000000000000a1"],
+            "unread": 1,
+            "unseen": 0,
+        },
+    },
     "answer_for_a_tab_left_meanwhile": {
         "ids": ["0000000000000000000000b2"],
         "read": [],
