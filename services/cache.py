@@ -206,23 +206,25 @@ class DeliveryCache:
         """Queue the change's notifications and its `changed` event for every live connection of its user, and hint
         them; answer how many connections, and the counts it added the notifications to.
 
-        The event goes with the change's counts or, with `change.count`, with those kept for the user after
-        the notifications are added to them in the same command. Where none are kept, the event is not queued
-        (the counts answered are None) and the user's counts are marked, so that a recount under way keeps
-        nothing.
+        The event goes with the counts kept for the user: with `change.count`, after the notifications are
+        added to them in the same command, and where none are kept the event is not queued (the counts
+        answered are None) and the user's counts are marked, so that a recount under way keeps nothing; for a
+        change with counts of its own, those where none are kept (kept ones are as new or newer: a change
+        announced late does not take a badge back).
 
         Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
         """
         entries = [(notification.key, notification.to_json()) for notification in change.notifications]
         field = f"{CHANGE_FIELD_PREFIX}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}"
         counting = None
+        key = counts_key(change.user_id)
         if change.counts is not None:
-            entries.append((field, change.to_json()))
+            # Kept counts are as new or newer than those the change read: the script takes them where there are.
+            unread, unseen = change.counts.unread, change.counts.unseen
+            counting = CountsToAdd(key, 0, "", COUNTS_TTL, field, change.json_before_counts(), unread, unseen)
         elif change.count:
             created = len(change.notifications)
-            counting = CountsToAdd(
-                counts_key(change.user_id), created, _mark(), COUNTS_TTL, field, change.json_before_counts()
-            )
+            counting = CountsToAdd(key, created, _mark(), COUNTS_TTL, field, change.json_before_counts())
         if not entries and counting is None:
             return Queued(0, None)
         connections, counts = await self._redis.queue_for_live_connections(

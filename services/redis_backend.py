@@ -56,25 +56,34 @@ WAKEUP_SHARDS = 64
 # How long one read of the subscription waits for a message before it looks again.
 SUBSCRIPTION_POLL_SECONDS = 1.0
 
-# With `created` notifications (none: '0'), adds them to the user's counts (`key`) where they are kept, appends
-# the change (its inbox `field`, its JSON up to the counts completed with them) to `entries`, and answers the
-# counts after it; where they are not kept, marks them (`mark`, for COUNTS_TTL `ttl`) so that a count under way
-# keeps nothing (services/cache.py, CountsCache). Answers {-1, -1} when nothing was counted. The scripts that
-# queue begin with it, so that a create is counted and queued with its counts in one command.
+# Completes the change to queue (its inbox `field`, its JSON up to the counts) with the user's counts kept in
+# `key`, and appends it to `entries`; answers the counts it was given. With `created` notifications (not '0'), adds
+# them to the kept counts first; where none are kept, marks them (`mark`, for COUNTS_TTL `ttl`) so that a count
+# under way keeps nothing (services/cache.py, CountsCache), and queues no change. A change that carries counts
+# of its own (`unread`, `unseen`: read in MongoDB at some moment) takes the kept ones instead where there are:
+# they are as new or newer, so that a change announced late never takes a badge back. Answers {-1, -1} when no
+# change was queued. The scripts that queue begin with it, so that counting and queueing are one command.
 ADD_TO_COUNTS = """
-local function add_to_counts(key, created, mark, ttl, entries, field, json_before_counts)
-  if created == '0' then
+local function add_to_counts(key, created, mark, ttl, entries, field, json_before_counts, unread, unseen)
+  if field == '' then
     return {-1, -1}
   end
-  if redis.call('HEXISTS', key, 'unread') == 0 then
+  if redis.call('HEXISTS', key, 'unread') == 1 then
+    if created ~= '0' then
+      unread = redis.call('HINCRBY', key, 'unread', created)
+      unseen = redis.call('HINCRBY', key, 'unseen', created)
+    else
+      local kept = redis.call('HMGET', key, 'unread', 'unseen')
+      unread, unseen = kept[1], kept[2]
+    end
+  elseif created ~= '0' then
     redis.call('HSET', key, 'recount', mark)
     redis.call('EXPIRE', key, ttl)
     return {-1, -1}
   end
-  local kept = {redis.call('HINCRBY', key, 'unread', created), redis.call('HINCRBY', key, 'unseen', created)}
   entries[#entries + 1] = field
-  entries[#entries + 1] = json_before_counts .. '"unread_count":' .. kept[1] .. ',"unseen_count":' .. kept[2] .. '}'
-  return kept
+  entries[#entries + 1] = json_before_counts .. '"unread_count":' .. unread .. ',"unseen_count":' .. unseen .. '}'
+  return {tonumber(unread), tonumber(unseen)}
 end
 """
 
@@ -90,6 +99,9 @@ class CountsToAdd:
     # The change's inbox field, and its JSON up to the counts, which the script completes.
     field: str
     json_before_counts: str
+    # The counts a change carries of its own (not a create's), used where none are kept.
+    unread: int = -1
+    unseen: int = -1
 
 
 # Commands the batcher runs on behalf of one caller; the future has their replies.
@@ -177,10 +189,10 @@ class SingleRedis:
     publish_command = "PUBLISH"
     transactions = True
 
-    # The observer's one command: with ARGV[9] created notifications, adds them to the user's counts
-    # (KEYS[2]; ARGV[10] the mark and ARGV[11] the TTL if there are none) and, if kept, appends the change
-    # (field ARGV[12], its JSON ARGV[13] completed with the counts) to the entries; drops the user's
-    # expired registrations (KEYS[1]), queues the entries (field and value pairs from ARGV[14] on) in the
+    # The observer's one command: completes the change (field ARGV[12], its JSON ARGV[13]) with the user's
+    # kept counts (KEYS[2]), ARGV[9] created notifications added to them (ARGV[10] the mark and ARGV[11] the
+    # TTL if none are kept), or else ARGV[14] and ARGV[15], and appends it to the entries (`add_to_counts`);
+    # drops the user's expired registrations (KEYS[1]), queues the entries (from ARGV[16] on) in the
     # inbox of each live one (ARGV[2] and the connection id), or the overflow mark (ARGV[5]) in one that
     # holds ARGV[4] fields already, renews the inboxes' TTL (ARGV[3]) and, if any was written, publishes
     # the hint (none if ARGV[6] is empty): the user and the entries as JSON on ARGV[8] if every inbox
@@ -192,8 +204,8 @@ class SingleRedis:
     QUEUE_FOR_LIVE_CONNECTIONS = (
         ADD_TO_COUNTS
         + """
-local entries = {unpack(ARGV, 14)}
-local counts = add_to_counts(KEYS[2], ARGV[9], ARGV[10], ARGV[11], entries, ARGV[12], ARGV[13])
+local entries = {unpack(ARGV, 16)}
+local counts = add_to_counts(KEYS[2], ARGV[9], ARGV[10], ARGV[11], entries, ARGV[12], ARGV[13], ARGV[14], ARGV[15])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 local overflowed = false
@@ -338,6 +350,8 @@ return holding
                     add.ttl,
                     add.field,
                     add.json_before_counts,
+                    add.unread,
+                    add.unseen,
                     *itertools.chain.from_iterable(entries),
                 )
             ]
@@ -410,17 +424,18 @@ class ClusterRedis:
     publish_command = "SPUBLISH"
     transactions = False
 
-    # With ARGV[4] created notifications, adds them to the user's counts (the last key; ARGV[5] the mark and
-    # ARGV[6] the TTL if there are none) and, if kept, appends the change (field ARGV[7], its JSON ARGV[8]
-    # completed with the counts) to the entries; queues the entries (field and value pairs from ARGV[9] on)
-    # in each inbox named (the other KEYS), or the overflow mark (ARGV[3]) in one that holds ARGV[2] fields
-    # already, and renews their TTL (ARGV[1]): one command for all of a user's connections instead of two per
-    # connection. The keys share the user's hash tag, so the cluster runs it on one node. Answers the counts.
+    # Completes the change (field ARGV[7], its JSON ARGV[8]) with the user's kept counts (the last key),
+    # ARGV[4] created notifications added to them (ARGV[5] the mark and ARGV[6] the TTL if none are kept), or
+    # else ARGV[9] and ARGV[10], and appends it to the entries (`add_to_counts`); queues the entries (from
+    # ARGV[11] on) in each inbox named (the other KEYS), or the overflow mark (ARGV[3]) in one that holds
+    # ARGV[2] fields already, and renews their TTL (ARGV[1]): one command for all of a user's connections
+    # instead of two per connection. The keys share the user's hash tag, so the cluster runs it on one node.
+    # Answers the counts.
     QUEUE_IN_INBOXES = (
         ADD_TO_COUNTS
         + """
-local entries = {unpack(ARGV, 9)}
-local counts = add_to_counts(KEYS[#KEYS], ARGV[4], ARGV[5], ARGV[6], entries, ARGV[7], ARGV[8])
+local entries = {unpack(ARGV, 11)}
+local counts = add_to_counts(KEYS[#KEYS], ARGV[4], ARGV[5], ARGV[6], entries, ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 for i = 1, #KEYS - 1 do
   local inbox = KEYS[i]
   if redis.call('HLEN', inbox) < tonumber(ARGV[2]) then
@@ -492,6 +507,8 @@ return counts
                 add.ttl,
                 add.field,
                 add.json_before_counts,
+                add.unread,
+                add.unseen,
                 *itertools.chain.from_iterable(entries),
             )
         ]

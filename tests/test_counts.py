@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from bson import ObjectId
@@ -109,3 +110,23 @@ async def test_a_recount_that_a_create_overtook_keeps_nothing(runtime):
     own = await counter.begin_recount(["alice"])
     await counter.finish_recount(own, {"alice": Counts(6, 6)})
     assert await create(2) == Counts(8, 8)
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_a_change_queued_after_a_newer_count_carries_the_newer_counts(runtime):
+    """Two changes of one user counted in MongoDB in one order and queued in the other (a 'seen' whose answer was
+    slow, then a read): the one queued last carries the counts kept in Redis, the newer, so no badge goes back.
+    Where none are kept, a change carries its own."""
+    inbox = runtime.delivery_cache.open_inbox("alice")
+    await inbox.register()
+    counter = CountsCache(runtime.batcher)
+    marks = await counter.begin_recount(["alice"])
+    await counter.finish_recount(marks, {"alice": Counts(2, 0)})  # the read's count, stored first
+
+    await runtime.delivery_cache.enqueue(Change("alice", "seen", (), Counts(3, 0)))  # counted before the read
+    await runtime.redis.delete(counts_key("alice"))
+    await runtime.delivery_cache.enqueue(Change("alice", "seen", (), Counts(3, 0)))
+
+    queued = [json.loads(data) for _, data in sorted(await inbox.pending())]
+    assert [(change["unread_count"], change["unseen_count"]) for change in queued] == [(2, 0), (3, 0)]
