@@ -22,8 +22,8 @@ from pathlib import Path
 ROLES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "bellcast": [
         ("insert (driver)", ("InsertBatcher._insert",)),
-        ("counts read (driver)", ("NotificationService.counts", "NotificationService.counts_of")),
-        ("queueing (observers' scripts)", ("CacheObserver.", "ChangeCacheObserver.", "NotificationInboxes.")),
+        ("counts read (driver)", ("NotificationService.counts", "NotificationService.recount")),
+        ("queueing (observers' scripts)", ("CacheObserver.", "DeliveryCache.enqueue")),
         (
             "Redis commands (pipelines: queue, scan, delete)",
             ("CommandBatcher.", "execute_pipeline", "hiredis.py", "redis/asyncio/connection.py"),
