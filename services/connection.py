@@ -499,32 +499,20 @@ class LiveConnection:
 
     # -- wakes, ticks and scans ------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """Something was queued for this stream: scan now, or right after the scan under way."""
+    def wake(self, hinted: Sequence[Entry] | None = None) -> None:
+        """Something was queued for this stream: scan now, or right after the scan under way (which drops
+        `hinted`: the next scan reads the inbox). A scan started here takes `hinted`, what the hint carried,
+        in place of reading the inbox, unless it recovers (`_take`)."""
         self._woken = True
         if not self._scanning and not self._closed.done():
             self._scanning = True
-            self._wake_scan = asyncio.ensure_future(self._scan_on_wake())
+            self._wake_scan = asyncio.ensure_future(self._scan_on_wake(hinted))
 
     def deliver(self, entries: Sequence[Entry]) -> None:
         """These entries were just queued in this stream's inbox (the hint carried them): send them and delete
-        exactly them, without reading the inbox. A stream that is busy (scanning, recovering, resuming, or
-        backing off after a failure) scans instead, as for a plain hint: the inbox has them too."""
-        if (
-            self._scanning
-            or self._closed.done()
-            or not self._registered
-            or self._recovering
-            or self._replay_owed
-            or self._retry is not None
-            or self._wakeups.epoch != self._epoch_seen
-            or self._inbox.registration_lost
-        ):
-            self.wake()
-            return
-        self._woken = True
-        self._scanning = True
-        self._wake_scan = asyncio.ensure_future(self._scan_on_wake(entries))
+        exactly them, without reading the inbox. A stream still resuming, or backing off after a failure,
+        reads its inbox instead, as for a plain hint: the inbox has them too."""
+        self.wake(None if self._replay_owed or self._retry is not None else entries)
 
     def recover(self) -> None:
         """A notification for this user could not be queued: catch up from MongoDB, then scan as usual.
@@ -679,6 +667,7 @@ class LiveConnection:
         # While MongoDB may owe more than one page: the highest id it has given so far.
         recovered_up_to: str | None = None
         if self._recovering:
+            hinted = None  # a recovery reads the inbox, whatever a hint carried
             # A recovery starts by registering again: from then on the inbox receives what is created.
             if self._recovery_cursor is None and await self._inbox.register() > self._max_streams_per_user:
                 # Opened while Redis could not count it, or Redis forgot the user's streams: the cap holds now.
@@ -689,7 +678,7 @@ class LiveConnection:
             if recovered_up_to is not None:
                 self._woken = True  # the next scan goes on from the last id of this page
         try:
-            queued = list(hinted) if hinted is not None and not self._recovering else await self._inbox.pending()
+            queued = list(hinted) if hinted is not None else await self._inbox.pending()
             if self._inbox.overflowed:
                 # Redis held MAX_QUEUED_PER_STREAM and dropped the rest: MongoDB has them. Sent now, the inbox's
                 # newer entries would move the resume point past them: recover first, from the newest sent.

@@ -103,6 +103,10 @@ class CountsToAdd:
     unread: int = -1
     unseen: int = -1
 
+    def arguments(self) -> tuple[object, ...]:
+        """The arguments `add_to_counts` takes after the key, in the order the queueing scripts pass them."""
+        return (self.created, self.mark, self.ttl, self.field, self.json_before_counts, self.unread, self.unseen)
+
 
 # Commands the batcher runs on behalf of one caller; the future has their replies.
 ExecuteMany = Callable[[Sequence[Sequence[Any]]], Awaitable[list[Any]]]
@@ -345,13 +349,7 @@ return holding
                     WAKEUP_CHANNEL if hint is not None else "",
                     hint or "",
                     DELIVERY_CHANNEL,
-                    add.created,
-                    add.mark,
-                    add.ttl,
-                    add.field,
-                    add.json_before_counts,
-                    add.unread,
-                    add.unseen,
+                    *add.arguments(),
                     *itertools.chain.from_iterable(entries),
                 )
             ]
@@ -502,13 +500,7 @@ return counts
                 inbox_ttl,
                 inbox_cap,
                 OVERFLOW_MARK,
-                add.created,
-                add.mark,
-                add.ttl,
-                add.field,
-                add.json_before_counts,
-                add.unread,
-                add.unseen,
+                *add.arguments(),
                 *itertools.chain.from_iterable(entries),
             )
         ]
