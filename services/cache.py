@@ -339,6 +339,11 @@ class ConnectionInbox:
         """The key of the user's sorted set of live connections, where this one registers."""
         return self._connections_key
 
+    @property
+    def renewal_pending(self) -> bool:
+        """Whether the registration's renewal is due (`renewal_due`), without counting it as renewed."""
+        return time.monotonic() >= self._renewal_due_at
+
     def renewal_due(self) -> bool:
         """Whether a third of the registration's TTL has passed; if so, it counts as renewed from now.
 

@@ -34,7 +34,7 @@ from services.sse import encode_comment, encode_event, encode_retry
 
 if TYPE_CHECKING:
     from services.streams import StreamRegistry
-    from services.wakeups import WakeupHub
+    from services.wakeups import Delivery, WakeupHub
 
 log = logging.getLogger("bellcast.stream")
 
@@ -479,23 +479,35 @@ class LiveConnection:
             self._last_write = time.monotonic()
 
     async def _send_entries(self, entries: list[Entry], live: bool, changes: Sequence[bytes | str] = ()) -> bool:
-        """Write notification events, then `changed` events, in one write; False once the client has gone.
+        """Write notification events, then `changed` events, in one write; False once the client has gone."""
+        if not await self.send(self._encode(entries, changes)):
+            return False
+        self._count_sent(entries, live, len(changes))
+        return True
+
+    def _encode(self, entries: list[Entry], changes: Sequence[bytes | str]) -> bytes:
+        """Notification events, then `changed` events, as one chunk.
 
         The changes' id is the newest notification sent (these included), so that a reconnect resumes there.
         """
         chunk = b"".join(encode_event(event_id(key), NOTIFICATION_EVENT, data) for key, data in entries)
         if changes:
-            newest = max([key for key, _ in entries] + ([self._newest_sent] if self._newest_sent else []), default="")
-            chunk += b"".join(encode_event(event_id(newest), CHANGED_EVENT, data) for data in changes)
-        if not await self.send(chunk):
-            return False
-        self._events_sent += len(entries) + len(changes)
+            newest = event_id(self._newest_after(entries))
+            chunk += b"".join(encode_event(newest, CHANGED_EVENT, data) for data in changes)
+        return chunk
+
+    def _newest_after(self, entries: list[Entry]) -> str:
+        """The newest notification sent once `entries` are."""
+        return max([key for key, _ in entries] + ([self._newest_sent] if self._newest_sent else []), default="")
+
+    def _count_sent(self, entries: list[Entry], live: bool, changes: int) -> None:
+        """Note what a write sent: in the ledger, the metrics and the count its log line reports."""
+        self._events_sent += len(entries) + changes
         if entries:
             self._metrics.delivered(entries, live)
             self._note_sent([notification_id for notification_id, _ in entries])
         if changes:
-            self._metrics.changes_delivered.inc(len(changes))
-        return True
+            self._metrics.changes_delivered.inc(changes)
 
     # -- wakes, ticks and scans ------------------------------------------------------------------
 
@@ -508,11 +520,81 @@ class LiveConnection:
             self._scanning = True
             self._wake_scan = asyncio.ensure_future(self._scan_on_wake(hinted))
 
-    def deliver(self, entries: Sequence[Entry]) -> None:
-        """These entries were just queued in this stream's inbox (the hint carried them): send them and delete
-        exactly them, without reading the inbox. A stream still resuming, or backing off after a failure,
-        reads its inbox instead, as for a plain hint: the inbox has them too."""
-        self.wake(None if self._replay_owed or self._retry is not None else entries)
+    def deliver(self, delivery: Delivery) -> None:
+        """These entries were just queued in this stream's inbox (the hint carried them).
+
+        An idle stream writes them at once, without reading its inbox or starting a task, and joins
+        `delivery.written`: the hub removes exactly them from the inboxes of all who wrote them in one
+        command, and the stream counts as scanning until `acknowledged`. Removed once the socket took
+        them: only this stream reads its inbox, and a connection that fails meanwhile drops the inbox
+        anyway (its client resumes from MongoDB). Any other stream scans, taking the entries in place of
+        reading its inbox unless it is resuming, backing off or recovering (`_take`); the inbox has them too.
+        """
+        notifications: list[Entry] = [
+            entry for entry in delivery.entries if not entry[0].startswith(CHANGE_FIELD_PREFIX)
+        ]
+        if not self._writes_now(notifications):
+            self.wake(None if self._replay_owed or self._retry is not None else delivery.entries)
+            return
+        changes = [data for field, data in delivery.entries if field.startswith(CHANGE_FIELD_PREFIX)]
+        # Every stream of the user writes the same bytes, but for the changes' id (its newest notification sent).
+        shape = (self._newest_after(notifications) if changes else None, self._chunked)
+        framed = delivery.encoded.get(shape)
+        if framed is None:
+            chunk = self._encode(notifications, changes)
+            framed = delivery.encoded[shape] = chunk_of(chunk) if self._chunked else chunk
+        self._scanning = True
+        self._woken = False
+        try:
+            self._send_now(framed, time.monotonic())
+        except StreamClosedError:
+            self._scanning = False
+            return
+        self._count_sent(notifications, True, len(changes))
+        if notifications:
+            sent = self._sent if self._sent is not None else {}
+            for notification_id, _ in notifications:
+                sent[notification_id] = True  # its inbox entry exists until the removal is done
+            self._sent = sent
+        delivery.written.append((self, self._inbox.key))
+
+    def _writes_now(self, notifications: list[Entry]) -> bool:
+        """Whether a hint's entries may go straight to the socket: the stream is idle and owes nothing before them."""
+        stream = self._socket
+        return not (
+            self._scanning
+            or self._closed.done()
+            or not self._registered
+            or self._retry is not None
+            or self._replay_owed
+            or self._recovering
+            or self._counts_owed
+            or self._wakeups.epoch != self._epoch_seen
+            or self._inbox.registration_lost
+            or self._inbox.renewal_pending
+            or not self._headers_sent
+            or self._pending_write is not None
+            or stream.closed()
+            or stream.writing()
+            or len(notifications) >= MAX_ENTRIES_PER_SEND
+            or (self._sent is not None and any(key in self._sent for key, _ in notifications))
+        )
+
+    def acknowledged(self, delivery: Delivery, left: int | None) -> None:
+        """What this stream wrote of `delivery` left its inbox, which still holds `left` entries: with any, or
+        with wakes meanwhile, it scans now. None: Redis did not answer; the ledger keeps the entries as queued,
+        and the next scan deletes them without sending them again."""
+        if left is not None:
+            sent = self._sent
+            if sent is not None:
+                for field, _ in delivery.entries:
+                    if field in sent:
+                        sent[field] = False  # the next send forgets it once it is out of the window
+            if left:
+                self._woken = True
+        self._scanning = False
+        if self._woken:
+            self.wake()
 
     def recover(self) -> None:
         """A notification for this user could not be queued: catch up from MongoDB, then scan as usual.

@@ -43,6 +43,16 @@ WAKEUP_CHANNEL = "bellcast:wakeups"
 # (it still deletes exactly what it sent). One whose inboxes did not all take the entries (a full one got the
 # overflow mark) is a plain hint on WAKEUP_CHANNEL: its streams read their inboxes.
 DELIVERY_CHANNEL = "bellcast:deliveries"
+# Removes the entries of a delivery (ARGV) from the inboxes (KEYS) of the streams that wrote them; answers how many
+# entries each inbox still holds (queued since, or left from before: its stream then reads it).
+REMOVE_DELIVERED = """
+local left = {}
+for i, inbox in ipairs(KEYS) do
+  redis.call('HDEL', inbox, unpack(ARGV))
+  left[i] = redis.call('HLEN', inbox)
+end
+return left
+"""
 # Where an observer that could not queue a notification asks every process to have that user's
 # streams catch up from MongoDB (see `WakeupHub.announce_recovery`). In a cluster it is one
 # sharded channel: announcements are rare, and a hub that loses its node recovers every stream.

@@ -2,7 +2,8 @@
 
 The cache observer publishes the user id of each new notification (on a single Redis, with the
 entries it queued); the `WakeupHub` wakes the local streams of that user so they scan at once, or
-hands them the entries, and idle streams touch no network. Hints only make delivery fast: a
+hands them the entries (a `Delivery`): idle streams write them at once, and one command removes them
+from all their inboxes. Idle streams touch no network. Hints only make delivery fast: a
 stream also scans on its own now and then, and after the subscription was lost every stream
 recovers. A notification Redis would not queue is announced on a third channel instead: its
 user's streams catch up from MongoDB.
@@ -11,6 +12,7 @@ user's streams catch up from MongoDB.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from services.background import stop_task
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
-from services.redis_backend import DELIVERY_CHANNEL, RECOVERY_CHANNEL, RedisBackend
+from services.redis_backend import DELIVERY_CHANNEL, RECOVERY_CHANNEL, REMOVE_DELIVERED, RedisBackend
 
 log = logging.getLogger("bellcast.wakeups")
 
@@ -31,14 +33,34 @@ DELIVERY_CHANNEL_BYTES = DELIVERY_CHANNEL.encode()
 RECONNECT_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0)
 
 
+class Delivery:
+    """The entries one hint carried, queued in the inbox of each stream of its user, and what those streams share.
+
+    A stream that can write them at once does, and joins `written` with its inbox's key: the hub then
+    removes them from all those inboxes in one command, and tells each stream (`acknowledged`). The
+    events are encoded once for all of them (`encoded`, by what makes one stream's bytes differ).
+    """
+
+    __slots__ = ("encoded", "entries", "written")
+
+    def __init__(self, entries: Sequence[tuple[str, str]]) -> None:
+        self.entries = entries
+        self.encoded: dict[Any, bytes] = {}
+        self.written: list[tuple[Wakeable, str]] = []
+
+
 class Wakeable(Protocol):
     """A stream that can be told its inbox has something, or may lack something."""
 
     def wake(self) -> None:
         """Scan the inbox soon."""
 
-    def deliver(self, entries: Sequence[tuple[str, str]]) -> None:
-        """These entries were queued in the inbox: send them (and delete them) soon, or scan."""
+    def deliver(self, delivery: Delivery) -> None:
+        """These entries were queued in the inbox: write them now and join `delivery.written`, or scan soon."""
+
+    def acknowledged(self, delivery: Delivery, left: int | None) -> None:
+        """What it wrote of `delivery` was removed from its inbox, which holds `left` entries more (None: Redis
+        did not answer, and the entries are still there)."""
 
     def recover(self) -> None:
         """Something owed may be missing from the inbox: catch up from MongoDB with the next scan."""
@@ -143,13 +165,26 @@ class WakeupHub:
         channel = message["channel"]
         if channel == DELIVERY_CHANNEL_BYTES:
             user_id, flat = json.loads(message["data"])
-            entries = list(zip(flat[::2], flat[1::2], strict=True))
+            delivery = Delivery(list(zip(flat[::2], flat[1::2], strict=True)))
             for listener in self._listening(user_id):
-                listener.deliver(entries)
+                listener.deliver(delivery)
+            if delivery.written:
+                self._remove_written(delivery)
         elif channel == RECOVERY_CHANNEL_BYTES:
             self._recover(message["data"].decode())
         else:
             self._wake(message["data"].decode())
+
+    def _remove_written(self, delivery: Delivery) -> None:
+        """Remove what the streams wrote from their inboxes in one command, and tell each what its inbox still holds.
+
+        A callback, not a task for each stream: at hundreds of creates a second to users with several tabs,
+        the tasks and round trips of each stream's own removal were most of what a delivery cost.
+        """
+        keys = [key for _, key in delivery.written]
+        fields = [field for field, _ in delivery.entries]
+        removal = self._batcher.execute_many([("EVAL", REMOVE_DELIVERED, len(keys), *keys, *fields)])
+        removal.add_done_callback(functools.partial(_acknowledge, delivery))
 
     def _wake_everyone(self) -> None:
         for user_id in tuple(self._listeners):
@@ -213,3 +248,11 @@ class WakeupHub:
                 ", ".join(sorted(evicting)),
             )
         self._eviction_warned = evicting
+
+
+def _acknowledge(delivery: Delivery, removal: asyncio.Future[list[Any]]) -> None:
+    """Tell each stream that wrote `delivery` what its inbox holds after the removal (None for each if it failed)."""
+    failed = removal.cancelled() or removal.exception() is not None
+    left: list[int | None] = [None] * len(delivery.written) if failed else list(removal.result()[0])
+    for (stream, _), holding in zip(delivery.written, left, strict=True):
+        stream.acknowledged(delivery, holding)

@@ -56,8 +56,8 @@ async def test_a_create_reaches_each_tab_as_one_write_of_the_notification_and_th
     api, open_stream, runtime, settings, redis_cluster
 ):
     """The observer queues the notification and its `created` change in one command; each tab writes both events
-    in one chunk, then deletes them from its inbox. On a single Redis the hint carries them, and no tab reads
-    its inbox; in a cluster, or polling, each tab reads it once."""
+    in one chunk, then deletes them from its inbox. On a single Redis the hint carries them, no tab reads its
+    inbox, and one command removes them from both; in a cluster, or polling, each tab reads it once."""
     tabs = [await open_stream("alice") for _ in range(2)]
     for tab in tabs:
         await tab.next_event()
@@ -66,6 +66,7 @@ async def test_a_create_reaches_each_tab_as_one_write_of_the_notification_and_th
         await tab.notifications(1)
         await tab.next_change()
     scans_before = await command_calls(runtime.redis, "hgetall")
+    scripts_before = await command_calls(runtime.redis, "eval")
 
     created = await api.create("alice", "Build finished")
 
@@ -83,6 +84,9 @@ async def test_a_create_reaches_each_tab_as_one_write_of_the_notification_and_th
         return not [key for key in await cache_keys(runtime.redis) if b":inbox:" in key]
 
     await eventually(inboxes_emptied)
+    if settings.wakeup_hints and not redis_cluster:
+        # One script queued for both tabs, and one removed from both inboxes what they wrote.
+        assert await command_calls(runtime.redis, "eval") - scripts_before == 2
 
 
 @pytest.mark.gen_test

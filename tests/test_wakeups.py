@@ -15,7 +15,7 @@ from services.command_batcher import CommandBatcher
 from services.notifications import utc_now, validate_new_notification
 from services.redis_backend import WAKEUP_CHANNEL, SingleRedis, connect_redis_backend
 from services.stores import connect_redis
-from services.wakeups import WakeupHub
+from services.wakeups import Delivery, WakeupHub
 from tests.support import cache_keys, command_calls, eventually, metric_value, on_every_node, queue_created
 
 
@@ -94,6 +94,25 @@ async def test_a_lost_hint_is_made_good_by_the_safety_scan(api, open_stream, run
     [event] = await stream.notifications(1, timeout=5)
     assert event.id == str(notification.id)
     assert metric_value(runtime.metrics, "safety_scans_total", found="entries") >= 1
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
+async def test_an_entry_left_in_the_inbox_goes_out_right_after_a_hinted_delivery(api, open_stream, runtime):
+    """Tabs that write what a hint carried ask, as they remove it, what their inboxes still hold: an entry whose own
+    hint was lost goes out at once, not at the safety scan (30 s here)."""
+    tabs = [await open_stream("alice") for _ in range(2)]
+    for tab in tabs:
+        await tab.next_event()
+    silent_cache = DeliveryCache(runtime.redis_backend, runtime.batcher, publish_hints=False)
+    unannounced = validate_new_notification({"user_id": "alice", "title": "hint lost"}, now=utc_now())
+    assert await queue_created(silent_cache, unannounced) == 2
+
+    created = await api.create("alice", "announced")
+
+    for tab in tabs:
+        events = await tab.notifications(2, timeout=5)
+        assert [event.id for event in events] == [created["id"], str(unannounced.id)]
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -193,8 +212,11 @@ class RecordingStream:
     def wake(self) -> None:
         self.woken += 1
 
-    def deliver(self, entries: Sequence[tuple[str, str]]) -> None:
-        self.delivered.append(list(entries))
+    def deliver(self, delivery: Delivery) -> None:
+        self.delivered.append(list(delivery.entries))
+
+    def acknowledged(self, delivery: Delivery, left: int | None) -> None:
+        raise AssertionError("a stream that wrote nothing is not told of a removal")
 
     def recover(self) -> None:
         self.recovered += 1
