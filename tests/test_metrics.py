@@ -72,7 +72,7 @@ async def test_a_scraper_asking_for_openmetrics_gets_it(api):
 
 
 @pytest.mark.gen_test
-async def test_streams_notifications_deliveries_and_lag_are_counted(api, open_stream):
+async def test_streams_notifications_deliveries_and_lag_are_counted(api, open_stream, settings):
     alice = [await open_stream("alice"), await open_stream("alice")]
     bob = await open_stream("bob")
     for stream in [*alice, bob]:
@@ -90,7 +90,8 @@ async def test_streams_notifications_deliveries_and_lag_are_counted(api, open_st
     assert sample(found, "delivery_lag_seconds_count") == 6
     assert 0 < sample(found, "delivery_lag_seconds_sum") < 6 * 5
     assert sample(found, "delivery_lag_seconds_bucket", le="+Inf") == 6
-    assert sample(found, "cache_scan_duration_seconds_count") >= 1
+    if not settings.wakeup_hints:  # with hints, idle tabs write what the hints carried without reading their inboxes
+        assert sample(found, "cache_scan_duration_seconds_count") >= 1
 
     bob.close()
 
