@@ -28,10 +28,23 @@ ROLES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
             "Redis commands (pipelines: queue, scan, delete)",
             ("CommandBatcher.", "execute_pipeline", "hiredis.py", "redis/asyncio/connection.py"),
         ),
-        ("wake-up (pub/sub hint)", ("WakeupHub.", "read_hints")),
         ("POST: auth, body, validation, answer", ("NotificationsHandler.", "CreateHandler.", "BoundedBody.")),
-        ("stream: write and flush", ("LiveConnection.send", "LiveConnection.flush", "iostream.py")),
-        ("stream: scan and ledger", ("LiveConnection._drain", "LiveConnection._take", "LiveConnection._scan")),
+        # Before the wake-up: an idle stream writes what a hint carried from within the hub's callback.
+        (
+            "stream: write and flush",
+            ("LiveConnection.send", "LiveConnection.flush", "LiveConnection._send_now", "iostream.py"),
+        ),
+        (
+            "stream: scan and ledger",
+            (
+                "LiveConnection._drain",
+                "LiveConnection._take",
+                "LiveConnection._scan",
+                "LiveConnection.deliver",
+                "LiveConnection.acknowledged",
+            ),
+        ),
+        ("wake-up (pub/sub hint)", ("WakeupHub.", "read_hints", "wakeups.py")),
         ("HTTP server (parse, route, access log)", ("http1connection.py", "web.py", "access_log.py")),
         ("event loop and other", ("",)),
     ],

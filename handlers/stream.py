@@ -93,10 +93,12 @@ class EventStreamHandler(BaseHandler):
                 # Each event is complete when written: send it now rather than wait to fill a packet (Nagle).
                 socket_stream.set_nodelay(True)
                 abort_when_unacknowledged(socket_stream.socket, limits.write_timeout)
-                # A stream may stay open for hours: drop the parsed query (two copies, the token in both) and the
-                # query string (the access line logs the URI, redacted).
+                # A stream may stay open for hours: drop the parsed query (two copies, the token in both), the
+                # query string (the access line logs the URI, redacted), and the template namespace, as Tornado
+                # does when a response finishes (a stream renders no template).
                 self.request.arguments = self.request.query_arguments = {}
                 self.request.query = ""
+                self.ui = None  # type: ignore[assignment]
                 await connection.serve(self.stream_timing, limits.max_replay)
             finally:
                 await self._release(connection)
