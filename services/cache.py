@@ -41,7 +41,7 @@ from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.notifications import Change, Counts
-from services.redis_backend import OVERFLOW_MARK, CountsToAdd, RedisBackend
+from services.redis_backend import CHANGE_FIELD_PREFIX, OVERFLOW_MARK, CountsToAdd, RedisBackend
 from services.stores import redis_unavailable
 from services.wakeups import WakeupHub
 
@@ -58,11 +58,6 @@ INBOX_TTL = REGISTRATION_TTL
 DEFAULT_INBOX_CAP = 200
 # How long after its insert an observer may still be queueing a notification.
 OBSERVER_GRACE = 30.0
-
-
-# Inbox fields of `changed` events start with this: '~' sorts after every character of a notification id, so a
-# scan sends the notifications it found before the changes queued with them, each kind in the order queued.
-CHANGE_FIELD_PREFIX = "~change:"
 
 
 def user_tag(user_id: str) -> str:

@@ -24,12 +24,13 @@ from bson import ObjectId
 from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream, StreamClosedError
 
-from services.cache import CHANGE_FIELD_PREFIX, OBSERVER_GRACE, ConnectionInbox
+from services.cache import OBSERVER_GRACE, ConnectionInbox
 from services.errors import StoreUnavailable, TooMany
 from services.logs import fields
 from services.metrics import Metrics
 from services.notifications import CATCH_UP_WINDOW, Change, GapTooLarge, Notification, event_id
 from services.recovery import RecoveryReads
+from services.redis_backend import split_changes
 from services.sse import encode_comment, encode_event, encode_retry
 
 if TYPE_CHECKING:
@@ -530,18 +531,16 @@ class LiveConnection:
         anyway (its client resumes from MongoDB). Any other stream scans, taking the entries in place of
         reading its inbox unless it is resuming, backing off or recovering (`_take`); the inbox has them too.
         """
-        notifications: list[Entry] = [
-            entry for entry in delivery.entries if not entry[0].startswith(CHANGE_FIELD_PREFIX)
-        ]
+        notifications: list[Entry] = delivery.notifications
         if not self._writes_now(notifications):
             self.wake(None if self._replay_owed or self._retry is not None else delivery.entries)
             return
-        changes = [data for field, data in delivery.entries if field.startswith(CHANGE_FIELD_PREFIX)]
+        changes = len(delivery.changes)
         # Every stream of the user writes the same bytes, but for the changes' id (its newest notification sent).
         shape = (self._newest_after(notifications) if changes else None, self._chunked)
         framed = delivery.encoded.get(shape)
         if framed is None:
-            chunk = self._encode(notifications, changes)
+            chunk = self._encode(notifications, [data for _, data in delivery.changes])
             framed = delivery.encoded[shape] = chunk_of(chunk) if self._chunked else chunk
         self._scanning = True
         self._woken = False
@@ -550,12 +549,8 @@ class LiveConnection:
         except StreamClosedError:
             self._scanning = False
             return
-        self._count_sent(notifications, True, len(changes))
-        if notifications:
-            sent = self._sent if self._sent is not None else {}
-            for notification_id, _ in notifications:
-                sent[notification_id] = True  # its inbox entry exists until the removal is done
-            self._sent = sent
+        self._count_sent(notifications, True, changes)
+        self._note_queued([notification_id for notification_id, _ in notifications], True)
         delivery.written.append((self, self._inbox.key))
 
     def _writes_now(self, notifications: list[Entry]) -> bool:
@@ -585,11 +580,7 @@ class LiveConnection:
         with wakes meanwhile, it scans now. None: Redis did not answer; the ledger keeps the entries as queued,
         and the next scan deletes them without sending them again."""
         if left is not None:
-            sent = self._sent
-            if sent is not None:
-                for field, _ in delivery.entries:
-                    if field in sent:
-                        sent[field] = False  # the next send forgets it once it is out of the window
+            self._note_queued([notification_id for notification_id, _ in delivery.notifications], False)
             if left:
                 self._woken = True
         self._scanning = False
@@ -772,11 +763,9 @@ class LiveConnection:
             self._start_recovery()
             raise
         # Changes wait while a recovery is under way: the counts sent after it supersede them.
-        changes: list[Entry] = [entry for entry in queued if entry[0].startswith(CHANGE_FIELD_PREFIX)]
-        if changes:
-            queued = [entry for entry in queued if not entry[0].startswith(CHANGE_FIELD_PREFIX)]
-            if recovered_up_to is not None:
-                changes = []
+        queued, changes = split_changes(queued)
+        if recovered_up_to is not None:
+            changes = []
         sent = self._sent or {}
         delivered_before = [notification_id for notification_id, _ in queued if notification_id in sent]
         for notification_id, data in queued:
@@ -871,16 +860,22 @@ class LiveConnection:
         the inbox still holds: anything (an entry left from before) has the stream read it."""
         if not notification_ids and not change_fields:
             return
-        sent = self._sent = self._sent if self._sent is not None else {}
-        for notification_id in notification_ids:
-            sent[notification_id] = True
+        self._note_queued(notification_ids, True)
         if hinted:
             if await self._inbox.remove_and_count([*notification_ids, *change_fields]):
                 self._woken = True
         else:
             await self._inbox.remove([*notification_ids, *change_fields])
+        self._note_queued(notification_ids, False)
+
+    def _note_queued(self, notification_ids: list[str], queued: bool) -> None:
+        """Note in the ledger whether these sent notifications may still have an inbox entry: until its removal is
+        done, an id stays; after it, the next send forgets it once it is out of the window."""
+        if not notification_ids:
+            return
+        sent = self._sent = self._sent if self._sent is not None else {}
         for notification_id in notification_ids:
-            sent[notification_id] = False  # the next send forgets it once it is out of the window
+            sent[notification_id] = queued
 
     def _forget_old(self) -> None:
         """Drop from the ledger what neither the inbox nor a catch-up can return any more."""

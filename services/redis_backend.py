@@ -59,6 +59,19 @@ return left
 RECOVERY_CHANNEL = "bellcast:recoveries"
 # The field an inbox gets in place of what comes once it is full: no notification has an empty id.
 OVERFLOW_MARK = ""
+# Inbox fields of `changed` events start with this: '~' sorts after every character of a notification id, so a
+# scan sends the notifications it found before the changes queued with them, each kind in the order queued.
+CHANGE_FIELD_PREFIX = "~change:"
+
+
+def split_changes(entries: Sequence[tuple[str, Any]]) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """An inbox's entries (field, JSON) as its notifications and its `changed` events, each in the order given."""
+    notifications = [entry for entry in entries if not entry[0].startswith(CHANGE_FIELD_PREFIX)]
+    if len(notifications) == len(entries):
+        return notifications, []
+    return notifications, [entry for entry in entries if entry[0].startswith(CHANGE_FIELD_PREFIX)]
+
+
 # Sharded wake-up channels of a cluster, one per equal part of the slot space (256 slots):
 # every primary serving 511 or more consecutive slots holds one (any of up to 32 primaries
 # with evenly split slots), and so the hub's subscription watches it.

@@ -23,7 +23,13 @@ from redis.exceptions import RedisClusterException, RedisError
 from services.background import stop_task
 from services.command_batcher import CommandBatcher
 from services.errors import StoreUnavailable
-from services.redis_backend import DELIVERY_CHANNEL, RECOVERY_CHANNEL, REMOVE_DELIVERED, RedisBackend
+from services.redis_backend import (
+    DELIVERY_CHANNEL,
+    RECOVERY_CHANNEL,
+    REMOVE_DELIVERED,
+    RedisBackend,
+    split_changes,
+)
 
 log = logging.getLogger("bellcast.wakeups")
 
@@ -41,10 +47,11 @@ class Delivery:
     events are encoded once for all of them (`encoded`, by what makes one stream's bytes differ).
     """
 
-    __slots__ = ("encoded", "entries", "written")
+    __slots__ = ("changes", "encoded", "entries", "notifications", "written")
 
     def __init__(self, entries: Sequence[tuple[str, str]]) -> None:
         self.entries = entries
+        self.notifications, self.changes = split_changes(entries)
         self.encoded: dict[Any, bytes] = {}
         self.written: list[tuple[Wakeable, str]] = []
 
