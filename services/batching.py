@@ -1,5 +1,5 @@
-"""Requests that go to the stores together: those of one event-loop iteration (the batchers), and reads that
-callers asking the same share (`SharedReads`)."""
+"""Requests that go to the stores together: those of one event-loop iteration (the batchers), or of the time
+the batch before them took (`InTurnBatches`), and reads that callers asking the same share (`SharedReads`)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,32 @@ class IterationBatches(Generic[Request, Result]):
         """Wait until the batches already under way are done."""
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+class InTurnBatches(IterationBatches[Request, Result]):
+    """Batches sent one after the other: what is asked while a batch is under way goes in the next, sent
+    when that one is done, so that the more requests come while the store works, the fewer commands carry them.
+
+    A batch that takes longer than `patience` seconds (a store that hangs) stops holding the next one back,
+    so that no request waits for another's timeout before its own begins.
+    """
+
+    def __init__(
+        self, send: Callable[[list[tuple[Request, asyncio.Future[Result]]]], Awaitable[None]], patience: float
+    ) -> None:
+        super().__init__(send)
+        self._patience = patience
+
+    async def _send_queued(self) -> None:
+        try:
+            while self._queued:
+                queued, self._queued = self._queued, []
+                batch = asyncio.ensure_future(self._send(queued))
+                self._in_flight.add(batch)
+                batch.add_done_callback(self._in_flight.discard)
+                await asyncio.wait([batch], timeout=self._patience)
+        finally:
+            self._sender_started = False
 
 
 class SharedReads:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from typing import Any
 
@@ -15,7 +17,7 @@ from redis.exceptions import DataError, ResponseError
 from services.command_batcher import CommandBatcher
 from services.embedded import EmbeddedMongo
 from services.errors import StoreUnavailable
-from services.notifications import COLLECTION, InsertBatcher, NotificationService
+from services.notifications import COLLECTION, INSERT_PATIENCE_SECONDS, InsertBatcher, NotificationService
 from services.redis_backend import SingleRedis, connect_redis_backend
 from services.stores import (
     DEFAULT_MONGODB_MAX_IDLE_MS,
@@ -145,20 +147,24 @@ async def test_a_pipeline_sent_as_or_after_the_backend_closes_fails_and_leaves_n
 
 
 class InsertCommands(monitoring.CommandListener):
-    """How many documents each `insert` command the driver sent carried."""
+    """How many documents each `insert` command the driver sent carried, and the most under way at once."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
+        self.under_way: set[int] = set()
+        self.most_under_way = 0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name == "insert":
             self.sizes.append(len(event.command["documents"]))
+            self.under_way.add(event.request_id)
+            self.most_under_way = max(self.most_under_way, len(self.under_way))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
+        self.under_way.discard(event.request_id)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
+        self.under_way.discard(event.request_id)
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -177,6 +183,65 @@ async def test_creates_that_come_together_share_one_insert_and_each_is_stored_on
     finally:
         await client.drop_database(database.name)
         await client.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_creates_made_while_an_insert_is_under_way_wait_for_it_and_share_the_next(store_urls):
+    inserts = InsertCommands()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_urls[0], tz_aware=True, event_listeners=[inserts])
+    database = client[f"bellcast_inserts_{uuid.uuid4().hex[:8]}"]
+    service = NotificationService(database)
+    try:
+        await service.create({"user_id": "alice", "title": "warm-up"})
+        creates = []
+        for index in range(40):  # one create per loop iteration, as requests arrive under load
+            creates.append(asyncio.ensure_future(service.create({"user_id": "alice", "title": f"{index}"})))
+            await asyncio.sleep(0)
+        created = await asyncio.gather(*creates)
+
+        assert inserts.most_under_way == 1
+        assert sum(inserts.sizes[1:]) == 40 and len(inserts.sizes[1:]) < 40
+        stored = await database[COLLECTION].distinct("_id", {"title": {"$ne": "warm-up"}})
+        assert sorted(stored) == sorted(notification.id for notification in created)
+    finally:
+        await client.drop_database(database.name)
+        await client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_insert_that_hangs_holds_the_next_creates_back_only_for_a_moment(tmp_path):
+    """A create must not wait for another's insert to time out before its own is sent."""
+    server = EmbeddedMongo(tmp_path).start()
+    assert server.pid is not None
+    inserts = InsertCommands()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        server.url, tz_aware=True, minPoolSize=4, timeoutMS=20_000, event_listeners=[inserts]
+    )
+    service = NotificationService(client.bellcast_hung)
+    creates: list[asyncio.Future[Any]] = []
+    try:
+        await service.create({"user_id": "alice", "title": "before"})
+
+        async def pool_open() -> bool:  # a connection opened after the freeze would hang before its command
+            status = await client.bellcast_hung.command("serverStatus")
+            return bool(status["connections"]["current"] >= 4)
+
+        async def inserts_sent(count: int) -> bool:
+            return len(inserts.sizes) == count
+
+        await eventually(pool_open, timeout=10, interval=0.1)
+        os.kill(server.pid, signal.SIGSTOP)  # answers nothing, as a hung MongoDB
+        creates.append(asyncio.ensure_future(service.create({"user_id": "alice", "title": "hung"})))
+        await eventually(lambda: inserts_sent(2))
+        creates.append(asyncio.ensure_future(service.create({"user_id": "alice", "title": "after"})))
+
+        await eventually(lambda: inserts_sent(3), timeout=5 * INSERT_PATIENCE_SECONDS + 5)
+        assert not any(create.done() for create in creates)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        await asyncio.gather(*creates, return_exceptions=True)
+        await client.close()
+        server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
