@@ -40,6 +40,7 @@ from pymongo.errors import PyMongoError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.stalls import STALL_SECONDS, stalls_between  # noqa: E402
 from server import Settings  # noqa: E402
 from services.auth import Authenticator  # noqa: E402
 from services.embedded import EmbeddedMongo, EmbeddedRedis, free_port  # noqa: E402
@@ -147,10 +148,16 @@ class Server:
     profile_dir: Path | None = None
     # Whether the fan-out measures each user's first create (`--no-warm-up`).
     no_warm_up = False
+    # Whether bellcast runs with a watchdog on its event loop (`--loop-stalls`).
+    loop_stalls = False
 
     def meter(self) -> ProcessMeter:
         assert self.process is not None
         return ProcessMeter(self.process.pid)
+
+    def stalls_between(self, start: float, end: float) -> list[dict[str, Any]]:
+        """The event loop's stalls recorded between `start` and `end` (none but bellcast's are watched)."""
+        return []
 
 
 class Bellcast(Server):
@@ -182,9 +189,18 @@ class Bellcast(Server):
             "MAX_CONNECTIONS_PER_CLIENT": "0",
             **self.env,
         }
+        command = ["-m", "bench.stalls", str(self.stalls_path)] if self.loop_stalls else ["server.py"]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+            self.process = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=log, stderr=log)
         _wait_http(self.port, "/healthz", self.process)
+
+    @property
+    def stalls_path(self) -> Path:
+        """Where the watchdog of `--loop-stalls` records the stalls (bench/stalls.py)."""
+        return self.log_path.with_name(f"loop-stalls-{self.port}.jsonl")
+
+    def stalls_between(self, start: float, end: float) -> list[dict[str, Any]]:
+        return stalls_between(self.stalls_path, start, end) if self.loop_stalls else []
 
     def stop(self) -> None:
         _stop(self.process, signal.SIGTERM)
@@ -692,9 +708,12 @@ async def _delivery_pass(
     profiler = Profiler(target, meters, f"{label}-{rate:g}")
     cpu_before = {role: meter.cpu_seconds() for role, meter in meters.items()}
     host = HostMeter()
+    sends_began = time.time()
     await _at_rate(len(users), rate, one)
     host_percent = host.percent()
+    sends_ended = time.time()
     await asyncio.sleep(3.0)
+    stalls = target.stalls_between(sends_began, sends_ended)  # a stall is recorded when it ends
     cpu_seconds = {role: meter.cpu_seconds() - cpu_before[role] for role, meter in meters.items()}
     profiler.stop({role: 1000 * seconds / len(users) for role, seconds in cpu_seconds.items()}, rate)
     counts, latencies = tally(await workers.broadcast({"op": "report"}))
@@ -712,6 +731,16 @@ async def _delivery_pass(
         "cpu_ms_per_create": {role: 1000 * seconds / len(users) for role, seconds in cpu_seconds.items()},
         "host_percent": host_percent,
     }
+    if target.loop_stalls:
+        result["loop_stalls"] = {
+            "count": len(stalls),
+            "longest_ms": max((stall["wall_ms"] for stall in stalls), default=0.0),
+            # Near the wall time: bellcast's own work held the loop; near zero: it waited for a core.
+            "loop_thread_cpu_ms": sum(stall["loop_thread_cpu_ms"] for stall in stalls),
+            "wall_ms": sum(stall["wall_ms"] for stall in stalls),
+            # The watchdog's own evidence that it watches: what it recorded since bellcast started.
+            "recorded_since_start": len(target.stalls_between(0.0, sends_ended)),
+        }
     print(f"  {target.name} {label} pass: {result}", flush=True)
     return {**result, "latencies": latencies, "create_seconds": send_seconds}
 
@@ -1218,6 +1247,7 @@ async def run_target(
     """The scenarios of `args` that `target` runs; its holds last `hold_seconds` when given."""
     target.profile_dir = args.profile
     target.no_warm_up = args.no_warm_up
+    target.loop_stalls = args.loop_stalls
     target.start()
     workers = Workers(args.workers, target.port)
     await workers.start()
@@ -1366,6 +1396,12 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         help="record py-spy samples of each server-side process during each pass's creates into this directory "
         "(then: python -m bench.roles DIR)",
+    )
+    parser.add_argument(
+        "--loop-stalls",
+        action="store_true",
+        help=f"run bellcast with a watchdog on its event loop (bench/stalls.py): each pass counts the waits over "
+        f"{STALL_SECONDS * 1000:g} ms while its creates were made, and how much of them the loop thread ran",
     )
     parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "bench")
     args = parser.parse_args()
