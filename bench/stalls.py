@@ -39,7 +39,10 @@ def watch(loop: asyncio.AbstractEventLoop, loop_thread: int, path: Path) -> None
             time.sleep(PERIOD_SECONDS)
             ran = threading.Event()
             started, cpu_started = time.time(), time.clock_gettime(clock)
-            loop.call_soon_threadsafe(ran.set)
+            try:
+                loop.call_soon_threadsafe(ran.set)
+            except RuntimeError:  # the loop closed: the server is exiting
+                return
             if ran.wait(STALL_SECONDS):
                 continue
             stacks: Counter[str] = Counter()
