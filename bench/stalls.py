@@ -5,8 +5,8 @@ A thread asks the loop to run a callback every `PERIOD_SECONDS`; when one waits 
 the loop thread's CPU clock, and appends the stall to a JSON-lines file: when, how long, how much of it
 the loop thread ran (little: it was waiting for a core; most: its own work blocked the loop), and the
 stacks it was seen in. The bench counts the stalls that fell within each pass's creates. The sampler
-needs the interpreter lock: a loop thread busy in Python code is sampled about once per switch interval
-(5 ms), one in C code or waiting for a core about every millisecond.
+needs the interpreter lock: a loop thread that holds it (running, or descheduled while running) is
+sampled about once per switch interval (5 ms), one blocked in a system call about every millisecond.
 
 usage: python -m bench.stalls FILE [bellcast's arguments]
 """
