@@ -535,9 +535,9 @@ class LiveConnection:
         if not self._writes_now(notifications):
             self.wake(None if self._replay_owed or self._retry is not None else delivery.entries)
             return
-        changes = len(delivery.changes)
+        change_count = len(delivery.changes)
         # Every stream of the user writes the same bytes, but for the changes' id (its newest notification sent).
-        shape = (self._newest_after(notifications) if changes else None, self._chunked)
+        shape = (self._newest_after(notifications) if change_count else None, self._chunked)
         framed = delivery.encoded.get(shape)
         if framed is None:
             chunk = self._encode(notifications, [data for _, data in delivery.changes])
@@ -549,8 +549,8 @@ class LiveConnection:
         except StreamClosedError:
             self._scanning = False
             return
-        self._count_sent(notifications, True, changes)
-        self._note_queued([notification_id for notification_id, _ in notifications], True)
+        self._count_sent(notifications, True, change_count)
+        self._note_queued(delivery.notification_ids, True)
         delivery.written.append((self, self._inbox.key))
 
     def _writes_now(self, notifications: list[Entry]) -> bool:
@@ -580,7 +580,7 @@ class LiveConnection:
         with wakes meanwhile, it scans now. None: Redis did not answer; the ledger keeps the entries as queued,
         and the next scan deletes them without sending them again."""
         if left is not None:
-            self._note_queued([notification_id for notification_id, _ in delivery.notifications], False)
+            self._note_queued(delivery.notification_ids, False)
             if left:
                 self._woken = True
         self._scanning = False

@@ -47,11 +47,12 @@ class Delivery:
     events are encoded once for all of them (`encoded`, by what makes one stream's bytes differ).
     """
 
-    __slots__ = ("changes", "encoded", "entries", "notifications", "written")
+    __slots__ = ("changes", "encoded", "entries", "notification_ids", "notifications", "written")
 
     def __init__(self, entries: Sequence[tuple[str, str]]) -> None:
         self.entries = entries
         self.notifications, self.changes = split_changes(entries)
+        self.notification_ids = [notification_id for notification_id, _ in self.notifications]
         self.encoded: dict[Any, bytes] = {}
         self.written: list[tuple[Wakeable, str]] = []
 
