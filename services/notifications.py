@@ -22,6 +22,7 @@ from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
+    OperationFailure,
     PyMongoError,
     WriteError,
 )
@@ -38,6 +39,8 @@ Answer = TypeVar("Answer")
 log = logging.getLogger("bellcast.notifications")
 
 COLLECTION = "notifications"
+# Indexes earlier versions made on COLLECTION, dropped at start-up (see `NotificationSchema.indexes`).
+RETIRED_INDEXES = ("user_id_1_read_at_1", "user_id_1_seen_at_1")
 MAX_USER_ID_LENGTH = 200
 MAX_TITLE_LENGTH = 200
 MAX_BODY_LENGTH = 4000
@@ -447,11 +450,14 @@ class NotificationSchema:
         return str(document["_id"])
 
     def indexes(self) -> list[list[tuple[str, int]]]:
-        """The indexes the queries rely on (the TTL index aside)."""
+        """The indexes the queries rely on (the TTL index aside).
+
+        None on `read_at` or `seen_at`: the counts, read after every change but a create, go through all of
+        a user's notifications anyway, so an index that spares "mark all seen" that walk saves no order of
+        work, while every insert pays for each index (SecantusDB about 65 µs of CPU an index).
+        """
         return [
             [("user_id", 1), ("_id", -1)],
-            [("user_id", 1), ("read_at", 1)],
-            [("user_id", 1), ("seen_at", 1)],
             [("user_id", 1), ("tags", 1), ("_id", -1)],
         ]
 
@@ -493,8 +499,9 @@ CHANGE_COUNT_READS = 16
 # How long an insert may hold back the creates that came after it before they go out in one of their own.
 INSERT_PATIENCE_SECONDS = 0.5
 
-# MongoDB's code for a duplicate key.
+# MongoDB's codes for a duplicate key and for dropping an index that is not there.
 DUPLICATE_KEY = 11000
+INDEX_NOT_FOUND = 27
 
 
 class InsertBatcher:
@@ -598,7 +605,19 @@ class NotificationService:
                 # MongoDB deletes an expired notification within about a minute; queries leave it out at once.
                 # Never on an app's collection: what the app keeps is the app's to delete.
                 await self._collection.create_index("expires_at", expireAfterSeconds=0)
+                await self._drop_retired_indexes()
             await self._idempotency.ensure_indexes()
+
+    async def _drop_retired_indexes(self) -> None:
+        """Drop the indexes of RETIRED_INDEXES that bellcast's own collection still has."""
+        existing = await self._collection.index_information()
+        for name in RETIRED_INDEXES:
+            if name in existing:
+                try:
+                    await self._collection.drop_index(name)
+                except OperationFailure as error:
+                    if error.code != INDEX_NOT_FOUND:  # another process starting dropped it first
+                        raise
 
     async def create(self, fields: Mapping[str, Any]) -> Notification:
         """Validate and store a notification for `user_id`, then run every observer on it.

@@ -17,8 +17,15 @@ from redis.exceptions import DataError, ResponseError
 from services.command_batcher import CommandBatcher
 from services.embedded import EmbeddedMongo
 from services.errors import StoreUnavailable
-from services.notifications import COLLECTION, INSERT_PATIENCE_SECONDS, InsertBatcher, NotificationService
+from services.notifications import (
+    COLLECTION,
+    INSERT_PATIENCE_SECONDS,
+    RETIRED_INDEXES,
+    InsertBatcher,
+    NotificationService,
+)
 from services.redis_backend import SingleRedis, connect_redis_backend
+from services.sources import make_schema
 from services.stores import (
     DEFAULT_MONGODB_MAX_IDLE_MS,
     DEFAULT_MONGODB_MIN_POOL_SIZE,
@@ -165,6 +172,42 @@ class InsertCommands(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         self.under_way.discard(event.request_id)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("driver", MONGO_DRIVERS)
+async def test_start_up_drops_the_indexes_bellcast_retired_from_its_own_collection_only(store_urls, driver):
+    """Earlier versions indexed `read_at` and `seen_at`, which every insert paid for and no query needs:
+    start-up drops them, from two processes starting at once too, and leaves the indexes that others made
+    (an operator's on bellcast's collection, an app's on its own) alone."""
+    connection = MongoConnection(store_urls[0], f"bellcast_indexes_{uuid.uuid4().hex[:8]}", driver)
+    own, apps = connection.database[COLLECTION], connection.database["app_notifications"]
+    retired = [[("user_id", 1), ("read_at", 1)], [("user_id", 1), ("seen_at", 1)]]
+    try:
+        for collection in (own, apps):
+            for keys in retired:
+                await collection.create_index(keys)
+        await own.create_index("title", name="operators_own")
+        assert set(RETIRED_INDEXES) <= set(await own.index_information())
+
+        # Both see the retired indexes, then each drops them: the second finds them gone.
+        await asyncio.gather(*(NotificationService(connection.database).ensure_indexes() for _ in range(2)))
+        await NotificationService(connection.database).ensure_indexes()  # and later starts find nothing to drop
+        await NotificationService(
+            connection.database, collection="app_notifications", schema=make_schema("laravel", {}, None)
+        ).ensure_indexes()
+
+        assert set(await own.index_information()) == {
+            "_id_",
+            "user_id_1__id_-1",
+            "user_id_1_tags_1__id_-1",
+            "expires_at_1",
+            "operators_own",
+        }
+        assert set(RETIRED_INDEXES) <= set(await apps.index_information())
+    finally:
+        await connection.client.drop_database(connection.database.name)
+        await connection.close()
 
 
 @pytest.mark.gen_test(timeout=30)
