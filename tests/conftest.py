@@ -1,5 +1,6 @@
 """Fixtures: real MongoDB-wire and Redis servers, and a bellcast served on a real socket.
 
+* ``io_loop``: pytest-tornado's per-test loop, which also collects what the test left open.
 * ``store_urls`` (session): ``TEST_MONGODB_URL`` / ``TEST_REDIS_URL`` when set, else an
   embedded SecantusDB and valkey-server started once for the whole run.
 * ``cluster_url`` (session): a node of a three-node Redis Cluster on loopback
@@ -19,15 +20,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from tornado.ioloop import IOLoop
 
 from server import Runtime, Settings, make_app, start_runtime
 from services.embedded import EmbeddedMongo, EmbeddedRedis, EmbeddedRedisCluster, free_port
 from tests.support import API, RestartableRedis, SSEStream
+
+
+@pytest.fixture
+def io_loop() -> Iterator[IOLoop]:
+    """pytest-tornado's loop, whose leftovers stay with their test: a socket whose transport closed in the
+    loop's last iteration closes in one more, and what the test left open is collected as it ends, so its
+    ResourceWarning fails this test rather than whichever later one the collector happens to interrupt."""
+    loop = IOLoop()
+    loop.make_current()
+    yield loop
+    loop.run_sync(lambda: asyncio.sleep(0))
+    loop.clear_current()
+    loop.close(all_fds=True)
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
