@@ -39,6 +39,11 @@ Answer = TypeVar("Answer")
 log = logging.getLogger("bellcast.notifications")
 
 COLLECTION = "notifications"
+# MongoDB deletes an expired notification this long after it expired; queries leave it out at once. Until
+# then the expiry sweep (services/expiry.py, every 2 s, going on from where it stopped) can find it to
+# announce it: deleted at once, one that MongoDB's TTL pass (every 60 s) took before the sweep came was
+# never announced, and its users' streams and counts kept it.
+EXPIRED_KEPT_SECONDS = 3600
 # Indexes earlier versions made on COLLECTION, dropped at start-up (see `NotificationSchema.indexes`).
 RETIRED_INDEXES = ("user_id_1_read_at_1", "user_id_1_seen_at_1")
 MAX_USER_ID_LENGTH = 200
@@ -601,12 +606,21 @@ class NotificationService:
         with self._store_errors():
             for keys in self._schema.indexes():
                 await self._collection.create_index(keys)
-            if not self._schema.watched:
-                # MongoDB deletes an expired notification within about a minute; queries leave it out at once.
-                # Never on an app's collection: what the app keeps is the app's to delete.
-                await self._collection.create_index("expires_at", expireAfterSeconds=0)
+            if not self._schema.watched:  # what an app keeps is the app's to delete
+                await self._ensure_expiry_index()
                 await self._drop_retired_indexes()
             await self._idempotency.ensure_indexes()
+
+    async def _ensure_expiry_index(self) -> None:
+        """The TTL index on `expires_at`, deleting EXPIRED_KEPT_SECONDS after; one an earlier version made with
+        another delay is retuned in place (MongoDB refuses to make it again with other options)."""
+        existing = await self._collection.index_information()
+        made = next((index for index in existing.values() if list(index["key"]) == [("expires_at", 1)]), None)
+        if made is None:
+            await self._collection.create_index("expires_at", expireAfterSeconds=EXPIRED_KEPT_SECONDS)
+        elif made.get("expireAfterSeconds") != EXPIRED_KEPT_SECONDS:
+            index = {"keyPattern": {"expires_at": 1}, "expireAfterSeconds": EXPIRED_KEPT_SECONDS}
+            await self._collection.database.command("collMod", self._collection.name, index=index)
 
     async def _drop_retired_indexes(self) -> None:
         """Drop the indexes of RETIRED_INDEXES that bellcast's own collection still has."""

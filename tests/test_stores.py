@@ -19,6 +19,7 @@ from services.embedded import EmbeddedMongo
 from services.errors import StoreUnavailable
 from services.notifications import (
     COLLECTION,
+    EXPIRED_KEPT_SECONDS,
     INSERT_PATIENCE_SECONDS,
     RETIRED_INDEXES,
     InsertBatcher,
@@ -176,9 +177,10 @@ class InsertCommands(monitoring.CommandListener):
 
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("driver", MONGO_DRIVERS)
-async def test_start_up_drops_the_indexes_bellcast_retired_from_its_own_collection_only(store_urls, driver):
-    """Earlier versions indexed `read_at` and `seen_at`, which every insert paid for and no query needs:
-    start-up drops them, from two processes starting at once too, and leaves the indexes that others made
+async def test_start_up_brings_an_earlier_versions_indexes_up_to_date_on_its_own_collection_only(store_urls, driver):
+    """Earlier versions indexed `read_at` and `seen_at`, which every insert paid for and no query needs, and
+    deleted expired notifications at once: start-up drops those indexes and keeps expired notifications for
+    EXPIRED_KEPT_SECONDS, from two processes starting at once too, and leaves the indexes that others made
     (an operator's on bellcast's collection, an app's on its own) alone."""
     connection = MongoConnection(store_urls[0], f"bellcast_indexes_{uuid.uuid4().hex[:8]}", driver)
     own, apps = connection.database[COLLECTION], connection.database["app_notifications"]
@@ -187,6 +189,7 @@ async def test_start_up_drops_the_indexes_bellcast_retired_from_its_own_collecti
         for collection in (own, apps):
             for keys in retired:
                 await collection.create_index(keys)
+        await own.create_index("expires_at", expireAfterSeconds=0)
         await own.create_index("title", name="operators_own")
         assert set(RETIRED_INDEXES) <= set(await own.index_information())
 
@@ -197,13 +200,9 @@ async def test_start_up_drops_the_indexes_bellcast_retired_from_its_own_collecti
             connection.database, collection="app_notifications", schema=make_schema("laravel", {}, None)
         ).ensure_indexes()
 
-        assert set(await own.index_information()) == {
-            "_id_",
-            "user_id_1__id_-1",
-            "user_id_1_tags_1__id_-1",
-            "expires_at_1",
-            "operators_own",
-        }
+        indexes = await own.index_information()
+        assert set(indexes) == {"_id_", "user_id_1__id_-1", "user_id_1_tags_1__id_-1", "expires_at_1", "operators_own"}
+        assert indexes["expires_at_1"]["expireAfterSeconds"] == EXPIRED_KEPT_SECONDS
         assert set(RETIRED_INDEXES) <= set(await apps.index_information())
     finally:
         await connection.client.drop_database(connection.database.name)
