@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.embedded import free_port
+from services.embedded import die_with_parent, free_port
 from services.expiry import SWEEP_INTERVAL_SECONDS
 
 # MongoDB's TTL pass comes every 60 s; here every 50 ms, so that it comes between each expiry and the sweep.
@@ -42,7 +42,7 @@ def eager_ttl_mongo(tmp_path) -> Iterator[str]:
     """The URL of a SecantusDB whose TTL pass comes every TTL_PASS_SECONDS."""
     port = free_port()
     command = [sys.executable, "-c", EAGER_TTL_SERVER, str(port), str(tmp_path / "mongodb"), str(TTL_PASS_SECONDS)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + 30
         while not _listening(port):
