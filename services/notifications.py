@@ -607,14 +607,15 @@ class NotificationService:
             for keys in self._schema.indexes():
                 await self._collection.create_index(keys)
             if not self._schema.watched:  # what an app keeps is the app's to delete
-                await self._ensure_expiry_index()
-                await self._drop_retired_indexes()
+                existing = await self._collection.index_information()
+                await self._ensure_expiry_index(existing)
+                await self._drop_retired_indexes(existing)
             await self._idempotency.ensure_indexes()
 
-    async def _ensure_expiry_index(self) -> None:
+    async def _ensure_expiry_index(self, existing: Mapping[str, Any]) -> None:
         """The TTL index on `expires_at`, deleting EXPIRED_KEPT_SECONDS after; one an earlier version made with
-        another delay is retuned in place (MongoDB refuses to make it again with other options)."""
-        existing = await self._collection.index_information()
+        another delay is retuned in place (MongoDB refuses to make it again with other options). `existing`:
+        the collection's indexes (`index_information`)."""
         made = next((index for index in existing.values() if list(index["key"]) == [("expires_at", 1)]), None)
         if made is None:
             await self._collection.create_index("expires_at", expireAfterSeconds=EXPIRED_KEPT_SECONDS)
@@ -622,9 +623,8 @@ class NotificationService:
             index = {"keyPattern": {"expires_at": 1}, "expireAfterSeconds": EXPIRED_KEPT_SECONDS}
             await self._collection.database.command("collMod", self._collection.name, index=index)
 
-    async def _drop_retired_indexes(self) -> None:
-        """Drop the indexes of RETIRED_INDEXES that bellcast's own collection still has."""
-        existing = await self._collection.index_information()
+    async def _drop_retired_indexes(self, existing: Mapping[str, Any]) -> None:
+        """Drop the indexes of RETIRED_INDEXES that bellcast's own collection still has (`existing`)."""
         for name in RETIRED_INDEXES:
             if name in existing:
                 try:
