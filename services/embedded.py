@@ -110,13 +110,13 @@ class EmbeddedMongo:
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
         )
-        _wait_for_port(self._process, self.port, "SecantusDB")
+        wait_for_port(self._process, self.port, "SecantusDB")
         return self
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL past the timeout)."""
         if self._process is not None:
-            _terminate(self._process)
+            terminate(self._process)
             self._process = None
         if self._log is not None:
             self._log.close()
@@ -303,7 +303,8 @@ def _cluster_ready(info: bytes | str, count: int) -> bool:
     return fields.get("cluster_state") == "ok" and fields.get("cluster_known_nodes") == str(count)
 
 
-def _wait_for_port(process: subprocess.Popen[bytes], port: int, name: str) -> None:
+def wait_for_port(process: subprocess.Popen[bytes], port: int, name: str) -> None:
+    """Return once `process` listens on `port`; EmbeddedServerError if it exits, or does not within STARTUP_TIMEOUT."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -311,11 +312,12 @@ def _wait_for_port(process: subprocess.Popen[bytes], port: int, name: str) -> No
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.05)
-    _terminate(process)
+    terminate(process)
     raise EmbeddedServerError(f"{name} did not listen on port {port} within {STARTUP_TIMEOUT:.0f} s")
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL past the shutdown timeout."""
     process.terminate()
     try:
         process.wait(timeout=SHUTDOWN_TIMEOUT)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -251,6 +252,12 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+def iso_in(seconds: float) -> str:
+    """The UTC time `seconds` from now in ISO 8601, as the API takes `expires_at`."""
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def error_of(response: HTTPResponse) -> dict[str, Any]:

@@ -3,17 +3,15 @@ deletes the notification."""
 
 from __future__ import annotations
 
-import datetime
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from services.embedded import die_with_parent, free_port
+from services.embedded import die_with_parent, free_port, terminate, wait_for_port
 from services.expiry import SWEEP_INTERVAL_SECONDS
+from tests.support import iso_in
 
 # MongoDB's TTL pass comes every 60 s; here every 50 ms, so that it comes between each expiry and the sweep.
 TTL_PASS_SECONDS = 0.05
@@ -44,33 +42,16 @@ def eager_ttl_mongo(tmp_path) -> Iterator[str]:
     command = [sys.executable, "-c", EAGER_TTL_SERVER, str(port), str(tmp_path / "mongodb"), str(TTL_PASS_SECONDS)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
-        deadline = time.monotonic() + 30
-        while not _listening(port):
-            assert process.poll() is None and time.monotonic() < deadline, "SecantusDB did not start"
-            time.sleep(0.05)
+        wait_for_port(process, port, "SecantusDB")
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
+        terminate(process)
 
 
 @pytest.fixture
 def store_urls(store_urls, eager_ttl_mongo):
     """The eager-TTL MongoDB, and the session's Redis."""
     return eager_ttl_mongo, store_urls[1]
-
-
-def _in(seconds: float) -> str:
-    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -80,7 +61,7 @@ async def test_every_expiry_is_announced_though_mongodbs_ttl_pass_comes_before_t
     stream = await open_stream("alice")
     await stream.next_event()
     # Expiries spread over more than two sweeps, each past its TTL pass long before the next sweep.
-    expiring = [await api.create("alice", f"expiring {i}", expires_at=_in(1.0 + 0.4 * i)) for i in range(6)]
+    expiring = [await api.create("alice", f"expiring {i}", expires_at=iso_in(1.0 + 0.4 * i)) for i in range(6)]
     created = [await stream.next_change() for _ in expiring]
     assert [change["ids"] for change in created] == [[notification["id"]] for notification in expiring]
 

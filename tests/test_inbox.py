@@ -4,24 +4,18 @@ server's counts pushed to every open stream of the user as `changed` events."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 
 import pytest
 
 from services.notifications import COLLECTION, EXPIRED_KEPT_SECONDS
-from tests.support import error_of, metric_value
+from tests.support import error_of, iso_in, metric_value
 
 
 @pytest.fixture
 def wakeup_hints() -> bool:
     """The inbox does not depend on how streams are woken; tests/test_stream.py covers both."""
     return True
-
-
-def _in(seconds: float) -> str:
-    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 async def _list(api, user: str, query: str = "") -> dict:
@@ -150,7 +144,7 @@ async def test_an_expired_notification_is_gone_from_lists_counts_and_replays_and
     api, open_stream, runtime
 ):
     seen = await api.create("alice", "seen")
-    expiring = await api.create("alice", "expiring", expires_at=_in(1.5))
+    expiring = await api.create("alice", "expiring", expires_at=iso_in(1.5))
     staying = await api.create("alice", "staying")
     page = await _list(api, "alice")
     assert [n["id"] for n in page["notifications"]] == [staying["id"], expiring["id"], seen["id"]]
@@ -229,7 +223,7 @@ async def test_a_notification_that_expires_is_announced_once_to_the_users_stream
     stream = await open_stream("alice")
     await stream.next_event()
     kept = await api.create("alice", "kept")
-    expiring = await api.create("alice", "expiring", expires_at=_in(1.0))
+    expiring = await api.create("alice", "expiring", expires_at=iso_in(1.0))
     assert [(await stream.next_change())["ids"] for _ in range(2)] == [[kept["id"]], [expiring["id"]]]
     expired = await stream.next_change(timeout=10)
     assert expired == {"change": "expired", "ids": [expiring["id"]], "unread_count": 1, "unseen_count": 1}
