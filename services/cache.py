@@ -93,22 +93,27 @@ class CountsCache:
     that queues it (`DeliveryCache.enqueue`). A recount marks the counts as being recounted before it reads
     MongoDB, and stores what it read only if nothing marked them since: a create that comes meanwhile
     (whose notification MongoDB may or may not have counted) marks them too, and recounts itself after its
-    insert. So the counts stored are MongoDB's at a moment after every create that added to them; they
-    expire COUNTS_TTL after the recount that stored them.
+    insert. A create that comes after the recount stored its counts adds to them only if its notifications
+    were made after the recount read MongoDB (`counted`); otherwise the recount may have counted them
+    already (their insert was answered late, or the watcher saw it late), and the create recounts. So the
+    counts stored are MongoDB's at a moment after every create that added to them; they expire COUNTS_TTL
+    after the recount that stored them. Processes compare their clocks here: on several hosts, a create
+    made within their skew of a recount is counted as if the clocks agreed.
     """
 
     # KEYS[1] the counts; ARGV[1] the recount's mark, ARGV[2] COUNTS_TTL.
     BEGIN_RECOUNT = """
-redis.call('HDEL', KEYS[1], 'unread', 'unseen')
+redis.call('HDEL', KEYS[1], 'unread', 'unseen', 'counted')
 redis.call('HSET', KEYS[1], 'recount', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 """
-    # KEYS[1] the counts; ARGV[1] the recount's mark, ARGV[2] and ARGV[3] what MongoDB counted, ARGV[4] COUNTS_TTL.
+    # KEYS[1] the counts; ARGV[1] the recount's mark, ARGV[2] and ARGV[3] what MongoDB counted, ARGV[4] when it
+    # had counted (ms since the epoch), ARGV[5] COUNTS_TTL.
     FINISH_RECOUNT = """
 if redis.call('HGET', KEYS[1], 'recount') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'recount')
-  redis.call('HSET', KEYS[1], 'unread', ARGV[2], 'unseen', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('HSET', KEYS[1], 'unread', ARGV[2], 'unseen', ARGV[3], 'counted', ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
 """
 
@@ -126,11 +131,23 @@ end
         )
         return marks
 
-    async def finish_recount(self, marks: list[str], counts: dict[str, Counts]) -> None:
-        """Store what MongoDB counted for each user whose counts nothing marked since `begin_recount`."""
+    async def finish_recount(self, marks: list[str], counts: dict[str, Counts], counted_at: float) -> None:
+        """Store what MongoDB counted for each user whose counts nothing marked since `begin_recount`, with when
+        it had counted (`counted_at`, seconds since the epoch, read once MongoDB had answered)."""
+        counted = int(counted_at * 1000)
         await self._batcher.execute_many(
             [
-                ("EVAL", self.FINISH_RECOUNT, 1, counts_key(user), mark, found.unread, found.unseen, COUNTS_TTL)
+                (
+                    "EVAL",
+                    self.FINISH_RECOUNT,
+                    1,
+                    counts_key(user),
+                    mark,
+                    found.unread,
+                    found.unseen,
+                    counted,
+                    COUNTS_TTL,
+                )
                 for (user, found), mark in zip(counts.items(), marks, strict=True)
             ]
         )
@@ -216,10 +233,12 @@ class DeliveryCache:
         if change.counts is not None:
             # Kept counts are as new or newer than those the change read: the script takes them where there are.
             unread, unseen = change.counts.unread, change.counts.unseen
-            counting = CountsToAdd(key, 0, "", COUNTS_TTL, field, change.json_before_counts(), unread, unseen)
+            counting = CountsToAdd(key, 0, 0, "", COUNTS_TTL, field, change.json_before_counts(), unread, unseen)
         elif change.count:
             created = len(change.notifications)
-            counting = CountsToAdd(key, created, _mark(), COUNTS_TTL, field, change.json_before_counts())
+            since = min((notification.created_at for notification in change.notifications), default=None)
+            since_ms = int(since.timestamp() * 1000) if since is not None else 0
+            counting = CountsToAdd(key, created, since_ms, _mark(), COUNTS_TTL, field, change.json_before_counts())
         if not entries and counting is None:
             return Queued(0, None)
         connections, counts = await self._redis.queue_for_live_connections(

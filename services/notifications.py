@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -481,8 +482,9 @@ class CountsCounter(Protocol):
     async def begin_recount(self, user_ids: list[str]) -> list[str]:
         """Mark these users' counts as being recounted, before MongoDB is read; the marks."""
 
-    async def finish_recount(self, marks: list[str], counts: dict[str, Counts]) -> None:
-        """Keep what MongoDB counted, for each user whose counts nothing marked since."""
+    async def finish_recount(self, marks: list[str], counts: dict[str, Counts], counted_at: float) -> None:
+        """Keep what MongoDB counted, for each user whose counts nothing marked since, with when it had counted
+        (seconds since the epoch): a create of a notification made before then may be counted already."""
 
 
 class ChangeObserver(Protocol):
@@ -748,8 +750,9 @@ class NotificationService:
         except StoreUnavailable:
             return await self.counts_of(user_ids)
         counts = await self.counts_of(user_ids)
+        counted_at = time.time()
         with contextlib.suppress(StoreUnavailable):  # the counts are marked: the next create recounts
-            await self._counter.finish_recount(marks, counts)
+            await self._counter.finish_recount(marks, counts, counted_at)
         return counts
 
     async def _recount_one(self, user_id: str) -> Counts:

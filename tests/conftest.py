@@ -169,9 +169,13 @@ def settings(
 
 
 @pytest.fixture
-def runtime(io_loop, settings: Settings, store_urls: tuple[str, str], redis_url: str) -> Iterator[Runtime]:
-    mongodb_url, _ = store_urls
+def mongodb_url(store_urls: tuple[str, str]) -> str:
+    """The MongoDB the runtime uses (a module may put a relay in front of it)."""
+    return store_urls[0]
 
+
+@pytest.fixture
+def runtime(io_loop, settings: Settings, mongodb_url: str, redis_url: str) -> Iterator[Runtime]:
     async def start() -> Runtime:
         started = await start_runtime(settings, mongodb_url, redis_url)
         await started.redis.flushdb()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 class StoreRelay:
     """Forwards 127.0.0.1:<port> to a store; `hang()` cuts every connection and answers none until `recover()`;
-    `lose_next_reply_to()` loses one answer."""
+    `lose_next_reply_to()` loses one answer, `hold_next_reply_to()` delays one."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
@@ -18,6 +18,9 @@ class StoreRelay:
         self._writers: set[asyncio.StreamWriter] = set()
         self._connections: set[asyncio.Task[None]] = set()
         self._lose_reply_to: bytes | None = None
+        self._hold_reply_to: tuple[bytes, asyncio.Event] | None = None
+        # Every hold's release, set at `close` so that no answer a failed test left held keeps its connection.
+        self._releases: list[asyncio.Event] = []
         self.replies_lost = 0
         self.port = 0
 
@@ -37,6 +40,14 @@ class StoreRelay:
         when the store answers: the store did the work, and the client never learns that it did."""
         self._lose_reply_to = marker
 
+    def hold_next_reply_to(self, marker: bytes) -> asyncio.Event:
+        """The next request that contains `marker` reaches the store, but the store's answer to it waits until
+        the event returned is set: the store did the work, and the client learns of it late."""
+        release = asyncio.Event()
+        self._hold_reply_to = (marker, release)
+        self._releases.append(release)
+        return release
+
     def recover(self) -> None:
         """Drop the hanging connections; new ones reach the store again."""
         self._hanging = False
@@ -49,6 +60,8 @@ class StoreRelay:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        for release in self._releases:
+            release.set()
         self._drop_all()
         await asyncio.gather(*self._connections)
 
@@ -71,9 +84,13 @@ class StoreRelay:
             writers.add(store_writer)
             self._writers.add(store_writer)
             answer_lost = asyncio.Event()
+            # The release of an answer held back (`hold_next_reply_to`), once a request of this connection asked.
+            holds: list[asyncio.Event] = []
             await asyncio.gather(
-                _pipe(client_reader, store_writer, before_each=lambda data: self._arm_if_marked(data, answer_lost)),
-                _pipe(store_reader, client_writer, cut=answer_lost),
+                _pipe(
+                    client_reader, store_writer, before_each=lambda data: self._arm_if_marked(data, answer_lost, holds)
+                ),
+                _pipe(store_reader, client_writer, cut=answer_lost, holds=holds),
             )
             self.replies_lost += answer_lost.is_set()
         except OSError:
@@ -87,10 +104,13 @@ class StoreRelay:
                     await writer.wait_closed()
             self._connections.discard(connection)
 
-    def _arm_if_marked(self, data: bytes, answer_lost: asyncio.Event) -> None:
+    def _arm_if_marked(self, data: bytes, answer_lost: asyncio.Event, holds: list[asyncio.Event]) -> None:
         if self._lose_reply_to is not None and self._lose_reply_to in data:
             self._lose_reply_to = None
             answer_lost.set()
+        if self._hold_reply_to is not None and self._hold_reply_to[0] in data:
+            holds.append(self._hold_reply_to[1])
+            self._hold_reply_to = None
 
 
 async def _pipe(
@@ -98,12 +118,16 @@ async def _pipe(
     writer: asyncio.StreamWriter,
     before_each: Callable[[bytes], None] = lambda data: None,
     cut: asyncio.Event | None = None,
+    holds: list[asyncio.Event] | None = None,
 ) -> None:
-    """Copy until either side closes; with `cut` set when data comes, close instead of passing it on."""
+    """Copy until either side closes; with `cut` set when data comes, close instead of passing it on; with a
+    release in `holds` when data comes, pass it on once that is set."""
     with contextlib.suppress(OSError):
         while data := await reader.read(65536):
             if cut is not None and cut.is_set():
                 break
+            while holds:
+                await holds.pop(0).wait()
             before_each(data)
             writer.write(data)
             await writer.drain()

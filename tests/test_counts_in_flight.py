@@ -1,0 +1,64 @@
+"""The counts kept in Redis when a recount reads MongoDB while a create's notification is stored but not yet
+announced: the recount counts it, so its announcement must not add it to the kept counts a second time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from pymongo.uri_parser import parse_uri
+
+from services.cache import counts_key
+from services.notifications import Counts
+from tests.relay import StoreRelay
+from tests.support import eventually
+from tests.test_counts import _counts_of, _created_change
+
+
+@pytest.fixture
+def mongo_relay(io_loop, store_urls: tuple[str, str]) -> Iterator[StoreRelay]:
+    """A relay in front of the session's MongoDB, which can hold an answer back."""
+    [(host, port)] = parse_uri(store_urls[0])["nodelist"]
+    relay = io_loop.run_sync(StoreRelay(host, port).start)
+    yield relay
+    io_loop.run_sync(relay.close)
+
+
+@pytest.fixture
+def mongodb_url(store_urls: tuple[str, str], mongo_relay: StoreRelay) -> str:
+    """The runtime reaches MongoDB through the relay, directly (no discovery of the server's own address)."""
+    [(host, port)] = parse_uri(store_urls[0])["nodelist"]
+    url = store_urls[0].replace(f"{host}:{port}", f"127.0.0.1:{mongo_relay.port}", 1)
+    return url if "directConnection=" in url else url + ("&" if "?" in url else "/?") + "directConnection=true"
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.also_on_cluster
+async def test_a_create_answered_after_a_recount_that_counted_it_is_not_counted_twice(
+    api, open_stream, runtime, mongo_relay
+):
+    """MongoDB stores a create's notification, and its answer comes late (a slow network, a busy process): a
+    read meanwhile recounts and keeps counts that include it. The create's announcement then carries
+    MongoDB's counts, and the counts kept for the creates after it stay MongoDB's."""
+    stream = await open_stream("alice")
+    await stream.next_event()
+    first = await api.create("alice", "first")
+    await api.create("alice", "second")
+    released = mongo_relay.hold_next_reply_to(b"answered late")
+    late = asyncio.ensure_future(api.create("alice", "answered late"))
+
+    async def stored() -> bool:
+        return await runtime.notifications.counts("alice") == Counts(3, 3)
+
+    await eventually(stored)
+    response = await api.as_user("alice", "POST", f"/api/notifications/{first['id']}/read", b"")
+    assert response.code == 200, response.body
+    assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"2", b"3"]
+    released.set()
+    answered = await late
+
+    assert _counts_of(await _created_change(stream, answered["id"])) == Counts(2, 3)
+    after = await api.create("alice", "after")
+    assert _counts_of(await _created_change(stream, after["id"])) == Counts(3, 4)
+    assert await runtime.notifications.counts("alice") == Counts(3, 4)
