@@ -167,8 +167,8 @@ class CacheObserver:
 
     async def changed(self, change: Change) -> Counts | None:
         """Queue the change (for `created`, its notifications and then the change) for every open stream of its
-        user, in one command; with `change.count`, add the notifications to the user's kept counts in that
-        command and answer the counts after it (None if none are kept: then only the notifications are queued).
+        user, in one command; with `change.added`, add that to the user's kept counts in that command and answer
+        the counts after it (None if none are kept: then only the notifications are queued).
 
         If it cannot be queued, the user's streams catch up from MongoDB, which has the notifications, and
         send fresh counts once they have; the failure is raised for the service to log and count.
@@ -216,13 +216,13 @@ class DeliveryCache:
 
     async def enqueue(self, change: Change) -> Queued:
         """Queue the change's notifications and its `changed` event for every live connection of its user, and hint
-        them; answer how many connections, and the counts it added the notifications to.
+        them; answer how many connections, and the counts it added the change to.
 
-        The event goes with the counts kept for the user: with `change.count`, after the notifications are
-        added to them in the same command, and where none are kept the event is not queued (the counts
-        answered are None) and the user's counts are marked, so that a recount under way keeps nothing; for a
-        change with counts of its own, those where none are kept (kept ones are as new or newer: a change
-        announced late does not take a badge back).
+        The event goes with the counts kept for the user: with `change.added`, after that is added to them in
+        the same command, and where none are kept (or a recount read them after the change was made) the
+        event is not queued (the counts answered are None) and the user's counts are marked, so that a
+        recount under way keeps nothing; for a change with counts of its own, those where none are kept
+        (kept ones are as new or newer: a change announced late does not take a badge back).
 
         Through the batcher: the creates of one loop iteration share pipelines with the streams' commands.
         """
@@ -233,12 +233,13 @@ class DeliveryCache:
         if change.counts is not None:
             # Kept counts are as new or newer than those the change read: the script takes them where there are.
             unread, unseen = change.counts.unread, change.counts.unseen
-            counting = CountsToAdd(key, 0, 0, "", COUNTS_TTL, field, change.json_before_counts(), unread, unseen)
-        elif change.count:
-            created = len(change.notifications)
-            since = min((notification.created_at for notification in change.notifications), default=None)
-            since_ms = int(since.timestamp() * 1000) if since is not None else 0
-            counting = CountsToAdd(key, created, since_ms, _mark(), COUNTS_TTL, field, change.json_before_counts())
+            counting = CountsToAdd(key, 0, 0, 0, "", COUNTS_TTL, field, change.json_before_counts(), unread, unseen)
+        elif change.added is not None:
+            added, since = change.added, int(change.made_at * 1000)
+            json_before_counts = change.json_before_counts()
+            counting = CountsToAdd(
+                key, added.unread, added.unseen, since, _mark(), COUNTS_TTL, field, json_before_counts
+            )
         if not entries and counting is None:
             return Queued(0, None)
         connections, counts = await self._redis.queue_for_live_connections(

@@ -324,17 +324,26 @@ class Change:
     # For `created`: the notifications themselves, so that an observer delivers them and the counts together
     # (the cache observer queues both in one command, and each stream sends them in one write).
     notifications: tuple[Notification, ...] = ()
-    # For `created` without counts: the observer that keeps the users' counts (the cache observer) adds the
-    # notifications to them and answers the counts after it, or None when it keeps none for the user.
-    count: bool = False
+    # Without counts: what the change adds to the users' counts (a create: its notifications; a read: -1 unread),
+    # which the observer that keeps them (the cache observer) adds and answers the counts after, or None when it
+    # keeps none for the user, or none it may add to (a recount read them since `made_at`): then the service
+    # counts in MongoDB and announces the counts in a change of their own (observers see the change twice).
+    added: Counts | None = None
+    # When the change was made, in seconds since the epoch (a create: when its oldest notification was).
+    made_at: float = 0.0
 
     @classmethod
     def of_created(
         cls, user_id: str, notifications: Sequence[Notification], counts: Counts | None, count: bool = False
     ) -> Change:
-        """The change that announces a user's new notifications, and carries them."""
+        """The change that announces a user's new notifications, and carries them; with `count`, adds them to the
+        counts kept."""
         ids = tuple(str(notification.id) for notification in notifications)
-        return cls(user_id, "created", ids, counts, notifications=tuple(notifications), count=count)
+        if not count or not notifications:
+            return cls(user_id, "created", ids, counts, notifications=tuple(notifications))
+        made_at = min(notification.created_at for notification in notifications).timestamp()
+        added = Counts(len(notifications), len(notifications))
+        return cls(user_id, "created", ids, counts, notifications=tuple(notifications), added=added, made_at=made_at)
 
     def json_before_counts(self) -> str:
         """The event's data up to its counts, which end it: `to_json()` less `"unread_count":…}`."""
@@ -477,7 +486,7 @@ class NotificationObserver(Protocol):
 
 class CountsCounter(Protocol):
     """Users' counts kept in Redis (`services.cache.CountsCache`), which the cache observer adds each create to
-    (`Change.count`): MongoDB counts what a create finds missing, and after every other change."""
+    (`Change.added`), and a read: MongoDB counts what those find missing, and after every other change."""
 
     async def begin_recount(self, user_ids: list[str]) -> list[str]:
         """Mark these users' counts as being recounted, before MongoDB is read; the marks."""
@@ -492,7 +501,7 @@ class ChangeObserver(Protocol):
 
     async def changed(self, change: Change) -> Counts | None:
         """React to a change; raising does not undo it. An observer that keeps the users' counts answers those
-        it added a `created` change's notifications to (`Change.count`); the others answer None."""
+        it added a change to (`Change.added`); the others answer None."""
 
 
 # The counts a change carries are read once for the changes of a user that come together (a burst of
@@ -720,9 +729,7 @@ class NotificationService:
         counts = await self._counts_after_create([change.user_id for change in uncounted])
         await asyncio.gather(
             *(
-                self._announce(
-                    dataclasses.replace(change, counts=counts[change.user_id], notifications=(), count=False)
-                )
+                self._announce(dataclasses.replace(change, counts=counts[change.user_id], notifications=(), added=None))
                 for change in uncounted
                 if change.user_id in counts
             )
@@ -973,20 +980,37 @@ class NotificationService:
         return await self._set_all(user_id, self._schema.user(user_id), "seen_at", "seen")
 
     async def _set_once(self, user_id: str, notification_id: str, field: str, kind: str) -> Notification:
-        """Set `field` of one of the user's notifications to now, unless it is set already."""
+        """Set `field` of one of the user's notifications to now, unless it is set already.
+
+        A read of a notification the counts count (neither archived nor expired) takes one off the unread count
+        kept in Redis, where a recount would read all of the user's notifications in MongoDB; the update's own
+        query tells whether it was counted, so that what it takes off is what MongoDB's count loses.
+        """
         mine = {**self._schema.by_id(notification_id), **self._schema.user(user_id)}
-        changed = False
+        counting = field == "read_at" and self._counter is not None
+        made_at, now = time.time(), utc_now()
+        shown = all_of(self._schema.not_expired(now), self._schema.unset("archived_at"))
+        changed = uncounted = False
         with self._store_errors():
             # An update, then a read, rather than one find_one_and_update: SecantusDB answers that by scanning
             # the whole collection (73 ms against 3 ms among 10,000 notifications).
-            for unset, update in self._schema.set_now(field, utc_now()):
-                if (await self._collection.update_one(all_of(mine, unset), update)).modified_count:
+            for unset, update in self._schema.set_now(field, now):
+                if counting and (await self._collection.update_one(all_of(mine, unset, shown), update)).modified_count:
                     changed = True
+                    break
+                if (await self._collection.update_one(all_of(mine, unset), update)).modified_count:
+                    changed = uncounted = True
                     break
             document = await self._collection.find_one(mine)
         notification = self._one(document)
-        if changed and not self._announced_by_watcher(field):
-            await self.publish_change(user_id, kind, (notification_id,))
+        if not changed or self._announced_by_watcher(field):
+            return notification
+        if counting and not uncounted:
+            read = Change(user_id, kind, (notification_id,), None, added=Counts(-1, 0), made_at=made_at)
+            if (await self._announce(read))[1] is not None:
+                return notification
+        # No counts kept to take it off (or a recount read them after the update): MongoDB counts.
+        await self.publish_change(user_id, kind, (notification_id,))
         return notification
 
     def _announced_by_watcher(self, field: str) -> bool:

@@ -80,32 +80,40 @@ WAKEUP_SHARDS = 64
 SUBSCRIPTION_POLL_SECONDS = 1.0
 
 # Completes the change to queue (its inbox `field`, its JSON up to the counts) with the user's counts kept in
-# `key`, and appends it to `entries`; answers the counts it was given. With `created` notifications (not '0'), adds
-# them to the kept counts first; where none are kept, marks them (`mark`, for COUNTS_TTL `ttl`) so that a count
-# under way keeps nothing (services/cache.py, CountsCache), and queues no change. Counts kept by a recount that read
-# MongoDB when these notifications existed already (`counted`, in ms, not before the oldest was made, `since`) may
-# include them: those are dropped and marked the same way, and the create recounts. A change that carries counts
-# of its own (`unread`, `unseen`: read in MongoDB at some moment) takes the kept ones instead where there are:
-# they are as new or newer, so that a change announced late never takes a badge back. Answers {-1, -1} when no
-# change was queued. The scripts that queue begin with it, so that counting and queueing are one command.
+# `key`, and appends it to `entries`; answers the counts it was given. A change that adds to the counts (a
+# create's notifications, a read's -1 unread: `unread_added`, `unseen_added`) adds to the kept ones first; where
+# none are kept, marks them (`mark`, for COUNTS_TTL `ttl`) so that a count under way keeps nothing
+# (services/cache.py, CountsCache), and queues no change. Counts kept by a recount that read MongoDB after the
+# change was made (`counted`, in ms, not before `since`) may include it: those are dropped and marked the same
+# way, as are counts the change would take below zero (MongoDB changed behind bellcast's back), and the service
+# recounts. A change that carries counts of its own (`unread`, `unseen`: read in MongoDB at some moment) takes
+# the kept ones instead where there are: they are as new or newer, so that a change announced late never takes
+# a badge back. Answers {-1, -1} when no change was queued. The scripts that queue begin with it, so that
+# counting and queueing are one command.
 ADD_TO_COUNTS = """
-local function add_to_counts(key, created, since, mark, ttl, entries, field, json_before_counts, unread, unseen)
+local function add_to_counts(
+  key, unread_added, unseen_added, since, mark, ttl, entries, field, json_before_counts, unread, unseen
+)
   if field == '' then
     return {-1, -1}
   end
+  local adding = unread_added ~= '0' or unseen_added ~= '0'
   local kept = redis.call('HMGET', key, 'unread', 'unseen', 'counted')
-  if kept[1] and created ~= '0' and kept[3] and tonumber(kept[3]) >= tonumber(since) then
-    redis.call('HDEL', key, 'unread', 'unseen', 'counted')
-    kept[1] = false
-  end
-  if kept[1] then
-    if created ~= '0' then
-      unread = redis.call('HINCRBY', key, 'unread', created)
-      unseen = redis.call('HINCRBY', key, 'unseen', created)
+  if kept[1] and adding then
+    if kept[3] and tonumber(kept[3]) >= tonumber(since) then
+      kept[1] = false
     else
-      unread, unseen = kept[1], kept[2]
+      unread = redis.call('HINCRBY', key, 'unread', unread_added)
+      unseen = redis.call('HINCRBY', key, 'unseen', unseen_added)
+      if unread < 0 or unseen < 0 then
+        kept[1] = false
+      end
     end
-  elseif created ~= '0' then
+  elseif kept[1] then
+    unread, unseen = kept[1], kept[2]
+  end
+  if not kept[1] and adding then
+    redis.call('HDEL', key, 'unread', 'unseen', 'counted')
     redis.call('HSET', key, 'recount', mark)
     redis.call('EXPIRE', key, ttl)
     return {-1, -1}
@@ -119,11 +127,12 @@ end
 
 @dataclass(frozen=True, slots=True)
 class CountsToAdd:
-    """A create's notifications to add to the user's kept counts, and the `changed` event to queue with them."""
+    """What a change adds to the user's kept counts, and the `changed` event to queue with them."""
 
     key: str
-    created: int
-    # When the oldest of them was made, in ms since the epoch (`add_to_counts`'s `since`).
+    unread_added: int
+    unseen_added: int
+    # When the change was made, in ms since the epoch (`add_to_counts`'s `since`).
     since: int
     mark: str
     ttl: int
@@ -137,7 +146,8 @@ class CountsToAdd:
     def arguments(self) -> tuple[object, ...]:
         """The arguments `add_to_counts` takes after the key, in the order the queueing scripts pass them."""
         return (
-            self.created,
+            self.unread_added,
+            self.unseen_added,
             self.since,
             self.mark,
             self.ttl,
@@ -233,10 +243,10 @@ class SingleRedis:
     publish_command = "PUBLISH"
     transactions = True
 
-    # The observer's one command: completes the change (field ARGV[13], its JSON ARGV[14]) with the user's
-    # kept counts (KEYS[2]), ARGV[9] created notifications added to them (made since ARGV[10]; ARGV[11] the mark
-    # and ARGV[12] the TTL if none are kept), or else ARGV[15] and ARGV[16], and appends it to the entries
-    # (`add_to_counts`); drops the user's expired registrations (KEYS[1]), queues the entries (from ARGV[17] on) in the
+    # The observer's one command: completes the change (field ARGV[14], its JSON ARGV[15]) with the user's
+    # kept counts (KEYS[2]), ARGV[9] and ARGV[10] added to them (by a change made at ARGV[11]; ARGV[12] the mark
+    # and ARGV[13] the TTL if none are kept), or else ARGV[16] and ARGV[17], and appends it to the entries
+    # (`add_to_counts`); drops the user's expired registrations (KEYS[1]), queues the entries (from ARGV[18] on) in the
     # inbox of each live one (ARGV[2] and the connection id), or the overflow mark (ARGV[5]) in one that
     # holds ARGV[4] fields already, renews the inboxes' TTL (ARGV[3]) and, if any was written, publishes
     # the hint (none if ARGV[6] is empty): the user and the entries as JSON on ARGV[8] if every inbox
@@ -248,9 +258,9 @@ class SingleRedis:
     QUEUE_FOR_LIVE_CONNECTIONS = (
         ADD_TO_COUNTS
         + """
-local entries = {unpack(ARGV, 17)}
+local entries = {unpack(ARGV, 18)}
 local counts = add_to_counts(
-  KEYS[2], ARGV[9], ARGV[10], ARGV[11], ARGV[12], entries, ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+  KEYS[2], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], entries, ARGV[14], ARGV[15], ARGV[16], ARGV[17]
 )
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local connections = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
@@ -374,7 +384,7 @@ return holding
         counting: CountsToAdd | None = None,
     ) -> tuple[int, tuple[int, int] | None]:
         """One script counts, queues the entries for every live connection and publishes the hint, with them."""
-        add = counting or CountsToAdd(connections_key, 0, 0, "", 0, "", "")
+        add = counting or CountsToAdd(connections_key, 0, 0, 0, "", 0, "", "")
         [(queued, unread, unseen)] = await execute_many(
             [
                 (
@@ -464,19 +474,19 @@ class ClusterRedis:
     publish_command = "SPUBLISH"
     transactions = False
 
-    # Completes the change (field ARGV[8], its JSON ARGV[9]) with the user's kept counts (the last key),
-    # ARGV[4] created notifications added to them (made since ARGV[5]; ARGV[6] the mark and ARGV[7] the TTL if
-    # none are kept), or else ARGV[10] and ARGV[11], and appends it to the entries (`add_to_counts`); queues the
-    # entries (from ARGV[12] on) in each inbox named (the other KEYS), or the overflow mark (ARGV[3]) in one that holds
+    # Completes the change (field ARGV[9], its JSON ARGV[10]) with the user's kept counts (the last key),
+    # ARGV[4] and ARGV[5] added to them (by a change made at ARGV[6]; ARGV[7] the mark and ARGV[8] the TTL if
+    # none are kept), or else ARGV[11] and ARGV[12], and appends it to the entries (`add_to_counts`); queues the
+    # entries (from ARGV[13] on) in each inbox named (the other KEYS), or the overflow mark (ARGV[3]) in one that holds
     # ARGV[2] fields already, and renews their TTL (ARGV[1]): one command for all of a user's connections
     # instead of two per connection. The keys share the user's hash tag, so the cluster runs it on one node.
     # Answers the counts.
     QUEUE_IN_INBOXES = (
         ADD_TO_COUNTS
         + """
-local entries = {unpack(ARGV, 12)}
+local entries = {unpack(ARGV, 13)}
 local counts = add_to_counts(
-  KEYS[#KEYS], ARGV[4], ARGV[5], ARGV[6], ARGV[7], entries, ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+  KEYS[#KEYS], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], entries, ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 )
 for i = 1, #KEYS - 1 do
   local inbox = KEYS[i]
@@ -532,7 +542,7 @@ return counts
         )
         if not connection_ids and counting is None:
             return 0, None
-        add = counting or CountsToAdd(connections_key, 0, 0, "", 0, "", "")
+        add = counting or CountsToAdd(connections_key, 0, 0, 0, "", 0, "", "")
         inboxes = [inbox_prefix + connection_id.decode() for connection_id in connection_ids]
         commands: list[tuple[object, ...]] = [
             (

@@ -48,13 +48,21 @@ async def test_concurrent_creates_and_reads_of_one_user_leave_the_counts_equal_t
     assert kept in ([None, None], [b"41", b"51"]), kept
 
 
+async def _change_of(stream, kind: str) -> dict:
+    """The next change of this kind, passing the others by."""
+    while (change := await stream.next_change())["change"] != kind:
+        pass
+    return change
+
+
 @pytest.mark.gen_test
 @pytest.mark.also_on_cluster
-async def test_a_create_adds_to_the_kept_counts_and_any_other_change_recounts_them_from_mongodb(
+async def test_creates_and_reads_add_to_the_kept_counts_and_any_other_change_recounts_them_from_mongodb(
     api, open_stream, runtime
 ):
     """What changed behind bellcast's back (a notification deleted straight from MongoDB) shows in the counts at
-    the next change other than a create, or when the kept counts expire: a create does not count in MongoDB."""
+    the next change other than a create or a read, or when the kept counts expire: a create adds its
+    notification to the counts kept in Redis, a read takes one off, and neither counts in MongoDB."""
     stream = await open_stream("alice")
     await stream.next_event()
     created = [await api.create("alice", f"n{i}") for i in range(3)]
@@ -66,11 +74,43 @@ async def test_a_create_adds_to_the_kept_counts_and_any_other_change_recounts_th
 
     response = await api.as_user("alice", "POST", f"/api/notifications/{added['id']}/read", b"")
     assert response.code == 200
-    while (change := await stream.next_change())["change"] != "read":
-        pass
-    assert _counts_of(change) == Counts(2, 3)
+    assert _counts_of(await _change_of(stream, "read")) == Counts(3, 4)
+
+    response = await api.as_user("alice", "POST", f"/api/notifications/{created[1]['id']}/archive", b"")
+    assert response.code == 200
+    assert (
+        _counts_of(await _change_of(stream, "archived")) == Counts(1, 2) == await runtime.notifications.counts("alice")
+    )
     recounted = await api.create("alice", "added to the recount")
-    assert _counts_of(await _created_change(stream, recounted["id"])) == Counts(3, 4)
+    assert _counts_of(await _created_change(stream, recounted["id"])) == Counts(2, 3)
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_a_read_of_a_notification_the_counts_leave_out_or_never_had_carries_mongodbs_counts(
+    api, open_stream, runtime
+):
+    """Reading an archived notification changes no count; reading one the kept counts never had (inserted
+    straight into MongoDB) would take them below zero: each read's change carries MongoDB's counts."""
+    stream = await open_stream("alice")
+    await stream.next_event()
+    archived, shown = await api.create("alice", "archived"), await api.create("alice", "shown")
+    await _created_change(stream, shown["id"])
+    assert (await api.as_user("alice", "POST", f"/api/notifications/{archived['id']}/archive", b"")).code == 200
+    assert _counts_of(await _change_of(stream, "archived")) == Counts(1, 1)
+
+    assert (await api.as_user("alice", "POST", f"/api/notifications/{archived['id']}/read", b"")).code == 200
+    assert _counts_of(await _change_of(stream, "read")) == Counts(1, 1)
+    assert (await api.as_user("alice", "POST", f"/api/notifications/{shown['id']}/read", b"")).code == 200
+    assert _counts_of(await _change_of(stream, "read")) == Counts(0, 1)
+
+    collection = runtime.mongo.database["notifications"]
+    behind_its_back = ObjectId()
+    document = await collection.find_one({"_id": ObjectId(shown["id"])})
+    await collection.insert_one({**document, "_id": behind_its_back, "title": "straight into MongoDB", "read_at": None})
+    assert (await api.as_user("alice", "POST", f"/api/notifications/{behind_its_back}/read", b"")).code == 200
+    assert _counts_of(await _change_of(stream, "read")) == Counts(0, 2) == await runtime.notifications.counts("alice")
+    assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"0", b"2"]
 
 
 @pytest.mark.gen_test

@@ -1,4 +1,4 @@
-"""The counts kept in Redis when a recount reads MongoDB while a create's notification is stored but not yet
+"""The counts kept in Redis when a recount reads MongoDB while a create or a read is done there but not yet
 announced: the recount counts it, so its announcement must not add it to the kept counts a second time."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from bson import ObjectId
 from pymongo.uri_parser import parse_uri
 
 from services.cache import counts_key
@@ -38,8 +39,8 @@ def mongodb_url(store_urls: tuple[str, str], mongo_relay: StoreRelay) -> str:
 async def test_a_create_answered_after_a_recount_that_counted_it_is_not_counted_twice(
     api, open_stream, runtime, mongo_relay
 ):
-    """MongoDB stores a create's notification, and its answer comes late (a slow network, a busy process): a
-    read meanwhile recounts and keeps counts that include it. The create's announcement then carries
+    """MongoDB stores a create's notification, and its answer comes late (a slow network, a busy process): an
+    archive meanwhile recounts and keeps counts that include it. The create's announcement then carries
     MongoDB's counts, and the counts kept for the creates after it stay MongoDB's."""
     stream = await open_stream("alice")
     await stream.next_event()
@@ -52,13 +53,46 @@ async def test_a_create_answered_after_a_recount_that_counted_it_is_not_counted_
         return await runtime.notifications.counts("alice") == Counts(3, 3)
 
     await eventually(stored)
-    response = await api.as_user("alice", "POST", f"/api/notifications/{first['id']}/read", b"")
+    response = await api.as_user("alice", "POST", f"/api/notifications/{first['id']}/archive", b"")
     assert response.code == 200, response.body
-    assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"2", b"3"]
+    assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"2", b"2"]
     released.set()
     answered = await late
 
-    assert _counts_of(await _created_change(stream, answered["id"])) == Counts(2, 3)
+    assert _counts_of(await _created_change(stream, answered["id"])) == Counts(2, 2)
     after = await api.create("alice", "after")
-    assert _counts_of(await _created_change(stream, after["id"])) == Counts(3, 4)
-    assert await runtime.notifications.counts("alice") == Counts(3, 4)
+    assert _counts_of(await _created_change(stream, after["id"])) == Counts(3, 3)
+    assert await runtime.notifications.counts("alice") == Counts(3, 3)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.also_on_cluster
+async def test_a_read_answered_after_a_recount_that_counted_it_is_not_taken_off_twice(
+    api, open_stream, runtime, mongo_relay
+):
+    """MongoDB marks a notification read, and its answer comes late: an archive meanwhile recounts and keeps
+    counts that leave the read one out already. The read's change then carries MongoDB's counts, and so do
+    the counts kept for the creates after it."""
+    stream = await open_stream("alice")
+    await stream.next_event()
+    read, archived, shown = [await api.create("alice", title) for title in ("read", "archived", "shown")]
+    await _created_change(stream, shown["id"])
+    released = mongo_relay.hold_next_reply_to(ObjectId(read["id"]).binary)
+    late = asyncio.ensure_future(api.as_user("alice", "POST", f"/api/notifications/{read['id']}/read", b""))
+
+    async def stored() -> bool:
+        return await runtime.notifications.counts("alice") == Counts(2, 3)
+
+    await eventually(stored)
+    response = await api.as_user("alice", "POST", f"/api/notifications/{archived['id']}/archive", b"")
+    assert response.code == 200, response.body
+    assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"1", b"2"]
+    released.set()
+    assert (await late).code == 200
+
+    while (change := await stream.next_change())["change"] != "read":
+        pass
+    assert _counts_of(change) == Counts(1, 2)
+    after = await api.create("alice", "after")
+    assert _counts_of(await _created_change(stream, after["id"])) == Counts(2, 3)
+    assert await runtime.notifications.counts("alice") == Counts(2, 3)
