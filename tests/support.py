@@ -547,6 +547,7 @@ class ServerProcess:
             assert len(opened) < 60, "the kernel never handed a stream to every worker"
             stream = await SSEStream.open(self.base_url, token)
             opened.append(stream)
+            assert stream.status == 200, f"a stream answered {stream.status}"
             await stream.next_event()
             owner = self.worker_holding(stream._stream.socket.getsockname()[1])
             assert owner is not None
