@@ -152,6 +152,11 @@ end
             ]
         )
 
+    async def drop(self, user_ids: list[str]) -> None:
+        """Drop these users' kept counts (they missed a change), and any recount's mark: the next change counts in
+        MongoDB, and a recount under way keeps nothing."""
+        await self._batcher.execute_many([("DEL", counts_key(user)) for user in user_ids])
+
 
 def _mark() -> str:
     return uuid.uuid4().hex

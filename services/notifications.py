@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -28,6 +28,7 @@ from pymongo.errors import (
     WriteError,
 )
 
+from services.background import stop_task
 from services.batching import InTurnBatches, SharedReads
 from services.errors import Invalid, NotFound, StoreUnavailable
 from services.idempotency import IdempotencyKey, IdempotencyRecords
@@ -495,6 +496,9 @@ class CountsCounter(Protocol):
         """Keep what MongoDB counted, for each user whose counts nothing marked since, with when it had counted
         (seconds since the epoch): a create of a notification made before then may be counted already."""
 
+    async def drop(self, user_ids: list[str]) -> None:
+        """Drop these users' kept counts (they missed a change): the next change counts in MongoDB."""
+
 
 class ChangeObserver(Protocol):
     """Told of every change to a user's notifications, creates included."""
@@ -511,6 +515,11 @@ class ChangeObserver(Protocol):
 # of one loop iteration.
 CHANGE_COUNT_DELAY_SECONDS = 0.01
 CHANGE_COUNT_READS = 16
+
+# Users whose kept counts missed a change are remembered until Redis takes their drop; past this many, the
+# others' counts stay as they are until they expire (COUNTS_TTL after the count that kept them).
+MAX_MISSED_COUNTS = 100_000
+MISSED_COUNTS_RETRY_SECONDS = (0.1, 0.5, 2.0, 5.0)
 
 # How long an insert may hold back the creates that came after it before they go out in one of their own.
 INSERT_PATIENCE_SECONDS = 0.5
@@ -597,6 +606,10 @@ class NotificationService:
         self._change_observers: list[ChangeObserver] = []
         self._change_counts = SharedReads(CHANGE_COUNT_READS, delay=CHANGE_COUNT_DELAY_SECONDS)
         self._created_counts = SharedReads(CHANGE_COUNT_READS)
+        # Users whose kept counts missed a change that adds to them (Redis refused or did not answer its
+        # queueing), and the task that drops those counts once Redis takes a command.
+        self._missed_counts: set[str] = set()
+        self._dropping_missed: asyncio.Task[None] | None = None
         # Each observer's store outage, logged once however many notifications it could not take.
         self._observer_outages: dict[str, OutageLog] = {}
 
@@ -723,6 +736,7 @@ class NotificationService:
         changes = [Change.of_created(user, mine, None, count=True) for user, mine in by_user.items()]
         announced = await asyncio.gather(*(self._announce(change) for change in changes))
         # Where an observer failed, the user's streams recover from MongoDB, and get the counts after that.
+        self._counts_missed(change.user_id for change, (taken, _) in zip(changes, announced, strict=True) if not taken)
         uncounted = [change for change, (taken, counts) in zip(changes, announced, strict=True) if taken and not counts]
         if not uncounted:
             return
@@ -832,9 +846,36 @@ class NotificationService:
         return str(self._collection.database.name)
 
     async def close(self) -> None:
-        """Cancel the counts still being read for changes (shutdown)."""
+        """Cancel the counts still being read for changes, and the drop of counts that missed one (shutdown)."""
         await self._change_counts.close()
         await self._created_counts.close()
+        if self._dropping_missed is not None:
+            await stop_task(self._dropping_missed, "the drop of counts that missed a change")
+            self._dropping_missed = None
+
+    def _counts_missed(self, user_ids: Iterable[str]) -> None:
+        """These users' kept counts missed a change that adds to them: drop them in the background, trying again
+        until Redis takes it, so that the next change counts in MongoDB rather than add to counts one short."""
+        if self._counter is None:
+            return
+        for user_id in user_ids:
+            if len(self._missed_counts) >= MAX_MISSED_COUNTS:
+                break
+            self._missed_counts.add(user_id)
+        if self._missed_counts and (self._dropping_missed is None or self._dropping_missed.done()):
+            self._dropping_missed = asyncio.ensure_future(self._drop_missed_counts())
+
+    async def _drop_missed_counts(self) -> None:
+        failures = 0
+        while self._missed_counts and self._counter is not None:
+            users = list(self._missed_counts)
+            try:
+                await self._counter.drop(users)
+            except StoreUnavailable:
+                await asyncio.sleep(MISSED_COUNTS_RETRY_SECONDS[min(failures, len(MISSED_COUNTS_RETRY_SECONDS) - 1)])
+                failures += 1
+                continue
+            self._missed_counts.difference_update(users)
 
     async def _insert_once(self, document: dict[str, Any]) -> bool:
         """Store `document` once, even when the connection drops before MongoDB's answer: True if this call
@@ -1007,8 +1048,11 @@ class NotificationService:
             return notification
         if counting and not uncounted:
             read = Change(user_id, kind, (notification_id,), None, added=Counts(-1, 0), made_at=made_at)
-            if (await self._announce(read))[1] is not None:
+            taken, counts = await self._announce(read)
+            if counts is not None:
                 return notification
+            if not taken:
+                self._counts_missed((user_id,))
         # No counts kept to take it off (or a recount read them after the update): MongoDB counts.
         await self.publish_change(user_id, kind, (notification_id,))
         return notification

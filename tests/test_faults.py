@@ -15,7 +15,7 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from services import cache
 from services.cache import connections_key
-from services.notifications import COLLECTION, utc_now, validate_new_notification
+from services.notifications import COLLECTION, Counts, utc_now, validate_new_notification
 from tests.support import RestartableRedis, SSEStream, cache_keys, eventually, metric_value
 
 
@@ -220,6 +220,46 @@ async def test_a_notification_redis_refused_to_queue_reaches_the_open_streams_fr
         assert event.id == queued["id"], "the recovered notification came twice"
     finally:
         await admin.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("change", ["create", "read"])
+async def test_counts_kept_in_redis_that_missed_a_change_redis_refused_are_counted_again(
+    api, open_stream, private_redis, runtime, change
+):
+    """A create or a read that Redis refused to queue (an ACL here; a full memory's OOM or a failover's READONLY
+    the same) was not added to the kept counts: they are dropped once Redis takes a command, and the next
+    change carries MongoDB's counts, not counts one short (or one over)."""
+    stream = await open_stream("alice")
+    await stream.next_event()
+    kept = [await api.create("alice", title) for title in ("first", "second")]
+    await stream.notifications(2)
+    admin = Redis.from_url(private_redis.url)
+    try:
+        assert await admin.hmget(cache.counts_key("alice"), "unread", "unseen") == [b"2", b"2"]
+        await admin.execute_command("ACL", "SETUSER", "default", "-@scripting")
+        try:
+            if change == "create":
+                await api.create("alice", "refused")  # MongoDB has it: 201 all the same
+            else:
+                read = await api.as_user("alice", "POST", f"/api/notifications/{kept[0]['id']}/read", b"")
+                assert read.code == 200, read.body
+
+            async def dropped() -> bool:
+                return not await admin.exists(cache.counts_key("alice"))
+
+            await eventually(dropped)
+        finally:
+            await admin.execute_command("ACL", "SETUSER", "default", "+@all")
+    finally:
+        await admin.aclose()
+
+    after = await api.create("alice", "after")
+    while (event := await stream.next_change())["ids"] != [after["id"]]:
+        pass
+    counts = await runtime.notifications.counts("alice")
+    assert (event["unread_count"], event["unseen_count"]) == (counts.unread, counts.unseen)
+    assert counts == (Counts(4, 4) if change == "create" else Counts(2, 3))
 
 
 @pytest.mark.gen_test(timeout=60)
