@@ -509,10 +509,10 @@ class ChangeObserver(Protocol):
 
 
 # The counts a change carries are read once for the changes of a user that come together (a burst of
-# reads): each read waits this long for others to join, and at most CHANGE_COUNT_READS run at once, so
-# that changes never take the connections creates and lists need. A create's counts come from Redis with its
-# queueing; counted in MongoDB (none kept for the user), they wait for no one, and are shared only by the creates
-# of one loop iteration.
+# archives; a read takes one off the counts kept in Redis): each read waits this long for others to join, and
+# at most CHANGE_COUNT_READS run at once, so that changes never take the connections creates and lists need. A
+# create's counts come from Redis with its queueing; counted in MongoDB (none kept for the user), they wait for
+# no one, and are shared only by the creates of one loop iteration.
 CHANGE_COUNT_DELAY_SECONDS = 0.01
 CHANGE_COUNT_READS = 16
 

@@ -34,6 +34,18 @@ def mongodb_url(store_urls: tuple[str, str], mongo_relay: StoreRelay) -> str:
     return url if "directConnection=" in url else url + ("&" if "?" in url else "/?") + "directConnection=true"
 
 
+async def _recount_once_stored(api, runtime, counts_in_mongodb: Counts, archiving: str) -> None:
+    """Once MongoDB has the write whose answer is held (its counts are `counts_in_mongodb`), archive one of
+    alice's notifications: the archive recounts in MongoDB and keeps what it counted."""
+
+    async def stored() -> bool:
+        return await runtime.notifications.counts("alice") == counts_in_mongodb
+
+    await eventually(stored)
+    response = await api.as_user("alice", "POST", f"/api/notifications/{archiving}/archive", b"")
+    assert response.code == 200, response.body
+
+
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.also_on_cluster
 async def test_a_create_answered_after_a_recount_that_counted_it_is_not_counted_twice(
@@ -49,12 +61,7 @@ async def test_a_create_answered_after_a_recount_that_counted_it_is_not_counted_
     released = mongo_relay.hold_next_reply_to(b"answered late")
     late = asyncio.ensure_future(api.create("alice", "answered late"))
 
-    async def stored() -> bool:
-        return await runtime.notifications.counts("alice") == Counts(3, 3)
-
-    await eventually(stored)
-    response = await api.as_user("alice", "POST", f"/api/notifications/{first['id']}/archive", b"")
-    assert response.code == 200, response.body
+    await _recount_once_stored(api, runtime, Counts(3, 3), archiving=first["id"])
     assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"2", b"2"]
     released.set()
     answered = await late
@@ -80,12 +87,7 @@ async def test_a_read_answered_after_a_recount_that_counted_it_is_not_taken_off_
     released = mongo_relay.hold_next_reply_to(ObjectId(read["id"]).binary)
     late = asyncio.ensure_future(api.as_user("alice", "POST", f"/api/notifications/{read['id']}/read", b""))
 
-    async def stored() -> bool:
-        return await runtime.notifications.counts("alice") == Counts(2, 3)
-
-    await eventually(stored)
-    response = await api.as_user("alice", "POST", f"/api/notifications/{archived['id']}/archive", b"")
-    assert response.code == 200, response.body
+    await _recount_once_stored(api, runtime, Counts(2, 3), archiving=archived["id"])
     assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"1", b"2"]
     released.set()
     assert (await late).code == 200
