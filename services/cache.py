@@ -95,7 +95,7 @@ class CountsCache:
     (whose notification MongoDB may or may not have counted) marks them too, and recounts itself after its
     insert. A create that comes after the recount stored its counts adds to them only if its notifications
     were made after the recount read MongoDB (`counted`); otherwise the recount may have counted them
-    already (their insert was answered late, or the watcher saw it late), and the create recounts. So the
+    already (their insert was answered late), and the create recounts; a read takes one off the same way. So the
     counts stored are MongoDB's at a moment after every create that added to them; they expire COUNTS_TTL
     after the recount that stored them. Processes compare their clocks here: on several hosts, a create
     made within their skew of a recount is counted as if the clocks agreed.

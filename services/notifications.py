@@ -340,11 +340,11 @@ class Change:
         """The change that announces a user's new notifications, and carries them; with `count`, adds them to the
         counts kept."""
         ids = tuple(str(notification.id) for notification in notifications)
+        change = cls(user_id, "created", ids, counts, notifications=tuple(notifications))
         if not count or not notifications:
-            return cls(user_id, "created", ids, counts, notifications=tuple(notifications))
+            return change
         made_at = min(notification.created_at for notification in notifications).timestamp()
-        added = Counts(len(notifications), len(notifications))
-        return cls(user_id, "created", ids, counts, notifications=tuple(notifications), added=added, made_at=made_at)
+        return dataclasses.replace(change, added=Counts(len(ids), len(ids)), made_at=made_at)
 
     def json_before_counts(self) -> str:
         """The event's data up to its counts, which end it: `to_json()` less `"unread_count":…}`."""
@@ -1029,7 +1029,7 @@ class NotificationService:
         """
         mine = {**self._schema.by_id(notification_id), **self._schema.user(user_id)}
         counting = field == "read_at" and self._counter is not None
-        made_at, now = time.time(), utc_now()
+        now = utc_now()
         shown = all_of(self._schema.not_expired(now), self._schema.unset("archived_at"))
         changed = uncounted = False
         with self._store_errors():
@@ -1047,7 +1047,7 @@ class NotificationService:
         if not changed or self._announced_by_watcher(field):
             return notification
         if counting and not uncounted:
-            read = Change(user_id, kind, (notification_id,), None, added=Counts(-1, 0), made_at=made_at)
+            read = Change(user_id, kind, (notification_id,), None, added=Counts(-1, 0), made_at=now.timestamp())
             taken, counts = await self._announce(read)
             if counts is not None:
                 return notification

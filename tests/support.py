@@ -40,7 +40,7 @@ from services.cache import DeliveryCache, connections_key
 from services.embedded import EmbeddedRedis, free_port
 from services.expiry import KEY_PREFIX as EXPIRY_KEY_PREFIX_TEXT
 from services.metrics import NAMESPACE, Metrics
-from services.notifications import Change, Notification
+from services.notifications import Change, Counts, Notification
 
 
 @dataclass
@@ -252,6 +252,25 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def created_change(stream: SSEStream, notification_id: str) -> dict[str, Any]:
+    """The `created` change of one notification, passing the others by."""
+    while (change := await stream.next_change())["ids"] != [notification_id]:
+        pass
+    return change
+
+
+async def change_of_kind(stream: SSEStream, kind: str) -> dict[str, Any]:
+    """The next change of this kind, passing the others by."""
+    while (change := await stream.next_change())["change"] != kind:
+        pass
+    return change
+
+
+def counts_of(change: dict[str, Any]) -> Counts:
+    """The counts a `changed` event carries."""
+    return Counts(change["unread_count"], change["unseen_count"])
 
 
 def iso_in(seconds: float) -> str:

@@ -11,23 +11,13 @@ from bson import ObjectId
 
 from services.cache import CountsCache, counts_key
 from services.notifications import Change, Counts, utc_now, validate_new_notification
-
-
-async def _created_change(stream, notification_id: str) -> dict:
-    """The `created` change of one notification, passing the others by."""
-    while (change := await stream.next_change())["ids"] != [notification_id]:
-        pass
-    return change
-
-
-def _counts_of(change: dict) -> Counts:
-    return Counts(change["unread_count"], change["unseen_count"])
+from tests.support import change_of_kind, counts_of, created_change
 
 
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.also_on_cluster
 async def test_concurrent_creates_and_reads_of_one_user_leave_the_counts_equal_to_mongodbs(api, open_stream, runtime):
-    """Creates add to the kept counts while reads recount them: whichever order they meet Redis and MongoDB
+    """Creates add to the kept counts while reads take from them: whichever order they meet Redis and MongoDB
     in, the counts a create carries afterwards are MongoDB's."""
     stream = await open_stream("alice")
     await stream.next_event()
@@ -42,17 +32,10 @@ async def test_concurrent_creates_and_reads_of_one_user_leave_the_counts_equal_t
     )
     last = await api.create("alice", "after")
 
-    change = await _created_change(stream, last["id"])
-    assert _counts_of(change) == await runtime.notifications.counts("alice") == Counts(41, 51)
+    change = await created_change(stream, last["id"])
+    assert counts_of(change) == await runtime.notifications.counts("alice") == Counts(41, 51)
     kept = await runtime.redis.hmget(counts_key("alice"), "unread", "unseen")
     assert kept in ([None, None], [b"41", b"51"]), kept
-
-
-async def _change_of(stream, kind: str) -> dict:
-    """The next change of this kind, passing the others by."""
-    while (change := await stream.next_change())["change"] != kind:
-        pass
-    return change
 
 
 @pytest.mark.gen_test
@@ -66,23 +49,22 @@ async def test_creates_and_reads_add_to_the_kept_counts_and_any_other_change_rec
     stream = await open_stream("alice")
     await stream.next_event()
     created = [await api.create("alice", f"n{i}") for i in range(3)]
-    assert _counts_of(await _created_change(stream, created[-1]["id"])) == Counts(3, 3)
+    assert counts_of(await created_change(stream, created[-1]["id"])) == Counts(3, 3)
     await runtime.mongo.database["notifications"].delete_one({"_id": ObjectId(created[0]["id"])})
 
     added = await api.create("alice", "added to the kept counts")
-    assert _counts_of(await _created_change(stream, added["id"])) == Counts(4, 4)
+    assert counts_of(await created_change(stream, added["id"])) == Counts(4, 4)
 
     response = await api.as_user("alice", "POST", f"/api/notifications/{added['id']}/read", b"")
     assert response.code == 200
-    assert _counts_of(await _change_of(stream, "read")) == Counts(3, 4)
+    assert counts_of(await change_of_kind(stream, "read")) == Counts(3, 4)
 
     response = await api.as_user("alice", "POST", f"/api/notifications/{created[1]['id']}/archive", b"")
     assert response.code == 200
-    assert (
-        _counts_of(await _change_of(stream, "archived")) == Counts(1, 2) == await runtime.notifications.counts("alice")
-    )
+    archived = counts_of(await change_of_kind(stream, "archived"))
+    assert archived == Counts(1, 2) == await runtime.notifications.counts("alice")
     recounted = await api.create("alice", "added to the recount")
-    assert _counts_of(await _created_change(stream, recounted["id"])) == Counts(2, 3)
+    assert counts_of(await created_change(stream, recounted["id"])) == Counts(2, 3)
 
 
 @pytest.mark.gen_test
@@ -95,21 +77,22 @@ async def test_a_read_of_a_notification_the_counts_leave_out_or_never_had_carrie
     stream = await open_stream("alice")
     await stream.next_event()
     archived, shown = await api.create("alice", "archived"), await api.create("alice", "shown")
-    await _created_change(stream, shown["id"])
+    await created_change(stream, shown["id"])
     assert (await api.as_user("alice", "POST", f"/api/notifications/{archived['id']}/archive", b"")).code == 200
-    assert _counts_of(await _change_of(stream, "archived")) == Counts(1, 1)
+    assert counts_of(await change_of_kind(stream, "archived")) == Counts(1, 1)
 
     assert (await api.as_user("alice", "POST", f"/api/notifications/{archived['id']}/read", b"")).code == 200
-    assert _counts_of(await _change_of(stream, "read")) == Counts(1, 1)
+    assert counts_of(await change_of_kind(stream, "read")) == Counts(1, 1)
     assert (await api.as_user("alice", "POST", f"/api/notifications/{shown['id']}/read", b"")).code == 200
-    assert _counts_of(await _change_of(stream, "read")) == Counts(0, 1)
+    assert counts_of(await change_of_kind(stream, "read")) == Counts(0, 1)
 
     collection = runtime.mongo.database["notifications"]
     behind_its_back = ObjectId()
     document = await collection.find_one({"_id": ObjectId(shown["id"])})
     await collection.insert_one({**document, "_id": behind_its_back, "title": "straight into MongoDB", "read_at": None})
     assert (await api.as_user("alice", "POST", f"/api/notifications/{behind_its_back}/read", b"")).code == 200
-    assert _counts_of(await _change_of(stream, "read")) == Counts(0, 2) == await runtime.notifications.counts("alice")
+    read = counts_of(await change_of_kind(stream, "read"))
+    assert read == Counts(0, 2) == await runtime.notifications.counts("alice")
     assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"0", b"2"]
 
 
@@ -120,13 +103,13 @@ async def test_counts_lost_from_redis_are_recounted_by_the_next_create(api, open
     await stream.next_event()
     for i in range(2):
         created = await api.create("alice", f"n{i}")
-    await _created_change(stream, created["id"])
+    await created_change(stream, created["id"])
     await runtime.mongo.database["notifications"].delete_one({"_id": ObjectId(created["id"])})
     await runtime.redis.delete(counts_key("alice"))  # evicted, or Redis restarted empty
 
     again = await api.create("alice", "again")
 
-    assert _counts_of(await _created_change(stream, again["id"])) == Counts(2, 2)
+    assert counts_of(await created_change(stream, again["id"])) == Counts(2, 2)
     assert await runtime.redis.hmget(counts_key("alice"), "unread", "unseen") == [b"2", b"2"]
 
 

@@ -13,8 +13,7 @@ from pymongo.uri_parser import parse_uri
 from services.cache import counts_key
 from services.notifications import Counts
 from tests.relay import StoreRelay
-from tests.support import eventually
-from tests.test_counts import _counts_of, _created_change
+from tests.support import change_of_kind, counts_of, created_change, eventually
 
 
 @pytest.fixture
@@ -66,9 +65,9 @@ async def test_a_create_answered_after_a_recount_that_counted_it_is_not_counted_
     released.set()
     answered = await late
 
-    assert _counts_of(await _created_change(stream, answered["id"])) == Counts(2, 2)
+    assert counts_of(await created_change(stream, answered["id"])) == Counts(2, 2)
     after = await api.create("alice", "after")
-    assert _counts_of(await _created_change(stream, after["id"])) == Counts(3, 3)
+    assert counts_of(await created_change(stream, after["id"])) == Counts(3, 3)
     assert await runtime.notifications.counts("alice") == Counts(3, 3)
 
 
@@ -83,7 +82,7 @@ async def test_a_read_answered_after_a_recount_that_counted_it_is_not_taken_off_
     stream = await open_stream("alice")
     await stream.next_event()
     read, archived, shown = [await api.create("alice", title) for title in ("read", "archived", "shown")]
-    await _created_change(stream, shown["id"])
+    await created_change(stream, shown["id"])
     released = mongo_relay.hold_next_reply_to(ObjectId(read["id"]).binary)
     late = asyncio.ensure_future(api.as_user("alice", "POST", f"/api/notifications/{read['id']}/read", b""))
 
@@ -92,9 +91,7 @@ async def test_a_read_answered_after_a_recount_that_counted_it_is_not_taken_off_
     released.set()
     assert (await late).code == 200
 
-    while (change := await stream.next_change())["change"] != "read":
-        pass
-    assert _counts_of(change) == Counts(1, 2)
+    assert counts_of(await change_of_kind(stream, "read")) == Counts(1, 2)
     after = await api.create("alice", "after")
-    assert _counts_of(await _created_change(stream, after["id"])) == Counts(2, 3)
+    assert counts_of(await created_change(stream, after["id"])) == Counts(2, 3)
     assert await runtime.notifications.counts("alice") == Counts(2, 3)
