@@ -27,9 +27,10 @@ class IterationBatches(Generic[Request, Result]):
         self._sender_started = False
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    def add(self, request: Request) -> asyncio.Future[Result]:
-        """Queue `request` for this iteration's batch; the future has its result."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    def add(self, request: Request, future: asyncio.Future[Result] | None = None) -> asyncio.Future[Result]:
+        """Queue `request` for this iteration's batch; the future (`future`, or a new one) has its result."""
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
         self._queued.append((request, future))
         if not self._sender_started:
             self._sender_started = True

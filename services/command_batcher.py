@@ -20,6 +20,8 @@ from services.stores import DEFAULT_STORE_TIMEOUT_SECONDS, redis_unavailable
 
 # The longest a pipeline grows; more commands in one loop iteration go in several.
 MAX_PIPELINE_COMMANDS = 2000
+# The longest a command that may wait (`execute_with_next`) waits for a pipeline to ride with.
+RIDE_WAIT_SECONDS = 0.025
 
 
 class CommandBatcher:
@@ -36,6 +38,9 @@ class CommandBatcher:
         self._timeout = timeout
         self._metrics = metrics
         self._batches: IterationBatches[Sequence[Sequence[Any]], list[Any]] = IterationBatches(self._send_queued)
+        # Commands that go with the next pipeline, or on their own once RIDE_WAIT_SECONDS have passed.
+        self._riders: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]] = []
+        self._riders_due: asyncio.TimerHandle | None = None
 
     async def execute(self, *command: Any) -> Any:
         """Run one command in the next pipeline; RedisError becomes StoreUnavailable."""
@@ -45,7 +50,31 @@ class CommandBatcher:
         """Run several commands, in order, in the next pipeline; the future has their replies."""
         return self._batches.add(commands)
 
+    def execute_with_next(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+        """Run several commands, in order, at the head of the next pipeline that goes anyway, or of their own after
+        RIDE_WAIT_SECONDS: for what no caller waits on, such as removing what streams sent, so that under load it
+        costs no round trip (nor a wake-up of Redis) of its own."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._riders.append((commands, future))
+        if self._riders_due is None:
+            self._riders_due = asyncio.get_running_loop().call_later(RIDE_WAIT_SECONDS, self._send_riders)
+        return future
+
+    def _send_riders(self) -> None:
+        """No pipeline went in time: send the riders on their own."""
+        self._riders_due = None
+        riders, self._riders = self._riders, []
+        for commands, future in riders:
+            self._batches.add(commands, future)
+
     async def _send_queued(self, queued: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
+        if self._riders:
+            # They go first: a removal then counts what is left before this pipeline queues more.
+            queued = [*self._riders, *queued]
+            self._riders = []
+            if self._riders_due is not None:
+                self._riders_due.cancel()
+                self._riders_due = None
         batches: list[list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]] = [[]]
         size = 0
         for entry in queued:
@@ -87,5 +116,8 @@ class CommandBatcher:
                 future.set_result(replies)
 
     async def close(self) -> None:
-        """Wait for the pipelines already sent."""
+        """Send what waits to ride, and wait for the pipelines already sent."""
+        if self._riders_due is not None:
+            self._riders_due.cancel()
+            self._send_riders()
         await self._batches.wait_sent()

@@ -164,6 +164,7 @@ class LiveConnection:
 
     __slots__ = (
         "__weakref__",  # so that a test can tell a closed stream was freed
+        "_changes_removing",
         "_chunked",
         "_closed",
         "_counts_owed",
@@ -235,6 +236,9 @@ class LiveConnection:
         # leaves once its entry is gone and it is older than CATCH_UP_WINDOW before the newest sent,
         # the furthest back a catch-up looks. Made on first use: most streams never need it.
         self._sent: dict[str, bool] | None = None
+        # The `changed` events written straight from a hint whose inbox entries may still exist (their removal
+        # rides with a later pipeline, or failed): a scan deletes them instead of sending them again.
+        self._changes_removing: set[str] | None = None
         # Owed from MongoDB: the replay after Last-Event-ID (`_replay_owed`, until it is sent or refused), and
         # what an outage or a lost registration kept from the inbox (`_recovering`, a page at a time from
         # `_recovery_cursor`, the last id of the page before).
@@ -526,10 +530,12 @@ class LiveConnection:
 
         An idle stream writes them at once, without reading its inbox or starting a task, and joins
         `delivery.written`: the hub removes exactly them from the inboxes of all who wrote them in one
-        command, and the stream counts as scanning until `acknowledged`. Removed once the socket took
-        them: only this stream reads its inbox, and a connection that fails meanwhile drops the inbox
-        anyway (its client resumes from MongoDB). Any other stream scans, taking the entries in place of
-        reading its inbox unless it is resuming, backing off or recovering (`_take`); the inbox has them too.
+        command, and tells the stream once done (`acknowledged`). Removed once the socket took them: only
+        this stream reads its inbox, and a connection that fails meanwhile drops the inbox anyway (its
+        client resumes from MongoDB). The stream stays idle meanwhile: until then the ledger (and
+        `_changes_removing`) has a scan delete the entries instead of sending them again. Any other stream
+        scans, taking the entries in place of reading its inbox unless it is resuming, backing off or
+        recovering (`_take`); the inbox has them too.
         """
         notifications: list[Entry] = delivery.notifications
         if not self._writes_now(notifications):
@@ -542,15 +548,15 @@ class LiveConnection:
         if framed is None:
             chunk = self._encode(notifications, [data for _, data in delivery.changes])
             framed = delivery.encoded[shape] = chunk_of(chunk) if self._chunked else chunk
-        self._scanning = True
-        self._woken = False
         try:
             self._send_now(framed, time.monotonic())
         except StreamClosedError:
-            self._scanning = False
             return
         self._count_sent(notifications, True, change_count)
         self._note_queued(delivery.notification_ids, True)
+        if change_count:
+            removing = self._changes_removing = self._changes_removing or set()
+            removing.update(field for field, _ in delivery.changes)
         delivery.written.append((self, self._inbox.key))
 
     def _writes_now(self, notifications: list[Entry]) -> bool:
@@ -576,15 +582,14 @@ class LiveConnection:
         )
 
     def acknowledged(self, delivery: Delivery, left: int | None) -> None:
-        """What this stream wrote of `delivery` left its inbox, which still holds `left` entries: with any, or
-        with wakes meanwhile, it scans now. None: Redis did not answer; the ledger keeps the entries as queued,
-        and the next scan deletes them without sending them again."""
-        if left is not None:
-            self._note_queued(delivery.notification_ids, False)
-            if left:
-                self._woken = True
-        self._scanning = False
-        if self._woken:
+        """What this stream wrote of `delivery` left its inbox, which still holds `left` entries: with any, it
+        scans now. None: Redis did not answer; the ledger keeps the entries as queued, and the next scan deletes
+        them without sending them again."""
+        if left is None:
+            return
+        self._note_queued(delivery.notification_ids, False)
+        self._forget_changes_removed([field for field, _ in delivery.changes])
+        if left:
             self.wake()
 
     def recover(self) -> None:
@@ -715,7 +720,8 @@ class LiveConnection:
                 if len(entries) >= MAX_ENTRIES_PER_SEND:
                     self._woken = True  # more is queued than one send takes
             # A create's notification and the change that carries the counts after it go out in one write.
-            if (entries or changes) and not await self._send_entries(entries, True, [data for _, data in changes]):
+            unsent_changes = [data for field, data in changes if field not in (self._changes_removing or ())]
+            if (entries or unsent_changes) and not await self._send_entries(entries, True, unsent_changes):
                 return
             delivered = [*delivered_before, *(notification_id for notification_id, _ in entries)]
             with contextlib.suppress(StoreUnavailable):
@@ -867,6 +873,14 @@ class LiveConnection:
         else:
             await self._inbox.remove([*notification_ids, *change_fields])
         self._note_queued(notification_ids, False)
+        self._forget_changes_removed(change_fields)
+
+    def _forget_changes_removed(self, change_fields: Sequence[str]) -> None:
+        """These `changed` events are gone from the inbox: no scan can find them again."""
+        if self._changes_removing and change_fields:
+            self._changes_removing.difference_update(change_fields)
+            if not self._changes_removing:
+                self._changes_removing = None
 
     def _note_queued(self, notification_ids: list[str], queued: bool) -> None:
         """Note in the ledger whether these sent notifications may still have an inbox entry: until its removal is

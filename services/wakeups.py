@@ -43,7 +43,7 @@ class Delivery:
     """The entries one hint carried, queued in the inbox of each stream of its user, and what those streams share.
 
     A stream that can write them at once does, and joins `written` with its inbox's key: the hub then
-    removes them from all those inboxes in one command, and tells each stream (`acknowledged`). The
+    removes them from all those inboxes in one command, and tells each stream once done (`acknowledged`). The
     events are encoded once for all of them (`encoded`, by what makes one stream's bytes differ).
     """
 
@@ -187,11 +187,12 @@ class WakeupHub:
         """Remove what the streams wrote from their inboxes in one command, and tell each what its inbox still holds.
 
         One command and a callback where each stream had a task and two commands of its own: at hundreds of
-        creates a second to users with ten tabs, thousands of each a second.
+        creates a second to users with ten tabs, thousands of each a second. The command rides with the next
+        pipeline (the next create's queueing, under load): the streams do not wait for it (`Wakeable.deliver`).
         """
         keys = [key for _, key in delivery.written]
         fields = [field for field, _ in delivery.entries]
-        removal = self._batcher.execute_many([("EVAL", REMOVE_DELIVERED, len(keys), *keys, *fields)])
+        removal = self._batcher.execute_with_next([("EVAL", REMOVE_DELIVERED, len(keys), *keys, *fields)])
         removal.add_done_callback(functools.partial(_acknowledge, delivery))
 
     def _wake_everyone(self) -> None:

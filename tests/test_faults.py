@@ -13,9 +13,10 @@ import pytest
 from redis.asyncio import Redis
 from tornado.iostream import IOStream, StreamClosedError
 
-from services import cache
+from services import cache, command_batcher
 from services.cache import connections_key
 from services.notifications import COLLECTION, Counts, utc_now, validate_new_notification
+from services.redis_backend import WAKEUP_CHANNEL
 from tests.support import (
     RestartableRedis,
     SSEStream,
@@ -266,6 +267,49 @@ async def test_counts_kept_in_redis_that_missed_a_change_redis_refused_are_count
     counts = await runtime.notifications.counts("alice")
     assert counts_of(await created_change(stream, after["id"])) == counts
     assert counts == (Counts(4, 4) if change == "create" else Counts(2, 3))
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("wakeup_hints", [True], ids=["hints"])
+async def test_what_a_stream_wrote_whose_removal_redis_refused_is_deleted_by_its_next_scan_not_sent_again(
+    api, open_stream, private_redis, runtime, monkeypatch
+):
+    """A stream writes what a hint carried and does not wait for its removal, which rides with a later pipeline.
+    Refused there (an ACL here; a timeout the same), the notification and the `changed` event written with it
+    stay in the inbox: the stream's next scan deletes both instead of sending either again."""
+    monkeypatch.setattr(command_batcher, "RIDE_WAIT_SECONDS", 60)  # the removal waits for the next pipeline
+    stream = await open_stream("alice")
+    await stream.next_event()
+    # The second create's notification and change go in one delivery: the first's counted in MongoDB.
+    for title in ("first", "second"):
+        created = await api.create("alice", title)
+        [event] = await stream.notifications(1)
+        assert event.id == created["id"]
+        await created_change(stream, created["id"])
+    [connection_id] = await runtime.redis.zrange(connections_key("alice"), 0, -1)
+    inbox = cache.inbox_key("alice", connection_id.decode())
+    admin = Redis.from_url(private_redis.url)
+    try:
+        # The notification and its change are queued until removed.
+        assert await admin.hexists(inbox, created["id"]) and await admin.hlen(inbox) == 2
+        await admin.execute_command("ACL", "SETUSER", "default", "-@scripting")
+        try:
+            await runtime.batcher.execute("PING")  # the pipeline the removal rides with
+        finally:
+            await admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        assert await admin.hlen(inbox) == 2, "the removal was not refused"
+        changes_before = len(stream.changes)
+
+        await admin.publish(WAKEUP_CHANNEL, "alice")  # the stream scans its inbox
+
+        async def emptied() -> bool:
+            return not await admin.exists(inbox)
+
+        await eventually(emptied)
+    finally:
+        await admin.aclose()
+    await stream.assert_silent(0.5)
+    assert len(stream.changes) == changes_before, "the change came twice"
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services import cache
+from services import cache, command_batcher
 from services.cache import ConnectionInbox, DeliveryCache
 from services.command_batcher import CommandBatcher
 from services.notifications import utc_now, validate_new_notification
@@ -198,6 +198,37 @@ async def test_a_deregistration_goes_out_only_once_a_registration_under_way_has_
     assert batcher.sent[1:] == [["ZREM", "DEL"]]
     batcher.replies[1].set_result([1, 0])
     await deregistering
+
+
+@pytest.mark.gen_test
+@pytest.mark.also_on_cluster
+async def test_a_command_that_may_wait_rides_with_the_next_pipeline_or_goes_alone_once_its_wait_is_over(
+    redis_url, redis_cluster, monkeypatch
+):
+    """What streams wrote from a hint is removed by a command that waits for the next pipeline (the next create's,
+    under load), ahead of that pipeline's own commands; with none coming, it goes on its own after a short wait."""
+    backend = connect_redis_backend(redis_url, redis_cluster)
+    batcher = CommandBatcher(backend)
+    redis = backend.client
+    try:
+        await redis.hset("{rider}:inbox", mapping={"a": "1", "b": "2"})
+        monkeypatch.setattr(command_batcher, "RIDE_WAIT_SECONDS", 60)
+        removal = batcher.execute_with_next([("HDEL", "{rider}:inbox", "a"), ("HLEN", "{rider}:inbox")])
+        await asyncio.sleep(0.2)
+        assert not removal.done()
+        assert await redis.hlen("{rider}:inbox") == 2
+        # Ahead of the pipeline's own commands: the HLEN below counts the inbox without "a".
+        assert await batcher.execute("HLEN", "{rider}:inbox") == 1
+        assert (await removal)[1] == 1
+
+        monkeypatch.setattr(command_batcher, "RIDE_WAIT_SECONDS", 0.05)
+        alone = batcher.execute_with_next([("HDEL", "{rider}:inbox", "b")])
+        assert await asyncio.wait_for(alone, 5) == [1]
+        assert await redis.exists("{rider}:inbox") == 0
+    finally:
+        await redis.delete("{rider}:inbox")
+        await batcher.close()
+        await backend.aclose()
 
 
 class RecordingStream:
