@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
+import redis
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
@@ -641,6 +642,19 @@ class Profiler:
         index.write_text(json.dumps(entries, indent=1))
 
 
+def _redis_requests(target: Any) -> int | None:
+    """How many requests the target's Redis has read so far (valkey's `total_reads_processed`: a pipeline's
+    commands that arrive together are one); None for a target without Redis."""
+    url = getattr(target, "redis_url", None)
+    if url is None:
+        return None
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("stats")["total_reads_processed"])
+    finally:
+        client.close()
+
+
 def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Passes of one kind together: summed counts, the quantiles of all their latencies, CPU per create."""
     latencies = [x for run in runs for x in run.pop("latencies")]
@@ -663,6 +677,8 @@ def _pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
         },
         latencies_ms=[round(1000 * x, 3) for x in latencies],  # µs are enough, and keep the file small
     )
+    if all("redis_requests" in run for run in runs):
+        result["redis_requests_per_create"] = sum(run["redis_requests"] for run in runs) / creates
     return result
 
 
@@ -707,6 +723,7 @@ async def _delivery_pass(
 
     profiler = Profiler(target, meters, f"{label}-{rate:g}")
     cpu_before = {role: meter.cpu_seconds() for role, meter in meters.items()}
+    redis_requests_before = _redis_requests(target)
     host = HostMeter()
     sends_began = time.time()
     await _at_rate(len(users), rate, one)
@@ -715,6 +732,7 @@ async def _delivery_pass(
     await asyncio.sleep(3.0)
     stalls = target.stalls_between(sends_began, sends_ended)  # a stall is recorded when it ends
     cpu_seconds = {role: meter.cpu_seconds() - cpu_before[role] for role, meter in meters.items()}
+    redis_requests = _redis_requests(target)
     profiler.stop({role: 1000 * seconds / len(users) for role, seconds in cpu_seconds.items()}, rate)
     counts, latencies = tally(await workers.broadcast({"op": "report"}))
     await workers.broadcast({"op": "close"})
@@ -731,6 +749,9 @@ async def _delivery_pass(
         "cpu_ms_per_create": {role: 1000 * seconds / len(users) for role, seconds in cpu_seconds.items()},
         "host_percent": host_percent,
     }
+    if redis_requests is not None and redis_requests_before is not None:
+        # Less the INFO that read the count after.
+        result["redis_requests"] = redis_requests - redis_requests_before - 1
     if target.loop_stalls:
         result["loop_stalls"] = {
             "count": len(stalls),
@@ -986,7 +1007,6 @@ async def scenario_churn(
     target: Bellcast, workers: Workers, count: int, seconds: float, redis_url: str
 ) -> dict[str, Any]:
     """`count` connects and disconnects (half clean FIN, half RST) spread over `seconds`; then what is left."""
-    import redis
 
     paths = [target.stream_path(f"churn{i % 1000}", i) for i in range(count)]
     parts = _split(paths, workers.count)
@@ -1180,6 +1200,8 @@ def _print_deliveries(name: str, f: dict[str, Any], create: str = "create") -> N
         print(f"  {'':>9}  {len(f['passes'])} passes pooled; each pass's p50/p99/max (ms): {each}")
     cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in f["cpu_ms_per_create"].items())
     print(f"  {'':>9}  CPU per {create} and its deliveries (ms): {cpu}")
+    if "redis_requests_per_create" in f:
+        print(f"  {'':>9}  requests read by Redis per {create}: {f['redis_requests_per_create']:.2f}")
     host = ", ".join(f"{run['host_percent']['busy']:.0f}/{run['host_percent']['steal']:.1f}" for run in f["passes"])
     print(f"  {'':>9}  while the {create}s were made, the machine's cores busy/stolen by the host, % per pass: {host}")
 
