@@ -144,9 +144,13 @@ class ProducerRateLimiter:
         if now >= share.window_ends or count <= wanted:
             share.left = 0  # a new window: what was held belonged to the last one
         share.window_ends = now + remaining_ms / 1000
-        # What this count may admit: all it took, unless it went past the allowance.
+        # What this count may admit: all it took, unless it went past the allowance. Counted in the window Redis had,
+        # the request is admitted even if that window ends as the answer comes (PTTL 0).
         share.left += max(0, min(wanted, self._limit.allowance - (count - wanted)))
-        return self._admitted_from(share, notifications)
+        if share.left < notifications:
+            return False
+        share.left -= notifications
+        return True
 
     async def _count(self, key: str, notifications: int) -> tuple[int, int]:
         """Count notifications in the key's window, opening one if none runs: (count so far, milliseconds left)."""

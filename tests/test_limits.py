@@ -11,7 +11,7 @@ import pytest
 
 from server import SettingsError, parse_settings
 from services.errors import RateLimited
-from services.ratelimit import KEY_PREFIX, ProducerRateLimiter, RateLimit
+from services.ratelimit import KEY_PREFIX, ProducerRateLimiter, RateLimit, rate_key
 from services.redis_backend import connect_redis_backend
 from tests.support import command_calls, error_of
 
@@ -135,6 +135,28 @@ async def test_processes_count_in_redis_once_a_share_and_together_never_admit_mo
     finally:
         for backend in backends:
             await backend.aclose()
+
+
+@pytest.mark.gen_test
+async def test_a_share_taken_as_its_window_ends_admits_what_redis_counted(redis_url, monkeypatch):
+    """Redis answers a count with the milliseconds its window has left, 0 when it ends as it answers: what it
+    counted within the allowance is admitted, and the next request opens a new window."""
+    backend = connect_redis_backend(redis_url, False)
+    limiter = ProducerRateLimiter(backend, RateLimit(100.0, 1.0))  # shares of 1
+    count_in_redis = limiter._count
+
+    async def count_as_the_window_ends(key: str, notifications: int) -> tuple[int, int]:
+        count, _ = await count_in_redis(key, notifications)
+        return count, 0
+
+    monkeypatch.setattr(limiter, "_count", count_as_the_window_ends)
+    try:
+        for _ in range(4):
+            await limiter.admit("window-ending-key")
+        assert limiter.refused == 0
+    finally:
+        await backend.client.delete(rate_key("window-ending-key"))
+        await backend.aclose()
 
 
 @pytest.mark.gen_test
