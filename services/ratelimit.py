@@ -70,13 +70,15 @@ class RateLimit:
 class _Share:
     """What a process holds of one key's window: notifications it may still admit, until the window ends."""
 
-    __slots__ = ("left", "taking", "window_ends")
+    __slots__ = ("left", "taking", "unreachable_at", "window_ends")
 
     def __init__(self) -> None:
         self.left = 0
         self.window_ends = 0.0  # time.monotonic()
         # One process takes from Redis once at a time per key: requests meanwhile wait for that share.
         self.taking: asyncio.Lock = asyncio.Lock()
+        # When a take last found Redis unreachable: the requests that waited for it fail open with it.
+        self.unreachable_at = float("-inf")
 
 
 def rate_key(api_key: str) -> str:
@@ -106,8 +108,11 @@ class ProducerRateLimiter:
         if share is None:
             share = self._shares[key] = _Share()
         if not self._admitted_from(share, notifications):
+            waited_since = time.monotonic()
             async with share.taking:
-                if not self._admitted_from(share, notifications) and not await self._take(key, share, notifications):
+                if self._admitted_from(share, notifications) or share.unreachable_at >= waited_since:
+                    return  # from the share taken meanwhile; or Redis did not answer that take, and all fail open
+                if not await self._take(key, share, notifications):
                     self.refused += 1
                     raise RateLimited(
                         f"at most {self._limit.allowance} notifications per {self._limit.window_seconds:g} s "
@@ -138,6 +143,7 @@ class ProducerRateLimiter:
             if isinstance(error, MaxConnectionsError) or isinstance(error.__cause__, MaxConnectionsError):
                 raise StoreUnavailable("every connection to Redis is in use; try again") from error
             self._outage.failed("not enforced while Redis is unreachable (%s)", error)
+            share.unreachable_at = time.monotonic()
             return True
         self._outage.succeeded()
         now = time.monotonic()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -13,6 +14,7 @@ from server import SettingsError, parse_settings
 from services.errors import RateLimited
 from services.ratelimit import KEY_PREFIX, ProducerRateLimiter, RateLimit, rate_key
 from services.redis_backend import connect_redis_backend
+from tests.relay import StoreRelay
 from tests.support import command_calls, error_of
 
 
@@ -157,6 +159,33 @@ async def test_a_share_taken_as_its_window_ends_admits_what_redis_counted(redis_
     finally:
         await backend.client.delete(rate_key("window-ending-key"))
         await backend.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_creates_waiting_for_a_share_from_a_redis_that_hangs_fail_open_with_that_one_take(
+    store_urls, monkeypatch
+):
+    """The creates of a key that wait while one takes a share from Redis do not each try again once it times out,
+    one timeout after another: they are admitted with it (the limit fails open while Redis does not answer)."""
+    redis_address = urlsplit(store_urls[1])
+    relay = await StoreRelay(redis_address.hostname or "127.0.0.1", redis_address.port or 6379).start()
+    backend = connect_redis_backend(f"redis://127.0.0.1:{relay.port}", False, timeout=0.5)
+    limiter = ProducerRateLimiter(backend, RateLimit(0.1, 10.0))  # 1 a window, shares of 1
+    count_in_redis, takes = limiter._count, 0
+
+    async def counting_takes(key: str, notifications: int) -> tuple[int, int]:
+        nonlocal takes
+        takes += 1
+        return await count_in_redis(key, notifications)
+
+    monkeypatch.setattr(limiter, "_count", counting_takes)
+    try:
+        relay.hang()
+        await asyncio.gather(*(limiter.admit("hanging-key") for _ in range(20)))
+        assert (takes, limiter.refused) == (1, 0)
+    finally:
+        await backend.aclose()
+        await relay.close()
 
 
 @pytest.mark.gen_test
