@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import pytest
 
 
 class StoreRelay:
@@ -132,3 +135,21 @@ async def _pipe(
             writer.write(data)
             await writer.drain()
     writer.close()
+
+
+def store_address(url: str) -> tuple[str, int]:
+    """The host and port a relay stands in front of; the test is skipped for a URL that names no one address."""
+    parts = urlsplit(url)
+    try:
+        if parts.hostname and parts.port:
+            return parts.hostname, parts.port
+    except ValueError:
+        pass
+    pytest.skip(f"the relay stands in front of one host:port per store, not {parts.scheme}://{parts.hostname}")
+
+
+def through_relay(url: str, relay: StoreRelay) -> str:
+    """`url` with its host and port replaced by the relay's."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    return parts._replace(netloc=(userinfo + "@" if userinfo else "") + f"127.0.0.1:{relay.port}").geturl()

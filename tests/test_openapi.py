@@ -28,7 +28,7 @@ from handlers.openapi import OPENAPI_DOCUMENT
 from server import Runtime, make_app, start_runtime
 from services.idempotency import MAX_KEY_LENGTH
 from services.tickets import MAX_TICKETS_PER_USER
-from tests.relay import StoreRelay
+from tests.relay import StoreRelay, store_address, through_relay
 from tests.support import API, eventually
 
 DOCUMENT = json.loads(OPENAPI_DOCUMENT.read_text())
@@ -283,33 +283,16 @@ async def test_response_matches_the_document(contract, api, case):
     _check(contract, case, await exchange(case, api, created["id"]))
 
 
-def _through(url: str, relay: StoreRelay) -> str:
-    """`url` with its host and port replaced by the relay's."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    return parts._replace(netloc=(userinfo + "@" if userinfo else "") + f"127.0.0.1:{relay.port}").geturl()
-
-
-def _address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    try:
-        if parts.hostname and parts.port:
-            return parts.hostname, parts.port
-    except ValueError:
-        pass
-    pytest.skip(f"the outage test relays one host:port per store, not {parts.scheme}://{parts.hostname}")
-
-
 @pytest.fixture
 def stores_down(io_loop, settings, store_urls) -> Iterator[API]:
     """A bellcast whose MongoDB and Redis stop answering once it has started: the API as its client."""
     settings = dataclasses.replace(settings, store_timeout=0.5)
-    relays = [StoreRelay(*_address(url)) for url in store_urls]
+    relays = [StoreRelay(*store_address(url)) for url in store_urls]
 
     async def start() -> Runtime:
         for relay in relays:
             await relay.start()
-        mongodb_url, redis_url = (_through(url, relay) for url, relay in zip(store_urls, relays, strict=True))
+        mongodb_url, redis_url = (through_relay(url, relay) for url, relay in zip(store_urls, relays, strict=True))
         return await start_runtime(settings, mongodb_url, redis_url)
 
     runtime = io_loop.run_sync(start)
