@@ -81,6 +81,14 @@ class _Share:
         self.unreachable_at = float("-inf")
 
 
+def _spend(share: _Share, notifications: int) -> bool:
+    """Take `notifications` from what the process holds, if it holds enough."""
+    if share.left < notifications:
+        return False
+    share.left -= notifications
+    return True
+
+
 def rate_key(api_key: str) -> str:
     """The Redis key counting one API key's requests: a digest, so the key itself never reaches Redis."""
     digest = hashlib.sha256(b"bellcast producer rate\0" + api_key.encode()).hexdigest()[:32]
@@ -122,11 +130,8 @@ class ProducerRateLimiter:
 
     @staticmethod
     def _admitted_from(share: _Share, notifications: int) -> bool:
-        """Admit from what the process holds of the window, if it holds enough."""
-        if share.left < notifications or time.monotonic() >= share.window_ends:
-            return False
-        share.left -= notifications
-        return True
+        """Admit from what the process holds of the window, if the window runs and it holds enough."""
+        return time.monotonic() < share.window_ends and _spend(share, notifications)
 
     async def _take(self, key: str, share: _Share, notifications: int) -> bool:
         """Take a share of the window's allowance from Redis, enough for `notifications`; whether they are admitted.
@@ -153,10 +158,7 @@ class ProducerRateLimiter:
         # What this count may admit: all it took, unless it went past the allowance. Counted in the window Redis had,
         # the request is admitted even if that window ends as the answer comes (PTTL 0).
         share.left += max(0, min(wanted, self._limit.allowance - (count - wanted)))
-        if share.left < notifications:
-            return False
-        share.left -= notifications
-        return True
+        return _spend(share, notifications)
 
     async def _count(self, key: str, notifications: int) -> tuple[int, int]:
         """Count notifications in the key's window, opening one if none runs: (count so far, milliseconds left)."""
