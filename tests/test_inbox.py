@@ -164,6 +164,30 @@ async def test_an_expired_notification_is_gone_from_lists_counts_and_replays_and
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_read_archive_unarchive_and_delete_of_an_expired_notification_answer_404_and_change_nothing(api, runtime):
+    """Gone from lists and counts at its expiry, an expired notification is gone for the actions on it too, though
+    MongoDB keeps it until its TTL index deletes it; the 404 is what tells a bell that missed the `expired` change
+    to drop the entry."""
+    inbox = await api.create("alice", "in the inbox", expires_at=iso_in(1.0))
+    archived = await api.create("alice", "archived", expires_at=iso_in(1.0))
+    await _post(api, "alice", f"/api/notifications/{archived['id']}/archive")
+    await asyncio.sleep(1.5)
+    for method, path in [
+        ("POST", f"/api/notifications/{inbox['id']}/read"),
+        ("POST", f"/api/notifications/{inbox['id']}/archive"),
+        ("POST", f"/api/notifications/{archived['id']}/unarchive"),
+        ("DELETE", f"/api/notifications/{inbox['id']}"),
+        ("DELETE", f"/api/notifications/{archived['id']}"),
+    ]:
+        response = await api.as_user("alice", method, path)
+        assert (response.code, error_of(response)["code"]) == (404, "not_found"), path
+    kept = {str(document["_id"]): document async for document in runtime.mongo.database[COLLECTION].find()}
+    assert sorted(kept) == sorted([inbox["id"], archived["id"]])
+    assert (kept[inbox["id"]]["read_at"], kept[inbox["id"]]["archived_at"]) == (None, None)
+    assert kept[archived["id"]]["archived_at"] is not None
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_every_change_reaches_every_open_stream_of_the_user_with_the_servers_counts(api, open_stream, runtime):
     """Two devices of one user: whatever one does, both are told, with the counts after it; others hear nothing."""
     phone, laptop = await open_stream("alice"), await open_stream("alice")

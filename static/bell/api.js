@@ -53,6 +53,14 @@ function filterQuery(filter, separator) {
   return parts.length ? separator + parts.join("&") : "";
 }
 
+/** A request the server refused: its message can be shown, its HTTP `status` tells what to do about it. */
+export class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
 /** The user API's requests; each answers the parsed JSON body or throws an Error whose message can be shown. */
 export class ApiClient {
   constructor(credentials) {
@@ -121,7 +129,7 @@ export class ApiClient {
       if (response.status === 401 && attempt === 0 && this.credentials.canRenew()) continue;
       if (!response.ok) {
         const body = await response.json().catch(() => null);
-        throw new Error((body && body.error && body.error.message) || "HTTP " + response.status);
+        throw new ApiError((body && body.error && body.error.message) || "HTTP " + response.status, response.status);
       }
       return response.status === 204 ? null : response.json();
     }

@@ -237,7 +237,7 @@ export class BellStore {
       this.applyRead(item.id, updated.read_at, true);
       this.publish({ type: "read", id: item.id, read_at: updated.read_at, wasUnread: true });
     } catch (error) {
-      this.state.problem = { key: "couldNotMarkRead", error: error.message };
+      this.failedOn(item, "couldNotMarkRead", error);
     }
   }
 
@@ -282,7 +282,7 @@ export class BellStore {
       this.remember(updated);
       this.reconcile([item]);
     } catch (error) {
-      this.state.problem = { key: archived ? "couldNotArchive" : "couldNotUnarchive", error: error.message };
+      this.failedOn(item, archived ? "couldNotArchive" : "couldNotUnarchive", error);
     }
   }
 
@@ -292,8 +292,17 @@ export class BellStore {
       await this.api.remove(item.id);
       this.forget([item.id]);
     } catch (error) {
-      this.state.problem = { key: "couldNotDelete", error: error.message };
+      this.failedOn(item, "couldNotDelete", error);
     }
+  }
+
+  /**
+   * An action on `item` failed. A 404 says it is gone (expired, or deleted on a device whose
+   * change this bell missed): it leaves the list. Anything else is shown as the problem `key`.
+   */
+  failedOn(item, key, error) {
+    if (error.status === 404) this.forget([item.id]);
+    else this.state.problem = { key: key, error: error.message };
   }
 
   /**

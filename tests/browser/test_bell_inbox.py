@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pymongo
 import pytest
 import redis
+from bson import ObjectId
 from playwright._impl._api_structures import FloatRect
 from playwright.sync_api import Browser, BrowserContext, LocatorAssertions, Page, Request, Route, expect
 
@@ -135,6 +136,28 @@ def test_archive_move_to_inbox_and_delete_from_the_panel_persist(
     listed = bellcast.request("GET", "/api/notifications", user)
     assert [n["title"] for n in listed["notifications"]] == ["Archive me", "Keep me"]
     assert bellcast.request("GET", "/api/notifications?status=archived", user)["notifications"] == []
+
+
+def test_an_entry_gone_from_the_server_leaves_the_bell_when_acted_on_without_an_error(
+    bellcast: BellcastProcess, host_pages: HostPages, open_page, user, store_urls
+):
+    """Deleted behind the bell's back (straight from MongoDB here; a bell whose stream was down misses a `deleted`
+    change, and an expired one answers the same until the server's sweep announces it), a notification's archive
+    answers 404: the bell drops the entry instead of showing an error."""
+    bellcast.create(user, "Keep me")
+    gone = bellcast.create(user, "Gone already")
+    page = open_page(serve_bell(bellcast, host_pages, user))
+    expect(badge(page)).to_have_text("2")
+    open_bell(page)
+    shown_titles(page).to_have_text(["Gone already", "Keep me"])
+    client: pymongo.MongoClient = pymongo.MongoClient(store_urls[0])
+    try:
+        client[bellcast.environ["MONGODB_DB"]][COLLECTION].delete_one({"_id": ObjectId(gone["id"])})
+    finally:
+        client.close()
+    page.locator("notification-bell").get_by_role("button", name="Archive: Gone already").click()
+    shown_titles(page).to_have_text(["Keep me"])
+    expect(page.locator("notification-bell [role=alert]")).to_have_count(0)
 
 
 def test_action_buttons_and_avatars_show_and_unsafe_ones_do_not(

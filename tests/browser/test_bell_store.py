@@ -55,6 +55,23 @@ SCENARIOS = {
       store.applyChange({ change: "unarchived", ids: [B], unread_count: 2, unseen_count: 0 });
       return { archived, deleted, unarchived: snapshot(), requests: pages.length };
     }""",
+    # An action that answers 404 finds its notification gone (expired, or deleted where this bell
+    # missed the change): the entry leaves without a problem shown. Another failure keeps it and says so.
+    "actions_on_what_is_gone": """{
+      const { ApiError } = await import(storeUrl.replace("store.js", "api.js"));
+      await listed("inbox", [item(C), item(B), item(A)], { unread_count: 3, unseen_count: 0 });
+      const refuse = (status) => () => Promise.reject(new ApiError("HTTP " + status, status));
+      const after = () => ({ ids: snapshot().ids, problem: store.state.problem });
+      store.api.markRead = refuse(404);
+      await store.markRead(store.known.get(A));
+      const read = after();
+      store.api.archive = refuse(404);
+      await store.setArchived(store.known.get(B), true);
+      const archived = after();
+      store.api.remove = refuse(503);
+      await store.remove(store.known.get(C));
+      return { read, archived, removed: after() };
+    }""",
     # A bulk read names no ids but its filter: only what the filter covers is read.
     "bulk_read_of_one_tag": """{
       await listed("inbox", [item(C, { tags: ["billing"] }), item(B, { tags: ["security"] }), item(A)], {
@@ -184,6 +201,14 @@ EXPECTED = {
             "unseen": 0,
         },
         "requests": 1,
+    },
+    "actions_on_what_is_gone": {
+        "read": {"ids": ["0000000000000000000000c3", "0000000000000000000000b2"], "problem": None},
+        "archived": {"ids": ["0000000000000000000000c3"], "problem": None},
+        "removed": {
+            "ids": ["0000000000000000000000c3"],
+            "problem": {"key": "couldNotDelete", "error": "HTTP 503"},
+        },
     },
     "bulk_read_of_one_tag": {
         "ids": ["0000000000000000000000c3", "0000000000000000000000b2", "0000000000000000000000a1"],
