@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -524,6 +525,9 @@ CHANGE_COUNT_READS = 16
 # others' counts stay as they are until they expire (COUNTS_TTL after the count that kept them).
 MAX_MISSED_COUNTS = 100_000
 MISSED_COUNTS_RETRY_SECONDS = (0.1, 0.5, 2.0, 5.0)
+# The drop goes this many users at a time, each a pipeline of its own beside the others' commands: after a long
+# outage, not one pipeline of up to MAX_MISSED_COUNTS commands that Redis and this process each take in one go.
+MISSED_COUNTS_PER_DROP = 1_000
 
 # How long an insert may hold back the creates that came after it before they go out in one of their own.
 INSERT_PATIENCE_SECONDS = 0.5
@@ -872,7 +876,7 @@ class NotificationService:
     async def _drop_missed_counts(self) -> None:
         failures = 0
         while self._missed_counts and self._counter is not None:
-            users = list(self._missed_counts)
+            users = list(itertools.islice(self._missed_counts, MISSED_COUNTS_PER_DROP))
             try:
                 await self._counter.drop(users)
             except StoreUnavailable:

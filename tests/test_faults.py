@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -13,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 from tornado.iostream import IOStream, StreamClosedError
 
-from services import cache, command_batcher
+from services import cache, command_batcher, notifications
 from services.cache import connections_key
 from services.notifications import COLLECTION, Counts, utc_now, validate_new_notification
 from services.redis_backend import WAKEUP_CHANNEL
@@ -229,6 +230,42 @@ async def test_a_notification_redis_refused_to_queue_reaches_the_open_streams_fr
         assert event.id == queued["id"], "the recovered notification came twice"
     finally:
         await admin.aclose()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_after_an_outage_thousands_of_missed_counts_are_dropped_in_pipelines_of_at_most_a_thousand(
+    api, private_redis, runtime
+):
+    """Creates for 3,000 users while Redis is down: each user's kept counts missed a change, and once Redis is back
+    all are dropped, a thousand at a time beside the other commands rather than in one pipeline of 3,000."""
+    largest = str(float(notifications.MISSED_COUNTS_PER_DROP))
+    over_before = metric_value(runtime.metrics, "redis_pipeline_commands_bucket", le="+Inf") - metric_value(
+        runtime.metrics, "redis_pipeline_commands_bucket", le=largest
+    )
+    private_redis.stop()
+    for first in range(0, 3000, 1000):
+        response = await api.request(
+            "POST",
+            "/api/notifications",
+            json.dumps({"user_ids": [f"user-{n}" for n in range(first, first + 1000)], "title": "during the outage"}),
+            {"X-API-Key": api.api_key, "Content-Type": "application/json"},
+        )
+        assert response.code == 201, response.body  # MongoDB has them
+    private_redis.start()
+    admin = Redis.from_url(private_redis.url)
+    try:
+
+        async def dropped() -> bool:
+            stats = await admin.info("commandstats")
+            return int(stats.get("cmdstat_del", {}).get("calls", 0)) >= 3000
+
+        await eventually(dropped, timeout=30)
+    finally:
+        await admin.aclose()
+    over = metric_value(runtime.metrics, "redis_pipeline_commands_bucket", le="+Inf") - metric_value(
+        runtime.metrics, "redis_pipeline_commands_bucket", le=largest
+    )
+    assert over == over_before, "a pipeline of more than a thousand commands"
 
 
 @pytest.mark.gen_test(timeout=60)
