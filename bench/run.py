@@ -1138,8 +1138,27 @@ def server_side_ms(fanout: dict[str, Any]) -> float:
     return sum(ms for role, ms in fanout["cpu_ms_per_create"].items() if role != "load generator")
 
 
+def driver_us_per_insert(mongodb_url: str) -> float:
+    """PyMongo's `AsyncMongoClient`: its client CPU per `insert_one` against the bench's MongoDB, measured alone
+    (bench/driver_overhead.py), in µs."""
+    measured = subprocess.run(
+        [sys.executable, "-m", "bench.driver_overhead", "--url", mongodb_url, "--rounds", "3", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return float(json.loads(measured.stdout)["AsyncMongoClient"])
+
+
 def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> None:
     tornado = results.get("tornado")
+    driver_us = bell.get("driver_us_per_insert")
+    if driver_us is not None:
+        print(
+            f"\nPyMongo's client CPU per insert_one, measured alone against the same MongoDB: {driver_us:.0f} µs "
+            "(a create makes one insert, or shares one with the creates that came while one was under way)"
+        )
     within = []
     for rate, fanout in bell["fanout"].items():
         print(f"\nScenario 2, fan-out at {rate} creates/s")
@@ -1158,6 +1177,12 @@ def _print_fanout(results: dict[str, Any], bell: dict[str, Any], nchan: Any) -> 
                 f"CPU per create of the server {server}, "
                 f"of every server-side process (with its stores) {_ratio(server_side_ms(fanout), server_side_ms(f))}"
             )
+            if driver_us is not None and name == "tornado":
+                # What bellcast's process spends beside the driver's client side of one insert a create.
+                less = _ratio(
+                    fanout["cpu_ms_per_create"]["server"] - driver_us / 1000, f["cpu_ms_per_create"]["server"]
+                )
+                print(f"  bellcast/tornado, the server less one insert's driver CPU: {less}")
         if "tornado" in others and fanout["latency_ms"]["p99"] <= 5 * others["tornado"]["latency_ms"]["p99"]:
             within.append(rate)
     if tornado:
@@ -1473,6 +1498,8 @@ async def main() -> None:
     try:
         bell = Bellcast(mongodb_url, redis_url, processes=args.processes, log_path=log_dir / "bellcast.log")
         results["bellcast"] = await run_target(bell, args, redis_url) if args.scenarios - {"watched"} else {}
+        if "fanout" in args.scenarios:
+            results["bellcast"]["driver_us_per_insert"] = driver_us_per_insert(mongodb_url)
         if "watched" in args.scenarios:
             results["bellcast"]["watched"] = await run_watched(args, mongodb_url, redis_url, log_dir / "watched.log")
         if not args.skip_multiprocess:
