@@ -35,7 +35,7 @@ from services.command_batcher import CommandBatcher
 from services.command_line import parse_command, print_token
 from services.connection import MAX_ENTRIES_PER_SEND
 from services.development import EmbeddedStores, UnsafeSecretsFile, print_how_to_try, with_generated_secrets
-from services.expiry import ExpiryAnnouncer
+from services.expiry import ExpirySweeper
 from services.health import HealthService
 from services.logs import LOG_LEVELS, UserIdHasher, configure_logging
 from services.memory import ScheduledFullCollections
@@ -76,7 +76,7 @@ class Runtime:
     wakeups: WakeupHub
     notifications: NotificationService
     recovery_reads: RecoveryReads
-    expiry: ExpiryAnnouncer
+    expiry: ExpirySweeper
     # With SOURCE_COLLECTION: the app's collection's watcher (one process of the deployment watches at a time).
     watcher: SourceWatcher | None
     delivery_cache: DeliveryCache
@@ -140,7 +140,7 @@ async def start_runtime(
         recovery_reads=RecoveryReads(
             notifications, metrics, settings.max_concurrent_recoveries, RECOVERY_JITTER_SECONDS, MAX_ENTRIES_PER_SEND
         ),
-        expiry=ExpiryAnnouncer(notifications, batcher),
+        expiry=ExpirySweeper(notifications, batcher),
         watcher=None
         if source is None
         else SourceWatcher(mongo.database, collection, source, notifications, batcher, metrics),

@@ -1,10 +1,12 @@
-"""Expired notifications announced: every stream of their users gets a `changed` event of kind `expired`.
+"""Expired notifications announced, then deleted: every stream of their users gets a `changed` event of kind
+`expired`, and an hour later the notification leaves MongoDB.
 
-Queries leave an expired notification out at once and MongoDB's TTL index deletes it within about a
-minute, but nothing happens to a user's open streams at the moment it expires: this service tells
-them. One process of the deployment sweeps at a time (a lock in Redis held for one interval), from
-where the last sweep stopped (kept in Redis too), so each expiry is announced once however many
-processes run, and one that expired while none ran is announced by the next sweep.
+Queries leave an expired notification out at once, but nothing happens to a user's open streams at the
+moment it expires: this service tells them. One process of the deployment sweeps at a time (a lock in Redis
+held for one interval), from where the last sweep stopped (kept in Redis too), so each expiry is announced
+once however many processes run, and one that expired while none ran is announced by the next sweep. Each
+sweep also deletes a batch of what expired an hour before, and of Idempotency-Key claims past their 24 hours
+(`NotificationService.delete_expired`), instead of TTL indexes (see `services.stores.delete_dated_before`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ KEY_PREFIX = "bellcast:expiry:"
 FIRST_LOOK_BACK = datetime.timedelta(minutes=1)
 
 
-class ExpiryAnnouncer:
-    """Every SWEEP_INTERVAL_SECONDS, if this process holds the deployment's lock, announce what expired since."""
+class ExpirySweeper:
+    """Every SWEEP_INTERVAL_SECONDS, if this process holds the deployment's lock, announce what expired since, and
+    delete what has had its time."""
 
     def __init__(
         self, notifications: NotificationService, batcher: CommandBatcher, interval: float = SWEEP_INTERVAL_SECONDS
@@ -58,7 +61,8 @@ class ExpiryAnnouncer:
             self._task = None
 
     async def sweep(self) -> int:
-        """Announce what expired since the last sweep, if no other process sweeps now; how many were announced."""
+        """Announce what expired since the last sweep, then delete a batch of what has had its time, if no other
+        process sweeps now; how many were announced."""
         lock_ms = max(1, round(self._interval * 1000))
         [locked, swept_until] = await self._batcher.execute_many(
             [("SET", self._lock_key, self._token, "NX", "PX", lock_ms), ("GET", self._swept_until_key)]
@@ -79,6 +83,7 @@ class ExpiryAnnouncer:
         for user_id, ids in by_user.items():
             await self._notifications.publish_change(user_id, "expired", tuple(ids))
         await self._batcher.execute("SET", self._swept_until_key, _milliseconds(until))
+        await self._notifications.delete_expired(now, until)
         return len(expired)
 
     async def _sweep_forever(self) -> None:

@@ -3,8 +3,8 @@
 Each key a producer sends claims one MongoDB document, `_id` the producer's pseudonym and the key, which
 holds a digest of the request and the ids and time its notifications were given. The `_id` is unique, so
 of requests racing with one key exactly one claims it; the others read the claim and answer its
-notifications. A TTL index removes a claim once its 24 hours have passed; until MongoDB's TTL monitor
-gets to it (it runs once a minute), a claim older than that counts as gone.
+notifications. The expiry sweep deletes a claim once its 24 hours have passed; until it gets to it, a claim
+older than that counts as gone.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from services.errors import Conflict, Invalid
+from services.stores import delete_dated_before, ensure_date_index
 
 COLLECTION = "idempotency_keys"
 IDEMPOTENCY_WINDOW = datetime.timedelta(hours=24)
@@ -70,8 +71,12 @@ class IdempotencyRecords:
         self._collection = database[COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        """The TTL index that removes a claim once its window has passed (idempotent)."""
-        await self._collection.create_index("created_at", expireAfterSeconds=int(IDEMPOTENCY_WINDOW.total_seconds()))
+        """The index by which claims past their window are found and deleted (idempotent)."""
+        await ensure_date_index(self._collection, "created_at", await self._collection.index_information())
+
+    async def delete_outdated(self, now: datetime.datetime, at_most: int) -> int:
+        """Delete about `at_most` claims whose window had passed at `now`, oldest first; how many went."""
+        return await delete_dated_before(self._collection, "created_at", now - IDEMPOTENCY_WINDOW, at_most)
 
     async def claim(self, key: IdempotencyKey, fingerprint: str, ids: list[Any], now: datetime.datetime) -> Claim:
         """Claim `key` for a request (`fingerprint`) whose notifications get `ids` at `now`, unless a request
@@ -83,7 +88,7 @@ class IdempotencyRecords:
         except DuplicateKeyError:
             held = await self._collection.find_one({"_id": key.record_id})
         if held is None or _as_utc(held["created_at"]) <= now - IDEMPOTENCY_WINDOW:
-            # Outlived its window (the TTL monitor had not removed it yet), or removed meanwhile: claim afresh;
+            # Outlived its window (the expiry sweep had not deleted it yet), or deleted meanwhile: claim afresh;
             # of requests doing so together, one claims, the others read its claim.
             if held is not None:
                 await self._collection.delete_one({"_id": key.record_id, "created_at": held["created_at"]})

@@ -24,7 +24,6 @@ from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
-    OperationFailure,
     PyMongoError,
     WriteError,
 )
@@ -35,6 +34,7 @@ from services.errors import Invalid, NotFound, StoreUnavailable
 from services.idempotency import IdempotencyKey, IdempotencyRecords
 from services.logs import OutageLog
 from services.metrics import Metrics
+from services.stores import delete_dated_before, drop_index_if_there, ensure_date_index
 
 # What an observer answers.
 Answer = TypeVar("Answer")
@@ -42,11 +42,14 @@ Answer = TypeVar("Answer")
 log = logging.getLogger("bellcast.notifications")
 
 COLLECTION = "notifications"
-# MongoDB deletes an expired notification this long after it expired; queries leave it out at once. Until
-# then the expiry sweep (services/expiry.py, every 2 s, going on from where it stopped) can find it to
-# announce it: deleted at once, one that MongoDB's TTL pass (every 60 s) took before the sweep came was
-# never announced, and its users' streams and counts kept it.
+# The expiry sweep deletes an expired notification this long after it expired; queries leave it out at once.
+# Until then the sweep (services/expiry.py, every 2 s, going on from where it stopped) can find it to announce
+# it: deleted at once, one deleted before the sweep came would never be announced, and its users' streams and
+# counts would keep it.
 EXPIRED_KEPT_SECONDS = 3600
+# What one sweep deletes at most of expired notifications and of outdated Idempotency-Key claims, each: MongoDB
+# takes each batch as one command, between the others'.
+DELETE_BATCH = 1000
 # Indexes earlier versions made on COLLECTION, dropped at start-up (see `NotificationSchema.indexes`).
 RETIRED_INDEXES = ("user_id_1_read_at_1", "user_id_1_seen_at_1")
 MAX_USER_ID_LENGTH = 200
@@ -471,7 +474,7 @@ class NotificationSchema:
         return str(document["_id"])
 
     def indexes(self) -> list[list[tuple[str, int]]]:
-        """The indexes the queries rely on (the TTL index aside).
+        """The indexes the queries rely on (the expiry index aside).
 
         None on `read_at` or `seen_at`: the counts, read after every change but a create, go through all of
         a user's notifications anyway, so an index that spares "mark all seen" that walk saves no order of
@@ -532,9 +535,8 @@ MISSED_COUNTS_PER_DROP = 1_000
 # How long an insert may hold back the creates that came after it before they go out in one of their own.
 INSERT_PATIENCE_SECONDS = 0.5
 
-# MongoDB's codes for a duplicate key and for dropping an index that is not there.
+# MongoDB's code for a duplicate key.
 DUPLICATE_KEY = 11000
-INDEX_NOT_FOUND = 27
 
 
 class InsertBatcher:
@@ -640,30 +642,15 @@ class NotificationService:
                 await self._collection.create_index(keys)
             if not self._schema.watched:  # what an app keeps is the app's to delete
                 existing = await self._collection.index_information()
-                await self._ensure_expiry_index(existing)
+                await ensure_date_index(self._collection, "expires_at", existing)
                 await self._drop_retired_indexes(existing)
             await self._idempotency.ensure_indexes()
-
-    async def _ensure_expiry_index(self, existing: Mapping[str, Any]) -> None:
-        """The TTL index on `expires_at`, deleting EXPIRED_KEPT_SECONDS after; one an earlier version made with
-        another delay is retuned in place (MongoDB refuses to make it again with other options). `existing`:
-        the collection's indexes (`index_information`)."""
-        made = next((index for index in existing.values() if list(index["key"]) == [("expires_at", 1)]), None)
-        if made is None:
-            await self._collection.create_index("expires_at", expireAfterSeconds=EXPIRED_KEPT_SECONDS)
-        elif made.get("expireAfterSeconds") != EXPIRED_KEPT_SECONDS:
-            index = {"keyPattern": {"expires_at": 1}, "expireAfterSeconds": EXPIRED_KEPT_SECONDS}
-            await self._collection.database.command("collMod", self._collection.name, index=index)
 
     async def _drop_retired_indexes(self, existing: Mapping[str, Any]) -> None:
         """Drop the indexes of RETIRED_INDEXES that bellcast's own collection still has (`existing`)."""
         for name in RETIRED_INDEXES:
             if name in existing:
-                try:
-                    await self._collection.drop_index(name)
-                except OperationFailure as error:
-                    if error.code != INDEX_NOT_FOUND:  # another process starting dropped it first
-                        raise
+                await drop_index_if_there(self._collection, name)
 
     async def create(self, fields: Mapping[str, Any]) -> Notification:
         """Validate and store a notification for `user_id`, then run every observer on it.
@@ -953,6 +940,18 @@ class NotificationService:
             cursor = self._collection.find(query).sort(path, ASCENDING).limit(limit)
             return self._notifications_of([document async for document in cursor])
 
+    async def delete_expired(self, now: datetime.datetime, announced_until: datetime.datetime) -> int:
+        """Delete up to about DELETE_BATCH notifications that expired EXPIRED_KEPT_SECONDS before `now` and were
+        announced (their expiry at most `announced_until`), not in an app's collection (what an app keeps is the
+        app's to delete); and as many Idempotency-Key claims past their window. How many went."""
+        deleted = 0
+        with self._store_errors():
+            if not self._schema.watched:
+                kept_since = min(now - datetime.timedelta(seconds=EXPIRED_KEPT_SECONDS), announced_until)
+                deleted += await delete_dated_before(self._collection, "expires_at", kept_since, DELETE_BATCH)
+            deleted += await self._idempotency.delete_outdated(now, DELETE_BATCH)
+        return deleted
+
     async def counts(self, user_id: str) -> Counts:
         """The user's unread and unseen notifications now, archived and expired ones left out."""
         # One aggregation reads both: two counts read the user's notifications twice.
@@ -1189,7 +1188,7 @@ class NotificationService:
 
     def _shown(self, user_id: str, status: str | None, tag: str | None) -> dict[str, Any]:
         """The query of the user's notifications a list shows: by status (None: all not archived), by tag, never
-        an expired one (MongoDB's TTL monitor removes those only within about a minute)."""
+        an expired one (the expiry sweep deletes those an hour later)."""
         schema = self._schema
         parts = [schema.user(user_id), schema.not_expired(utc_now())]
         if status == "archived":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from pymongo.errors import OperationFailure
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -28,6 +30,12 @@ DEFAULT_MONGODB_MAX_IDLE_MS = 60_000
 REDIS_CLUSTER_CONNECTIONS_PER_NODE = 10000
 
 RedisClient = Redis | RedisCluster
+# Earlier than any date bellcast stores: the lower bound of a range on a date field, so that a query planner walks
+# its index from the first date rather than through the documents without one (SecantusDB: 12 ms instead of 1.5 s
+# among 50,000 notifications without an expiry).
+EARLIEST_DATE = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+# MongoDB's error code for dropping an index that is not there.
+INDEX_NOT_FOUND = 27
 
 
 class MongoConnection:
@@ -111,3 +119,37 @@ def redis_unavailable(error: BaseException) -> bool:
     if isinstance(error, RedisError | OSError | SlotNotCoveredError):
         return True
     return isinstance(error, RedisClusterException) and isinstance(error.__cause__, RedisError | OSError)
+
+
+async def delete_dated_before(collection: Any, field: str, before: datetime.datetime, at_most: int) -> int:
+    """Delete the documents whose indexed date `field` is before `before`, oldest first: about `at_most` of them
+    (those that share the last one's date go with it); how many went.
+
+    bellcast deletes what has had its time itself, in bounded batches, rather than by a TTL index: SecantusDB's TTL
+    monitor reads every document of the collection under its global lock once a minute (all writes waited 0.8 to
+    1.2 s among 50,000 notifications).
+    """
+    dated = {"$gte": EARLIEST_DATE, "$lt": before}
+    last = await collection.find({field: dated}, {field: 1}).sort(field, 1).skip(at_most - 1).limit(1).to_list(1)
+    if last:
+        dated = {"$gte": EARLIEST_DATE, "$lte": last[0][field]}
+    result = await collection.delete_many({field: dated})
+    return int(result.deleted_count)
+
+
+async def ensure_date_index(collection: Any, field: str, existing: dict[str, Any]) -> None:
+    """An ascending index on `field`, for `delete_dated_before`. A TTL index an earlier version made there is dropped
+    first (MongoDB refuses the same keys with other options). `existing`: the collection's `index_information()`."""
+    for name, index in existing.items():
+        if list(index["key"]) == [(field, 1)] and "expireAfterSeconds" in index:
+            await drop_index_if_there(collection, name)
+    await collection.create_index(field)
+
+
+async def drop_index_if_there(collection: Any, name: str) -> None:
+    """Drop the index `name`; done already is fine (another process starting dropped it first)."""
+    try:
+        await collection.drop_index(name)
+    except OperationFailure as error:
+        if error.code != INDEX_NOT_FOUND:
+            raise
