@@ -38,6 +38,7 @@ async def test_expiries_spread_over_several_sweeps_are_each_announced_once(api, 
 
 
 @pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("mongo_driver", ["pymongo", "motor"])
 async def test_the_sweep_deletes_what_expired_an_hour_ago_and_claims_past_their_day_a_batch_at_a_time(runtime):
     database = runtime.mongo.database
     notifications, claims = database[COLLECTION], database[idempotency.COLLECTION]
