@@ -4,6 +4,7 @@ SecantusDB's TTL pass reads every document of such a collection under its global
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from urllib.parse import quote
 
@@ -42,6 +43,10 @@ async def test_expiries_spread_over_several_sweeps_are_each_announced_once(api, 
 async def test_the_sweep_deletes_what_expired_an_hour_ago_and_claims_past_their_day_a_batch_at_a_time(runtime):
     database = runtime.mongo.database
     notifications, claims = database[COLLECTION], database[idempotency.COLLECTION]
+    # The running server's sweeper waits while this test holds the deployment's lock (and a sweep under way ends).
+    lock_key = f"{KEY_PREFIX}{quote(database.name, safe='')}:lock"
+    await runtime.redis.set(lock_key, "this test", px=60_000)
+    await asyncio.sleep(0.5)
     now = utc_now()
 
     def expired_ago(age: datetime.timedelta, user: str) -> dict:
@@ -66,10 +71,6 @@ async def test_the_sweep_deletes_what_expired_an_hour_ago_and_claims_past_their_
             {"_id": "p:current", "fingerprint": "f", "ids": [], "created_at": now - datetime.timedelta(hours=23)},
         ]
     )
-    # The running server's sweeper waits while this test holds the deployment's lock.
-    lock_key = f"{KEY_PREFIX}{quote(database.name, safe='')}:lock"
-    await runtime.redis.set(lock_key, "this test", px=60_000)
-
     # Nothing whose expiry was not announced yet (a sweep behind, announcing an earlier backlog).
     assert await runtime.notifications.delete_expired(now, now - datetime.timedelta(hours=3)) == 1
     assert await notifications.count_documents({}) == 2503
