@@ -138,12 +138,24 @@ async def delete_dated_before(collection: Any, field: str, before: datetime.date
 
 
 async def ensure_date_index(collection: Any, field: str, existing: dict[str, Any]) -> None:
-    """An ascending index on `field`, for `delete_dated_before`. A TTL index an earlier version made there is dropped
-    first (MongoDB refuses the same keys with other options). `existing`: the collection's `index_information()`."""
+    """An ascending index on `field`, for `delete_dated_before`. `existing`: the collection's `index_information()`.
+
+    A TTL index an earlier version made there serves as well, and stays on a MongoDB: its TTL monitor deletes through
+    the index, and building another over a large collection could outlast the start-up's STORE_TIMEOUT. On
+    SecantusDB, whose TTL pass reads the whole collection under its lock, it is dropped and made again plain
+    (MongoDB refuses the same keys with other options).
+    """
     for name, index in existing.items():
         if list(index["key"]) == [(field, 1)] and "expireAfterSeconds" in index:
+            if not await is_secantus(collection.database):
+                return
             await drop_index_if_there(collection, name)
     await collection.create_index(field)
+
+
+async def is_secantus(database: Any) -> bool:
+    """Whether the MongoDB server is SecantusDB (its `buildInfo` says so)."""
+    return "secantusVersion" in await database.command("buildInfo")
 
 
 async def drop_index_if_there(collection: Any, name: str) -> None:
