@@ -72,7 +72,8 @@ class IdempotencyRecords:
 
     async def ensure_indexes(self) -> None:
         """The index by which claims past their window are found and deleted (idempotent)."""
-        await ensure_date_index(self._collection, "created_at", await self._collection.index_information())
+        existing = await self._collection.index_information()
+        await ensure_date_index(self._collection, "created_at", existing, int(IDEMPOTENCY_WINDOW.total_seconds()))
 
     async def delete_outdated(self, now: datetime.datetime, at_most: int) -> int:
         """Delete about `at_most` claims whose window had passed at `now`, oldest first; how many went."""

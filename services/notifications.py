@@ -642,7 +642,7 @@ class NotificationService:
                 await self._collection.create_index(keys)
             if not self._schema.watched:  # what an app keeps is the app's to delete
                 existing = await self._collection.index_information()
-                await ensure_date_index(self._collection, "expires_at", existing)
+                await ensure_date_index(self._collection, "expires_at", existing, EXPIRED_KEPT_SECONDS)
                 await self._drop_retired_indexes(existing)
             await self._idempotency.ensure_indexes()
 

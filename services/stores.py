@@ -137,19 +137,24 @@ async def delete_dated_before(collection: Any, field: str, before: datetime.date
     return int(result.deleted_count)
 
 
-async def ensure_date_index(collection: Any, field: str, existing: dict[str, Any]) -> None:
+async def ensure_date_index(collection: Any, field: str, existing: dict[str, Any], ttl_seconds: int) -> None:
     """An ascending index on `field`, for `delete_dated_before`. `existing`: the collection's `index_information()`.
 
-    A TTL index an earlier version made there serves as well, and stays on a MongoDB: its TTL monitor deletes through
-    the index, and building another over a large collection could outlast the start-up's STORE_TIMEOUT. On
-    SecantusDB, whose TTL pass reads the whole collection under its lock, it is dropped and made again plain
-    (MongoDB refuses the same keys with other options).
+    A TTL index an earlier version made there serves as well, and stays on a MongoDB, its delay set to
+    `ttl_seconds` (the sweep's: some earlier versions deleted at once, before the sweep could announce): MongoDB's TTL
+    monitor deletes through the index, and building another over a large collection could outlast the start-up's
+    STORE_TIMEOUT. On SecantusDB, whose TTL pass reads the whole collection under its lock, it is dropped and made
+    again plain (MongoDB refuses the same keys with other options).
     """
     for name, index in existing.items():
         if list(index["key"]) == [(field, 1)] and "expireAfterSeconds" in index:
-            if not await is_secantus(collection.database):
-                return
-            await drop_index_if_there(collection, name)
+            if await is_secantus(collection.database):
+                await drop_index_if_there(collection, name)
+                break
+            if index["expireAfterSeconds"] != ttl_seconds:
+                retuned = {"keyPattern": {field: 1}, "expireAfterSeconds": ttl_seconds}
+                await collection.database.command("collMod", collection.name, index=retuned)
+            return
     await collection.create_index(field)
 
 
