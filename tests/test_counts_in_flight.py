@@ -8,19 +8,17 @@ from collections.abc import Iterator
 
 import pytest
 from bson import ObjectId
-from pymongo.uri_parser import parse_uri
 
 from services.cache import counts_key
 from services.notifications import Counts
-from tests.relay import StoreRelay
+from tests.relay import StoreRelay, store_address, through_relay
 from tests.support import change_of_kind, counts_of, created_change, eventually
 
 
 @pytest.fixture
 def mongo_relay(io_loop, store_urls: tuple[str, str]) -> Iterator[StoreRelay]:
     """A relay in front of the session's MongoDB, which can hold an answer back."""
-    [(host, port)] = parse_uri(store_urls[0])["nodelist"]
-    relay = io_loop.run_sync(StoreRelay(host, port).start)
+    relay = io_loop.run_sync(StoreRelay(*store_address(store_urls[0])).start)
     yield relay
     io_loop.run_sync(relay.close)
 
@@ -28,8 +26,7 @@ def mongo_relay(io_loop, store_urls: tuple[str, str]) -> Iterator[StoreRelay]:
 @pytest.fixture
 def mongodb_url(store_urls: tuple[str, str], mongo_relay: StoreRelay) -> str:
     """The runtime reaches MongoDB through the relay, directly (no discovery of the server's own address)."""
-    [(host, port)] = parse_uri(store_urls[0])["nodelist"]
-    url = store_urls[0].replace(f"{host}:{port}", f"127.0.0.1:{mongo_relay.port}", 1)
+    url = through_relay(store_urls[0], mongo_relay)
     return url if "directConnection=" in url else url + ("&" if "?" in url else "/?") + "directConnection=true"
 
 
