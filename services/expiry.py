@@ -6,8 +6,8 @@ moment it expires: this service tells them. One process of the deployment sweeps
 held for one interval), from where the last sweep stopped (kept in Redis too), so each expiry is announced
 once however many processes run, and one that expired while none ran is announced by the next sweep. Each
 sweep also deletes a batch of what expired an hour before, and of Idempotency-Key claims past their 24 hours
-(`NotificationService.delete_expired`), instead of TTL indexes (see `services.stores.delete_dated_before`).
-"""
+(`NotificationService.delete_expired`), rather than by TTL indexes (see `services.stores.delete_dated_before`;
+a MongoDB keeps those an earlier version made, `ensure_date_index`)."""
 
 from __future__ import annotations
 
