@@ -2,7 +2,8 @@
 
 * ``io_loop``: pytest-tornado's per-test loop, which also collects what the test left open.
 * ``store_urls`` (session): ``TEST_MONGODB_URL`` / ``TEST_REDIS_URL`` when set, else an
-  embedded SecantusDB and valkey-server started once for the whole run.
+  embedded SecantusDB and valkey-server started once for the whole run; the sockets PyMongo itself leaves
+  open to that MongoDB do not fail a test (`_let_pass_pymongos_unclosed_sockets`).
 * ``cluster_url`` (session): a node of a three-node Redis Cluster on loopback
   (``TEST_REDIS_CLUSTER_URL``, else valkey-servers started on first use).
 * ``redis_cluster``: False; a test marked ``also_on_cluster`` runs a second time with True.
