@@ -57,8 +57,18 @@ SCENARIOS = ("hold", "fanout", "burst", "churn", "changes", "watched")
 MONGODB_DB = "bellcast_bench"
 # The app's collection in the watched scenario: named apart from bellcast's own `notifications`.
 WATCHED_COLLECTION = "app_notifications"
-# py-spy's sampling of `--profile`: without pausing the process, 100 samples a second, stacks as text.
-PY_SPY = ("py-spy", "record", "--nonblocking", "--subprocesses", "-r", "100", "-f", "raw")
+# py-spy's sampling of `--profile`: without pausing the process, 100 samples a second, stacks as text. The one
+# installed beside this Python: `make bench` runs the venv's Python without the venv on PATH.
+PY_SPY = (
+    str(Path(sys.executable).with_name("py-spy")),
+    "record",
+    "--nonblocking",
+    "--subprocesses",
+    "-r",
+    "100",
+    "-f",
+    "raw",
+)
 # How long the watched scenario waits for its first document's event before it measures anyway.
 WATCHER_READY_TIMEOUT = 30.0
 
