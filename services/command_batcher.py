@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.batching import IterationBatches
+from services.batching import IterationBatches, await_all
 from services.errors import StoreUnavailable
 from services.metrics import Metrics
 from services.redis_backend import RedisBackend
@@ -83,10 +83,7 @@ class CommandBatcher:
                 size = 0
             batches[-1].append(entry)
             size += len(entry[0])
-        if len(batches) == 1:
-            await self._send(batches[0])  # the usual case, without a task more
-        else:
-            await asyncio.gather(*(self._send(batch) for batch in batches))
+        await await_all([self._send(batch) for batch in batches])
 
     async def _send(self, batch: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[Any]]]]) -> None:
         if self._metrics is not None:

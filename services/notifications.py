@@ -29,7 +29,7 @@ from pymongo.errors import (
 )
 
 from services.background import stop_task
-from services.batching import InTurnBatches, SharedReads
+from services.batching import InTurnBatches, SharedReads, await_all
 from services.errors import Invalid, NotFound, StoreUnavailable
 from services.idempotency import IdempotencyKey, IdempotencyRecords
 from services.logs import OutageLog
@@ -575,6 +575,9 @@ class InsertBatcher:
             for _, future in queued:
                 future.cancel()
             raise
+        # The next insert first: the creates settled here go on to queue their notifications, work that
+        # would otherwise run before the insert of the creates that came meanwhile is sent.
+        self._batches.start_next()
         for index, (_, future) in enumerate(queued):
             if future.done():  # its create was cancelled meanwhile
                 continue
@@ -719,29 +722,30 @@ class NotificationService:
                 await self._announce_created_and_counted(by_user)
             else:
                 counts = await self._counts_after_create(list(by_user))
-                await asyncio.gather(
-                    *(self._announce(Change.of_created(user, mine, counts.get(user))) for user, mine in by_user.items())
+                await await_all(
+                    [self._announce(Change.of_created(user, mine, counts.get(user))) for user, mine in by_user.items()]
                 )
-        await asyncio.gather(*(self._tell_observers_of(notification) for notification in notifications))
+        if self._observers:
+            await await_all([self._tell_observers_of(notification) for notification in notifications])
 
     async def _announce_created_and_counted(self, by_user: dict[str, list[Notification]]) -> None:
         """Have the cache observer add each user's new notifications to the counts it keeps, and queue them with
         the counts after them, in one command; the counts of a user it keeps none for are MongoDB's, and go out
         in a change of their own."""
         changes = [Change.of_created(user, mine, None, count=True) for user, mine in by_user.items()]
-        announced = await asyncio.gather(*(self._announce(change) for change in changes))
+        announced = await await_all([self._announce(change) for change in changes])
         # Where an observer failed, the user's streams recover from MongoDB, and get the counts after that.
         self._counts_missed(change.user_id for change, (taken, _) in zip(changes, announced, strict=True) if not taken)
         uncounted = [change for change, (taken, counts) in zip(changes, announced, strict=True) if taken and not counts]
         if not uncounted:
             return
         counts = await self._counts_after_create([change.user_id for change in uncounted])
-        await asyncio.gather(
-            *(
+        await await_all(
+            [
                 self._announce(dataclasses.replace(change, counts=counts[change.user_id], notifications=(), added=None))
                 for change in uncounted
                 if change.user_id in counts
-            )
+            ]
         )
 
     async def _counts_after_create(self, user_ids: list[str]) -> dict[str, Counts]:

@@ -24,6 +24,7 @@ from services.notifications import (
     INSERT_PATIENCE_SECONDS,
     RETIRED_INDEXES,
     InsertBatcher,
+    Notification,
     NotificationService,
 )
 from services.redis_backend import SingleRedis, connect_redis_backend
@@ -256,6 +257,52 @@ async def test_creates_made_while_an_insert_is_under_way_wait_for_it_and_share_t
         assert sum(inserts.sizes[1:]) == 40 and len(inserts.sizes[1:]) < 40
         stored = await database[COLLECTION].distinct("_id", {"title": {"$ne": "warm-up"}})
         assert sorted(stored) == sorted(notification.id for notification in created)
+    finally:
+        await client.drop_database(database.name)
+        await client.close()
+
+
+class EventOrder(monitoring.CommandListener):
+    """The order in which inserts were sent and observers told of notifications, as one list of labels."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.inserting = asyncio.Event()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "insert":
+            titles = ",".join(document["title"] for document in event.command["documents"])
+            self.events.append(f"insert {titles}")
+            self.inserting.set()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    async def created(self, notification: Notification) -> None:
+        self.events.append(f"told {notification.title}")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_next_insert_is_sent_before_the_creates_of_the_one_before_go_on(store_urls):
+    # Under load the creates an insert settles have their notifications to queue: that work must not delay
+    # the insert of the creates that came meanwhile, the one command at a time that all creates wait for.
+    order = EventOrder()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_urls[0], tz_aware=True, event_listeners=[order])
+    database = client[f"bellcast_inserts_{uuid.uuid4().hex[:8]}"]
+    service = NotificationService(database)
+    service.register_observer(order)
+    try:
+        await service.create({"user_id": "alice", "title": "warm-up"})
+        order.inserting.clear()
+        first = asyncio.ensure_future(service.create({"user_id": "alice", "title": "first"}))
+        await order.inserting.wait()  # under way: the next create waits for it
+        second = asyncio.ensure_future(service.create({"user_id": "alice", "title": "second"}))
+        await asyncio.gather(first, second)
+
+        assert order.events[2:] == ["insert first", "insert second", "told first", "told second"]
     finally:
         await client.drop_database(database.name)
         await client.close()
