@@ -44,13 +44,16 @@ async def test_a_change_made_through_one_process_reaches_the_users_streams_on_ev
     """A read, and an expiry (swept by one process of the two), each told once to every stream of the user."""
     server = two_process_server
     api = server.api()
+    # A user of its own: the session's tests share one Redis, where another test's streams of a common
+    # name may still count against the user's stream limit.
+    user = f"alice-{uuid.uuid4().hex[:8]}"
     streams: list[SSEStream] = []
     try:
-        await server.open_streams_on_every_worker(api.token("alice"), streams)
-        read = await api.create("alice", "to be read")
+        await server.open_streams_on_every_worker(api.token(user), streams)
+        read = await api.create(user, "to be read")
         moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
-        expiring = await api.create("alice", "to expire", expires_at=moment.isoformat())
-        assert (await api.as_user("alice", "POST", f"/api/notifications/{read['id']}/read")).code == 200
+        expiring = await api.create(user, "to expire", expires_at=moment.isoformat())
+        assert (await api.as_user(user, "POST", f"/api/notifications/{read['id']}/read")).code == 200
         for stream in streams:
             changes = [await stream.next_change(timeout=10) for _ in range(4)]
             assert [(change["change"], change["ids"]) for change in changes] == [
@@ -72,10 +75,13 @@ async def test_a_change_made_through_one_process_reaches_the_users_streams_on_ev
 async def test_streams_of_one_user_on_two_processes_each_receive_a_notification_once(two_process_server):
     server = two_process_server
     api = server.api()
+    # A user of its own: the session's tests share one Redis, where another test's streams of a common
+    # name may still count against the user's stream limit.
+    user = f"alice-{uuid.uuid4().hex[:8]}"
     streams: list[SSEStream] = []
     try:
-        await server.open_streams_on_every_worker(api.token("alice"), streams)
-        created = await api.create("alice", "to every tab on every process")
+        await server.open_streams_on_every_worker(api.token(user), streams)
+        created = await api.create(user, "to every tab on every process")
         for stream in streams:
             [event] = await stream.notifications(1)
             assert json.loads(event.data)["id"] == created["id"]
