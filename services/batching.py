@@ -34,7 +34,7 @@ class IterationBatches(Generic[Request, Result]):
         self._send = send
         self._queued: list[tuple[Request, asyncio.Future[Result]]] = []
         self._sender_started = False
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Future[None]] = set()
 
     def add(self, request: Request, future: asyncio.Future[Result] | None = None) -> asyncio.Future[Result]:
         """Queue `request` for this iteration's batch; the future (`future`, or a new one) has its result."""
@@ -43,10 +43,15 @@ class IterationBatches(Generic[Request, Result]):
         self._queued.append((request, future))
         if not self._sender_started:
             self._sender_started = True
-            task = asyncio.ensure_future(self._send_queued())
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            self._track(self._send_queued())
         return future
+
+    def _track(self, sending: Awaitable[None]) -> asyncio.Future[None]:
+        """Run `sending` in a task of its own, counted under way until it is done (`wait_sent`)."""
+        task = asyncio.ensure_future(sending)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return task
 
     async def _send_queued(self) -> None:
         self._sender_started = False
@@ -80,22 +85,15 @@ class InTurnBatches(IterationBatches[Request, Result]):
         """Start the batch of what was asked meanwhile, now (its first step is the loop's next callback)."""
         if self._next_batch is None and self._queued:
             queued, self._queued = self._queued, []
-            self._next_batch = self._start(queued)
-
-    def _start(self, queued: list[tuple[Request, asyncio.Future[Result]]]) -> asyncio.Future[None]:
-        batch = asyncio.ensure_future(self._send(queued))
-        self._in_flight.add(batch)
-        batch.add_done_callback(self._in_flight.discard)
-        return batch
+            self._next_batch = self._track(self._send(queued))
 
     async def _send_queued(self) -> None:
         try:
-            while self._queued or self._next_batch is not None:
-                if self._next_batch is not None:
-                    batch, self._next_batch = self._next_batch, None
-                else:
-                    queued, self._queued = self._queued, []
-                    batch = self._start(queued)
+            while True:
+                self.start_next()  # unless the batch before it already did
+                batch, self._next_batch = self._next_batch, None
+                if batch is None:
+                    break
                 await asyncio.wait([batch], timeout=self._patience)
         finally:
             self._sender_started = False
