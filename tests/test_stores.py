@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psutil
@@ -221,31 +223,37 @@ async def test_start_up_brings_an_earlier_versions_indexes_up_to_date_on_its_own
         await connection.close()
 
 
-@pytest.mark.gen_test(timeout=30)
-async def test_creates_that_come_together_share_one_insert_and_each_is_stored_once(store_urls):
-    inserts = InsertCommands()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_urls[0], tz_aware=True, event_listeners=[inserts])
+@contextlib.asynccontextmanager
+async def service_watched_by(
+    url: str, listener: monitoring.CommandListener
+) -> AsyncIterator[tuple[NotificationService, Any]]:
+    """A NotificationService on a database of its own (and that database), whose driver tells `listener` of every
+    command; dropped after."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True, event_listeners=[listener])
     database = client[f"bellcast_inserts_{uuid.uuid4().hex[:8]}"]
-    service = NotificationService(database)
     try:
-        lone = await service.create({"user_id": "alice", "title": "alone"})
-        together = await asyncio.gather(*(service.create({"user_id": "alice", "title": f"{i}"}) for i in range(20)))
-
-        assert inserts.sizes == [1, 20]
-        stored = [document["_id"] async for document in database[COLLECTION].find({}, {"_id": 1}).sort("_id", 1)]
-        assert stored == sorted(notification.id for notification in [lone, *together])
+        yield NotificationService(database), database
     finally:
         await client.drop_database(database.name)
         await client.close()
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_creates_that_come_together_share_one_insert_and_each_is_stored_once(store_urls):
+    inserts = InsertCommands()
+    async with service_watched_by(store_urls[0], inserts) as (service, database):
+        lone = await service.create({"user_id": "alice", "title": "alone"})
+        together = await asyncio.gather(*(service.create({"user_id": "alice", "title": f"{i}"}) for i in range(20)))
+
+        assert inserts.sizes == [1, 20]
+        stored = [document["_id"] async for document in database[COLLECTION].find({}, {"_id": 1}).sort("_id", 1)]
+        assert stored == sorted(notification.id for notification in [lone, *together])
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_creates_made_while_an_insert_is_under_way_wait_for_it_and_share_the_next(store_urls):
     inserts = InsertCommands()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_urls[0], tz_aware=True, event_listeners=[inserts])
-    database = client[f"bellcast_inserts_{uuid.uuid4().hex[:8]}"]
-    service = NotificationService(database)
-    try:
+    async with service_watched_by(store_urls[0], inserts) as (service, database):
         await service.create({"user_id": "alice", "title": "warm-up"})
         creates = []
         for index in range(40):  # one create per loop iteration, as requests arrive under load
@@ -257,9 +265,6 @@ async def test_creates_made_while_an_insert_is_under_way_wait_for_it_and_share_t
         assert sum(inserts.sizes[1:]) == 40 and len(inserts.sizes[1:]) < 40
         stored = await database[COLLECTION].distinct("_id", {"title": {"$ne": "warm-up"}})
         assert sorted(stored) == sorted(notification.id for notification in created)
-    finally:
-        await client.drop_database(database.name)
-        await client.close()
 
 
 class EventOrder(monitoring.CommandListener):
@@ -290,11 +295,8 @@ async def test_the_next_insert_is_sent_before_the_creates_of_the_one_before_go_o
     # Under load the creates an insert settles have their notifications to queue: that work must not delay
     # the insert of the creates that came meanwhile, the one command at a time that all creates wait for.
     order = EventOrder()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(store_urls[0], tz_aware=True, event_listeners=[order])
-    database = client[f"bellcast_inserts_{uuid.uuid4().hex[:8]}"]
-    service = NotificationService(database)
-    service.register_observer(order)
-    try:
+    async with service_watched_by(store_urls[0], order) as (service, _):
+        service.register_observer(order)
         await service.create({"user_id": "alice", "title": "warm-up"})
         order.inserting.clear()
         first = asyncio.ensure_future(service.create({"user_id": "alice", "title": "first"}))
@@ -303,9 +305,6 @@ async def test_the_next_insert_is_sent_before_the_creates_of_the_one_before_go_o
         await asyncio.gather(first, second)
 
         assert order.events[2:] == ["insert first", "insert second", "told first", "told second"]
-    finally:
-        await client.drop_database(database.name)
-        await client.close()
 
 
 class PoolConnections(monitoring.ConnectionPoolListener):
